@@ -1,0 +1,69 @@
+"""One settings object for every Pulse process, read from ``PULSE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PULSE_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default=Path(".pulse"), description="where `pulse up` keeps SQLite and Temporal state")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite"
+    )
+    temporal_address: str | None = Field(
+        default=None, description="host:port of a Temporal frontend; unset: `pulse up` starts a dev server"
+    )
+    temporal_namespace: str = "default"
+    task_queue: str = "pulse"
+    redis_url: str | None = Field(default=None, description="entity read cache in Redis instead of in process")
+    bootstrap_admin_key: str | None = Field(default=None, description="an admin API key that exists after start")
+
+    host: str = "127.0.0.1"
+    api_port: int = 8000
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    worker_metrics_port: int = 9464
+    dispatcher_metrics_port: int = 9465
+    temporal_sdk_metrics_port: int = 9466
+
+    dispatch_interval_s: float = Field(default=0.2, description="how often the dispatcher polls the log")
+    dispatch_batch_max: int = Field(default=5000, description="events read from the log per dispatcher tick")
+    partition_batch_max: int = Field(default=2000, description="events one recalculation activity applies")
+    significant_priority: float = Field(
+        default=80.0, description="priority from which an event gets a workflow of its own"
+    )
+    significant_price_ratio: float = Field(
+        default=3.0, description="a sale or listing this many times off the floor gets a workflow of its own"
+    )
+    backlog_shed_threshold: int = Field(
+        default=200_000, description="backlog past which low-priority events are refused with 429"
+    )
+    cache_ttl_s: float = 300.0
+    cache_max_entries: int = 100_000
+
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/gRPC endpoint for traces")
+    log_level: str = "INFO"
+    allow_private_webhooks: bool = Field(
+        default=False, description="accept webhook URLs on private or loopback addresses (tests, intranets)"
+    )
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pulse.db').resolve()}"
+
+    @property
+    def effective_temporal_address(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

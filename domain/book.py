@@ -1,25 +1,58 @@
-"""The state of one collection and its tokens, folded from events. Pure: no I/O.
+"""The state of one collection and its tokens, folded from events, and every engine hung off it. Pure.
 
-Every rule here is order-independent so that applying events incrementally, in whatever order they
-arrive, gives the same book as a full recompute over the events sorted in chain order:
+Every rule is order-independent so that applying events incrementally, in whatever order they arrive,
+gives the same views as a full recompute over the events sorted in chain order:
 
-* last-writer-wins by the event's chain position (``order_key``) for owner, traits, listing, last sale;
-* commutative sums for volume and sales count;
-* the book's clock is the latest ``occurred_at`` it has seen, never the wall clock.
+* last-writer-wins by the event's chain position (``order_key``) for owner, traits, listing, last sale,
+  fraud findings (per ``finding_id``) and creator verification;
+* commutative facts: volume and sales count (sums), the set of sales (keyed by ``source:id``), each
+  token's listing history (a set of dated listing/end entries), daily volumes;
+* the book's clock is the latest ``occurred_at`` it has seen (never the wall clock); the first seen is
+  the earliest.
 
-Engines (rarity, trust, price estimate, risk, market condition) hang off the same book: ``apply``
-returns a :class:`Change` naming exactly the tokens and factors that moved.
+Everything else (rarity, floor, holder statistics, time-weighted floor, wash flags, trust, price
+estimates, risk, market condition) is a function of those facts, maintained incrementally where it
+pays (``domain.rarity``, ``domain.stats``) and derived from scratch by :meth:`CollectionBook.recompute`
+and :meth:`from_dict`. A sale of a token whose mint has not arrived yet is simply folded: the mint,
+when it comes, loses the owner race it would have lost in chain order anyway.
+
+``apply`` returns a :class:`Change`: the tokens whose views moved past the epsilons of
+:class:`~domain.significance.Epsilons` (measured against the last propagated value) and the headline
+metrics that did, as ``(before, after)``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
+from domain import market as market_engine
+from domain import price as price_engine
+from domain import risk as risk_engine
+from domain import trust as trust_engine
 from domain.events import ZERO_ADDRESS, Event, EventType
+from domain.rarity import RarityIndex, RarityPlan, RarityPublisher
+from domain.significance import Epsilons, moved
+from domain.stats import (
+    DAY_US,
+    OPEN,
+    FloorSeries,
+    Interval,
+    ListingEntry,
+    ListingIndex,
+    first_difference,
+    gini,
+    holding_hist,
+    listing_intervals,
+    to_us,
+    top_share,
+    utc_iso,
+)
+from domain.trust import Finding, SaleRecord, TrustResult
 
 OrderKey = tuple[int, int, str]
 RateLookup = Callable[[str, str, datetime], Decimal | None]
@@ -29,6 +62,52 @@ NATIVE_CURRENCY = {"polygon": "POL", "bsc": "BNB", "avalanche": "AVAX"}
 """Each chain's quote currency for collection statistics; every other chain quotes in ETH."""
 
 _SAME_AS = {"WETH": "ETH", "MATIC": "POL", "WMATIC": "POL", "WPOL": "POL", "WBNB": "BNB", "WAVAX": "AVAX"}
+
+TWAP_WINDOW_US = DAY_US
+"""The time-weighted floor averages the floor over the last 24 hours of the book's clock."""
+
+#: Collection figures that every NFT view is derived from: a significant move re-derives all NFTs.
+NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day")
+
+#: Headline metrics and the epsilon rule each is compared with (None: any change).
+_COLLECTION_RULES: dict[str, tuple[str | None, str | None]] = {
+    "floor": ("rel", "floor_rel"),
+    "twap_floor": ("rel", "twap_rel"),
+    "volume": ("rel", "volume_rel"),
+    "sales_count": (None, None),
+    "holders_count": (None, None),
+    "supply": (None, None),
+    "listed_count": (None, None),
+    "top10_share": ("abs", "share_abs"),
+    "gini": ("abs", "share_abs"),
+    "wash_share": ("abs", "share_abs"),
+    "trust": ("abs", "trust_abs"),
+    "risk": (None, None),
+    "trend": (None, None),
+    "anomaly": (None, None),
+    "anomaly_z": ("zmap", "z_abs"),
+    "trust_factors": ("zmap", "trust_abs"),
+    "risk_reasons": (None, None),
+    "open_findings": (None, None),
+    "age_days": (None, None),
+    "clean_sales": (None, None),
+    "verified_creator": (None, None),
+    "rarity_entropy": ("rel", "entropy_rel"),
+    "day": (None, None),
+}
+_HIDDEN_METRICS = frozenset(
+    {"day", "anomaly_z", "trust_factors", "risk_reasons", "open_findings", "age_days", "clean_sales"}
+)
+
+
+def _zmap_moved(before: Any, after: Any, eps: float) -> bool:
+    """Modified z-scores per series: moved when the series set, a None, or a score moved by eps."""
+    if not isinstance(before, dict) or not isinstance(after, dict) or before.keys() != after.keys():
+        return before != after
+    return any(
+        (x is None) != (y is None) or (x is not None and y is not None and moved(x, y, abs_=eps))
+        for x, y in ((before[k], after[k]) for k in after)
+    )
 
 
 class UnpricedEventError(ValueError):
@@ -40,10 +119,12 @@ class InconsistentEventError(ValueError):
 
 
 def quote_currency(chain: str) -> str:
+    """The currency a chain's collection statistics are quoted in."""
     return NATIVE_CURRENCY.get(chain, "ETH")
 
 
 def normalise_currency(symbol: str) -> str:
+    """Fold wrapped and renamed symbols into the currency they stand for."""
     symbol = symbol.upper()
     return _SAME_AS.get(symbol, symbol)
 
@@ -56,25 +137,33 @@ class Change:
     collection: bool = False
     #: ``(entity_key, metric) -> (before, after)``; before is the value ahead of the first event.
     metrics: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+    #: A collection figure every NFT view derives from moved: ``nfts`` then holds every token.
+    all_nfts: bool = False
 
     def merge(self, other: Change) -> None:
+        """Fold a later change into this one, keeping each metric's first ``before``."""
         self.nfts |= other.nfts
         self.collection |= other.collection
+        self.all_nfts |= other.all_nfts
         for key, (before, after) in other.metrics.items():
             first = self.metrics.get(key, (before, after))[0]
             self.metrics[key] = (first, after)
 
     def note(self, entity: str, metric: str, before: Any, after: Any) -> None:
+        """Record a metric move (ignored when nothing moved)."""
         if before != after:
             self.merge(Change(metrics={(entity, metric): (before, after)}))
 
     @property
     def empty(self) -> bool:
+        """Nothing to rewrite."""
         return not self.nfts and not self.collection
 
 
 @dataclass
 class Token:
+    """One token's last-writer-wins state."""
+
     token_id: str
     owner: str | None = None
     owner_key: OrderKey | None = None
@@ -89,6 +178,7 @@ class Token:
 
     @property
     def live(self) -> bool:
+        """Owned and not burned: part of the collection's supply."""
         return self.owner is not None and not self.burned
 
 
@@ -96,8 +186,42 @@ def _newer(candidate: OrderKey, current: OrderKey | None) -> bool:
     return current is None or candidate > current
 
 
+def _key(v: Any) -> OrderKey | None:
+    # JSON gives ints and strings back as they went in: only the list needs to become a tuple.
+    return None if v is None else tuple(v)  # type: ignore[return-value]
+
+
+@dataclass
+class _Derived:
+    """Indexes and caches rebuilt from the facts; never serialised."""
+
+    rarity: RarityIndex = field(default_factory=RarityIndex)
+    publisher: RarityPublisher = field(default_factory=RarityPublisher)
+    listings: ListingIndex = field(default_factory=ListingIndex)
+    holdings: dict[str, set[str]] = field(default_factory=dict)
+    hold_hist: dict[int, int] = field(default_factory=dict)
+    wash: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    token_volume: dict[str, Decimal] = field(default_factory=dict)
+    token_wash_volume: dict[str, Decimal] = field(default_factory=dict)
+    wash_volume: Decimal = Decimal(0)
+    history_version: int = 0
+    #: token -> its listing intervals (derived from ``listing_history``), and all of them sorted.
+    intervals: dict[str, list[Interval]] = field(default_factory=dict)
+    all_intervals: list[Interval] = field(default_factory=list)
+    #: Earliest time a change since the last series build can affect (OPEN: none).
+    dirty_since: int = OPEN
+    series: tuple[int, FloorSeries] | None = None
+    sales_version: int = 0
+    market: tuple[tuple[int, int, str | None], dict[str, Any]] | None = None
+    headline: tuple[int, dict[str, Any], TrustResult, dict[str, Any]] | None = None
+    #: Bumped on every fold and rebuild: the key of the collection-level caches.
+    state_version: int = 0
+
+
 @dataclass
 class CollectionBook:
+    """One collection folded from its events: facts, derived indexes and the views read from them."""
+
     chain: str
     contract: str
     tokens: dict[str, Token] = field(default_factory=dict)
@@ -105,85 +229,404 @@ class CollectionBook:
     sales_count: int = 0
     holder_counts: dict[str, int] = field(default_factory=dict)
     clock: str | None = None
+    first_seen: str | None = None
+    #: token -> its sales sorted by chain order.
+    sales: dict[str, list[SaleRecord]] = field(default_factory=dict)
+    #: token -> listing/end entries sorted by chain order (the time-weighted floor's facts).
+    listing_history: dict[str, list[ListingEntry]] = field(default_factory=dict)
+    findings: dict[str, Finding] = field(default_factory=dict)
+    finding_uids: dict[str, str] = field(default_factory=dict)
+    verified: bool | None = None
+    verified_at: tuple[OrderKey, str] | None = None
+    creator: str | None = None
+    creator_at: tuple[OrderKey, str] | None = None
+    daily_volume: dict[int, Decimal] = field(default_factory=dict)
+    #: Last propagated collection headline (significance is measured against it).
+    published: dict[str, Any] = field(default_factory=dict)
+    epsilons: Epsilons = field(default_factory=Epsilons, compare=False)
+    price_params: price_engine.PriceParams = field(default_factory=price_engine.PriceParams, compare=False)
+    _d: _Derived = field(default_factory=_Derived, repr=False, compare=False)
+    _bulk: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
-    def empty(cls, chain: str, contract: str) -> CollectionBook:
-        return cls(chain=chain, contract=contract.lower())
+    def empty(
+        cls,
+        chain: str,
+        contract: str,
+        epsilons: Epsilons | None = None,
+        price_params: price_engine.PriceParams | None = None,
+    ) -> CollectionBook:
+        """A book with no events yet; ``epsilons`` and ``price_params`` default to the dataclasses' own."""
+        return cls(
+            chain=chain,
+            contract=contract.lower(),
+            epsilons=epsilons or Epsilons(),
+            price_params=price_params or price_engine.PriceParams(),
+        )
 
     @classmethod
-    def recompute(cls, chain: str, contract: str, events: Iterable[Event], rates: RateLookup) -> CollectionBook:
-        """The reference: fold every event of the collection in chain order from an empty book."""
-        book = cls.empty(chain, contract)
+    def recompute(
+        cls,
+        chain: str,
+        contract: str,
+        events: Iterable[Event],
+        rates: RateLookup,
+        epsilons: Epsilons | None = None,
+        price_params: price_engine.PriceParams | None = None,
+    ) -> CollectionBook:
+        """The reference: fold every event of the collection in chain order, then derive from scratch."""
+        book = cls.empty(chain, contract, epsilons, price_params)
+        book._bulk = True
         for event in sorted(events, key=lambda e: (e.order_key, e.source, e.id)):
             book.apply(event, rates)
+        book._bulk = False
+        book._rebuild()
+        book.published = book._collection_headline()
+        book._d.publisher.republish(book._d.rarity)
         return book
 
     # -- derived figures ---------------------------------------------------------------------------
 
     @property
     def currency(self) -> str:
+        """The quote currency of the collection's figures."""
         return quote_currency(self.chain)
 
     @property
     def key(self) -> str:
+        """``collection:chain:contract``."""
         return f"collection:{self.chain}:{self.contract}"
 
     def nft_key(self, token_id: str) -> str:
+        """``nft:chain:contract:token_id``."""
         return f"nft:{self.chain}:{self.contract}:{token_id}"
 
+    @property
+    def rarity(self) -> RarityIndex:
+        """The live rarity index (read-only for callers)."""
+        return self._d.rarity
+
+    @property
+    def holdings(self) -> dict[str, set[str]]:
+        """wallet -> tokens it holds (read-only for callers)."""
+        return self._d.holdings
+
+    @property
+    def listing_index(self) -> ListingIndex:
+        """Active listings by price (read-only for callers)."""
+        return self._d.listings
+
     def active_listings(self) -> list[Token]:
-        now = self.clock
-        return [
-            t
-            for t in self.tokens.values()
-            if t.listing is not None
-            and t.live
-            and (t.listing.get("expires_at") is None or now is None or t.listing["expires_at"] > now)
-        ]
+        """Tokens with an active listing."""
+        return [self.tokens[tid] for tid in self._d.listings.entries]
 
     @property
     def floor(self) -> Decimal | None:
-        prices = [Decimal(t.listing["price"]) for t in self.active_listings() if t.listing]
-        return min(prices) if prices else None
+        """The cheapest active listing in the quote currency."""
+        return self._d.listings.floor
 
     @property
     def supply(self) -> int:
-        return sum(1 for t in self.tokens.values() if t.live)
+        """Live tokens."""
+        return self._d.rarity.n
 
     @property
     def holders(self) -> int:
+        """Wallets holding at least one live token."""
         return len(self.holder_counts)
+
+    @property
+    def clock_us(self) -> int | None:
+        """The book's clock in microseconds since the epoch."""
+        return None if self.clock is None else to_us(self.clock)
+
+    @property
+    def wash_share(self) -> float:
+        """Wash-flagged share of all volume."""
+        if self.volume <= 0:
+            return 0.0
+        return float(self._d.wash_volume / self.volume)
+
+    def token_wash_share(self, token_id: str) -> float:
+        """Wash-flagged share of one token's volume."""
+        total = self._d.token_volume.get(token_id, Decimal(0))
+        if total <= 0:
+            return 0.0
+        return float(self._d.token_wash_volume.get(token_id, Decimal(0)) / total)
+
+    def wash_rules(self, token_id: str) -> dict[str, list[str]]:
+        """``sale uid -> wash rules`` for one token's flagged sales."""
+        return self._d.wash.get(token_id, {})
+
+    def twap_floor(self) -> Decimal | None:
+        """Time-weighted floor over the last :data:`TWAP_WINDOW_US` of the book's clock."""
+        now = self.clock_us
+        if now is None:
+            return None
+        return self._series().average(now - TWAP_WINDOW_US, now)
+
+    def _series(self) -> FloorSeries:
+        version = self._d.history_version
+        if self._d.series is None or self._d.series[0] != version:
+            base = None if self._d.series is None else self._d.series[1]
+            series = FloorSeries.build(self._d.all_intervals, base, self._d.dirty_since)
+            self._d.series = (version, series)
+            self._d.dirty_since = OPEN
+        return self._d.series[1]
+
+    def market(self) -> dict[str, Any]:
+        """``{trend, anomaly}`` from the daily floor and volume series up to the clock's day."""
+        now = self.clock_us
+        cache_key = (self._d.history_version, self._d.sales_version, self.clock)
+        if self._d.market is not None and self._d.market[0] == cache_key:
+            return self._d.market[1]
+        result: dict[str, Any]
+        if now is None:
+            result = market_engine.condition([], [])
+        else:
+            series = self._series()
+            days = [d for d in self.daily_volume] + ([series.times[0] // DAY_US] if series.times else [])
+            first = min(days) if days else now // DAY_US
+            floors: list[float | None] = []
+            volumes: list[float] = []
+            for day in range(first, now // DAY_US + 1):
+                start, end = day * DAY_US, min((day + 1) * DAY_US, now)
+                avg = series.average(start, end) if end > start else None
+                floors.append(None if avg is None else float(avg))
+                volumes.append(float(self.daily_volume.get(day, Decimal(0))))
+            result = market_engine.condition(floors, volumes)
+        self._d.market = (cache_key, result)
+        return result
+
+    def findings_for(self, token_id: str) -> list[Finding]:
+        """Findings about the token itself or its current owner."""
+        token = self.tokens.get(token_id)
+        owner = token.owner if token is not None and token.live else None
+        return [
+            f
+            for f in self.findings.values()
+            if f.token_id == token_id or (owner is not None and owner in f.wallets)
+        ]
+
+    def _collection_parts(self) -> tuple[dict[str, Any], TrustResult, dict[str, Any]]:
+        """The collection headline, its trust and its risk; cached per state of their inputs."""
+        cache_key = self._d.state_version
+        if self._d.headline is not None and self._d.headline[0] == cache_key:
+            return self._d.headline[1], self._d.headline[2], self._d.headline[3]
+        floor, twap = self.floor, self.twap_floor()
+        hist = self._d.hold_hist
+        top10, gini_value = top_share(hist), gini(hist)
+        now = self.clock_us
+        # Whole days: the age factor moves once a day, not on every tick of the clock.
+        age_days = 0 if now is None or self.first_seen is None else (now - to_us(self.first_seen)) // DAY_US
+        clean = sum(len(s) for s in self.sales.values()) - sum(len(w) for w in self._d.wash.values())
+        trust = trust_engine.collection_trust(
+            wash_share=self.wash_share,
+            top10=top10,
+            gini_value=gini_value,
+            holders=self.holders,
+            supply=sum(size * count for size, count in hist.items()),
+            verified=self.verified,
+            findings=self.findings,
+            age_days=age_days,
+            clean_sales=clean,
+        )
+        market = self.market()
+        risk = risk_engine.collection_risk(
+            findings=self.findings.values(),
+            trust=trust.score,
+            wash_share=self.wash_share,
+            anomaly=bool(market["anomaly"]["outlier"]),
+        )
+        headline = {
+            "floor": None if floor is None else str(floor),
+            "twap_floor": None if twap is None else str(twap),
+            "volume": str(self.volume),
+            "sales_count": self.sales_count,
+            "holders_count": self.holders,
+            "supply": self.supply,
+            "listed_count": len(self._d.listings),
+            "top10_share": round(top10, 6),
+            "gini": round(gini_value, 6),
+            "wash_share": round(self.wash_share, 6),
+            "trust": trust.score,
+            "risk": risk["level"],
+            "trend": market["trend"],
+            "anomaly": bool(market["anomaly"]["outlier"]),
+            "anomaly_z": {k: v["z"] for k, v in market["anomaly"].items() if isinstance(v, dict)},
+            "trust_factors": {f["factor"]: round(f["contribution"], 2) for f in trust.factors},
+            "risk_reasons": [[r["code"], r["level"], r["detail"]] for r in risk["reasons"]],
+            "open_findings": sum(1 for f in self.findings.values() if f.open),
+            "age_days": age_days,
+            "clean_sales": clean,
+            "verified_creator": self.verified,
+            "rarity_entropy": round(self._d.rarity.entropy, 6),
+            "day": None if now is None else now // DAY_US,
+        }
+        self._d.headline = (cache_key, headline, trust, risk)
+        return headline, trust, risk
+
+    def _collection_headline(self) -> dict[str, Any]:
+        return dict(self._collection_parts()[0])
+
+    def _nft_headline(self, token_id: str) -> dict[str, Any]:
+        view = self.nft_view(token_id)
+        return {
+            "owner": view["owner"],
+            "trust": view["trust"]["score"],
+            "risk": view["risk"]["level"],
+            "price_estimate": view["price_estimate"]["value"],
+            "rarity_rank": None if view["rarity"] is None else view["rarity"]["rank"],
+            "_core": (
+                view["owner"],
+                view["burned"],
+                view["traits"],
+                view["last_sale"],
+                view["active_listing"],
+            ),
+        }
 
     # -- applying events ---------------------------------------------------------------------------
 
     def apply(self, event: Event, rates: RateLookup) -> Change:
+        """Fold one event in and report what moved past the epsilons."""
         if event.chain != self.chain or event.contract != self.contract:
             raise InconsistentEventError(f"event for {event.collection_key} applied to {self.key}")
-        before = self._headline()
+        if self._bulk:
+            self._fold(event, rates)
+            return Change()
+        own = self._own_tokens(event)
+        before = {tid: self._nft_headline(tid) for tid in own if tid in self.tokens}
+        plan = self._fold(event, rates)
+        own |= self._own_tokens(event)
         change = Change()
-        stamp = event.occurred_at.isoformat()
-        if self.clock is None or stamp > self.clock:
-            # Listings may expire as the clock moves: the floor is a collection-wide figure.
-            self.clock = stamp
-            change.collection = True
-        handler = _HANDLERS.get(event.type)
-        if handler is not None:
-            handler(self, event, rates, change)
-        after = self._headline()
+        eps = self.epsilons
+
+        after = self._collection_headline()
+        if not self.published:
+            self.published = {k: None for k in after}
+        drivers = False
         for metric, value in after.items():
-            change.note(self.key, metric, before[metric], value)
-        if change.metrics:
-            change.collection = True
+            kind, name = _COLLECTION_RULES[metric]
+            threshold = None if name is None else getattr(eps, name)
+            shown = self.published.get(metric)
+            if moved(
+                shown,
+                value,
+                rel=threshold if kind == "rel" else None,
+                abs_=threshold if kind == "abs" else None,
+            ):
+                self.published[metric] = value
+                change.collection = True
+                drivers |= metric in NFT_DRIVERS
+                if metric not in _HIDDEN_METRICS:
+                    change.note(self.key, metric, shown, value)
+        if drivers:
+            change.all_nfts = True
+            change.nfts |= set(self.tokens)
+
+        settled = self._d.publisher.settle(
+            self._d.rarity, plan, eps.rarity_score_abs, eps.rank_eps(self._d.rarity.n)
+        )
+        for token_id, (shown_r, now_r) in settled.items():
+            change.nfts.add(token_id)
+            change.note(self.nft_key(token_id), "rarity_rank", shown_r and shown_r[1], now_r and now_r[1])
+            change.note(self.nft_key(token_id), "rarity_score", shown_r and shown_r[0], now_r and now_r[0])
+
+        for token_id in own:
+            if token_id not in self.tokens:
+                continue
+            now_h = self._nft_headline(token_id)
+            was = before.get(token_id)
+            entity = self.nft_key(token_id)
+            dirty = was is None or was["_core"] != now_h["_core"]
+            for metric in ("owner", "trust", "risk", "price_estimate", "rarity_rank"):
+                old = None if was is None else was[metric]
+                new = now_h[metric]
+                if metric == "trust":
+                    hit = moved(old, new, abs_=eps.trust_abs)
+                elif metric == "price_estimate":
+                    hit = moved(old, new, rel=eps.price_rel)
+                elif metric == "rarity_rank":
+                    hit = False  # the publisher above decides rank significance
+                else:
+                    hit = moved(old, new)
+                if hit:
+                    dirty = True
+                    change.note(entity, metric, old, new)
+            if dirty:
+                change.nfts.add(token_id)
         return change
 
-    def _headline(self) -> dict[str, Any]:
-        floor = self.floor
-        return {
-            "floor": None if floor is None else str(floor),
-            "volume": str(self.volume),
-            "sales_count": self.sales_count,
-            "holders_count": self.holders,
-        }
+    def _own_tokens(self, event: Event) -> set[str]:
+        """Tokens whose own inputs an event may change (the token, holdings of wallets a finding names)."""
+        own: set[str] = set()
+        if event.token_id is not None:
+            own.add(event.token_id)
+        if event.type == EventType.FRAUD_FINDING:
+            previous = self.findings.get(str(event.data.get("finding_id")))
+            for finding in (previous,):
+                if finding is not None:
+                    if finding.token_id is not None:
+                        own.add(finding.token_id)
+                    for wallet in finding.wallets:
+                        own |= self._d.holdings.get(wallet, set())
+            for wallet in event.data.get("wallets", []):
+                own |= self._d.holdings.get(wallet, set())
+        return own
+
+    def _fold(self, event: Event, rates: RateLookup) -> RarityPlan | None:
+        """Fold the event's facts; maintain indexes unless in bulk mode. Returns the rarity plan made."""
+        self._d.state_version += 1
+        stamp = event.occurred_at.isoformat()
+        if self.clock is None or stamp > self.clock:
+            self.clock = stamp
+        if self.first_seen is None or stamp < self.first_seen:
+            self.first_seen = stamp
+        self._note_creator(event)
+        token = self.tokens.get(event.token_id) if event.token_id is not None else None
+        was_live = token is not None and token.live
+        was_traits = token.traits if token is not None else None
+        handler = _HANDLERS.get(event.type)
+        if handler is not None:
+            handler(self, event, rates)
+        if self._bulk:
+            return None
+        plan = None
+        token = self.tokens.get(event.token_id) if event.token_id is not None else None
+        if token is not None:
+            if token.live != was_live or (token.live and token.traits != was_traits):
+                plan = self._d.rarity.plan(token.token_id, token.traits, live=token.live)
+                self._d.rarity.commit(plan)
+            self._sync_listing(token)
+        self._d.listings.expire(self.clock)
+        return plan
+
+    def _note_creator(self, event: Event) -> None:
+        uid = f"{event.source}:{event.id}"
+        stamp = (event.order_key, uid)
+        verified = event.data.get("verified_creator")
+        if isinstance(verified, bool) and (self.verified_at is None or stamp > self.verified_at):
+            self.verified, self.verified_at = verified, stamp
+        creator = event.data.get("creator")
+        if isinstance(creator, str) and (self.creator_at is None or stamp > self.creator_at):
+            self.creator, self.creator_at = creator.lower(), stamp
+
+    def _active_listing(self, token: Token) -> dict[str, Any] | None:
+        listing = token.listing
+        if listing is None or not token.live:
+            return None
+        expires = listing.get("expires_at")
+        if expires is not None and self.clock is not None and expires <= self.clock:
+            return None
+        return listing
+
+    def _sync_listing(self, token: Token) -> None:
+        listing = self._active_listing(token)
+        if listing is None:
+            self._d.listings.put(token.token_id, None, None)
+        else:
+            self._d.listings.put(token.token_id, Decimal(listing["price"]), listing.get("expires_at"))
 
     def _token(self, token_id: str) -> Token:
         token = self.tokens.get(token_id)
@@ -191,7 +634,34 @@ class CollectionBook:
             token = self.tokens[token_id] = Token(token_id)
         return token
 
-    def _set_owner(self, token: Token, owner: str | None, key: OrderKey, change: Change) -> None:
+    def _history(self, token_id: str, entry: ListingEntry) -> None:
+        entries = self.listing_history.setdefault(token_id, [])
+        if entry in entries:
+            return
+        entries.append(entry)
+        entries.sort(key=lambda e: (e[0], e[1], e[2] or "", e[3] or ""))
+        if self._bulk:
+            return
+        # Only a change in the token's listing intervals moves the floor series: most ownership
+        # changes concern tokens that were never listed and leave the series alone.
+        intervals = listing_intervals({token_id: entries})
+        previous = self._d.intervals.get(token_id, [])
+        if intervals != previous:
+            everything = self._d.all_intervals
+            for interval in previous:
+                del everything[bisect_left(everything, interval)]
+            for interval in intervals:
+                insort(everything, interval)
+            if intervals:
+                self._d.intervals[token_id] = intervals
+            else:
+                self._d.intervals.pop(token_id, None)
+            self._d.dirty_since = min(self._d.dirty_since, first_difference(previous, intervals))
+            self._d.history_version += 1
+
+    def _set_owner(self, token: Token, owner: str | None, key: OrderKey) -> None:
+        # Every ownership change ends a listing in the history, whether or not it wins the LWW race.
+        self._history(token.token_id, (key, "end", None, None))
         if not _newer(key, token.owner_key):
             return
         old = token.owner if token.live else None
@@ -200,25 +670,40 @@ class CollectionBook:
         token.burned = token.owner is None
         new = token.owner if token.live else None
         if old != new:
-            self._count_holder(old, -1)
-            self._count_holder(new, +1)
-            change.note(self.nft_key(token.token_id), "owner", old, new)
+            self._count_holder(old, -1, token.token_id)
+            self._count_holder(new, +1, token.token_id)
         # An ownership change ends any listing the previous owner had made before it.
         if token.listing is not None and token.listing_key is not None and key > token.listing_key:
             token.listing = None
             token.listing_key = key
-        change.nfts.add(token.token_id)
 
-    def _count_holder(self, wallet: str | None, delta: int) -> None:
+    def _count_holder(self, wallet: str | None, delta: int, token_id: str) -> None:
         if wallet is None:
             return
-        count = self.holder_counts.get(wallet, 0) + delta
+        before = self.holder_counts.get(wallet, 0)
+        count = before + delta
         if count > 0:
             self.holder_counts[wallet] = count
         else:
             self.holder_counts.pop(wallet, None)
+        if self._bulk:
+            return
+        hist = self._d.hold_hist
+        for size, step in ((before, -1), (max(count, 0), +1)):
+            if size > 0:
+                hist[size] = hist.get(size, 0) + step
+                if not hist[size]:
+                    del hist[size]
+        held = self._d.holdings.setdefault(wallet, set())
+        if delta > 0:
+            held.add(token_id)
+        else:
+            held.discard(token_id)
+            if not held:
+                del self._d.holdings[wallet]
 
     def to_quote(self, event: Event, price: dict[str, str], rates: RateLookup) -> Decimal:
+        """An event's price in the collection's quote currency."""
         amount = Decimal(price["amount"])
         currency = normalise_currency(price["currency"])
         if currency == self.currency:
@@ -231,15 +716,55 @@ class CollectionBook:
             )
         return amount * rate
 
+    def _rewash(self, token_id: str) -> None:
+        """Re-derive one token's wash flags and its share of the wash volume."""
+        sales = self.sales.get(token_id, [])
+        flags = trust_engine.wash_flags(sales)
+        with localcontext() as ctx:
+            ctx.prec = 80
+            flagged = sum((s.price for s in sales if s.uid in flags), Decimal(0))
+            total = sum((s.price for s in sales), Decimal(0))
+            self._d.wash_volume += flagged - self._d.token_wash_volume.get(token_id, Decimal(0))
+        if flags:
+            self._d.wash[token_id] = flags
+        else:
+            self._d.wash.pop(token_id, None)
+        self._d.token_wash_volume[token_id] = flagged
+        self._d.token_volume[token_id] = total
+
+    # -- rebuilding derived state ------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        """Derive every index from the facts (the from-scratch twin of the incremental updates)."""
+        d = _Derived(publisher=self._d.publisher)
+        d.rarity = RarityIndex.build({tid: t.traits for tid, t in self.tokens.items() if t.live})
+        for tid, token in self.tokens.items():
+            if token.live and token.owner is not None:
+                d.holdings.setdefault(token.owner, set()).add(tid)
+        d.hold_hist = holding_hist(self.holder_counts.values())
+        for tid, entries in self.listing_history.items():
+            intervals = listing_intervals({tid: entries})
+            if intervals:
+                d.intervals[tid] = intervals
+        d.all_intervals = sorted(i for per_token in d.intervals.values() for i in per_token)
+        self._d = d
+        for token in self.tokens.values():
+            self._sync_listing(token)
+        self._d.listings.expire(self.clock)
+        for tid in self.sales:
+            self._rewash(tid)
+
     # -- serialisation -----------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable facts plus what was last propagated (derived indexes are rebuilt on load)."""
         return {
             "chain": self.chain,
             "contract": self.contract,
             "volume": str(self.volume),
             "sales_count": self.sales_count,
             "clock": self.clock,
+            "first_seen": self.first_seen,
             "holder_counts": self.holder_counts,
             "tokens": {
                 tid: {
@@ -256,41 +781,128 @@ class CollectionBook:
                 }
                 for tid, t in self.tokens.items()
             },
+            "sales": {tid: [s.to_list() for s in sales] for tid, sales in self.sales.items()},
+            # orjson writes tuples as arrays: copy the lists, not every entry.
+            "listing_history": {tid: list(entries) for tid, entries in self.listing_history.items()},
+            "findings": {
+                fid: {
+                    "key": list(f.key),
+                    "uid": self.finding_uids.get(fid),
+                    "kind": f.kind,
+                    "severity": f.severity,
+                    "status": f.status,
+                    "token_id": f.token_id,
+                    "wallets": list(f.wallets),
+                }
+                for fid, f in self.findings.items()
+            },
+            "verified": self.verified,
+            "verified_at": None
+            if self.verified_at is None
+            else [list(self.verified_at[0]), self.verified_at[1]],
+            "creator": self.creator,
+            "creator_at": None if self.creator_at is None else [list(self.creator_at[0]), self.creator_at[1]],
+            "daily_volume": {str(day): str(v) for day, v in self.daily_volume.items()},
+            "published": self.published,
+            "rarity_published": {tid: [s, r] for tid, (s, r) in self._d.publisher.published.items()},
         }
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> CollectionBook:
-        def key(v: Any) -> OrderKey | None:
-            return None if v is None else (int(v[0]), int(v[1]), str(v[2]))
+    def from_dict(
+        cls,
+        raw: dict[str, Any],
+        epsilons: Epsilons | None = None,
+        price_params: price_engine.PriceParams | None = None,
+    ) -> CollectionBook:
+        """The inverse of :meth:`to_dict`."""
 
-        book = cls(
-            chain=raw["chain"],
-            contract=raw["contract"],
-            volume=Decimal(raw["volume"]),
-            sales_count=int(raw["sales_count"]),
-            clock=raw.get("clock"),
-            holder_counts=dict(raw.get("holder_counts", {})),
-        )
+        def stamp(v: Any) -> tuple[OrderKey, str] | None:
+            if v is None:
+                return None
+            k = _key(v[0])
+            assert k is not None
+            return (k, str(v[1]))
+
+        book = cls.empty(raw["chain"], raw["contract"], epsilons, price_params)
+        book.volume = Decimal(raw["volume"])
+        book.sales_count = int(raw["sales_count"])
+        book.clock = raw.get("clock")
+        book.first_seen = raw.get("first_seen")
+        book.holder_counts = dict(raw.get("holder_counts", {}))
         for tid, t in raw.get("tokens", {}).items():
             book.tokens[tid] = Token(
                 token_id=tid,
                 owner=t["owner"],
-                owner_key=key(t["owner_key"]),
+                owner_key=_key(t["owner_key"]),
                 minted=t["minted"],
                 burned=t["burned"],
                 traits=t["traits"],
-                traits_key=key(t["traits_key"]),
+                traits_key=_key(t["traits_key"]),
                 last_sale=t["last_sale"],
-                last_sale_key=key(t["last_sale_key"]),
+                last_sale_key=_key(t["last_sale_key"]),
                 listing=t["listing"],
-                listing_key=key(t["listing_key"]),
+                listing_key=_key(t["listing_key"]),
             )
+        book.sales = {tid: [SaleRecord.from_list(s) for s in v] for tid, v in raw.get("sales", {}).items()}
+        book.listing_history = {
+            tid: [(tuple(k), kind, price, expires) for k, kind, price, expires in entries]  # type: ignore[misc]
+            for tid, entries in raw.get("listing_history", {}).items()
+        }
+        for fid, f in raw.get("findings", {}).items():
+            book.findings[fid] = Finding(
+                finding_id=fid,
+                key=_key(f["key"]) or (-1, -1, ""),
+                kind=f["kind"],
+                severity=f["severity"],
+                status=f["status"],
+                token_id=f["token_id"],
+                wallets=tuple(f["wallets"]),
+            )
+            if f.get("uid") is not None:
+                book.finding_uids[fid] = f["uid"]
+        book.verified = raw.get("verified")
+        book.verified_at = stamp(raw.get("verified_at"))
+        book.creator = raw.get("creator")
+        book.creator_at = stamp(raw.get("creator_at"))
+        book.daily_volume = {int(day): Decimal(v) for day, v in raw.get("daily_volume", {}).items()}
+        book.published = dict(raw.get("published", {}))
+        book._rebuild()
+        book._d.publisher.reset(
+            book._d.rarity,
+            {tid: (float(s), int(r)) for tid, (s, r) in raw.get("rarity_published", {}).items()},
+        )
         return book
 
     # -- read models -------------------------------------------------------------------------------
 
+    def rarity_view(self, token_id: str) -> dict[str, Any] | None:
+        """``{score, rank}`` of a live token, None otherwise."""
+        score = self._d.rarity.score(token_id)
+        if score is None:
+            return None
+        return {"score": round(score, 6), "rank": self._d.rarity.rank(token_id)}
+
     def nft_view(self, token_id: str) -> dict[str, Any]:
+        """The API's read model of one NFT."""
         t = self.tokens[token_id]
+        _, coll_trust, coll_risk = self._collection_parts()
+        findings = self.findings_for(token_id)
+        token_wash = self.token_wash_share(token_id)
+        trust = trust_engine.nft_trust(coll_trust, token_wash, findings)
+        rarity = self.rarity_view(token_id)
+        clean = self._last_clean_sale(token_id)
+        now = self.clock_us
+        estimate = price_engine.estimate(
+            floor=self.floor,
+            twap=self.twap_floor(),
+            rarity_score=None if rarity is None else self._d.rarity.score(token_id),
+            last_sale=None if clean is None else clean.price,
+            last_sale_age_days=None
+            if clean is None or now is None
+            else now // DAY_US - clean.at_us // DAY_US,
+            currency=self.currency,
+            params=self.price_params,
+        )
         return {
             "chain": self.chain,
             "contract": self.contract,
@@ -299,55 +911,100 @@ class CollectionBook:
             "burned": t.burned,
             "traits": t.traits,
             "last_sale": t.last_sale,
-            "active_listing": t.listing if t in self.active_listings() else None,
+            "active_listing": self._active_listing(t),
+            "rarity": rarity,
+            "trust": trust.view(),
+            "price_estimate": estimate,
+            "risk": risk_engine.nft_risk(
+                collection=coll_risk, findings=findings, token_wash_share=token_wash
+            ),
         }
 
+    def _last_clean_sale(self, token_id: str) -> SaleRecord | None:
+        flags = self._d.wash.get(token_id, {})
+        for sale in reversed(self.sales.get(token_id, [])):
+            if sale.uid not in flags:
+                return sale
+        return None
+
     def collection_view(self) -> dict[str, Any]:
-        floor = self.floor
+        """The API's read model of the collection."""
+        headline, trust, risk = self._collection_parts()
+        market = self.market()
         return {
             "chain": self.chain,
             "contract": self.contract,
             "currency": self.currency,
-            "floor": None if floor is None else str(floor),
-            "volume": str(self.volume),
+            "floor": headline["floor"],
+            "twap_floor": headline["twap_floor"],
+            "volume": headline["volume"],
             "sales_count": self.sales_count,
             "holders_count": self.holders,
             "supply": self.supply,
-            "listed_count": len(self.active_listings()),
+            "listed_count": len(self._d.listings),
+            "top10_share": headline["top10_share"],
+            "gini": headline["gini"],
+            "wash_share": headline["wash_share"],
+            "verified_creator": headline["verified_creator"],
+            "rarity_entropy": headline["rarity_entropy"],
+            "trust": trust.view(),
+            "risk": risk,
+            "market": {"trend": market["trend"], "anomaly": market["anomaly"]},
         }
 
 
 # -- per-type handlers -----------------------------------------------------------------------------
 
 
-def _mint(book: CollectionBook, event: Event, rates: RateLookup, change: Change) -> None:
+def _mint(book: CollectionBook, event: Event, rates: RateLookup) -> None:
     token = book._token(event.token_id or "")
     token.minted = True
-    book._set_owner(token, event.data["to"], event.order_key, change)
+    book._set_owner(token, event.data["to"], event.order_key)
     traits = event.data.get("traits")
     if traits is not None and _newer(event.order_key, token.traits_key):
         token.traits, token.traits_key = dict(traits), event.order_key
-    change.nfts.add(token.token_id)
 
 
-def _transfer(book: CollectionBook, event: Event, rates: RateLookup, change: Change) -> None:
+def _transfer(book: CollectionBook, event: Event, rates: RateLookup) -> None:
     to = event.data["to"]
     if event.data.get("from") == ZERO_ADDRESS:
-        return _mint(book, event, rates, change)
+        return _mint(book, event, rates)
     token = book._token(event.token_id or "")
-    book._set_owner(token, None if to == ZERO_ADDRESS else to, event.order_key, change)
+    book._set_owner(token, None if to == ZERO_ADDRESS else to, event.order_key)
 
 
-def _burn(book: CollectionBook, event: Event, rates: RateLookup, change: Change) -> None:
+def _burn(book: CollectionBook, event: Event, rates: RateLookup) -> None:
     token = book._token(event.token_id or "")
-    book._set_owner(token, None, event.order_key, change)
+    book._set_owner(token, None, event.order_key)
 
 
-def _sale(book: CollectionBook, event: Event, rates: RateLookup, change: Change) -> None:
+def _sale(book: CollectionBook, event: Event, rates: RateLookup) -> None:
     token = book._token(event.token_id or "")
+    uid = f"{event.source}:{event.id}"
+    if any(s.uid == uid for s in book.sales.get(token.token_id, ())):
+        return  # the same sale twice: the log dedupes, this keeps the sums honest if it did not
     price = book.to_quote(event, event.data["price"], rates)
-    book.volume += price
+    with localcontext() as ctx:
+        ctx.prec = 80
+        book.volume += price
+        day = to_us(event.occurred_at.isoformat()) // DAY_US
+        book.daily_volume[day] = book.daily_volume.get(day, Decimal(0)) + price
     book.sales_count += 1
+    record = SaleRecord(
+        key=event.order_key,
+        uid=uid,
+        at_us=to_us(event.occurred_at.isoformat()),
+        token_id=token.token_id,
+        seller=event.data["from"],
+        buyer=event.data["to"],
+        price=price,
+        buyer_funder=_wallet_or_none(event.data.get("buyer_funder")),
+        seller_funder=_wallet_or_none(event.data.get("seller_funder")),
+    )
+    sales = book.sales.setdefault(token.token_id, [])
+    sales.append(record)
+    sales.sort(key=lambda s: s.sort_key)
+    book._d.sales_version += 1
     if _newer(event.order_key, token.last_sale_key):
         token.last_sale = {
             "price": str(price),
@@ -358,53 +1015,69 @@ def _sale(book: CollectionBook, event: Event, rates: RateLookup, change: Change)
             "at": event.occurred_at.isoformat(),
         }
         token.last_sale_key = event.order_key
-    book._set_owner(token, event.data["to"], event.order_key, change)
-    change.nfts.add(token.token_id)
-    change.collection = True
+    book._set_owner(token, event.data["to"], event.order_key)
+    if not book._bulk:
+        book._rewash(token.token_id)
 
 
-def _listing(book: CollectionBook, event: Event, rates: RateLookup, change: Change) -> None:
+def _wallet_or_none(value: Any) -> str | None:
+    return value.lower() if isinstance(value, str) and value else None
+
+
+def _listing(book: CollectionBook, event: Event, rates: RateLookup) -> None:
     token = book._token(event.token_id or "")
+    expires = event.data.get("expires_at")
+    expires_iso = None if expires is None else utc_iso(expires)
+    price = book.to_quote(event, event.data["price"], rates)
+    book._history(token.token_id, (event.order_key, "list", str(price), expires_iso))
     if not _newer(event.order_key, token.listing_key) or not _newer(event.order_key, token.owner_key):
         return
-    expires = event.data.get("expires_at")
     token.listing = {
-        "price": str(book.to_quote(event, event.data["price"], rates)),
+        "price": str(price),
         "currency": book.currency,
         "asked": event.data["price"],
         "seller": event.data["seller"],
         "at": event.occurred_at.isoformat(),
-        "expires_at": None if expires is None else _iso(expires),
+        "expires_at": expires_iso,
     }
     token.listing_key = event.order_key
-    change.nfts.add(token.token_id)
-    change.collection = True
 
 
-def _listing_cancelled(book: CollectionBook, event: Event, rates: RateLookup, change: Change) -> None:
+def _listing_cancelled(book: CollectionBook, event: Event, rates: RateLookup) -> None:
     token = book._token(event.token_id or "")
+    book._history(token.token_id, (event.order_key, "end", None, None))
     if not _newer(event.order_key, token.listing_key):
         return
     token.listing, token.listing_key = None, event.order_key
-    change.nfts.add(token.token_id)
-    change.collection = True
 
 
-def _metadata_update(book: CollectionBook, event: Event, rates: RateLookup, change: Change) -> None:
+def _metadata_update(book: CollectionBook, event: Event, rates: RateLookup) -> None:
     token = book._token(event.token_id or "")
     if not _newer(event.order_key, token.traits_key):
         return
-    before = token.traits
     token.traits, token.traits_key = dict(event.data["traits"]), event.order_key
-    change.note(book.nft_key(token.token_id), "traits", before, token.traits)
-    change.nfts.add(token.token_id)
 
 
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+def _fraud_finding(book: CollectionBook, event: Event, rates: RateLookup) -> None:
+    data = event.data
+    fid = str(data["finding_id"])
+    uid = f"{event.source}:{event.id}"
+    current = book.findings.get(fid)
+    if current is not None and (event.order_key, uid) <= (current.key, book.finding_uids.get(fid, "")):
+        return
+    book.findings[fid] = Finding(
+        finding_id=fid,
+        key=event.order_key,
+        kind=str(data["kind"]),
+        severity=str(data["severity"]),
+        status=str(data.get("status", "open")),
+        token_id=event.token_id,
+        wallets=tuple(data.get("wallets") or ()),
+    )
+    book.finding_uids[fid] = uid
 
 
-_HANDLERS: dict[EventType, Callable[[CollectionBook, Event, RateLookup, Change], None]] = {
+_HANDLERS: dict[EventType, Callable[[CollectionBook, Event, RateLookup], None]] = {
     EventType.MINT: _mint,
     EventType.TRANSFER: _transfer,
     EventType.BURN: _burn,
@@ -412,4 +1085,5 @@ _HANDLERS: dict[EventType, Callable[[CollectionBook, Event, RateLookup, Change],
     EventType.LISTING: _listing,
     EventType.LISTING_CANCELLED: _listing_cancelled,
     EventType.METADATA_UPDATE: _metadata_update,
+    EventType.FRAUD_FINDING: _fraud_finding,
 }

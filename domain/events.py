@@ -289,7 +289,9 @@ class DataValidationError(ValueError):
 
     def __init__(self, inner: ValidationError) -> None:
         self.inner = inner
-        super().__init__("; ".join(f"data.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner.errors()))
+        super().__init__(
+            "; ".join(f"data.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner.errors())
+        )
 
 
 def collection_key(chain: str, contract: str) -> str:

@@ -8,11 +8,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.classify import Thresholds
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PULSE_", env_file=None, extra="ignore")
 
-    data_dir: Path = Field(default=Path(".pulse"), description="where `pulse up` keeps SQLite and Temporal state")
+    data_dir: Path = Field(
+        default=Path(".pulse"), description="where `pulse up` keeps SQLite and Temporal state"
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite"
     )
@@ -21,8 +25,15 @@ class Settings(BaseSettings):
     )
     temporal_namespace: str = "default"
     task_queue: str = "pulse"
-    redis_url: str | None = Field(default=None, description="entity read cache in Redis instead of in process")
-    bootstrap_admin_key: str | None = Field(default=None, description="an admin API key that exists after start")
+    workflow_id_prefix: str = Field(
+        default="", description="prepended to workflow ids, so that several Pulses can share a namespace"
+    )
+    redis_url: str | None = Field(
+        default=None, description="entity read cache in Redis instead of in process"
+    )
+    bootstrap_admin_key: str | None = Field(
+        default=None, description="an admin API key that exists after start"
+    )
 
     host: str = "127.0.0.1"
     api_port: int = 8000
@@ -36,10 +47,10 @@ class Settings(BaseSettings):
     dispatch_batch_max: int = Field(default=5000, description="events read from the log per dispatcher tick")
     partition_batch_max: int = Field(default=2000, description="events one recalculation activity applies")
     significant_priority: float = Field(
-        default=80.0, description="priority from which an event gets a workflow of its own"
+        default=80.0, description="priority (0-100) from which an event gets a workflow of its own"
     )
-    significant_price_ratio: float = Field(
-        default=3.0, description="a sale or listing this many times off the floor gets a workflow of its own"
+    large_move: float = Field(
+        default=0.5, description="a price this far off the floor (relative) boosts an event's priority"
     )
     backlog_shed_threshold: int = Field(
         default=200_000, description="backlog past which low-priority events are refused with 429"
@@ -52,6 +63,9 @@ class Settings(BaseSettings):
     allow_private_webhooks: bool = Field(
         default=False, description="accept webhook URLs on private or loopback addresses (tests, intranets)"
     )
+
+    def classify_thresholds(self) -> Thresholds:
+        return Thresholds(significant_priority=self.significant_priority, large_move=self.large_move)
 
     @property
     def effective_database_url(self) -> str:

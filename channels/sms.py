@@ -1,0 +1,178 @@
+"""SMS through Twilio's official SDK, plus status-callback helpers for the API layer.
+
+The SDK is blocking (requests), so sends run in a worker thread. A small ``TwilioHttpClient`` subclass
+turns 429 (with its Retry-After) and 5xx into :class:`TransientDeliveryError` before the SDK flattens
+them into a ``TwilioRestException`` without headers; everything else the SDK raises is mapped below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from channels.base import (
+    DeliveryReceipt,
+    DeliveryStatus,
+    OutboundMessage,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    parse_retry_after,
+)
+
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+
+#: Twilio error codes that no retry can fix: invalid/unreachable number, opted out, not permitted.
+PERMANENT_TWILIO_CODES = frozenset(
+    {21211, 21214, 21217, 21219, 21408, 21606, 21610, 21612, 21614, 21635, 30003, 30005, 30006, 30007}
+)
+
+
+@dataclass(frozen=True)
+class TwilioConfig:
+    """Twilio credentials and sender. Either ``from_number`` or ``messaging_service_sid`` is needed."""
+
+    account_sid: str
+    auth_token: str
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    #: overrides https://api.twilio.com (tests, a validating mock)
+    base_url: str | None = None
+    #: public URL of Pulse's Twilio status callback endpoint; None: no callbacks
+    status_callback_url: str | None = None
+    timeout_s: float = 10.0
+
+
+def is_e164(number: str) -> bool:
+    """Whether ``number`` is in E.164 form: ``+``, country code, at most 15 digits in all."""
+    return bool(E164.match(number))
+
+
+class _ClassifyingHttpClient(TwilioHttpClient):
+    """Raises transient errors with Retry-After before the SDK turns the response into an exception."""
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
+        try:
+            response = super().request(method, url, *args, **kwargs)
+        except requests.RequestException as exc:  # timeouts, refused connections, resets
+            raise TransientDeliveryError(
+                "sms", f"connection failed: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientDeliveryError(
+                "sms",
+                f"HTTP {response.status_code}: {response.text[:200]}",
+                retry_after=parse_retry_after((response.headers or {}).get("Retry-After")),
+                code=response.status_code,
+            )
+        return response
+
+
+class TwilioSmsChannel:
+    """SMS through Twilio's Messages resource."""
+
+    name = "sms"
+
+    def __init__(self, config: TwilioConfig) -> None:
+        if not (config.from_number or config.messaging_service_sid):
+            raise ValueError("TwilioConfig needs from_number or messaging_service_sid")
+        self.config = config
+        self._client = Client(
+            config.account_sid,
+            config.auth_token,
+            http_client=_ClassifyingHttpClient(timeout=config.timeout_s),
+        )
+        if config.base_url:
+            # The SDK's documented hook: every product domain has its own base_url.
+            self._client.api.base_url = config.base_url.rstrip("/")
+
+    def _callback_url(self, message: OutboundMessage) -> str | None:
+        base = self.config.status_callback_url
+        if not base:
+            return None
+        sep = "&" if "?" in base else "?"
+        return f"{base}{sep}{urlencode({'key': message.idempotency_key})}"
+
+    def _create(self, message: OutboundMessage) -> Any:
+        kwargs: dict[str, Any] = {"to": message.to, "body": message.text}
+        if self.config.messaging_service_sid:
+            kwargs["messaging_service_sid"] = self.config.messaging_service_sid
+        else:
+            kwargs["from_"] = self.config.from_number
+        callback = self._callback_url(message)
+        if callback:
+            kwargs["status_callback"] = callback
+        return self._client.api.v2010.accounts(self.config.account_sid).messages.create(**kwargs)
+
+    async def send(self, message: OutboundMessage) -> DeliveryReceipt:
+        """Send one SMS; Twilio splits long bodies into concatenated segments itself."""
+        if not is_e164(message.to):
+            raise PermanentDeliveryError(
+                self.name, f"not an E.164 number: {message.to!r}", code="invalid_number"
+            )
+        if not message.text:
+            raise PermanentDeliveryError(self.name, "empty SMS body", code="empty_body")
+        try:
+            created = await asyncio.to_thread(self._create, message)
+        except TwilioRestException as exc:
+            code = exc.code if exc.code is not None else exc.status
+            if exc.status == 429 or exc.status >= 500:  # pragma: no cover - the http client raises first
+                raise TransientDeliveryError(self.name, str(exc.msg), code=code) from exc
+            raise PermanentDeliveryError(self.name, f"Twilio {code}: {exc.msg}", code=code) from exc
+        except TwilioException as exc:  # SDK-side failures such as an unparsable response
+            raise TransientDeliveryError(self.name, str(exc)) from exc
+        segments = int(created.num_segments) if str(created.num_segments or "").isdigit() else None
+        status = map_twilio_status(str(created.status or "queued"))
+        if status == "failed":
+            raise PermanentDeliveryError(self.name, f"Twilio {created.error_code}: {created.error_message}")
+        return DeliveryReceipt(
+            channel=self.name,
+            status=status,
+            provider_message_id=created.sid,
+            segments=segments,
+            detail={"twilio_status": str(created.status)},
+        )
+
+
+_TWILIO_STATUS: dict[str, DeliveryStatus] = {
+    "accepted": "queued",
+    "scheduled": "queued",
+    "queued": "queued",
+    "sending": "queued",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "read",
+    "undelivered": "failed",
+    "failed": "failed",
+    "canceled": "failed",
+}
+
+
+def map_twilio_status(status: str) -> DeliveryStatus:
+    """Pulse's delivery status for a Twilio MessageStatus (callback or API)."""
+    return _TWILIO_STATUS.get(status.lower(), "queued")
+
+
+def validate_status_callback(
+    auth_token: str, url: str, params: Mapping[str, str], signature: str | None
+) -> bool:
+    """Check ``X-Twilio-Signature`` of a status callback: ``url`` is the full public URL Twilio called
+    (with query string), ``params`` the form fields of the POST body."""
+    if not signature:
+        return False
+    return bool(RequestValidator(auth_token).validate(url, dict(params), signature))
+
+
+def twilio_callback_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
+    """The signature Twilio would send for ``url`` and ``params`` (for tests of the callback endpoint)."""
+    return str(RequestValidator(auth_token).compute_signature(url, dict(params)))

@@ -1,0 +1,274 @@
+"""Collection statistics: floor, holder concentration and the time-weighted floor. Pure: no I/O.
+
+Every figure here is a function of order-independent facts (the set of listings and their history,
+holder counts), so an incrementally maintained value equals the one a full recompute derives:
+
+* floor: the cheapest active listing, kept in a price-sorted list; expired listings leave it through a
+  heap keyed by expiry as the book's clock passes them (the clock never goes back);
+* unique holders, top-10 share and Gini from a histogram ``tokens held -> number of wallets``, so a
+  transfer costs O(1) and a read O(distinct holding sizes), computed in exact integers;
+* time-weighted floor: the floor is a step function of time given by listing intervals (a listing is
+  live from its event until the next listing-state event of the token in chain order, or its expiry);
+  prefix integrals over the steps give the average over any window in O(log n).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+DAY_US = 86_400_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(iso: str) -> int:
+    """Microseconds since the epoch of an ISO 8601 timestamp (naive values are taken as UTC)."""
+    moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def utc_iso(value: str | datetime) -> str:
+    """Normalise a timestamp to the UTC ``isoformat`` the book compares as strings."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+# -- holders -------------------------------------------------------------------------------------------
+
+
+def gini(hist: Mapping[int, int]) -> float:
+    """Gini coefficient of holdings given ``{tokens held: wallets holding that many}``.
+
+    ``G = 2 * sum(i * x_(i)) / (n * sum x) - (n + 1) / n`` over the holdings sorted ascending, computed
+    with exact integers per group of equal holdings.
+    """
+    n = sum(count for size, count in hist.items() if size > 0)
+    total = sum(size * count for size, count in hist.items() if size > 0)
+    if n == 0 or total == 0:
+        return 0.0
+    position = 0
+    weighted = 0
+    for size in sorted(s for s in hist if s > 0):
+        count = hist[size]
+        # positions position+1 .. position+count all hold ``size``
+        weighted += size * (count * position + count * (count + 1) // 2)
+        position += count
+    return float(Fraction(2 * weighted, n * total) - Fraction(n + 1, n))
+
+
+def top_share(hist: Mapping[int, int], top: int = 10) -> float:
+    """Share of all held tokens that the ``top`` largest holders hold."""
+    total = sum(size * count for size, count in hist.items() if size > 0)
+    if total == 0:
+        return 0.0
+    left, held = top, 0
+    for size in sorted((s for s in hist if s > 0), reverse=True):
+        take = min(left, hist[size])
+        held += take * size
+        left -= take
+        if left == 0:
+            break
+    return float(Fraction(held, total))
+
+
+def holding_hist(counts: Iterable[int]) -> dict[int, int]:
+    """Histogram of holding sizes from per-wallet counts (the from-scratch twin)."""
+    hist: dict[int, int] = {}
+    for size in counts:
+        if size > 0:
+            hist[size] = hist.get(size, 0) + 1
+    return hist
+
+
+# -- floor ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ListingIndex:
+    """Active listings sorted by price, with expiry handled lazily as the clock advances."""
+
+    entries: dict[str, tuple[Decimal, str | None]] = field(default_factory=dict)
+    _sorted: list[tuple[Decimal, str]] = field(default_factory=list)
+    _expiry: list[tuple[str, str]] = field(default_factory=list)
+
+    def put(self, token_id: str, price: Decimal | None, expires: str | None) -> bool:
+        """Make ``token_id``'s active listing ``price`` (None: not listed). True if anything changed."""
+        current = self.entries.get(token_id)
+        wanted = None if price is None else (price, expires)
+        if current == wanted:
+            return False
+        if current is not None:
+            self._sorted.pop(self._position(current[0], token_id))
+            del self.entries[token_id]
+        if wanted is not None:
+            self.entries[token_id] = wanted
+            insort(self._sorted, (wanted[0], token_id))
+            if expires is not None:
+                heapq.heappush(self._expiry, (expires, token_id))
+        return True
+
+    def _position(self, price: Decimal, token_id: str) -> int:
+        return bisect_left(self._sorted, (price, token_id))
+
+    def expire(self, clock: str | None) -> set[str]:
+        """Drop listings whose expiry the clock has reached; returns the tokens that lost one."""
+        gone: set[str] = set()
+        while clock is not None and self._expiry and self._expiry[0][0] <= clock:
+            expires, token_id = heapq.heappop(self._expiry)
+            entry = self.entries.get(token_id)
+            if entry is not None and entry[1] == expires:
+                self.put(token_id, None, None)
+                gone.add(token_id)
+        return gone
+
+    @property
+    def floor(self) -> Decimal | None:
+        """The cheapest active listing."""
+        return self._sorted[0][0] if self._sorted else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, token_id: object) -> bool:
+        return token_id in self.entries
+
+
+# -- time-weighted floor -------------------------------------------------------------------------------
+
+ListingEntry = tuple[tuple[int, int, str], str, str | None, str | None]
+"""``(order_key, kind, price, expires)``: kind ``list`` (price in quote currency) or ``end``."""
+
+
+OPEN = 1 << 62
+"""The end of a listing interval that has not ended (sorts after every real time)."""
+
+Interval = tuple[int, int, Decimal]
+"""``(start_us, end_us or OPEN, price)``."""
+
+
+def listing_intervals(history: Mapping[str, list[ListingEntry]]) -> list[Interval]:
+    """Each listing's life ``(start_us, end_us or OPEN, price)`` from per-token histories, sorted."""
+    out: list[Interval] = []
+    for entries in history.values():
+        for i, (key, kind, price, expires) in enumerate(entries):
+            if kind != "list" or price is None:
+                continue
+            start = to_us(key[2])
+            end = to_us(entries[i + 1][0][2]) if i + 1 < len(entries) else OPEN
+            if expires is not None:
+                end = min(end, to_us(expires))
+            if end <= start:
+                continue
+            out.append((start, end, Decimal(price)))
+    out.sort()
+    return out
+
+
+def first_difference(old: list[Interval], new: list[Interval]) -> int:
+    """The earliest time at which two interval sets can give a different floor (OPEN: never)."""
+    gone = [i for i in old if i not in new]
+    came = [i for i in new if i not in old]
+    if not gone and not came:
+        return OPEN
+    if len(gone) == 1 and len(came) == 1 and gone[0][0] == came[0][0] and gone[0][2] == came[0][2]:
+        # Only the end moved (an open listing ended, an expiry changed): nothing differs before it.
+        return min(gone[0][1], came[0][1])
+    return min(i[0] for i in gone + came)
+
+
+@dataclass
+class FloorSeries:
+    """The floor as a step function of time, with prefix integrals for window averages."""
+
+    times: list[int] = field(default_factory=list)
+    prices: list[Decimal | None] = field(default_factory=list)
+    integral: list[Decimal] = field(default_factory=list)
+    covered: list[int] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls, intervals: list[Interval], base: FloorSeries | None = None, since: int = OPEN
+    ) -> FloorSeries:
+        """Sweep the intervals into steps with prefix integrals.
+
+        With ``base`` (the series before a change) and ``since`` (the earliest time the change can
+        affect), the steps before ``since`` are kept and only the tail is swept again: the same
+        Decimal operations in the same order as a full build, so the same numbers.
+        """
+        series = cls()
+        keep = 0 if base is None else bisect_left(base.times, since) - 1
+        total, span = Decimal(0), 0
+        if base is not None and keep > 0:
+            origin = base.times[keep]
+            series.times, series.prices = base.times[:keep], base.prices[:keep]
+            series.integral, series.covered = base.integral[:keep], base.covered[:keep]
+            total, span = base.integral[keep], base.covered[keep]
+            relevant = [iv for iv in intervals if iv[1] > origin]
+            bounds = sorted(
+                {s for s, _, _ in relevant if s > origin} | {e for _, e, _ in relevant if e < OPEN}
+            )
+            bounds.insert(0, origin)
+        else:
+            relevant = intervals
+            bounds = sorted({s for s, _, _ in relevant} | {e for _, e, _ in relevant if e < OPEN})
+        if not bounds:
+            return series
+        starts = sorted(range(len(relevant)), key=lambda i: relevant[i][0])
+        heap: list[tuple[Decimal, int]] = []
+        cursor = 0
+        with localcontext() as ctx:
+            ctx.prec = 60
+            for i, moment in enumerate(bounds):
+                while cursor < len(starts) and relevant[starts[cursor]][0] <= moment:
+                    idx = starts[cursor]
+                    heapq.heappush(heap, (relevant[idx][2], idx))
+                    cursor += 1
+                while heap and relevant[heap[0][1]][1] <= moment:
+                    heapq.heappop(heap)
+                price = heap[0][0] if heap else None
+                series.times.append(moment)
+                series.prices.append(price)
+                series.integral.append(total)
+                series.covered.append(span)
+                if i + 1 < len(bounds) and price is not None:
+                    width = bounds[i + 1] - moment
+                    total += price * width
+                    span += width
+        return series
+
+    def _at(self, moment: int) -> tuple[Decimal, int]:
+        i = bisect_right(self.times, moment) - 1
+        if i < 0:
+            return Decimal(0), 0
+        price = self.prices[i]
+        if price is None:
+            return self.integral[i], self.covered[i]
+        with localcontext() as ctx:
+            ctx.prec = 60
+            return self.integral[i] + price * (moment - self.times[i]), self.covered[i] + moment - self.times[
+                i
+            ]
+
+    def average(self, start: int, end: int) -> Decimal | None:
+        """Time-weighted floor over ``[start, end]``, over the part of it where any listing was live."""
+        if end <= start or not self.times:
+            return None
+        high, high_span = self._at(end)
+        low, low_span = self._at(start)
+        span = high_span - low_span
+        if span <= 0:
+            return None
+        with localcontext() as ctx:
+            ctx.prec = 60
+            value = (high - low) / span
+        return value.quantize(Decimal("1e-12"))

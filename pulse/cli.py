@@ -1,0 +1,281 @@
+"""The ``pulse`` command: run the parts, manage keys, replay and verify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import datetime
+from typing import Annotated
+
+import typer
+import uvicorn
+from prometheus_client import start_http_server
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pulse import logs
+from pulse.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Pulse: real-time updates and alerts for NFT trust and market data.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+log = logging.getLogger("pulse.cli")
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    logs.configure(settings.log_level)
+    return settings
+
+
+# -- running the parts ----------------------------------------------------------------------------
+
+
+async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: bool, embedded: bool) -> None:
+    from api.app import create_app
+    from pulse.dispatcher import Dispatcher
+    from pulse.services import bootstrap_admin_key, open_cache
+    from pulse.temporal import DevServer, connect, ensure_search_attributes
+    from pulse.worker import build_worker
+
+    dev: DevServer | None = None
+    if embedded and not settings.temporal_address:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        dev = DevServer(
+            settings.host,
+            settings.temporal_port,
+            settings.temporal_ui_port,
+            settings.data_dir / "temporal.db",
+            settings.data_dir / "temporal.log",
+        )
+        await asyncio.to_thread(dev.start)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        db = await asyncio.to_thread(_open_db, settings)
+        sdk_metrics = f"{settings.host}:{settings.temporal_sdk_metrics_port}" if worker else None
+        client = await connect(
+            settings.effective_temporal_address, settings.temporal_namespace, metrics_bind=sdk_metrics
+        )
+        if dev is None:
+            await ensure_search_attributes(client)
+        cache = open_cache(settings, shares_process_with_worker=api and worker)
+        tasks: list[asyncio.Task[None]] = []
+        server: uvicorn.Server | None = None
+        if api:
+            config = uvicorn.Config(
+                create_app(settings, db, cache, client),
+                host=settings.host,
+                port=settings.api_port,
+                log_config=None,
+                access_log=False,
+            )
+            server = uvicorn.Server(config)
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            tasks.append(asyncio.create_task(server.serve()))
+        running_worker = None
+        if worker:
+            start_http_server(settings.worker_metrics_port, addr=settings.host)
+            running_worker = build_worker(
+                client, settings.task_queue, db, cache, workflow_id_prefix=settings.workflow_id_prefix
+            )
+            tasks.append(asyncio.create_task(running_worker.run()))
+        if dispatcher:
+            start_http_server(settings.dispatcher_metrics_port, addr=settings.host)
+            tasks.append(asyncio.create_task(Dispatcher(settings, db, client).run(stop)))
+        if embedded:
+            key = bootstrap_admin_key(settings, db)
+            _print_where(settings, key)
+        await stop.wait()
+        console.print("[bold]stopping…[/bold]")
+        if server is not None:
+            server.should_exit = True
+        if running_worker is not None:
+            await running_worker.shutdown()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+        db.dispose()
+    finally:
+        if dev is not None:
+            await asyncio.to_thread(dev.stop)
+
+
+def _open_db(settings: Settings):  # type: ignore[no-untyped-def]
+    from pulse.services import open_database
+
+    return open_database(settings)
+
+
+def _print_where(settings: Settings, key: str) -> None:
+    table = Table(title="Pulse is up", show_header=False)
+    h = settings.host
+    table.add_row("API", f"http://{h}:{settings.api_port}  (docs at /docs)")
+    table.add_row("API metrics", f"http://{h}:{settings.api_port}/metrics")
+    table.add_row("Worker metrics", f"http://{h}:{settings.worker_metrics_port}/metrics")
+    table.add_row("Dispatcher metrics", f"http://{h}:{settings.dispatcher_metrics_port}/metrics")
+    table.add_row("Temporal SDK metrics", f"http://{h}:{settings.temporal_sdk_metrics_port}/metrics")
+    table.add_row("Temporal", settings.effective_temporal_address)
+    if not settings.temporal_address:
+        table.add_row("Temporal Web UI", f"http://{h}:{settings.temporal_ui_port}")
+    table.add_row("Database", settings.effective_database_url)
+    table.add_row("Admin API key", key)
+    console.print(table)
+    console.print("Press Ctrl-C to stop.")
+
+
+@app.command()
+def up() -> None:
+    """Start everything with embedded defaults: Temporal dev server, SQLite, API, worker and dispatcher."""
+    asyncio.run(_serve(_settings(), api=True, worker=True, dispatcher=True, embedded=True))
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API alone (production)."""
+    asyncio.run(_serve(_settings(), api=True, worker=False, dispatcher=False, embedded=False))
+
+
+@app.command()
+def worker() -> None:
+    """Run a Temporal worker alone (production; run as many as the load needs)."""
+    asyncio.run(_serve(_settings(), api=False, worker=True, dispatcher=False, embedded=False))
+
+
+@app.command()
+def dispatcher() -> None:
+    """Run the dispatcher alone (production; one is enough, a second one is safe but idle work)."""
+    asyncio.run(_serve(_settings(), api=False, worker=False, dispatcher=True, embedded=False))
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[list[str], typer.Option("--scope", help="ingest, read, admin or user:<id>; repeatable")],
+    name: Annotated[str, typer.Option(help="what the key is for")] = "cli",
+) -> None:
+    """Create an API key and print it (it is shown only once)."""
+    from pulse.services import open_database
+
+    allowed = {"ingest", "read", "admin"}
+    for s in scope:
+        if s not in allowed and not s.startswith("user:"):
+            raise typer.BadParameter(
+                f"unknown scope {s!r}: use ingest, read, admin or user:<id>", param_hint="--scope"
+            )
+    db = open_database(_settings())
+    from store import keys
+
+    typer.echo(keys.create(db, name, list(scope)))
+
+
+# -- replay and verify ----------------------------------------------------------------------------
+
+
+def _parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            "must be an ISO 8601 time such as 2026-11-27T08:00:00Z", param_hint=name
+        ) from None
+    if parsed.tzinfo is None:
+        raise typer.BadParameter("must carry a time zone, e.g. Z or +00:00", param_hint=name)
+    return parsed
+
+
+@app.command()
+def replay(
+    source: Annotated[str | None, typer.Option(help="only events from this source")] = None,
+    event_id: Annotated[
+        str | None, typer.Option("--id", help="one event: its producer id (with --source)")
+    ] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="only these types; repeatable")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="received at or after (ISO 8601)")] = None,
+    until: Annotated[str | None, typer.Option(help="received before (ISO 8601)")] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="statuses to replay (default: failed); 'processed' re-derives state"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="count what would be replayed, change nothing")
+    ] = False,
+) -> None:
+    """Send events back through the pipeline: one event, or a range by time, type or source."""
+    from pulse.services import open_database
+    from store import events
+    from store.events import ReplayFilter
+
+    if event_id and not source:
+        raise typer.BadParameter("--id needs --source: ids are unique within a source", param_hint="--id")
+    statuses = tuple(status or ["failed"])
+    valid = {"received", "dispatched", "applied", "processed", "failed"}
+    for s in statuses:
+        if s not in valid:
+            raise typer.BadParameter(f"unknown status {s!r}", param_hint="--status")
+    flt = ReplayFilter(
+        source=source,
+        external_id=event_id,
+        types=tuple(event_type or ()),
+        since=_parse_time(since, "--since"),
+        until=_parse_time(until, "--until"),
+        statuses=statuses,
+    )
+    db = open_database(_settings())
+    seqs = events.seqs_matching(db, flt)
+    if dry_run:
+        typer.echo(f"{len(seqs)} event(s) would be replayed")
+        return
+    changed = 0
+    with Progress(
+        TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as bar:
+        task = bar.add_task("replay", total=len(seqs))
+        for start in range(0, len(seqs), 1000):
+            chunk = seqs[start : start + 1000]
+            changed += events.requeue(db, chunk)
+            bar.advance(task, len(chunk))
+    typer.echo(f"{changed} event(s) sent back to the dispatcher")
+
+
+@app.command()
+def verify(
+    examples: Annotated[int, typer.Option(help="how many differences to print")] = 10,
+) -> None:
+    """Recompute every entity from the event log and report each difference from the stored state."""
+    from pulse.services import open_database
+    from pulse.verify import verify as run_verify
+
+    db = open_database(_settings())
+    with Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+        task = bar.add_task("verify", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = run_verify(db, progress)
+    typer.echo(
+        f"{report.collections} collection(s), {report.entities} entit(ies) checked, "
+        f"{len(report.differences)} difference(s)"
+    )
+    for diff in report.differences[:examples]:
+        typer.echo(f"  {diff.key} {diff.path}: stored={diff.stored!r} recomputed={diff.recomputed!r}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,190 @@
+"""The dispatcher: moves events from the log to Temporal, in order, at least once.
+
+Each tick reads the oldest received events, classifies and prioritises them, records each one's route in
+the log (the outbox's commit point), then hands them to Temporal: one ``wake`` signal-with-start per
+partition for routine events, one workflow per significant event. A crash between the two steps is
+repaired by the sweep, which re-sends the hand-off for events dispatched long ago and still unfinished;
+processing is idempotent, so a second hand-off never counts an event twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
+
+from activities.pipeline import event_workflow_id
+from domain.classify import ClassifyContext, classify
+from pulse.metrics import BACKLOG, DISPATCH_BATCH, EVENTS_DISPATCHED
+from pulse.settings import Settings
+from store import entities, events
+from store.db import Database
+from store.events import DispatchMark
+from store.models import EventRecord, Route
+from workflows.pipeline import (
+    EventInput,
+    EventWorkflow,
+    PartitionInput,
+    PartitionWorkflow,
+    Wake,
+    event_search_attributes,
+    partition_workflow_id,
+)
+
+log = logging.getLogger("pulse.dispatcher")
+
+SWEEP_EVERY_S = 15.0
+STALE_AFTER = timedelta(seconds=60)
+FLOORS_EVERY_S = 5.0
+
+
+@dataclass
+class Routed:
+    marks: list[DispatchMark] = field(default_factory=list)
+    partitions: dict[str, int] = field(default_factory=dict)
+    own: list[tuple[EventRecord, str, str]] = field(default_factory=list)
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, db: Database, client: Client) -> None:
+        self._settings = settings
+        self._db = db
+        self._client = client
+        self._floors: dict[str, Decimal] = {}
+        self._floors_at = 0.0
+        self._last_sweep = 0.0
+        self._handoff = asyncio.Semaphore(32)
+        self._thresholds = settings.classify_thresholds()
+        self.dispatched = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("dispatcher.started", extra={"task_queue": self._settings.task_queue})
+        while not stop.is_set():
+            try:
+                moved = await self.tick()
+            except Exception:
+                # Temporal or the database may be down: nothing is lost (events stay received), so wait
+                # and try again rather than exit.
+                log.exception("dispatcher.tick_failed")
+                moved = 0
+            if moved == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self._settings.dispatch_interval_s)
+                except TimeoutError:
+                    pass
+
+    async def tick(self) -> int:
+        now = time.monotonic()
+        if now - self._last_sweep > SWEEP_EVERY_S:
+            self._last_sweep = now
+            await self.sweep()
+            BACKLOG.clear()
+            for cls, n in (await asyncio.to_thread(events.backlog_by_class, self._db)).items():
+                BACKLOG.labels(cls).set(n)
+        rows = await asyncio.to_thread(events.next_received, self._db, self._settings.dispatch_batch_max)
+        if not rows:
+            return 0
+        DISPATCH_BATCH.observe(len(rows))
+        if now - self._floors_at > FLOORS_EVERY_S:
+            self._floors = await asyncio.to_thread(entities.collection_floors, self._db)
+            self._floors_at = now
+        routed = self.route(rows)
+        await asyncio.to_thread(events.mark_dispatched, self._db, routed.marks)
+        await self.hand_off(routed)
+        self.dispatched += len(rows)
+        return len(rows)
+
+    def route(self, rows: list[EventRecord]) -> Routed:
+        routed = Routed()
+        wall = datetime.now(UTC)
+        for row in rows:
+            event = events.to_event(row)
+            received = row.received_at
+            verdict = classify(
+                event,
+                ClassifyContext(
+                    floor=self._floors.get(event.collection_key),
+                    waited_s=max(0.0, (wall - received).total_seconds()),
+                    thresholds=self._thresholds,
+                ),
+            )
+            seq = row.seq or 0
+            if verdict.significant:
+                wf_id = event_workflow_id(self._settings.workflow_id_prefix, row.source, row.external_id)
+                severity = str(event.data.get("severity") or verdict.priority_class)
+                routed.own.append((row, verdict.priority_class, severity))
+                routed.marks.append(
+                    DispatchMark(seq, Route.OWN, wf_id, verdict.priority, verdict.priority_class)
+                )
+            else:
+                wf_id = partition_workflow_id(self._settings.workflow_id_prefix, row.partition)
+                routed.partitions[row.partition] = max(routed.partitions.get(row.partition, 0), seq)
+                routed.marks.append(
+                    DispatchMark(seq, Route.PARTITION, wf_id, verdict.priority, verdict.priority_class)
+                )
+        return routed
+
+    async def hand_off(self, routed: Routed) -> None:
+        jobs = [self._wake(partition, seq) for partition, seq in routed.partitions.items()]
+        jobs += [self._start_event(row, cls, severity) for row, cls, severity in routed.own]
+        await asyncio.gather(*jobs)
+        EVENTS_DISPATCHED.labels(Route.PARTITION.value).inc(
+            sum(1 for m in routed.marks if m.route is Route.PARTITION)
+        )
+        EVENTS_DISPATCHED.labels(Route.OWN.value).inc(len(routed.own))
+
+    async def _wake(self, partition: str, seq: int) -> None:
+        async with self._handoff:
+            await self._client.start_workflow(
+                PartitionWorkflow.run,
+                PartitionInput(partition, batch_limit=self._settings.partition_batch_max),
+                id=partition_workflow_id(self._settings.workflow_id_prefix, partition),
+                task_queue=self._settings.task_queue,
+                start_signal="wake",
+                start_signal_args=[Wake(seq)],
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            )
+
+    async def _start_event(self, row: EventRecord, priority_class: str, severity: str) -> None:
+        async with self._handoff:
+            try:
+                await self._client.start_workflow(
+                    EventWorkflow.run,
+                    EventInput(row.partition, row.seq or 0, row.source, row.external_id, row.type),
+                    id=event_workflow_id(self._settings.workflow_id_prefix, row.source, row.external_id),
+                    task_queue=self._settings.task_queue,
+                    search_attributes=event_search_attributes(
+                        row.type, _entity(row), priority_class, severity
+                    ),
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                )
+            except RPCError:
+                log.exception("dispatcher.start_failed", extra={"event_seq": row.seq})
+                raise
+
+    async def sweep(self) -> None:
+        """Hand off again what was dispatched long ago and is still unfinished (lost signal or start)."""
+        stale = await asyncio.to_thread(events.stale_dispatched, self._db, datetime.now(UTC) - STALE_AFTER)
+        if not stale.partitions and not stale.own:
+            return
+        log.info("dispatcher.sweep", extra={"partitions": len(stale.partitions), "events": len(stale.own)})
+        routed = Routed(partitions={p: 2**62 for p in stale.partitions})
+        routed.own = [(row, row.priority_class, "unknown") for row in stale.own]
+        await asyncio.gather(
+            *[self._wake(p, s) for p, s in routed.partitions.items()],
+            *[self._start_event(row, cls, sev) for row, cls, sev in routed.own],
+        )
+
+
+def _entity(row: EventRecord) -> str:
+    if row.token_id is not None:
+        return f"nft:{row.chain}:{row.contract}:{row.token_id}"
+    return row.partition

@@ -1,0 +1,50 @@
+"""Builds the long-lived parts every entry point shares: the database, the cache, the Temporal client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from pulse.settings import Settings
+from store import keys
+from store.cache import EntityCache, MemoryCache, NoCache, RedisCache
+from store.db import Database
+
+log = logging.getLogger("pulse.services")
+
+
+def open_database(settings: Settings) -> Database:
+    db = Database(settings.effective_database_url)
+    db.create_all()
+    if settings.bootstrap_admin_key:
+        keys.create(db, "bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key)
+    return db
+
+
+def open_cache(settings: Settings, *, shares_process_with_worker: bool) -> EntityCache:
+    """Redis when configured; in process only where the worker that invalidates it runs in the same
+    process (``pulse up``); otherwise no cache, since nothing could tell this process a value went stale."""
+    if settings.redis_url:
+        return RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s)
+    if shares_process_with_worker:
+        return MemoryCache(settings.cache_max_entries, settings.cache_ttl_s)
+    return NoCache()
+
+
+def bootstrap_admin_key(settings: Settings, db: Database) -> str:
+    """The admin key ``pulse up`` prints: the configured one, or one made on first start and kept in the
+    data directory (only its digest is in the database)."""
+    if settings.bootstrap_admin_key:
+        return settings.bootstrap_admin_key
+    path = Path(settings.data_dir) / "admin.key"
+    if path.exists():
+        key = path.read_text().strip()
+        keys.create(db, "bootstrap-admin", ["admin"], key=key)
+        return key
+    key = keys.create(db, "bootstrap-admin", ["admin"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    return key

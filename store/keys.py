@@ -1,0 +1,69 @@
+"""API keys: created once, shown once, stored as digests."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from domain.events import utcnow
+from store.db import Database
+from store.models import ApiKey
+
+KEY_PREFIX = "pk_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: int
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+    def user_ids(self) -> frozenset[str]:
+        return frozenset(s.removeprefix("user:") for s in self.scopes if s.startswith("user:"))
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create(db: Database, name: str, scopes: list[str], key: str | None = None) -> str:
+    """Create a key (random unless given) and return it; only its digest is kept."""
+    key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+    with db.write() as session:
+        existing = session.execute(select(ApiKey).where(ApiKey.digest == digest(key))).scalar_one_or_none()
+        if existing is not None:
+            existing.scopes = " ".join(sorted(set(scopes)))
+            existing.revoked_at = None
+            session.add(existing)
+            return key
+        session.add(
+            ApiKey(
+                name=name,
+                prefix=key[:10],
+                digest=digest(key),
+                scopes=" ".join(sorted(set(scopes))),
+                created_at=utcnow(),
+            )
+        )
+    return key
+
+
+def authenticate(db: Database, key: str) -> Principal | None:
+    with db.read() as session:
+        row = session.execute(
+            select(ApiKey).where(ApiKey.digest == digest(key), ApiKey.revoked_at.is_(None))  # type: ignore[union-attr]
+        ).scalar_one_or_none()
+    if row is None or row.id is None:
+        return None
+    return Principal(row.id, row.name, frozenset(row.scopes.split()))
+
+
+def count(db: Database) -> int:
+    with db.read() as session:
+        return len(session.execute(select(ApiKey.id)).all())

@@ -1,0 +1,160 @@
+"""SQLModel tables: the event log, API keys, collection books and the entity read models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; Postgres wants a 64-bit sequence.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class EventStatus(StrEnum):
+    RECEIVED = "received"
+    DISPATCHED = "dispatched"
+    #: Internal: state committed, cache not yet invalidated. Reported as ``dispatched``.
+    APPLIED = "applied"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+    @property
+    def public(self) -> str:
+        return EventStatus.DISPATCHED.value if self is EventStatus.APPLIED else self.value
+
+
+class Route(StrEnum):
+    PARTITION = "partition"
+    OWN = "own"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite hands back naive ones otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _tz() -> Any:
+    return UtcDateTime()
+
+
+class EventRecord(SQLModel, table=True):
+    """The event log: the source of truth for processing, replay, status and audit."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("source", "external_id", name="uq_events_source_id"),
+        Index("ix_events_pending", "status", "seq"),
+        Index("ix_events_partition_pending", "partition", "status", "seq"),
+        Index("ix_events_received_at", "received_at"),
+    )
+
+    seq: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    source: str = Field(max_length=100)
+    external_id: str = Field(max_length=200)
+    type: str = Field(max_length=32)
+    schema_version: int = 1
+    occurred_at: datetime = Field(sa_type=_tz())
+    received_at: datetime = Field(sa_type=_tz())
+    chain: str = Field(max_length=32)
+    contract: str = Field(max_length=42)
+    token_id: str | None = Field(default=None, max_length=80)
+    block_number: int | None = Field(default=None, sa_type=BigInteger)
+    log_index: int | None = None
+    tx_hash: str | None = Field(default=None, max_length=80)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    partition: str = Field(max_length=120)
+    priority: float = 0.0
+    priority_class: str = Field(default="normal", max_length=16)
+    status: str = Field(default=EventStatus.RECEIVED.value, max_length=16)
+    route: str | None = Field(default=None, max_length=16)
+    workflow_id: str | None = Field(default=None, max_length=300)
+    dispatched_at: datetime | None = Field(default=None, sa_type=_tz())
+    processed_at: datetime | None = Field(default=None, sa_type=_tz())
+    attempts: int = 0
+    #: Set once the event's effect entered the stored state; a replay of such an event rebuilds its
+    #: partition from the log instead of applying it a second time.
+    ever_applied: bool = False
+    error: str | None = None
+    error_category: str | None = Field(default=None, max_length=64)
+
+
+class ApiKey(SQLModel, table=True):
+    """API keys are stored as SHA-256 digests: keys are 32 random bytes, so no slow hash is needed."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    prefix: str = Field(max_length=16, index=True)
+    digest: str = Field(max_length=64, unique=True)
+    scopes: str = Field(max_length=1000, description="space-separated: ingest read admin user:<id>")
+    created_at: datetime = Field(sa_type=_tz())
+    revoked_at: datetime | None = Field(default=None, sa_type=_tz())
+
+
+class CollectionBookRecord(SQLModel, table=True):
+    """The engine state of one collection, saved once per applied batch."""
+
+    __tablename__ = "collection_books"
+
+    key: str = Field(primary_key=True, max_length=120)
+    chain: str = Field(max_length=32)
+    contract: str = Field(max_length=42)
+    version: int = 0
+    book: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class EntityView(SQLModel, table=True):
+    """Read model of one NFT or collection, as the API serves it, with a monotonic version."""
+
+    __tablename__ = "entity_views"
+    __table_args__ = (Index("ix_entity_views_collection", "collection_key"),)
+
+    key: str = Field(primary_key=True, max_length=200)
+    kind: str = Field(max_length=16)
+    collection_key: str = Field(max_length=120)
+    version: int = 0
+    view: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class Rate(SQLModel, table=True):
+    """Exchange rates from price ticks, kept as a history so a price converts as of its event's time."""
+
+    __tablename__ = "rates"
+    __table_args__ = (Index("ix_rates_pair_at", "base", "quote", "at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    base: str = Field(max_length=12)
+    quote: str = Field(max_length=12)
+    at: datetime = Field(sa_type=_tz())
+    rate: str = Field(max_length=80)
+    event_seq: int = Field(sa_type=BigInteger, unique=True)

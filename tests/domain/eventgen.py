@@ -1,0 +1,159 @@
+"""Hypothesis strategies for random event streams of one small collection."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import strategies as st
+
+from domain.events import ZERO_ADDRESS, Event
+
+CHAIN = "ethereum"
+CONTRACT = "0x" + "c" * 40
+WALLETS = ["0x" + f"{i:040x}" for i in range(1, 6)]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TOKENS = [str(i) for i in range(6)]
+TRAITS = {"bg": ["red", "blue", "green"], "hat": ["cap", "crown"], "eyes": ["laser", "sleepy", "wide"]}
+
+
+def rates(base: str, quote: str, at: datetime) -> Decimal | None:
+    """A fixed USDC/ETH rate; anything else is unpriced."""
+    return Decimal("0.0004") if (base, quote) == ("USDC", "ETH") else None
+
+
+traits_st = st.dictionaries(
+    st.sampled_from(sorted(TRAITS)),
+    st.sampled_from(["red", "blue", "cap", "crown", "laser", "wide", "1", "true"]),
+)
+price_st = st.builds(
+    lambda amount, currency: {"amount": amount, "currency": currency},
+    st.sampled_from(["0.5", "1", "1.25", "2", "3.5", "10"]),
+    st.sampled_from(["ETH", "ETH", "WETH", "USDC"]),
+).map(
+    lambda p: (
+        p if p["currency"] != "USDC" else {"amount": str(Decimal(p["amount"]) * 2500), "currency": "USDC"}
+    )
+)
+wallet_st = st.sampled_from(WALLETS)
+
+
+@st.composite
+def event_specs(draw: Any) -> dict[str, Any]:
+    """One event's type, token and data (order and times are assigned by :func:`streams`)."""
+    kind = draw(
+        st.sampled_from(
+            [
+                "mint",
+                "mint",
+                "transfer",
+                "burn",
+                "sale",
+                "sale",
+                "listing",
+                "listing",
+                "listing_cancelled",
+                "metadata_update",
+                "metadata_update",
+                "fraud_finding",
+                "bid",
+            ]
+        )
+    )
+    token = draw(st.sampled_from(TOKENS))
+    data: dict[str, Any]
+    if kind == "mint":
+        data = {"to": draw(wallet_st)}
+        if draw(st.booleans()):
+            data["traits"] = draw(traits_st)
+    elif kind == "transfer":
+        data = {"from": draw(wallet_st), "to": draw(st.sampled_from([*WALLETS, ZERO_ADDRESS]))}
+    elif kind == "burn":
+        data = {"from": draw(wallet_st)}
+    elif kind == "sale":
+        data = {"from": draw(wallet_st), "to": draw(wallet_st), "price": draw(price_st)}
+        if draw(st.booleans()):
+            data["buyer_funder"] = draw(wallet_st)
+            data["seller_funder"] = draw(wallet_st)
+    elif kind == "listing":
+        data = {"seller": draw(wallet_st), "price": draw(price_st)}
+        if draw(st.booleans()):
+            data["expires_at"] = (T0 + timedelta(hours=draw(st.integers(1, 400)))).isoformat()
+    elif kind == "listing_cancelled":
+        data = {"seller": draw(wallet_st)}
+    elif kind == "metadata_update":
+        data = {"traits": draw(traits_st)}
+    elif kind == "fraud_finding":
+        data = {
+            "finding_id": draw(st.sampled_from(["f1", "f2", "f3"])),
+            "kind": "wash_trading",
+            "severity": draw(st.sampled_from(["low", "medium", "high", "critical"])),
+            "status": draw(st.sampled_from(["open", "open", "resolved"])),
+        }
+        if draw(st.booleans()):
+            data["wallets"] = [draw(wallet_st)]
+        if not draw(st.booleans()):
+            token = None
+    else:
+        data = {"bidder": draw(wallet_st), "price": draw(price_st)}
+    if draw(st.integers(0, 9)) == 0:
+        data["verified_creator"] = draw(st.booleans())
+    return {"kind": kind, "token": token, "data": data, "chain_ordered": draw(st.integers(0, 5)) > 0}
+
+
+@st.composite
+def streams(draw: Any, min_size: int = 1, max_size: int = 40) -> list[Event]:
+    """A stream in chain order with unique positions, some duplicates, spread over hours to weeks."""
+    specs = draw(st.lists(event_specs(), min_size=min_size, max_size=max_size))
+    hours_per_step = draw(st.sampled_from([0.5, 3, 24, 72]))
+    events: list[Event] = []
+    for i, spec in enumerate(specs):
+        at = T0 + timedelta(hours=hours_per_step * i, seconds=draw(st.integers(0, 59)))
+        chain = spec["chain_ordered"] or spec["kind"] not in (
+            "listing",
+            "listing_cancelled",
+            "bid",
+            "fraud_finding",
+        )
+        events.append(
+            Event(
+                id=f"e{i}",
+                source="gen",
+                type=spec["kind"],
+                occurred_at=at,
+                chain=CHAIN,
+                contract=CONTRACT,
+                token_id=spec["token"],
+                block_number=100 + i if chain else None,
+                log_index=i % 3 if chain else None,
+                data=spec["data"],
+            )
+        )
+    duplicates = draw(st.lists(st.sampled_from(events), max_size=3)) if events else []
+    return events + duplicates
+
+
+def dedupe(events: list[Event]) -> list[Event]:
+    """What the event log keeps: one event per (source, id)."""
+    seen: dict[tuple[str, str], Event] = {}
+    for event in events:
+        seen.setdefault((event.source, event.id), event)
+    return list(seen.values())
+
+
+def assert_close(a: Any, b: Any, path: str = "", rel: float = 1e-9) -> None:
+    """Structural equality with a relative tolerance on floats."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=rel, abs_tol=1e-12), f"{path}: {a} != {b}"
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            assert_close(a[k], b[k], f"{path}.{k}", rel)
+    elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        assert len(a) == len(b), f"{path}: {a} != {b}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close(x, y, f"{path}[{i}]", rel)
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

@@ -1,0 +1,261 @@
+"""Ingest → Temporal → entity state, against the real dev server and real SQLite and Postgres."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from temporalio.client import WorkflowExecutionStatus
+
+from pulse.verify import verify
+from store import events as event_store
+from store.events import ReplayFilter
+from tests.conftest import RunningPulse
+
+CONTRACT = "0x" + "ab" * 20
+ALICE, BOB, CAROL = ("0x" + c * 40 for c in "abc")
+ZERO = "0x" + "0" * 40
+
+
+def ev(
+    eid: str,
+    kind: str,
+    data: dict[str, Any],
+    token: str | None = "1",
+    at: str = "2026-11-01T10:00:00Z",
+    block: int | None = None,
+    log: int | None = None,
+    contract: str = CONTRACT,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": eid,
+        "source": "test",
+        "type": kind,
+        "occurred_at": at,
+        "chain": "ethereum",
+        "contract": contract,
+        "data": data,
+    }
+    if token is not None:
+        event["token_id"] = token
+    if block is not None:
+        event["block_number"], event["log_index"] = block, log or 0
+    return event
+
+
+def eth(amount: str) -> dict[str, str]:
+    return {"amount": amount, "currency": "ETH"}
+
+
+async def test_ingest_to_entity_state(pulse: RunningPulse) -> None:
+    batch = [
+        ev("m1", "mint", {"from": ZERO, "to": ALICE, "traits": {"hat": "crown"}}, "1", block=1),
+        ev("m2", "mint", {"from": ZERO, "to": BOB, "traits": {"hat": "cap"}}, "2", block=1, log=1),
+        ev("l1", "listing", {"seller": ALICE, "price": eth("2.5")}, "1", block=2),
+        ev("l2", "listing", {"seller": BOB, "price": eth("1.5")}, "2", block=2, log=1),
+        ev("s1", "sale", {"from": BOB, "to": CAROL, "price": eth("1.5")}, "2", block=3),
+    ]
+    resp = await pulse.post(batch)
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["accepted"] == 5 and body["duplicates"] == 0
+    assert [r["id"] for r in body["accepted_ids"]] == ["m1", "m2", "l1", "l2", "s1"]
+    final = await pulse.wait_final([("test", e["id"]) for e in batch])
+    assert set(final.values()) == {"processed"}
+
+    status = await pulse.status("test", "s1")
+    assert status["processed_at"] is not None and status["received_at"] <= status["processed_at"]
+
+    nft = (await pulse.http.get(f"/v1/nfts/ethereum/{CONTRACT}/2", headers=pulse.keys.auth("read"))).json()
+    assert nft["owner"] == CAROL
+    assert nft["last_sale"]["price"] == "1.5"
+    assert nft["active_listing"] is None  # the sale ended Bob's listing
+    assert nft["version"] >= 1 and nft["updated_at"]
+
+    coll = (
+        await pulse.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=pulse.keys.auth("read"))
+    ).json()
+    assert Decimal(coll["floor"]) == Decimal("2.5")
+    assert Decimal(coll["volume"]) == Decimal("1.5")
+    assert coll["sales_count"] == 1
+    assert coll["holders_count"] == 2  # Alice and Carol
+    first_version = coll["version"]
+
+    # A later event moves the collection: the read shows the new version at once (cache invalidated).
+    resp = await pulse.post([ev("c1", "listing_cancelled", {"seller": ALICE}, "1", block=4)])
+    await pulse.wait_final([("test", "c1")])
+    coll = (
+        await pulse.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=pulse.keys.auth("read"))
+    ).json()
+    assert coll["floor"] is None and coll["version"] > first_version
+
+    assert verify(pulse.db).ok
+
+
+async def test_duplicates_are_harmless(pulse: RunningPulse) -> None:
+    sale = [
+        ev("m1", "mint", {"from": ZERO, "to": ALICE}, "7", block=1),
+        ev("s1", "sale", {"from": ALICE, "to": BOB, "price": eth("3")}, "7", block=2),
+    ]
+    first = (await pulse.post(sale)).json()
+    again = (await pulse.post([*sale, sale[1]])).json()
+    assert first["accepted"] == 2
+    assert again["accepted"] == 0 and again["duplicates"] == 3
+    assert [r["index"] for r in again["duplicate_ids"]] == [0, 1, 2]
+    await pulse.wait_final([("test", "m1"), ("test", "s1")])
+    coll = (
+        await pulse.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=pulse.keys.auth("read"))
+    ).json()
+    assert coll["sales_count"] == 1 and Decimal(coll["volume"]) == 3
+
+
+async def test_invalid_batch_rejected_whole_with_fields(pulse: RunningPulse) -> None:
+    good = ev("ok", "mint", {"from": ZERO, "to": ALICE})
+    bad_price = ev("bad", "sale", {"from": ALICE, "to": BOB, "price": {"amount": "1,5", "currency": "ETH"}})
+    no_token = ev("nt", "transfer", {"from": ALICE, "to": BOB}, token=None)
+    naive_time = {**good, "id": "tz", "occurred_at": "2026-11-01T10:00:00"}
+    resp = await pulse.post([good, bad_price, no_token, naive_time])
+    assert resp.status_code == 422
+    errors = resp.json()["errors"]
+    by_index = {(e["index"], e["field"]) for e in errors}
+    assert (1, "events.1.data.price.amount") in by_index
+    assert any(i == 2 for i, _ in by_index)
+    assert (3, "events.3.occurred_at") in by_index
+    assert all(e["reason"] for e in errors)
+    assert await pulse.http.get("/v1/events/test/ok", headers=pulse.keys.auth("read")) is not None
+    assert (await pulse.http.get("/v1/events/test/ok", headers=pulse.keys.auth("read"))).status_code == 404
+
+    for raw, field in [
+        (b"{not json", "body"),
+        (b"[1, 2]", "body"),
+        (b'{"events": "x"}', "events"),
+        (b'{"events": []}', "events"),
+    ]:
+        resp = await pulse.http.post("/v1/events", content=raw, headers=pulse.keys.auth("ingest"))
+        assert resp.status_code == 422, raw
+        assert resp.json()["errors"][0]["field"] == field
+    too_many = [ev(f"e{i}", "mint", {"from": ZERO, "to": ALICE}, str(i)) for i in range(1001)]
+    resp = await pulse.post(too_many)
+    assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "events"
+
+    resp = await pulse.http.get("/v1/nfts/ethereum/0x12/1", headers=pulse.keys.auth("read"))
+    assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "contract"
+    resp = await pulse.http.get(f"/v1/nfts/ethereum/{CONTRACT}/999", headers=pulse.keys.auth("read"))
+    assert resp.status_code == 404
+
+
+async def test_auth_scopes(pulse: RunningPulse) -> None:
+    event = ev("a1", "mint", {"from": ZERO, "to": ALICE})
+    assert (await pulse.http.post("/v1/events", json=event)).status_code == 401
+    resp = await pulse.http.post("/v1/events", json=event, headers={"Authorization": "Bearer pk_nope"})
+    assert resp.status_code == 401
+    assert (await pulse.post(event, key="read")).status_code == 403
+    assert (await pulse.post(event, key="ingest")).status_code == 202
+    assert (await pulse.post(event, key="admin")).status_code == 202
+    resp = await pulse.http.get("/v1/events/test/a1", headers=pulse.keys.auth("ingest"))
+    assert resp.status_code == 403
+    assert (await pulse.http.get("/v1/ops/failures", headers=pulse.keys.auth("read"))).status_code == 403
+    assert (await pulse.http.get("/healthz")).status_code == 200
+    metrics = await pulse.http.get("/metrics")
+    assert metrics.status_code == 200 and "pulse_events_ingested_total" in metrics.text
+    ready = await pulse.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "temporal": True}
+
+
+async def test_poison_event_is_isolated_and_replayable(pulse: RunningPulse) -> None:
+    stream = [
+        ev("m1", "mint", {"from": ZERO, "to": ALICE}, "1", block=1),
+        ev("m2", "mint", {"from": ZERO, "to": BOB}, "2", block=1, log=1),
+        # No USDC/ETH rate is known yet: this sale cannot be valued, a permanent failure for now.
+        ev(
+            "usdc",
+            "sale",
+            {"from": ALICE, "to": CAROL, "price": {"amount": "3000", "currency": "USDC"}},
+            "1",
+            block=2,
+            at="2026-11-01T12:00:00Z",
+        ),
+        ev("s2", "sale", {"from": BOB, "to": CAROL, "price": eth("2")}, "2", block=3),
+    ]
+    assert (await pulse.post(stream)).status_code == 202
+    final = await pulse.wait_final([("test", e["id"]) for e in stream])
+    assert final == {
+        ("test", "m1"): "processed",
+        ("test", "m2"): "processed",
+        ("test", "usdc"): "failed",
+        ("test", "s2"): "processed",
+    }
+    failed = await pulse.status("test", "usdc")
+    assert failed["error_category"] == "unpriced" and "USDC/ETH" in failed["error"]
+    assert failed["workflow_id"] == f"{pulse.settings.workflow_id_prefix}event/test/usdc"
+
+    # Visible in the Web UI: the isolated event's own workflow failed with the reason.
+    handle = pulse.client.get_workflow_handle(failed["workflow_id"])
+    for _ in range(100):
+        desc = await handle.describe()
+        if desc.status == WorkflowExecutionStatus.FAILED:
+            break
+        import asyncio
+
+        await asyncio.sleep(0.1)
+    assert desc.status == WorkflowExecutionStatus.FAILED
+
+    failures = (await pulse.http.get("/v1/ops/failures", headers=pulse.keys.auth("admin"))).json()["items"]
+    assert [f["id"] for f in failures] == ["usdc"] and failures[0]["web_ui"].endswith("event/test/usdc")
+
+    # The fix: a rate arrives; then re-drive the event (what `pulse replay --source test --id usdc` does).
+    tick = {
+        "id": "rate1",
+        "source": "test",
+        "type": "price_tick",
+        "occurred_at": "2026-11-01T11:00:00Z",
+        "chain": "ethereum",
+        "contract": "0x" + "cd" * 20,
+        "data": {"pair": "USDC/ETH", "rate": "0.0004"},
+    }
+    assert (await pulse.post(tick)).status_code == 202
+    await pulse.wait_final([("test", "rate1")])
+    seqs = event_store.seqs_matching(pulse.db, ReplayFilter(source="test", external_id="usdc"))
+    assert event_store.requeue(pulse.db, seqs) == 1
+    final = await pulse.wait_final([("test", "usdc")])
+    assert final[("test", "usdc")] == "processed"
+    coll = (
+        await pulse.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=pulse.keys.auth("read"))
+    ).json()
+    assert Decimal(coll["volume"]) == Decimal("2") + Decimal("3000") * Decimal("0.0004")
+    assert coll["sales_count"] == 2
+    assert verify(pulse.db).ok
+
+
+async def test_significant_event_gets_its_own_workflow(pulse: RunningPulse) -> None:
+    finding = ev("f1", "fraud_finding", {"finding_id": "F-1", "kind": "stolen", "severity": "critical"}, "1")
+    assert (await pulse.post(finding)).status_code == 202
+    await pulse.wait_final([("test", "f1")])
+    status = await pulse.status("test", "f1")
+    assert status["status"] == "processed"
+    assert status["workflow_id"] == f"{pulse.settings.workflow_id_prefix}event/test/f1"
+    found = [
+        wf.id
+        async for wf in pulse.client.list_workflows(
+            f"EventType = 'fraud_finding' AND EntityKey = 'nft:ethereum:{CONTRACT}:1'"
+        )
+    ]
+    assert status["workflow_id"] in found
+
+
+async def test_replay_of_processed_events_does_not_double_count(pulse: RunningPulse) -> None:
+    stream = [
+        ev("m1", "mint", {"from": ZERO, "to": ALICE}, "1", block=1),
+        ev("s1", "sale", {"from": ALICE, "to": BOB, "price": eth("1")}, "1", block=2),
+        ev("s2", "sale", {"from": BOB, "to": CAROL, "price": eth("2")}, "1", block=3),
+    ]
+    await pulse.post(stream)
+    await pulse.wait_final([("test", e["id"]) for e in stream])
+    seqs = event_store.seqs_matching(pulse.db, ReplayFilter(source="test", statuses=("processed",)))
+    assert event_store.requeue(pulse.db, seqs) == 3
+    await pulse.wait_final([("test", e["id"]) for e in stream])
+    coll = (
+        await pulse.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=pulse.keys.auth("read"))
+    ).json()
+    assert coll["sales_count"] == 2 and Decimal(coll["volume"]) == 3
+    assert verify(pulse.db).ok

@@ -32,7 +32,13 @@ from activities.contracts import (
 from domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
 from domain.events import Event, EventType
 from domain.impact import analyze
-from pulse.metrics import EVENTS_FAILED, EVENTS_PROCESSED, PROCESSING_SECONDS, RECALC_SECONDS
+from pulse.metrics import (
+    EVENTS_FAILED,
+    EVENTS_PROCESSED,
+    PROCESSING_SECONDS,
+    RECALC_SECONDS,
+    TEMPORAL_ACTIONS,
+)
 from store import entities, events
 from store.cache import EntityCache
 from store.db import Database, TransientStoreError
@@ -120,6 +126,7 @@ class PipelineActivities:
     @activity.defn(name="analyze_impact")
     def analyze_impact(self, inp: ImpactInput) -> ImpactPlan:
         """Which events are pending, and exactly which entities and factors they move."""
+        _count_action()
         with self._db.read() as session:
             if inp.seqs:
                 rows = [r for r in events.load_by_seq(session, inp.seqs) if r.status in _APPLICABLE]
@@ -154,6 +161,7 @@ class PipelineActivities:
     def recalculate(self, inp: RecalcInput) -> RecalcResult:
         """Apply the planned events to their collection's book in one transaction and rewrite exactly the
         read models that moved. Events already applied (a retry, a redelivered signal) are skipped."""
+        _count_action()
         plan = inp.plan
         if not plan.seqs:
             return RecalcResult(plan.partition, [], [], [], [])
@@ -290,6 +298,7 @@ class PipelineActivities:
         Applied events left behind by a crash between recalculation and invalidation are picked up
         here as well: their entities are invalidated too, so nothing stays stale.
         """
+        _count_action()
         with self._db.write() as session:
             applied = events.applied_in_partition(session, inp.partition)
             keys = set(inp.keys) | {inp.partition if not inp.partition.startswith("rates:") else ""}
@@ -307,6 +316,10 @@ class PipelineActivities:
 
 
 _APPLICABLE = frozenset({EventStatus.RECEIVED.value, EventStatus.DISPATCHED.value})
+
+
+def _count_action() -> None:
+    TEMPORAL_ACTIONS.labels("local_activity" if activity.info().is_local else "activity").inc()
 
 
 def event_workflow_id(prefix: str, source: str, external_id: str) -> str:

@@ -22,7 +22,7 @@ from temporalio.service import RPCError
 
 from activities.pipeline import event_workflow_id
 from domain.classify import ClassifyContext, classify
-from pulse.metrics import BACKLOG, DISPATCH_BATCH, EVENTS_DISPATCHED
+from pulse.metrics import BACKLOG, DISPATCH_BATCH, EVENTS_DISPATCHED, TEMPORAL_ACTIONS
 from pulse.settings import Settings
 from store import entities, events
 from store.db import Database
@@ -141,6 +141,7 @@ class Dispatcher:
         EVENTS_DISPATCHED.labels(Route.OWN.value).inc(len(routed.own))
 
     async def _wake(self, partition: str, seq: int) -> None:
+        TEMPORAL_ACTIONS.labels("signal_with_start").inc()
         async with self._handoff:
             await self._client.start_workflow(
                 PartitionWorkflow.run,
@@ -153,6 +154,7 @@ class Dispatcher:
             )
 
     async def _start_event(self, row: EventRecord, priority_class: str, severity: str) -> None:
+        TEMPORAL_ACTIONS.labels("workflow_start").inc()
         async with self._handoff:
             try:
                 await self._client.start_workflow(

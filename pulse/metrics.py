@@ -91,6 +91,11 @@ SHED = Counter(
     "Events refused with 429 because the backlog passed its bound, by priority class.",
     ["priority"],
 )
+TEMPORAL_ACTIONS = Counter(
+    "pulse_temporal_actions_total",
+    "Temporal actions Pulse causes, by kind (signal_with_start, workflow_start, activity, local_activity).",
+    ["kind"],
+)
 DEPENDENCY_UP = Gauge(
     "pulse_dependency_up",
     "1 when a dependency (database, temporal, redis) answered its last check, else 0.",

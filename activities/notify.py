@@ -1,0 +1,898 @@
+"""Notification activities: detect significant changes for their watchers, deliver one notification on one
+channel, send a digest, and the in-app inbox writer the in-app channel uses.
+
+Detection runs after the pipeline's cache invalidation with the batch's metric changes. It finds only the
+subscriptions watching the changed entities (one indexed join through ``notify_subscription_keys``),
+evaluates their rules with stored state (hysteresis, cooldown), routes the firings through the user's
+hourly budget and quiet hours, and stores each notification under its idempotency key in the same
+transaction as the rule state, so that a retried or replayed batch never creates a second notification.
+
+The inputs and results are plain dataclasses: they cross Temporal's data converter and the workflow
+sandbox as they are. Times travel as ISO strings for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+
+from activities.contracts import MetricChange
+from channels.base import (
+    DeliveryReceipt,
+    OutboundMessage,
+    PermanentDeliveryError,
+    PushSubscription,
+    TransientDeliveryError,
+)
+from channels.registry import ChannelRegistry, UnknownChannelError
+from domain.rules import (
+    AlertSeverity,
+    BudgetState,
+    Candidate,
+    DeliveryPreferences,
+    QuietHours,
+    Route,
+    Rule,
+    RuleState,
+    evaluate,
+    event_cause,
+    idempotency_key,
+    route_candidates,
+)
+from domain.rules import MetricChange as RuleChange
+from store import notify as store
+from store.db import Database
+from templates.renderer import NotificationContext, render
+
+log = logging.getLogger("pulse.notify")
+
+#: Pulse channel name → template channel.
+TEMPLATE_CHANNEL = {
+    "in_app": "in_app",
+    "email": "email_html",
+    "sms": "sms",
+    "push": "push",
+    "webhook": "webhook",
+}
+DEFAULT_CHAIN = ("in_app", "push", "sms")
+_UNITS = {
+    "trust": "score",
+    "trust_score": "score",
+    "risk": "level",
+    "fraud_findings": "count",
+    "fraud_finding": "count",
+    "trend": "text",
+    "owner": "text",
+}
+
+# -- inputs and results ------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectInput:
+    """The metric changes of one applied batch, the time they were applied, and what caused them."""
+
+    changes: list[MetricChange]
+    #: ISO-8601 aware time of the change (the workflow's clock: deterministic across retries).
+    at: str
+    #: Identifies the batch (e.g. ``partition@seq``); makes a retried detection return its first answer.
+    cause: str | None = None
+
+
+@dataclass
+class EscalationSpec:
+    """The user's escalation policy for one critical notification."""
+
+    chain: list[str]
+    delay_s: float
+    max_repeats: int
+
+
+@dataclass
+class NotifyRequest:
+    """One notification detection created, and how to deliver it."""
+
+    notification_id: int
+    idempotency_key: str
+    user_id: str
+    kind: str
+    severity: str
+    entity_key: str
+    rule_id: str
+    title: str
+    magnitude: float
+    at: str
+    #: now, digest or defer (quiet hours).
+    route: str
+    channels: list[str]
+    not_before: str | None = None
+    escalation: EscalationSpec | None = None
+    #: ``QuietHours`` fields (with ``tz``), for escalation steps.
+    quiet_hours: dict[str, Any] | None = None
+    #: ``DigestSchedule`` fields (with ``tz``), for digest routing.
+    digest: dict[str, Any] | None = None
+    cause: str | None = None
+
+
+@dataclass
+class DetectResult:
+    """What detection created; ``notifications`` need delivery (now, deferred or by digest)."""
+
+    notifications: list[NotifyRequest] = field(default_factory=list)
+    evaluated: int = 0
+    suppressed: int = 0
+
+
+@dataclass
+class DeliverInput:
+    """Deliver one notification on one channel."""
+
+    notification_id: int
+    channel: str
+
+
+@dataclass
+class DeliverResult:
+    """The channel's answer; ``already`` when an earlier attempt delivered it (retry or replay)."""
+
+    notification_id: int
+    channel: str
+    status: str
+    provider_message_id: str | None = None
+    already: bool = False
+
+
+@dataclass
+class DigestEntry:
+    """One pending item of a user's digest (signal payload of the digest workflow)."""
+
+    notification_id: int
+    idempotency_key: str
+    kind: str
+    severity: str
+    entity_key: str
+    rule_id: str | None
+    title: str
+    at: str
+    magnitude: float = 1.0
+    cause: str | None = None
+    #: The latest schedule (``DigestSchedule`` fields): a user's edit reaches a running digest this way.
+    schedule: dict[str, Any] | None = None
+
+
+@dataclass
+class DigestGroupOut:
+    """A digest group as the send activity needs it."""
+
+    kind: str
+    entity_key: str
+    severity: str
+    titles: list[str]
+    notification_ids: list[int]
+
+
+@dataclass
+class SendDigestInput:
+    """One digest send; ``digest_key`` makes a retried send a no-op on idempotent channels."""
+
+    user_id: str
+    digest_key: str
+    reason: str
+    groups: list[DigestGroupOut]
+
+
+@dataclass
+class SendDigestResult:
+    """Channels that carried the digest."""
+
+    digest_key: str
+    channels: list[str]
+    items: int
+
+
+@dataclass
+class NotificationInput:
+    """Input of the per-notification workflow."""
+
+    request: NotifyRequest
+
+
+@dataclass
+class DigestInput:
+    """Input of the per-user digest workflow; ``pending`` carries items across continue-as-new."""
+
+    user_id: str
+    schedule: dict[str, Any]
+    pending: list[DigestEntry] = field(default_factory=list)
+
+
+def notification_workflow_id(prefix: str, notification_id: int) -> str:
+    """Workflow id of a notification's delivery and escalation: the read endpoint signals it."""
+    return f"{prefix}notification/{notification_id}"
+
+
+def digest_workflow_id(prefix: str, user_id: str) -> str:
+    """Workflow id of a user's digest."""
+    return f"{prefix}digest/{user_id}"
+
+
+# -- the inbox writer -------------------------------------------------------------------------------------
+
+
+class DbInboxWriter:
+    """The in-app channel's writer: shows the stored notification in the inbox (idempotent: the row
+    already exists under its key; this only stamps ``inbox_at`` once). The live stream polls for it."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def _write(self, message: OutboundMessage) -> str:
+        with self._db.write() as s:
+            row = store.by_idempotency_key(s, message.idempotency_key)
+            if row is None or row.id is None:
+                raise PermanentDeliveryError("in_app", "notification not stored", code="missing")
+            if row.inbox_at is None:
+                row.inbox_at = datetime.now(UTC)
+                s.add(row)
+            return str(row.id)
+
+    async def __call__(self, message: OutboundMessage) -> str:
+        """Stamp the inbox row; returns its id."""
+        return await asyncio.to_thread(self._write, message)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def parse_time(value: str) -> datetime:
+    """An aware UTC datetime from ISO text (naive text is taken as UTC)."""
+    parsed = datetime.fromisoformat(value)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def wallet_key(address: str) -> str:
+    """Index key of a wallet: watched by wallet and portfolio subscriptions."""
+    return f"wallet:{address.lower()}"
+
+
+def entity_name(key: str) -> str:
+    """A readable name for an entity key when no better one is known."""
+    parts = key.split(":")
+    short = lambda a: a if len(a) <= 12 else f"{a[:6]}…{a[-4:]}"  # noqa: E731 - local formatting helper
+    if parts[0] == "collection" and len(parts) >= 3:
+        return f"Collection {short(parts[2])}"
+    if parts[0] == "nft" and len(parts) >= 4:
+        return f"{short(parts[2])} #{parts[3]}"
+    if parts[0] in ("creator", "wallet") and len(parts) >= 2:
+        return f"{parts[0].capitalize()} {short(parts[-1])}"
+    return key
+
+
+def entity_url(base: str, key: str) -> str:
+    """The API URL of an entity's current state."""
+    parts = key.split(":")
+    if parts[0] == "collection" and len(parts) >= 3:
+        return f"{base}/v1/collections/{parts[1]}/{parts[2]}"
+    if parts[0] == "nft" and len(parts) >= 4:
+        return f"{base}/v1/nfts/{parts[1]}/{parts[2]}/{parts[3]}"
+    return f"{base}/v1/entities/{key}"
+
+
+def _change_pct(details: dict[str, str], before: Any, after: Any) -> float | None:
+    if "change_pct" in details:
+        return float(details["change_pct"])
+    try:
+        b, a = Decimal(str(before)), Decimal(str(after))
+    except ArithmeticError:
+        return None
+    return float((a - b) / b) if b else None
+
+
+def destinations(user: store.NotifyUser) -> set[str]:
+    """Channels the user has an address for (in-app always)."""
+    out = {"in_app"}
+    if user.email:
+        out.add("email")
+    if user.phone:
+        out.add("sms")
+    if user.push_subscriptions:
+        out.add("push")
+    if any(not w.get("disabled") for w in user.webhooks):
+        out.add("webhook")
+    return out
+
+
+# -- the activities --------------------------------------------------------------------------------------
+
+
+class NotifyActivities:
+    """Notification activities, built once by the worker.
+
+    ``client`` (with ``task_queue``) lets detection start the per-notification workflows and signal the
+    per-user digest workflows itself; without it detection only stores and returns its result and the
+    calling workflow starts them (as :func:`workflows.notify.notify_changes` does).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        registry: ChannelRegistry,
+        *,
+        client: Client | None = None,
+        task_queue: str | None = None,
+        workflow_id_prefix: str = "",
+        public_base_url: str = "http://127.0.0.1:8000",
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._client = client
+        self._task_queue = task_queue
+        self._prefix = workflow_id_prefix
+        self._base = public_base_url.rstrip("/")
+
+    # -- detection ---------------------------------------------------------------------------------------
+
+    @activity.defn(name="detect_significant_changes")
+    async def detect_significant_changes(self, inp: DetectInput) -> DetectResult:
+        """Evaluate the watchers' rules on the changes and store the notifications they produce."""
+        result = await asyncio.to_thread(self.detect, inp)
+        if self._client is not None and result.notifications:
+            await self.dispatch(result)
+        return result
+
+    def detect(self, inp: DetectInput) -> DetectResult:
+        """The synchronous core of detection (one write transaction)."""
+        at = parse_time(inp.at)
+        with self._db.write() as s:
+            if inp.cause:
+                done = s.get(store.DetectionRecord, inp.cause)
+                if done is not None:
+                    # The first attempt committed: answer the same, never create again.
+                    return self._replay(s, done.notification_ids)
+            by_entity: dict[str, list[MetricChange]] = {}
+            for ch in inp.changes:
+                by_entity.setdefault(ch.entity, []).append(ch)
+                if ch.metric == "owner":
+                    # A transfer concerns the wallets on both sides: wallet and portfolio watchers.
+                    for side in (ch.before, ch.after):
+                        if isinstance(side, str) and side:
+                            by_entity.setdefault(wallet_key(side), []).append(ch)
+            found = store.watchers(s, by_entity, lock_users=not self._db.is_sqlite)
+            result = DetectResult()
+            if not found:
+                return result
+            states = store.rule_states(
+                s,
+                [
+                    (w.subscription.id, str(r.get("id")), ch.entity)
+                    for w in found
+                    for r in w.subscription.rules
+                    for ch in by_entity[w.entity_key]
+                ],
+            )
+            fired: dict[str, list[tuple[Candidate, dict[str, Any]]]] = {}
+            users: dict[str, store.NotifyUser] = {}
+            for w in found:
+                users[w.user.id] = w.user
+                for ch in by_entity[w.entity_key]:
+                    change = RuleChange(
+                        entity_key=ch.entity,
+                        metric=ch.metric,
+                        before=ch.before,
+                        after=ch.after,
+                        at=at,
+                        cause=f"{inp.cause}:{ch.entity}:{ch.metric}" if inp.cause else None,
+                    )
+                    for raw in w.subscription.rules:
+                        rule = Rule.model_validate(raw)
+                        if not rule.applies_to(change):
+                            continue
+                        result.evaluated += 1
+                        triple = (w.subscription.id, rule.id, ch.entity)
+                        record = states.get(triple)
+                        ev = evaluate(rule, RuleState.from_dict(record.state if record else None), change)
+                        if record is None:
+                            record = store.RuleStateRecord(
+                                subscription_id=triple[0],
+                                rule_id=triple[1],
+                                entity_key=triple[2],
+                                updated_at=at,
+                            )
+                            states[triple] = record
+                        record.state, record.updated_at = ev.state.to_dict(), at
+                        s.add(record)
+                        if not ev.fired or ev.severity is None or ev.explanation is None:
+                            result.suppressed += ev.suppressed is not None
+                            continue
+                        key = idempotency_key(w.user.id, rule.id, ch.entity, event_cause(change))
+                        candidate = Candidate(
+                            idempotency_key=key,
+                            kind=ev.kind,
+                            severity=ev.severity,
+                            entity_key=ch.entity,
+                            at=at,
+                            magnitude=ev.magnitude,
+                        )
+                        info = {
+                            "rule": rule,
+                            "subscription": w.subscription,
+                            "explanation": ev.explanation,
+                            "cause": change.cause,
+                        }
+                        fired.setdefault(w.user.id, []).append((candidate, info))
+            created: list[int] = []
+            for user_id, items in fired.items():
+                user = users[user_id]
+                infos = {c.idempotency_key: info for c, info in items}
+                decisions, budget = store_route(user, [c for c, _ in items], at)
+                user.budget = budget.to_dict()
+                s.add(user)
+                for decision in decisions:
+                    info = infos[decision.candidate.idempotency_key]
+                    row, new = store.insert_notification(s, self._row(user, decision, info, at))
+                    if new and row.id is not None:
+                        created.append(row.id)
+                        result.notifications.append(self._request(user, row))
+            if inp.cause:
+                s.add(store.DetectionRecord(cause=inp.cause, notification_ids=created, created_at=at))
+            return result
+
+    def _replay(self, s: Any, ids: list[int]) -> DetectResult:
+        rows = s.execute(select(store.Notification).where(store.Notification.id.in_(ids))).scalars()  # type: ignore[union-attr]
+        result = DetectResult()
+        for row in sorted(rows, key=lambda r: r.id or 0):
+            user = s.get(store.NotifyUser, row.user_id)
+            if user is not None:
+                result.notifications.append(self._request(user, row))
+        return result
+
+    def _row(
+        self, user: store.NotifyUser, decision: Any, info: dict[str, Any], at: datetime
+    ) -> store.Notification:
+        c: Candidate = decision.candidate
+        rule: Rule = info["rule"]
+        exp = info["explanation"]
+        ctx = NotificationContext(
+            idempotency_key=c.idempotency_key,
+            severity=c.severity.value,
+            timezone=user.timezone,
+            entity_key=c.entity_key,
+            entity_name=entity_name(c.entity_key),
+            entity_url=entity_url(self._base, c.entity_key),
+            rule={
+                "id": rule.id,
+                "kind": rule.kind.value,
+                "metric": rule.metric,
+                "level": rule.level,
+                "direction": rule.direction if rule.kind.value == "threshold" else None,
+                "pct": rule.pct if rule.kind.value == "relative_change" else None,
+                "window_s": rule.window_s if rule.kind.value == "relative_change" else None,
+                "name": info["subscription"].label,
+            },
+            metric=exp.metric,
+            before=exp.before,
+            after=exp.after,
+            unit=_UNITS.get(exp.metric, "number"),  # type: ignore[arg-type]
+            change_pct=_change_pct(exp.details, exp.before, exp.after) if exp.metric not in _UNITS else None,
+            data_at=exp.at,
+            detected_at=at,
+            preferences_url=f"{self._base}/v1/users/{user.id}",
+        )
+        rendered = render(c.kind.value, "in_app", user.locale, ctx)
+        context = ctx.model_dump(mode="json")
+        context["explanation"] = exp.model_dump(mode="json")
+        context["subscription_id"] = info["subscription"].id
+        return store.Notification(
+            idempotency_key=c.idempotency_key,
+            user_id=user.id,
+            subscription_id=info["subscription"].id,
+            rule_id=rule.id,
+            kind=c.kind.value,
+            severity=c.severity.value,
+            entity_key=c.entity_key,
+            title=rendered.subject[:500],
+            body=rendered.text,
+            context=context,
+            route=decision.route.value,
+            not_before=decision.not_before,
+            magnitude=c.magnitude,
+            cause=info["cause"],
+            workflow_id=(
+                digest_workflow_id(self._prefix, user.id)
+                if decision.route is Route.DIGEST
+                else notification_workflow_id(self._prefix, 0)  # replaced below once the id is known
+            ),
+            created_at=at,
+        )
+
+    def _request(self, user: store.NotifyUser, row: store.Notification) -> NotifyRequest:
+        assert row.id is not None
+        if row.route != Route.DIGEST.value and row.workflow_id != notification_workflow_id(
+            self._prefix, row.id
+        ):
+            # The id exists only after the insert: point the row at its workflow for the read signal.
+            row.workflow_id = notification_workflow_id(self._prefix, row.id)
+        available = destinations(user) & ({"in_app"} | set(self._registry.names()))
+        prefs = user.preferences or {}
+        wanted = list(prefs.get(row.kind) or prefs.get("default") or ["in_app"])
+        channels = [c for c in wanted if c in available] or ["in_app"]
+        escalation = None
+        if row.severity == AlertSeverity.CRITICAL.value:
+            spec = user.escalation or {}
+            chain = [c for c in spec.get("chain", DEFAULT_CHAIN) if c in available] or ["in_app"]
+            escalation = EscalationSpec(
+                chain=chain,
+                delay_s=float(spec.get("delay_s", 900.0)),
+                max_repeats=int(spec.get("max_repeats", 1)),
+            )
+        quiet = dict(user.quiet_hours, tz=user.timezone) if user.quiet_hours else None
+        if quiet is not None:
+            quiet["allow_critical"] = user.critical_breakthrough
+        return NotifyRequest(
+            notification_id=row.id,
+            idempotency_key=row.idempotency_key,
+            user_id=user.id,
+            kind=row.kind,
+            severity=row.severity,
+            entity_key=row.entity_key,
+            rule_id=row.rule_id or "",
+            title=row.title,
+            magnitude=row.magnitude,
+            at=_iso(row.created_at),
+            route=row.route,
+            channels=channels,
+            not_before=_iso(row.not_before) if row.not_before else None,
+            escalation=escalation,
+            quiet_hours=quiet,
+            digest=dict(user.digest, tz=user.timezone) if user.digest else None,
+            cause=row.cause,
+        )
+
+    async def dispatch(self, result: DetectResult) -> None:
+        """Start each notification's workflow, or hand it to the user's digest; idempotent by workflow id."""
+        assert self._client is not None and self._task_queue is not None
+        for req in result.notifications:
+            if req.route == Route.DIGEST.value and req.digest is not None:
+                await self._client.start_workflow(
+                    "Digest",
+                    DigestInput(req.user_id, req.digest),
+                    id=digest_workflow_id(self._prefix, req.user_id),
+                    task_queue=self._task_queue,
+                    start_signal="add",
+                    start_signal_args=[digest_entry(req)],
+                )
+                continue
+            try:
+                await self._client.start_workflow(
+                    "Notification",
+                    NotificationInput(req),
+                    id=notification_workflow_id(self._prefix, req.notification_id),
+                    task_queue=self._task_queue,
+                )
+            except WorkflowAlreadyStartedError:
+                pass  # a retried detection: the first attempt started it
+
+    # -- delivery ----------------------------------------------------------------------------------------
+
+    @activity.defn(name="deliver")
+    async def deliver(self, inp: DeliverInput) -> DeliverResult:
+        """Render and send one notification on one channel; maps delivery errors to Temporal's retry rules."""
+        loaded = await asyncio.to_thread(self._load, inp.notification_id)
+        if loaded is None:
+            raise ApplicationError(
+                f"notification {inp.notification_id} not found", type="NotFound", non_retryable=True
+            )
+        row, user, done = loaded
+        current = next((d for d in done if d.channel == inp.channel), None)
+        if current is not None and store.STATUS_RANK.get(current.status, -1) >= store.STATUS_RANK["sent"]:
+            # An earlier attempt (or the workflow's previous run) delivered it: never send twice.
+            return DeliverResult(row.id or 0, inp.channel, current.status, current.provider_message_id, True)
+        try:
+            receipt = await self._send(row, user, inp.channel)
+        except TransientDeliveryError as exc:
+            await asyncio.to_thread(self._record, row.id or 0, inp.channel, "queued", None, str(exc))
+            raise ApplicationError(
+                str(exc),
+                type="TransientDeliveryError",
+                next_retry_delay=_seconds(exc.retry_after),
+            ) from exc
+        except (PermanentDeliveryError, UnknownChannelError) as exc:
+            await asyncio.to_thread(self._record, row.id or 0, inp.channel, "failed", None, str(exc))
+            raise ApplicationError(str(exc), type="PermanentDeliveryError", non_retryable=True) from exc
+        await asyncio.to_thread(
+            self._record, row.id or 0, inp.channel, receipt.status, receipt.provider_message_id, None
+        )
+        return DeliverResult(row.id or 0, inp.channel, receipt.status, receipt.provider_message_id)
+
+    def _load(
+        self, notification_id: int
+    ) -> tuple[store.Notification, store.NotifyUser, list[store.Delivery]] | None:
+        with self._db.read() as s:
+            row = s.get(store.Notification, notification_id)
+            if row is None:
+                return None
+            user = s.get(store.NotifyUser, row.user_id)
+            if user is None:
+                return None
+            return row, user, store.deliveries_for(s, [notification_id])[notification_id]
+
+    def _record(
+        self, notification_id: int, channel: str, status: str, provider_id: str | None, error: str | None
+    ) -> None:
+        with self._db.write() as s:
+            store.upsert_delivery(
+                s,
+                notification_id,
+                channel,
+                status,
+                datetime.now(UTC),
+                provider_message_id=provider_id,
+                error=error,
+                attempt=True,
+            )
+
+    def _disable(self, user_id: str, channel: str, address: str) -> None:
+        """A destination answered "gone" (410, expired push subscription): stop sending to it."""
+        with self._db.write() as s:
+            user = s.get(store.NotifyUser, user_id, with_for_update=not self._db.is_sqlite)
+            if user is None:
+                return
+            if channel == "webhook":
+                user.webhooks = [
+                    dict(w, disabled=True) if w.get("url") == address else w for w in user.webhooks
+                ]
+            elif channel == "push":
+                user.push_subscriptions = [p for p in user.push_subscriptions if p.get("endpoint") != address]
+            s.add(user)
+
+    async def _send(
+        self, row: store.Notification, user: store.NotifyUser, channel_name: str
+    ) -> DeliveryReceipt:
+        channel = self._registry.get(channel_name)
+        template = TEMPLATE_CHANNEL.get(channel_name)
+        if template is None:
+            raise PermanentDeliveryError(channel_name, "unknown channel", code="unknown_channel")
+        context = {k: v for k, v in row.context.items() if k in NotificationContext.model_fields}
+        context["timezone"] = user.timezone
+        try:
+            ctx = NotificationContext.model_validate(context)
+        except ValidationError as exc:
+            raise PermanentDeliveryError(
+                channel_name, f"stored context invalid: {exc}", code="context"
+            ) from exc
+        rendered = render(row.kind, template, user.locale, ctx)
+        base = OutboundMessage(
+            idempotency_key=row.idempotency_key,
+            user_id=user.id,
+            kind=row.kind,
+            severity=row.severity,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            payload=rendered.data or {"title": rendered.subject, "body": rendered.text},
+            locale=user.locale,
+            notification_id=str(row.id),
+            collapse_key=f"{row.rule_id}:{row.entity_key}",
+        )
+        if channel_name == "in_app":
+            return await channel.send(_with(base, to=user.id))
+        if channel_name == "email":
+            if not user.email:
+                raise PermanentDeliveryError("email", "user has no e-mail address", code="no_destination")
+            return await channel.send(_with(base, to=user.email))
+        if channel_name == "sms":
+            if not user.phone:
+                raise PermanentDeliveryError("sms", "user has no phone number", code="no_destination")
+            return await channel.send(_with(base, to=user.phone))
+        if channel_name == "push":
+            targets = [
+                (p["endpoint"], _with(base, push_subscription=PushSubscription(**p)))
+                for p in user.push_subscriptions
+            ]
+        else:
+            targets = [
+                (
+                    w["url"],
+                    _with(
+                        base,
+                        to=w["url"],
+                        webhook_secret=w.get("secret"),
+                        event_type=f"notification.{row.kind}",
+                    ),
+                )
+                for w in user.webhooks
+                if not w.get("disabled")
+            ]
+        return await self._fan_out(user.id, channel_name, channel, targets)
+
+    async def _fan_out(
+        self, user_id: str, name: str, channel: Any, targets: list[tuple[str, OutboundMessage]]
+    ) -> DeliveryReceipt:
+        """Send to every endpoint of a multi-endpoint channel (push subscriptions, webhooks).
+
+        Success on any endpoint is success; endpoints that are gone are disabled; a transient failure of
+        any endpoint retries the activity (endpoints are idempotent on the message id, so the ones that
+        succeeded deduplicate).
+        """
+        if not targets:
+            raise PermanentDeliveryError(name, "no active endpoint", code="no_destination")
+        receipts: list[DeliveryReceipt] = []
+        transient: TransientDeliveryError | None = None
+        permanent: PermanentDeliveryError | None = None
+        for address, message in targets:
+            try:
+                receipts.append(await channel.send(message))
+            except TransientDeliveryError as exc:
+                transient = exc
+            except PermanentDeliveryError as exc:
+                permanent = exc
+                if exc.disable_endpoint:
+                    await asyncio.to_thread(self._disable, user_id, name, address)
+        if transient is not None:
+            raise transient
+        if receipts:
+            return receipts[0]
+        assert permanent is not None
+        raise permanent
+
+    # -- digests -----------------------------------------------------------------------------------------
+
+    @activity.defn(name="send_digest")
+    async def send_digest(self, inp: SendDigestInput) -> SendDigestResult:
+        """Send one digest on the user's digest channels and show its items in the inbox."""
+        user = await asyncio.to_thread(self._user, inp.user_id)
+        if user is None:
+            raise ApplicationError(f"user {inp.user_id} not found", type="NotFound", non_retryable=True)
+        ids = [i for g in inp.groups for i in g.notification_ids]
+        lines = _digest_lines(user.locale, inp)
+        subject = lines[0]
+        text = "\n".join(lines)
+        wanted = (user.preferences or {}).get("digest") or (["email"] if user.email else ["in_app"])
+        available = destinations(user) & ({"in_app"} | set(self._registry.names()))
+        sent: list[str] = []
+        for name in [c for c in wanted if c in available]:
+            if name == "in_app":
+                continue  # the items themselves land in the inbox below
+            payload = {
+                "digest_key": inp.digest_key,
+                "reason": inp.reason,
+                "title": subject,
+                "groups": [
+                    {"kind": g.kind, "entity_key": g.entity_key, "severity": g.severity, "titles": g.titles}
+                    for g in inp.groups
+                ],
+            }
+            message = OutboundMessage(
+                idempotency_key=inp.digest_key,
+                user_id=user.id,
+                kind="digest",
+                severity=max((g.severity for g in inp.groups), key=lambda x: AlertSeverity(x).rank),
+                subject=subject,
+                text=text,
+                payload=payload,
+                locale=user.locale,
+                event_type="notification.digest",
+            )
+            channel = self._registry.get(name)
+            try:
+                if name == "webhook":
+                    targets = [
+                        (w["url"], _with(message, to=w["url"], webhook_secret=w.get("secret")))
+                        for w in user.webhooks
+                        if not w.get("disabled")
+                    ]
+                    await self._fan_out(user.id, name, channel, targets)
+                elif name == "push":
+                    targets = [
+                        (p["endpoint"], _with(message, push_subscription=PushSubscription(**p)))
+                        for p in user.push_subscriptions
+                    ]
+                    await self._fan_out(user.id, name, channel, targets)
+                else:
+                    await channel.send(_with(message, to=user.email if name == "email" else user.phone or ""))
+            except TransientDeliveryError as exc:
+                raise ApplicationError(
+                    str(exc), type="TransientDeliveryError", next_retry_delay=_seconds(exc.retry_after)
+                ) from exc
+            except PermanentDeliveryError as exc:
+                log.warning("notify.digest_channel_failed", extra={"channel": name, "error": str(exc)})
+                continue
+            sent.append(name)
+        await asyncio.to_thread(self._digest_done, ids, sent)
+        return SendDigestResult(inp.digest_key, ["in_app", *sent], len(ids))
+
+    def _user(self, user_id: str) -> store.NotifyUser | None:
+        with self._db.read() as s:
+            return s.get(store.NotifyUser, user_id)
+
+    def _digest_done(self, ids: list[int], channels: list[str]) -> None:
+        now = datetime.now(UTC)
+        with self._db.write() as s:
+            for nid in ids:
+                row = s.get(store.Notification, nid)
+                if row is None:
+                    continue
+                if row.inbox_at is None:
+                    row.inbox_at = now
+                    s.add(row)
+                store.upsert_delivery(s, nid, "in_app", "delivered", now)
+                for name in channels:
+                    store.upsert_delivery(s, nid, name, "sent", now)
+
+
+def store_route(
+    user: store.NotifyUser, candidates: list[Candidate], at: datetime
+) -> tuple[list[Any], BudgetState]:
+    """Route a user's firings through their budget and quiet hours (in the user's time zone)."""
+    quiet = None
+    if user.quiet_hours:
+        quiet = QuietHours(
+            start=user.quiet_hours["start"],
+            end=user.quiet_hours["end"],
+            tz=user.timezone,
+            allow_critical=user.critical_breakthrough,
+        )
+    prefs = DeliveryPreferences(
+        hourly_budget=user.hourly_budget, quiet_hours=quiet, has_digest=user.digest is not None
+    )
+    budget = BudgetState.model_validate(user.budget) if user.budget else None
+    return route_candidates(candidates, prefs, budget, at)
+
+
+def digest_entry(req: NotifyRequest) -> DigestEntry:
+    """The digest signal payload for a notification routed to the digest."""
+    return DigestEntry(
+        notification_id=req.notification_id,
+        idempotency_key=req.idempotency_key,
+        kind=req.kind,
+        severity=req.severity,
+        entity_key=req.entity_key,
+        rule_id=req.rule_id or None,
+        title=req.title,
+        at=req.at,
+        magnitude=req.magnitude,
+        cause=req.cause,
+        schedule=req.digest,
+    )
+
+
+_DIGEST_WORDS = {
+    "en": ("Your Pulse digest: {n} update(s)", "{kind} · {entity}"),
+    "de": ("Ihre Pulse-Übersicht: {n} Meldung(en)", "{kind} · {entity}"),
+}
+
+
+def _digest_lines(locale: str, inp: SendDigestInput) -> list[str]:
+    """Plain-text digest: a heading, then each group (kind and entity) with its items' titles."""
+    lang = locale.replace("-", "_").split("_", 1)[0].lower()
+    heading, group_line = _DIGEST_WORDS.get(lang, _DIGEST_WORDS["en"])
+    n = sum(len(g.notification_ids) for g in inp.groups)
+    lines = [heading.format(n=n)]
+    for g in inp.groups:
+        lines.append("")
+        lines.append(group_line.format(kind=g.kind.replace("_", " "), entity=entity_name(g.entity_key)))
+        lines.extend(f"  - {t}" for t in g.titles)
+    return lines
+
+
+def _with(message: OutboundMessage, **changes: Any) -> OutboundMessage:
+    return replace(message, **changes)
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    """Retry-After as Temporal's next retry delay (None: the retry policy's own backoff)."""
+    return timedelta(seconds=value) if value else None

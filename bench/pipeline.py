@@ -1,0 +1,287 @@
+"""End-to-end pipeline benchmark: real ``pulse api``, ``pulse worker`` and ``pulse dispatcher`` processes, a
+real Temporal dev server and a real database, fed by a synthetic stream over HTTP. Prints JSON.
+
+    .venv/bin/python -m bench.pipeline --database postgres --rate 1000 --duration 60 --burst 20000
+    .venv/bin/python -m bench.pipeline --database sqlite --temporal-file   # the embedded defaults
+
+Phases: the mint burst of every collection (setup), a sustained phase at ``--rate`` events/s, a burst
+posted as fast as possible, and, against the same server, the naive design (one workflow per event with
+three activities: every event routed to its own workflow) as the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from pulse.synth import Stream
+from pulse.temporal import DevServer, port_open
+from store.db import Database
+from tests.conftest import POSTGRES_URL, free_port
+from tests.procs import PulseProcesses
+
+BATCH = 100
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def scrape(url: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    try:
+        body = httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return out
+    for line in body.splitlines():
+        m = re.match(r'^pulse_temporal_actions_total\{kind="([a-z_]+)"\} ([0-9.e+]+)$', line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+def actions(procs: PulseProcesses) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for port in (procs.ports["worker_metrics"], procs.ports["dispatcher_metrics"]):
+        for kind, value in scrape(f"http://127.0.0.1:{port}/metrics").items():
+            total[kind] = total.get(kind, 0.0) + value
+    return total
+
+
+async def post_paced(http: httpx.AsyncClient, events: list[dict[str, Any]], rate: float) -> float:
+    """Post in batches of BATCH so that the offered load is ``rate`` events/s; returns the seconds taken."""
+    started = time.perf_counter()
+    pending: set[asyncio.Task[httpx.Response]] = set()
+    for i in range(0, len(events), BATCH):
+        due = started + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.add(asyncio.create_task(http.post("/v1/events", json={"events": events[i : i + BATCH]})))
+        done = {t for t in pending if t.done()}
+        for task in done:
+            assert task.result().status_code == 202, task.result().text
+        pending -= done
+    for resp in await asyncio.gather(*pending):
+        assert resp.status_code == 202, resp.text
+    return time.perf_counter() - started
+
+
+async def post_burst(http: httpx.AsyncClient, events: list[dict[str, Any]], concurrency: int = 4) -> float:
+    started = time.perf_counter()
+    queue = [events[i : i + 1000] for i in range(0, len(events), 1000)]
+
+    async def sender() -> None:
+        while queue:
+            batch = queue.pop()
+            resp = await http.post("/v1/events", json={"events": batch})
+            assert resp.status_code == 202, resp.text
+
+    await asyncio.gather(*[sender() for _ in range(concurrency)])
+    return time.perf_counter() - started
+
+
+def latencies(db: Database, source: str) -> tuple[list[float], float, int]:
+    """Seconds from received_at to processed_at of a source's events, processed events/s, and count."""
+    with db.read_engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT received_at, processed_at, status FROM events WHERE source = :s"), {"s": source}
+        ).all()
+    from store.models import UtcDateTime
+
+    conv = UtcDateTime().process_result_value
+    done = [(conv(r[0], None), conv(r[1], None)) for r in rows if r[2] == "processed"]
+    lat = [(p - r).total_seconds() for r, p in done if r and p]
+    if not done:
+        return [], 0.0, len(rows)
+    span = (max(p for _, p in done if p) - min(r for r, _ in done if r)).total_seconds()  # type: ignore[operator]
+    return lat, len(done) / span if span > 0 else float("nan"), len(rows)
+
+
+async def wait_processed(db: Database, source: str, expected: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.read_engine.connect() as conn:
+            n = conn.execute(
+                text("SELECT count(*) FROM events WHERE source = :s AND status IN ('processed', 'failed')"),
+                {"s": source},
+            ).scalar_one()
+        if n >= expected:
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+def summarise(
+    name: str,
+    db: Database,
+    source: str,
+    offered_s: float,
+    n: int,
+    before: dict[str, float],
+    after: dict[str, float],
+) -> dict[str, Any]:
+    lat, processed_per_s, total = latencies(db, source)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
+    return {
+        "phase": name,
+        "events": n,
+        "accepted_per_s": round(n / offered_s, 1),
+        "processed_per_s": round(processed_per_s, 1),
+        "processed": len(lat),
+        "lost": total - len(lat) if total == n else n - total,
+        "latency_s": {
+            "p50": round(percentile(lat, 0.50), 3),
+            "p95": round(percentile(lat, 0.95), 3),
+            "p99": round(percentile(lat, 0.99), 3),
+            "max": round(max(lat), 3) if lat else None,
+        },
+        "temporal_actions_per_event": {k: round(v / n, 4) for k, v in sorted(delta.items())},
+        "temporal_actions_total_per_event": round(sum(delta.values()) / n, 4),
+    }
+
+
+async def run_phases(
+    args: argparse.Namespace, database_url: str, temporal: str, workdir: Path
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    stream = Stream(
+        collections=args.collections, tokens_per_collection=args.tokens // args.collections, seed=3
+    )
+    mints = list(stream.mints())
+    sustained = stream.take(int(args.rate * args.duration))
+    burst = stream.take(args.burst)
+    baseline = stream.take(args.baseline_events)
+
+    async def with_pulse(extra_env: dict[str, str], body: Any) -> None:
+        procs = PulseProcesses(
+            database_url, temporal, workdir / f"logs-{uuid.uuid4().hex[:6]}", extra_env=extra_env
+        )
+        for part in ("api", "worker", "dispatcher"):
+            procs.start(part)
+        try:
+            await asyncio.to_thread(procs.wait_ready)
+            async with httpx.AsyncClient(
+                base_url=procs.api_url, headers={"Authorization": f"Bearer {procs.admin_key}"}, timeout=120
+            ) as http:
+                await body(procs, http)
+        finally:
+            await asyncio.to_thread(procs.stop_all)
+
+    db = Database(database_url)
+
+    async def optimised(procs: PulseProcesses, http: httpx.AsyncClient) -> None:
+        def relabel(events: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+            return [{**e, "source": source} for e in events]
+
+        for name, events, paced in (
+            ("mint_setup", mints, False),
+            ("sustained", sustained, True),
+            ("burst", burst, False),
+        ):
+            source = f"bench-{name}"
+            batch = relabel(events, source)
+            before = actions(procs)
+            took = await (post_paced(http, batch, args.rate) if paced else post_burst(http, batch))
+            ok = await wait_processed(db, source, len(batch), timeout=args.timeout)
+            await asyncio.sleep(1)
+            results[name] = summarise(name, db, source, took, len(batch), before, actions(procs))
+            results[name]["all_processed"] = ok
+
+    await with_pulse({}, optimised)
+
+    async def naive(procs: PulseProcesses, http: httpx.AsyncClient) -> None:
+        source = "bench-naive"
+        batch = [{**e, "source": source} for e in baseline]
+        before = actions(procs)
+        took = await post_burst(http, batch)
+        ok = await wait_processed(db, source, len(batch), timeout=args.timeout)
+        await asyncio.sleep(1)
+        results["naive_baseline"] = summarise(
+            "naive_baseline", db, source, took, len(batch), before, actions(procs)
+        )
+        results["naive_baseline"]["all_processed"] = ok
+
+    # Every event significant: one workflow per event with three activities, the naive design.
+    await with_pulse({"PULSE_SIGNIFICANT_PRIORITY": "0"}, naive)
+    db.dispose()
+    opt = results["burst"]["processed_per_s"]
+    base = results["naive_baseline"]["processed_per_s"]
+    results["speedup_vs_naive"] = round(opt / base, 1) if base else None
+    return results
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--temporal-file", action="store_true", help="dev server persisting to a SQLite file")
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--burst", type=int, default=20000)
+    parser.add_argument("--baseline-events", type=int, default=2000)
+    parser.add_argument("--collections", type=int, default=50)
+    parser.add_argument("--tokens", type=int, default=5000)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="pulse-bench-"))
+    if args.database == "postgres":
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        database_url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    else:
+        database_url = f"sqlite:///{workdir / 'pulse.db'}"
+    Database(database_url).create_all()
+    port, ui = free_port(), free_port()
+    dev = DevServer(
+        "127.0.0.1",
+        port,
+        ui,
+        workdir / "temporal.db" if args.temporal_file else None,
+        workdir / "temporal.log",
+    )
+    dev.start()
+    assert port_open("127.0.0.1", port)
+    try:
+        results = await run_phases(args, database_url, dev.address, workdir)
+    finally:
+        dev.stop()
+        if args.database == "postgres":
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    report = {
+        "config": {
+            "database": args.database,
+            "temporal": "dev server, file" if args.temporal_file else "dev server, in memory",
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "collections": args.collections,
+            "tokens": args.tokens,
+            "burst": args.burst,
+            "baseline_events": args.baseline_events,
+        },
+        **results,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,396 @@
+"""Notification tables and queries: users, subscriptions (with rule state), the inbox and deliveries.
+
+Matching a changed entity to its watchers goes through ``notify_subscription_keys`` — one row per
+(entity key, subscription), indexed on the entity key — so detection costs one indexed lookup per batch of
+changed entities, never a scan over users. A portfolio subscription writes one key row per wallet.
+
+Rule state lives in its own table, keyed by (subscription, rule, entity): a portfolio rule keeps separate
+hysteresis per wallet, and writing state never rewrites the subscription the user edits.
+
+These tables register on ``SQLModel.metadata`` when this module is imported; ``store/db.py`` must import
+it (``from store import notify  # noqa: F401``) for ``Database.create_all`` to create them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel
+
+from store.models import BigId, UtcDateTime
+
+#: Order of delivery statuses: a late "sent" callback must not undo "delivered"; ``read`` is final.
+STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+def _tz() -> Any:
+    return UtcDateTime()
+
+
+class NotifyUser(SQLModel, table=True):
+    """A user's delivery profile: destinations, locale and time zone, quiet hours, digest and budget."""
+
+    __tablename__ = "notify_users"
+
+    id: str = Field(primary_key=True, max_length=120)
+    locale: str = Field(default="en", max_length=20)
+    timezone: str = Field(default="UTC", max_length=64)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=20)
+    #: ``[{endpoint, p256dh, auth}]``
+    push_subscriptions: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    #: ``[{url, secret, disabled}]``
+    webhooks: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    #: ``{start, end, allow_critical}`` in the user's time zone, or null.
+    quiet_hours: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    #: ``{frequency, at, weekday, flush_magnitude}`` in the user's time zone, or null (no digest).
+    digest: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    #: ``{"default": [channels], "<kind>": [channels], "digest": [channels]}``
+    preferences: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: ``{chain, delay_s, max_repeats}`` for critical alerts.
+    escalation: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    critical_breakthrough: bool = False
+    hourly_budget: int = 10
+    #: ``BudgetState`` (send times of the last hour), updated by detection under a row lock.
+    budget: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class Subscription(SQLModel, table=True):
+    """What a user watches (one entity, or a portfolio of wallets) and the rules that apply to it."""
+
+    __tablename__ = "notify_subscriptions"
+    __table_args__ = (Index("ix_notify_subscriptions_user", "user_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    user_id: str = Field(max_length=120, foreign_key="notify_users.id")
+    target: str = Field(max_length=16, description="nft, collection, creator, wallet or portfolio")
+    entity_key: str | None = Field(default=None, max_length=200)
+    wallets: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    label: str | None = Field(default=None, max_length=200)
+    #: ``Rule.model_dump(mode="json")`` for each rule.
+    rules: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_type=_tz())
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class SubscriptionKey(SQLModel, table=True):
+    """Index from an entity key to the subscriptions watching it: what detection queries."""
+
+    __tablename__ = "notify_subscription_keys"
+    __table_args__ = (Index("ix_notify_subscription_keys_entity", "entity_key"),)
+
+    entity_key: str = Field(primary_key=True, max_length=200)
+    subscription_id: str = Field(primary_key=True, max_length=40, foreign_key="notify_subscriptions.id")
+
+
+class RuleStateRecord(SQLModel, table=True):
+    """A rule's memory (``RuleState.to_dict()``) for one entity of one subscription."""
+
+    __tablename__ = "notify_rule_states"
+
+    subscription_id: str = Field(primary_key=True, max_length=40)
+    rule_id: str = Field(primary_key=True, max_length=80)
+    entity_key: str = Field(primary_key=True, max_length=200)
+    state: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class Notification(SQLModel, table=True):
+    """One notification: an inbox row, whatever channels also carry it. Unique on its idempotency key."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_notifications_idempotency_key"),
+        Index("ix_notifications_user_seq", "user_id", "id"),
+        Index("ix_notifications_user_unread", "user_id", "read_at", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    idempotency_key: str = Field(max_length=80)
+    user_id: str = Field(max_length=120)
+    subscription_id: str | None = Field(default=None, max_length=40)
+    rule_id: str | None = Field(default=None, max_length=80)
+    kind: str = Field(max_length=32)
+    severity: str = Field(max_length=16)
+    entity_key: str = Field(max_length=200)
+    title: str = Field(default="", max_length=500)
+    body: str = Field(default="")
+    #: The template context (``NotificationContext``) plus the rule's explanation: the evidence.
+    context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: now, digest or defer (quiet hours): how detection routed it.
+    route: str = Field(default="now", max_length=16)
+    not_before: datetime | None = Field(default=None, sa_type=_tz())
+    magnitude: float = 1.0
+    cause: str | None = Field(default=None, max_length=200)
+    workflow_id: str | None = Field(default=None, max_length=300)
+    #: Set when the in-app channel delivered it: only then does it show in the inbox and stream.
+    inbox_at: datetime | None = Field(default=None, sa_type=_tz())
+    created_at: datetime = Field(sa_type=_tz())
+    read_at: datetime | None = Field(default=None, sa_type=_tz())
+    archived_at: datetime | None = Field(default=None, sa_type=_tz())
+
+
+class Delivery(SQLModel, table=True):
+    """Status of one notification on one channel, fed by sends and provider callbacks."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "channel", name="uq_deliveries_notification_channel"),
+        Index("ix_deliveries_provider_id", "provider_message_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    notification_id: int = Field(sa_type=BigId, foreign_key="notifications.id")
+    channel: str = Field(max_length=16)
+    status: str = Field(default="queued", max_length=16)
+    provider_message_id: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    error: str | None = None
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class DetectionRecord(SQLModel, table=True):
+    """The notifications one detection batch created, by its cause: a retried activity whose first
+    attempt committed returns the same answer instead of losing the notifications."""
+
+    __tablename__ = "notify_detections"
+
+    cause: str = Field(primary_key=True, max_length=200)
+    notification_ids: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_type=_tz())
+
+
+# -- queries -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Watcher:
+    """A subscription matching one changed entity, with its user."""
+
+    subscription: Subscription
+    user: NotifyUser
+    entity_key: str
+
+
+def watchers(session: Session, entity_keys: Iterable[str], *, lock_users: bool = False) -> list[Watcher]:
+    """Subscriptions (with their users) watching any of ``entity_keys``: one indexed join.
+
+    ``lock_users`` takes row locks on the users (Postgres) so that two partitions updating one user's
+    budget serialise instead of losing an update; SQLite's single writer already serialises them.
+    """
+    keys = sorted(set(entity_keys))
+    if not keys:
+        return []
+    stmt = (
+        select(SubscriptionKey.entity_key, Subscription, NotifyUser)
+        .join(Subscription, Subscription.id == SubscriptionKey.subscription_id)  # type: ignore[arg-type]
+        .join(NotifyUser, NotifyUser.id == Subscription.user_id)  # type: ignore[arg-type]
+        .where(SubscriptionKey.entity_key.in_(keys))  # type: ignore[attr-defined]
+        .order_by(NotifyUser.id, Subscription.id)
+    )
+    if lock_users:
+        stmt = stmt.with_for_update(of=NotifyUser)  # type: ignore[arg-type]
+    return [Watcher(sub, user, key) for key, sub, user in session.execute(stmt).all()]
+
+
+def rule_states(
+    session: Session, triples: Iterable[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], RuleStateRecord]:
+    """Stored rule states by (subscription, rule, entity) for the given triples."""
+    wanted = set(triples)
+    if not wanted:
+        return {}
+    subs = sorted({t[0] for t in wanted})
+    rows = session.execute(
+        select(RuleStateRecord).where(RuleStateRecord.subscription_id.in_(subs))  # type: ignore[attr-defined]
+    ).scalars()
+    return {
+        (r.subscription_id, r.rule_id, r.entity_key): r
+        for r in rows
+        if (r.subscription_id, r.rule_id, r.entity_key) in wanted
+    }
+
+
+def insert_notification(session: Session, row: Notification) -> tuple[Notification, bool]:
+    """Insert ``row`` unless its idempotency key exists; returns the stored row and whether it is new.
+
+    The insert runs in a savepoint so that a concurrent duplicate (unique violation) leaves the caller's
+    transaction usable on Postgres.
+    """
+    existing = by_idempotency_key(session, row.idempotency_key)
+    if existing is not None:
+        return existing, False
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        existing = by_idempotency_key(session, row.idempotency_key)
+        if existing is None:
+            raise
+        return existing, False
+    return row, True
+
+
+def by_idempotency_key(session: Session, key: str) -> Notification | None:
+    """The notification stored under ``key``."""
+    return session.execute(
+        select(Notification).where(Notification.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def upsert_delivery(
+    session: Session,
+    notification_id: int,
+    channel: str,
+    status: str,
+    now: datetime,
+    *,
+    provider_message_id: str | None = None,
+    error: str | None = None,
+    attempt: bool = False,
+) -> Delivery:
+    """Create or move the delivery row of (notification, channel); statuses never go backwards."""
+    row = session.execute(
+        select(Delivery).where(Delivery.notification_id == notification_id, Delivery.channel == channel)
+    ).scalar_one_or_none()
+    if row is None:
+        row = Delivery(notification_id=notification_id, channel=channel, status="queued", updated_at=now)
+    if advances(row.status, status):
+        row.status = status
+    if provider_message_id:
+        row.provider_message_id = provider_message_id
+    if error is not None:
+        row.error = error[:2000]
+    if attempt:
+        row.attempts += 1
+    row.updated_at = now
+    session.add(row)
+    session.flush()
+    return row
+
+
+def advances(current: str, new: str) -> bool:
+    """Whether ``new`` may replace ``current``: forward only; ``failed`` only before delivery."""
+    if current == new:
+        return False
+    if new == "failed":
+        return current in ("queued", "sent")
+    if current == "failed":
+        # A provider may report delivery after an earlier soft failure (a retried send succeeded).
+        return new in ("delivered", "read")
+    return STATUS_RANK.get(new, -1) > STATUS_RANK.get(current, -1)
+
+
+def deliveries_for(session: Session, notification_ids: Sequence[int]) -> dict[int, list[Delivery]]:
+    """Delivery rows per notification."""
+    out: dict[int, list[Delivery]] = {i: [] for i in notification_ids}
+    if not notification_ids:
+        return out
+    rows = session.execute(
+        select(Delivery).where(Delivery.notification_id.in_(list(notification_ids)))  # type: ignore[attr-defined]
+    ).scalars()
+    for d in rows:
+        out.setdefault(d.notification_id, []).append(d)
+    return out
+
+
+def inbox(
+    session: Session,
+    user_id: str,
+    *,
+    unread: bool = False,
+    include_archived: bool = False,
+    before_id: int | None = None,
+    after_id: int | None = None,
+    limit: int = 50,
+) -> list[Notification]:
+    """A user's inbox, newest first (or oldest first past ``after_id``, for the live stream)."""
+    stmt = select(Notification).where(
+        Notification.user_id == user_id,
+        Notification.inbox_at.is_not(None),  # type: ignore[union-attr]
+    )
+    if unread:
+        stmt = stmt.where(Notification.read_at.is_(None))  # type: ignore[union-attr]
+    if not include_archived:
+        stmt = stmt.where(Notification.archived_at.is_(None))  # type: ignore[union-attr]
+    if before_id is not None:
+        stmt = stmt.where(Notification.id < before_id)  # type: ignore[operator]
+    if after_id is not None:
+        stmt = stmt.where(Notification.id > after_id).order_by(Notification.id)  # type: ignore[arg-type,operator]
+    else:
+        stmt = stmt.order_by(Notification.id.desc())  # type: ignore[union-attr]
+    return list(session.execute(stmt.limit(limit)).scalars())
+
+
+def unread_count(session: Session, user_id: str) -> int:
+    """Unread, unarchived inbox rows of the user."""
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(Notification)
+            .where(
+                Notification.user_id == user_id,
+                Notification.inbox_at.is_not(None),  # type: ignore[union-attr]
+                Notification.read_at.is_(None),  # type: ignore[union-attr]
+                Notification.archived_at.is_(None),  # type: ignore[union-attr]
+            )
+        ).scalar_one()
+    )
+
+
+def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: datetime) -> list[Notification]:
+    """Mark the given (or all unread) notifications of the user read, with their deliveries; returns the
+    rows that changed (their escalation workflows need a signal)."""
+    stmt = select(Notification).where(
+        Notification.user_id == user_id,
+        Notification.read_at.is_(None),  # type: ignore[union-attr]
+    )
+    if ids is not None:
+        stmt = stmt.where(Notification.id.in_(list(ids)))  # type: ignore[union-attr]
+    rows = list(session.execute(stmt).scalars())
+    for row in rows:
+        row.read_at = now
+        session.add(row)
+    if rows:
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.notification_id.in_([r.id for r in rows]),  # type: ignore[attr-defined]
+                Delivery.channel == "in_app",
+            )
+            .values(status="read", updated_at=now)
+        )
+    return rows
+
+
+def replace_subscription_keys(session: Session, subscription_id: str, keys: Iterable[str]) -> None:
+    """Make the index rows of a subscription exactly ``keys``."""
+    session.execute(
+        SubscriptionKey.__table__.delete().where(  # type: ignore[attr-defined]
+            SubscriptionKey.__table__.c.subscription_id == subscription_id  # type: ignore[attr-defined]
+        )
+    )
+    for key in sorted(set(keys)):
+        session.add(SubscriptionKey(entity_key=key, subscription_id=subscription_id))
+
+
+def delete_subscription(session: Session, subscription_id: str) -> None:
+    """Remove a subscription, its index rows and its rule state."""
+    replace_subscription_keys(session, subscription_id, [])
+    session.execute(
+        RuleStateRecord.__table__.delete().where(  # type: ignore[attr-defined]
+            RuleStateRecord.__table__.c.subscription_id == subscription_id  # type: ignore[attr-defined]
+        )
+    )
+    session.execute(
+        Subscription.__table__.delete().where(Subscription.__table__.c.id == subscription_id)  # type: ignore[attr-defined]
+    )

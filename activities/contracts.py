@@ -24,6 +24,8 @@ class ImpactInput:
 class ImpactPlan:
     partition: str
     seqs: list[int]
+    entity_count: int
+    #: A sample of the touched entity keys (see ``activities.pipeline.PLAN_SAMPLE``).
     entities: list[str]
     factors: list[str]
     severity: str

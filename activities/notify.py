@@ -14,6 +14,7 @@ sandbox as they are. Times travel as ISO strings for the same reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlmodel import col
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -34,7 +36,11 @@ from channels.base import (
     PushSubscription,
     TransientDeliveryError,
 )
-from channels.registry import ChannelRegistry, UnknownChannelError
+from channels.email import SendGridConfig, SmtpConfig
+from channels.push import WebPushConfig
+from channels.registry import ChannelRegistry, ChannelsConfig, UnknownChannelError, build_registry
+from channels.sms import TwilioConfig
+from channels.webhook import WebhookConfig, next_retry_delay
 from domain.rules import (
     AlertSeverity,
     BudgetState,
@@ -50,6 +56,7 @@ from domain.rules import (
     route_candidates,
 )
 from domain.rules import MetricChange as RuleChange
+from pulse.metrics import DELIVERIES, DELIVERY_SECONDS, NOTIFICATIONS_CREATED
 from store import notify as store
 from store.db import Database
 from templates.renderer import NotificationContext, render
@@ -139,6 +146,8 @@ class DeliverInput:
 
     notification_id: int
     channel: str
+    #: Escalation step (0: the first send). Repeats re-send on purpose, under a distinct message id.
+    step: int = 0
 
 
 @dataclass
@@ -445,6 +454,7 @@ class NotifyActivities:
                     info = infos[decision.candidate.idempotency_key]
                     row, new = store.insert_notification(s, self._row(user, decision, info, at))
                     if new and row.id is not None:
+                        NOTIFICATIONS_CREATED.labels(row.kind, row.severity).inc()
                         created.append(row.id)
                         result.notifications.append(self._request(user, row))
             if inp.cause:
@@ -452,7 +462,7 @@ class NotifyActivities:
             return result
 
     def _replay(self, s: Any, ids: list[int]) -> DetectResult:
-        rows = s.execute(select(store.Notification).where(store.Notification.id.in_(ids))).scalars()  # type: ignore[union-attr]
+        rows = s.execute(select(store.Notification).where(col(store.Notification.id).in_(ids))).scalars()
         result = DetectResult()
         for row in sorted(rows, key=lambda r: r.id or 0):
             user = s.get(store.NotifyUser, row.user_id)
@@ -486,7 +496,7 @@ class NotifyActivities:
             metric=exp.metric,
             before=exp.before,
             after=exp.after,
-            unit=_UNITS.get(exp.metric, "number"),  # type: ignore[arg-type]
+            unit=_UNITS.get(exp.metric, "number"),
             change_pct=_change_pct(exp.details, exp.before, exp.after) if exp.metric not in _UNITS else None,
             data_at=exp.at,
             detected_at=at,
@@ -511,11 +521,8 @@ class NotifyActivities:
             not_before=decision.not_before,
             magnitude=c.magnitude,
             cause=info["cause"],
-            workflow_id=(
-                digest_workflow_id(self._prefix, user.id)
-                if decision.route is Route.DIGEST
-                else notification_workflow_id(self._prefix, 0)  # replaced below once the id is known
-            ),
+            # Notification workflows are named after the row id, known only after the insert (_request).
+            workflow_id=digest_workflow_id(self._prefix, user.id) if decision.route is Route.DIGEST else None,
             created_at=at,
         )
 
@@ -576,15 +583,14 @@ class NotifyActivities:
                     start_signal_args=[digest_entry(req)],
                 )
                 continue
-            try:
+            # A retried detection: the first attempt may have started it already.
+            with contextlib.suppress(WorkflowAlreadyStartedError):
                 await self._client.start_workflow(
                     "Notification",
                     NotificationInput(req),
                     id=notification_workflow_id(self._prefix, req.notification_id),
                     task_queue=self._task_queue,
                 )
-            except WorkflowAlreadyStartedError:
-                pass  # a retried detection: the first attempt started it
 
     # -- delivery ----------------------------------------------------------------------------------------
 
@@ -598,24 +604,33 @@ class NotifyActivities:
             )
         row, user, done = loaded
         current = next((d for d in done if d.channel == inp.channel), None)
-        if current is not None and store.STATUS_RANK.get(current.status, -1) >= store.STATUS_RANK["sent"]:
+        if (
+            inp.step == 0
+            and current is not None
+            and store.STATUS_RANK.get(current.status, -1) >= store.STATUS_RANK["sent"]
+        ):
             # An earlier attempt (or the workflow's previous run) delivered it: never send twice.
             return DeliverResult(row.id or 0, inp.channel, current.status, current.provider_message_id, True)
         try:
-            receipt = await self._send(row, user, inp.channel)
+            receipt = await self._send(row, user, inp.channel, inp.step)
         except TransientDeliveryError as exc:
             await asyncio.to_thread(self._record, row.id or 0, inp.channel, "queued", None, str(exc))
+            delay = exc.retry_after
+            if inp.channel == "webhook":
+                # Standard Webhooks' schedule (5 s, 5 min, 30 min, …) unless the receiver asked for longer.
+                scheduled = next_retry_delay(activity.info().attempt)
+                delay = max(delay or 0.0, scheduled or 0.0) or None
             raise ApplicationError(
-                str(exc),
-                type="TransientDeliveryError",
-                next_retry_delay=_seconds(exc.retry_after),
+                str(exc), type="TransientDeliveryError", next_retry_delay=_seconds(delay)
             ) from exc
         except (PermanentDeliveryError, UnknownChannelError) as exc:
+            DELIVERIES.labels(inp.channel, "failed").inc()
             await asyncio.to_thread(self._record, row.id or 0, inp.channel, "failed", None, str(exc))
             raise ApplicationError(str(exc), type="PermanentDeliveryError", non_retryable=True) from exc
         await asyncio.to_thread(
             self._record, row.id or 0, inp.channel, receipt.status, receipt.provider_message_id, None
         )
+        _observe_delivery(inp.channel, receipt.status, row.created_at)
         return DeliverResult(row.id or 0, inp.channel, receipt.status, receipt.provider_message_id)
 
     def _load(
@@ -660,7 +675,7 @@ class NotifyActivities:
             s.add(user)
 
     async def _send(
-        self, row: store.Notification, user: store.NotifyUser, channel_name: str
+        self, row: store.Notification, user: store.NotifyUser, channel_name: str, step: int = 0
     ) -> DeliveryReceipt:
         channel = self._registry.get(channel_name)
         template = TEMPLATE_CHANNEL.get(channel_name)
@@ -676,7 +691,8 @@ class NotifyActivities:
             ) from exc
         rendered = render(row.kind, template, user.locale, ctx)
         base = OutboundMessage(
-            idempotency_key=row.idempotency_key,
+            # A repeat of an escalation step is a new message for providers that deduplicate by id.
+            idempotency_key=row.idempotency_key if step == 0 else f"{row.idempotency_key}_s{step}",
             user_id=user.id,
             kind=row.kind,
             severity=row.severity,
@@ -830,8 +846,82 @@ class NotifyActivities:
                     row.inbox_at = now
                     s.add(row)
                 store.upsert_delivery(s, nid, "in_app", "delivered", now)
+                _observe_delivery("in_app", "delivered", row.created_at)
                 for name in channels:
                     store.upsert_delivery(s, nid, name, "sent", now)
+
+
+def _observe_delivery(channel: str, status: str, created_at: datetime) -> None:
+    """Count a delivery outcome; a notification is created right after its event is processed, so its
+    age is the latency from processed to delivered."""
+    DELIVERIES.labels(channel, status).inc()
+    if status in ("sent", "delivered"):
+        created = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
+        DELIVERY_SECONDS.labels(channel).observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
+
+
+def channels_config(settings: Any) -> ChannelsConfig:
+    """Provider configuration from settings.
+
+    Read with ``getattr`` so that it works before (and after) the proposed ``PULSE_*`` fields exist in
+    ``pulse/settings.py``; a provider whose fields are unset is simply absent from the registry.
+    """
+
+    def get(name: str, default: Any = None) -> Any:
+        return getattr(settings, name, default)
+
+    base = get("public_base_url")
+    sendgrid = (
+        SendGridConfig(api_key=get("sendgrid_api_key"), from_email=get("email_from", "alerts@pulse.invalid"))
+        if get("sendgrid_api_key")
+        else None
+    )
+    smtp = (
+        SmtpConfig(
+            host=get("smtp_host"),
+            port=int(get("smtp_port", 587)),
+            from_email=get("email_from", "alerts@pulse.invalid"),
+            username=get("smtp_username"),
+            password=get("smtp_password"),
+        )
+        if get("smtp_host")
+        else None
+    )
+    twilio = (
+        TwilioConfig(
+            account_sid=get("twilio_account_sid"),
+            auth_token=get("twilio_auth_token"),
+            from_number=get("twilio_from_number"),
+            messaging_service_sid=get("twilio_messaging_service_sid"),
+            status_callback_url=f"{base.rstrip('/')}/v1/callbacks/twilio" if base else None,
+        )
+        if get("twilio_account_sid") and get("twilio_auth_token")
+        else None
+    )
+    webpush = (
+        WebPushConfig(vapid_private_key=get("vapid_private_key"), vapid_subject=get("vapid_subject"))
+        if get("vapid_private_key") and get("vapid_subject")
+        else None
+    )
+    webhook = WebhookConfig(allow_private=bool(get("allow_private_webhooks", False)))
+    return ChannelsConfig(sendgrid=sendgrid, smtp=smtp, twilio=twilio, webpush=webpush, webhook=webhook)
+
+
+def build_notify_activities(
+    settings: Any, db: Database, client: Client, task_queue: str, workflow_id_prefix: str = ""
+) -> tuple[NotifyActivities, ChannelRegistry]:
+    """What the worker needs: the activities (with a client, so detection starts the delivery workflows)
+    and the registry to close on shutdown (``await registry.aclose()``)."""
+    registry = build_registry(channels_config(settings), inbox_writer=DbInboxWriter(db))
+    acts = NotifyActivities(
+        db,
+        registry,
+        client=client,
+        task_queue=task_queue,
+        workflow_id_prefix=workflow_id_prefix,
+        public_base_url=getattr(settings, "public_base_url", None) or "http://127.0.0.1:8000",
+    )
+    return acts, registry
 
 
 def store_route(

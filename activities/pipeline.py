@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -31,7 +31,7 @@ from activities.contracts import (
 )
 from domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
 from domain.events import Event, EventType
-from domain.impact import analyze
+from domain.impact import analyze_each
 from pulse.metrics import (
     EVENTS_FAILED,
     EVENTS_PROCESSED,
@@ -46,17 +46,6 @@ from store.entities import RateBook, ViewWrite
 from store.models import EventRecord, EventStatus, Route
 
 log = logging.getLogger("pulse.activities")
-
-_PERMANENT = (
-    UnpricedEventError,
-    InconsistentEventError,
-    ValidationError,
-    ValueError,
-    KeyError,
-    TypeError,
-    ArithmeticError,
-    InvalidOperation,
-)
 
 
 def error_category(exc: BaseException) -> str:
@@ -136,20 +125,22 @@ class PipelineActivities:
         rows = rows[: inp.limit]
         kind, chain, contract = split_partition(inp.partition)
         if kind != "collection" or not rows:
-            return ImpactPlan(inp.partition, [r.seq or 0 for r in rows], [], [], "low", has_more)
+            return ImpactPlan(inp.partition, [r.seq or 0 for r in rows], 0, [], [], "low", has_more)
         parsed, _ = _parse(rows)
         with self._db.read() as session:
             book = self._books.peek(inp.partition, entities.book_version(session, inp.partition))
             if book is None:
                 book, _version = entities.load_book(session, inp.partition, chain, contract)
-        impact = analyze([event for _, event in parsed], book)
+        impact = analyze_each([event for _, event in parsed], book)
         factors = {f"nft.{f}" for f in impact.nft_factors} | {
             f"collection.{f}" for f in impact.collection_factors
         }
+        touched = sorted(impact.entity_keys(book))
         return ImpactPlan(
             partition=inp.partition,
             seqs=[r.seq or 0 for r in rows],
-            entities=sorted(impact.entity_keys(book)),
+            entity_count=len(touched),
+            entities=touched[:PLAN_SAMPLE],
             factors=sorted(factors),
             severity=impact.severity,
             has_more=has_more,
@@ -241,20 +232,12 @@ class PipelineActivities:
         ), None
 
     def _apply(  # type: ignore[no-untyped-def]
-        self,
-        session,
-        partition: str,
-        chain: str,
-        contract: str,
-        version: int,
-        rows: list[EventRecord],
-        poison: list[tuple[EventRecord, BaseException]] | None = None,
+        self, session, partition: str, chain: str, contract: str, version: int, rows: list[EventRecord]
     ) -> _Applied:
         rates = RateBook(session)
-        parsed, unparsable = _parse(rows)
-        poison = [*(poison or []), *unparsable]
-        # Taken out of the cache: a book being changed is never shared, and one left half-changed by a
-        # failure is simply not put back.
+        parsed, poison = _parse(rows)
+        # Taken out of the cache: a book being changed is never shared, and one a bug left half-changed
+        # is simply not put back.
         book = self._books.take(partition, version)
         if book is None:
             book, _ = entities.load_book(session, partition, chain, contract)
@@ -271,15 +254,14 @@ class PipelineActivities:
             book = CollectionBook.recompute(chain, contract, history, rates)
             change.collection = True
             change.nfts |= set(book.tokens)
-        applied: list[EventRecord] = []
-        for row, event in sorted(parsed, key=lambda pair: _order(pair[1])):
-            try:
-                change.merge(book.apply(event, rates))
-            except _PERMANENT as exc:
-                # The failed event may have half-changed the book: start again without it.
-                rest = [r for r in rows if r is not row]
-                return self._apply(session, partition, chain, contract, version, rest, [*poison, (row, exc)])
-            applied.append(row)
+        ordered = sorted(parsed, key=lambda pair: _order(pair[1]))
+        row_of = {id(event): row for row, event in ordered}
+        # A poison event leaves no trace in the book: apply_batch isolates it and goes on.
+        batch_change, failures = book.apply_batch([event for _, event in ordered], rates)
+        change.merge(batch_change)
+        failed = {id(event) for event, _ in failures}
+        poison += [(row_of[id(event)], exc) for event, exc in failures]
+        applied = [row for row, event in ordered if id(event) not in failed]
         return _Applied(book, change, applied, poison)
 
     def _apply_rates(self, session, partition: str, rows: list[EventRecord]) -> RecalcResult:  # type: ignore[no-untyped-def]
@@ -314,6 +296,10 @@ class PipelineActivities:
             )
         return InvalidateResult(invalidated=len(versions), processed=len(done))
 
+
+#: Entities named in a plan: it travels through workflow history, where thousands of keys cost more
+#: to convert than the batch costs to apply; the count is always exact.
+PLAN_SAMPLE = 50
 
 _APPLICABLE = frozenset({EventStatus.RECEIVED.value, EventStatus.DISPATCHED.value})
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
-from api import entities, errors, events, health, ops
+from api import entities, errors, events, health, ops, users
 from api.deps import Services
 from pulse.settings import Settings
 from store import events as event_store
@@ -74,6 +74,6 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
     )
     app.state.services = Services(settings=settings, db=db, cache=cache, temporal=temporal, backlog=backlog)
     errors.install(app)
-    for module in (health, events, entities, ops):
+    for module in (health, events, entities, ops, users):
         app.include_router(module.router)
     return app

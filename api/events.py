@@ -97,7 +97,13 @@ def parse_batch(raw: bytes) -> list[Event]:
 @router.post("", status_code=202, response_model=IngestResult)
 async def ingest(request: Request, services: ServicesDep, _key: IngestKey) -> Any:
     started = time.perf_counter()
-    batch = parse_batch(await request.body())
+    try:
+        batch = parse_batch(await request.body())
+    except InvalidInput as exc:
+        EVENTS_INGESTED.labels("unknown", "unknown", "rejected").inc(
+            max(1, len({e.get("index") for e in exc.errors}))
+        )
+        raise
     context = ClassifyContext(thresholds=services.settings.classify_thresholds())
     verdicts = [classify(e, context) for e in batch]
     refused: list[EventRef] = []

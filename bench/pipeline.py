@@ -56,7 +56,8 @@ def scrape(url: str) -> dict[str, float]:
 
 def actions(procs: PulseProcesses) -> dict[str, float]:
     total: dict[str, float] = {}
-    for port in (procs.ports["worker_metrics"], procs.ports["dispatcher_metrics"]):
+    ports = [p for name, p in procs.ports.items() if name.endswith("worker_metrics")]
+    for port in [*ports, procs.ports["dispatcher_metrics"]]:
         for kind, value in scrape(f"http://127.0.0.1:{port}/metrics").items():
             total[kind] = total.get(kind, 0.0) + value
     return total
@@ -173,6 +174,8 @@ async def run_phases(
         )
         for part in ("api", "worker", "dispatcher"):
             procs.start(part)
+        for n in range(1, args.workers):
+            procs.start("worker", f"worker{n + 1}")
         try:
             await asyncio.to_thread(procs.wait_ready)
             async with httpx.AsyncClient(
@@ -235,6 +238,7 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--burst", type=int, default=20000)
     parser.add_argument("--baseline-events", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--collections", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=600)
@@ -272,6 +276,7 @@ async def main() -> None:
             "database": args.database,
             "temporal": "dev server, file" if args.temporal_file else "dev server, in memory",
             "rate": args.rate,
+            "workers": args.workers,
             "duration_s": args.duration,
             "collections": args.collections,
             "tokens": args.tokens,

@@ -416,7 +416,9 @@ def overview() -> dict[str, object]:
         "Failed delivery attempts per attempt, all channels.",
         [
             _q(
-                'sum(increase(pulse_notification_deliveries_total{status="failed"}[$__range])) '
+                # "or … * 0": no failure yet is a ratio of 0, not an empty panel.
+                '(sum(increase(pulse_notification_deliveries_total{status="failed"}[$__range])) '
+                'or sum(increase(pulse_notification_deliveries_total{status=~"delivered|failed"}[$__range])) * 0) '
                 '/ sum(increase(pulse_notification_deliveries_total{status=~"delivered|failed"}[$__range]))',
                 "failed",
             )
@@ -585,7 +587,9 @@ def pipeline() -> dict[str, object]:
         "Entity read cache hits per lookup (stale answers count as misses).",
         [
             _q(
-                f'sum(rate(pulse_cache_requests_total{{result="hit"}}[{RATE}])) '
+                # "or … * 0": lookups without a hit yet are a hit rate of 0, not an empty panel.
+                f'(sum(rate(pulse_cache_requests_total{{result="hit"}}[{RATE}])) '
+                f"or sum(rate(pulse_cache_requests_total[{RATE}])) * 0) "
                 f"/ sum(rate(pulse_cache_requests_total[{RATE}]))",
                 "hit rate",
             )
@@ -680,7 +684,9 @@ def notifications() -> dict[str, object]:
         "DeliveryFailureRateHigh alert fires past 10% sustained.",
         [
             _q(
-                f'sum by (channel) (rate(pulse_notification_deliveries_total{{status="failed"}}[{RATE}])) '
+                f'(sum by (channel) (rate(pulse_notification_deliveries_total{{status="failed"}}[{RATE}])) '
+                f"or sum by (channel) "
+                f'(rate(pulse_notification_deliveries_total{{status=~"delivered|failed"}}[{RATE}])) * 0) '
                 f"/ sum by (channel) "
                 f'(rate(pulse_notification_deliveries_total{{status=~"delivered|failed"}}[{RATE}]))',
                 "{{channel}}",

@@ -18,13 +18,20 @@ when it comes, loses the owner race it would have lost in chain order anyway.
 
 ``apply`` returns a :class:`Change`: the tokens whose views moved past the epsilons of
 :class:`~domain.significance.Epsilons` (measured against the last propagated value) and the headline
-metrics that did, as ``(before, after)``.
+metrics that did, as ``(before, after)``. ``apply_batch`` does the same for a batch, comparing the
+headlines once for the whole batch, and sets aside events that fail without a trace of them.
+
+Cost per event: folding an event touches its token, the sales of its buyer and seller near it in
+time (wash rules), the neighbours of its listing-history entry (floor intervals) and, for a trait
+change, the rarity buckets it leaves and joins; nothing scales with the length of the history. Per
+batch: the collection headline, the floor series from the earliest change (the listings live then
+plus what came after) and each touched token's headline before and after.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
@@ -47,12 +54,13 @@ from domain.stats import (
     first_difference,
     gini,
     holding_hist,
+    listing_interval,
     listing_intervals,
     to_us,
     top_share,
     utc_iso,
 )
-from domain.trust import Finding, SaleRecord, TrustResult
+from domain.trust import Finding, SaleRecord, TrustResult, WashIndex
 
 OrderKey = tuple[int, int, str]
 RateLookup = Callable[[str, str, datetime], Decimal | None]
@@ -116,6 +124,11 @@ class UnpricedEventError(ValueError):
 
 class InconsistentEventError(ValueError):
     """An event contradicts the collection it claims to belong to: permanent, needs a human."""
+
+
+#: What an event's data can raise while it is read: :meth:`CollectionBook.apply_batch` sets such an
+#: event aside (UnpricedEventError and InconsistentEventError are ValueErrors).
+EVENT_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError, ArithmeticError)
 
 
 def quote_currency(chain: str) -> str:
@@ -182,6 +195,10 @@ class Token:
         return self.owner is not None and not self.burned
 
 
+def _entry_sort_key(entry: ListingEntry) -> tuple[tuple[int, int, str], str, str, str]:
+    return (entry[0], entry[1], entry[2] or "", entry[3] or "")
+
+
 def _newer(candidate: OrderKey, current: OrderKey | None) -> bool:
     return current is None or candidate > current
 
@@ -200,14 +217,20 @@ class _Derived:
     listings: ListingIndex = field(default_factory=ListingIndex)
     holdings: dict[str, set[str]] = field(default_factory=dict)
     hold_hist: dict[int, int] = field(default_factory=dict)
-    wash: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    token_volume: dict[str, Decimal] = field(default_factory=dict)
-    token_wash_volume: dict[str, Decimal] = field(default_factory=dict)
-    wash_volume: Decimal = Decimal(0)
+    wash: WashIndex = field(default_factory=WashIndex)
+    #: ``source:id`` of every sale folded (kept in bulk mode too: it is how a repeated sale is spotted).
+    sale_uids: set[str] = field(default_factory=set)
+    #: finding ids by the token they name and by each wallet they name.
+    findings_by_token: dict[str, set[str]] = field(default_factory=dict)
+    findings_by_wallet: dict[str, set[str]] = field(default_factory=dict)
+    #: token -> ((sales, flagged sales) when computed, its last sale not wash-flagged).
+    last_clean: dict[str, tuple[tuple[int, int], SaleRecord | None]] = field(default_factory=dict)
+    #: token -> its sales as :meth:`SaleRecord.to_list` rows, in the order of ``CollectionBook.sales``.
+    sale_rows: dict[str, list[list[Any]]] = field(default_factory=dict)
     history_version: int = 0
-    #: token -> its listing intervals (derived from ``listing_history``), and all of them sorted.
-    intervals: dict[str, list[Interval]] = field(default_factory=dict)
-    all_intervals: list[Interval] = field(default_factory=list)
+    #: Every listing interval (derived from ``listing_history``) as ``(end, start, price)``, sorted:
+    #: the intervals live after a moment are a suffix (see :meth:`FloorSeries.update`).
+    by_end: list[tuple[int, int, Decimal]] = field(default_factory=list)
     #: Earliest time a change since the last series build can affect (OPEN: none).
     dirty_since: int = OPEN
     series: tuple[int, FloorSeries] | None = None
@@ -345,18 +368,18 @@ class CollectionBook:
         """Wash-flagged share of all volume."""
         if self.volume <= 0:
             return 0.0
-        return float(self._d.wash_volume / self.volume)
+        return float(self._d.wash.wash_volume / self.volume)
 
     def token_wash_share(self, token_id: str) -> float:
         """Wash-flagged share of one token's volume."""
-        total = self._d.token_volume.get(token_id, Decimal(0))
+        total = self._d.wash.token_volume.get(token_id, Decimal(0))
         if total <= 0:
             return 0.0
-        return float(self._d.token_wash_volume.get(token_id, Decimal(0)) / total)
+        return float(self._d.wash.token_wash_volume.get(token_id, Decimal(0)) / total)
 
     def wash_rules(self, token_id: str) -> dict[str, list[str]]:
         """``sale uid -> wash rules`` for one token's flagged sales."""
-        return self._d.wash.get(token_id, {})
+        return self._d.wash.flags.get(token_id, {})
 
     def twap_floor(self) -> Decimal | None:
         """Time-weighted floor over the last :data:`TWAP_WINDOW_US` of the book's clock."""
@@ -368,8 +391,10 @@ class CollectionBook:
     def _series(self) -> FloorSeries:
         version = self._d.history_version
         if self._d.series is None or self._d.series[0] != version:
-            base = None if self._d.series is None else self._d.series[1]
-            series = FloorSeries.build(self._d.all_intervals, base, self._d.dirty_since)
+            # Updated in place from the first moment a change since the last build can affect: the
+            # series is only ever read through this cache, so nobody else holds the old steps.
+            series = FloorSeries() if self._d.series is None else self._d.series[1]
+            series.update(self._d.by_end, OPEN if self._d.series is None else self._d.dirty_since)
             self._d.series = (version, series)
             self._d.dirty_since = OPEN
         return self._d.series[1]
@@ -402,11 +427,35 @@ class CollectionBook:
         """Findings about the token itself or its current owner."""
         token = self.tokens.get(token_id)
         owner = token.owner if token is not None and token.live else None
-        return [
-            f
-            for f in self.findings.values()
-            if f.token_id == token_id or (owner is not None and owner in f.wallets)
-        ]
+        # From the indexes, not a scan: findings pile up with history. Sorted by id (every reader
+        # either sorts by id or only counts and sums).
+        fids = self._d.findings_by_token.get(token_id, set())
+        if owner is not None and owner in self._d.findings_by_wallet:
+            fids = fids | self._d.findings_by_wallet[owner]
+        return [self.findings[fid] for fid in sorted(fids)]
+
+    def _findings_of(self, token_id: str) -> list[Finding]:
+        """:meth:`findings_for` in no particular order (for readers that only count, sum or sort)."""
+        token = self.tokens.get(token_id)
+        owner = token.owner if token is not None and token.live else None
+        fids = self._d.findings_by_token.get(token_id, set())
+        if owner is not None and owner in self._d.findings_by_wallet:
+            fids = fids | self._d.findings_by_wallet[owner]
+        return [self.findings[fid] for fid in fids]
+
+    def _index_finding(self, finding: Finding, delta: int) -> None:
+        """Add (+1) or drop (-1) one finding in the token and wallet indexes."""
+        keys = [(self._d.findings_by_token, finding.token_id)] if finding.token_id is not None else []
+        keys += [(self._d.findings_by_wallet, w) for w in finding.wallets if isinstance(w, str)]
+        for index, key in keys:
+            if delta > 0:
+                index.setdefault(key, set()).add(finding.finding_id)
+            else:
+                held = index.get(key)
+                if held is not None:
+                    held.discard(finding.finding_id)
+                    if not held:
+                        del index[key]
 
     def _collection_parts(self) -> tuple[dict[str, Any], TrustResult, dict[str, Any]]:
         """The collection headline, its trust and its risk; cached per state of their inputs."""
@@ -419,7 +468,7 @@ class CollectionBook:
         now = self.clock_us
         # Whole days: the age factor moves once a day, not on every tick of the clock.
         age_days = 0 if now is None or self.first_seen is None else (now - to_us(self.first_seen)) // DAY_US
-        clean = sum(len(s) for s in self.sales.values()) - sum(len(w) for w in self._d.wash.values())
+        clean = self._d.wash.sales - self._d.wash.flagged
         trust = trust_engine.collection_trust(
             wash_share=self.wash_share,
             top10=top10,
@@ -470,36 +519,87 @@ class CollectionBook:
         return dict(self._collection_parts()[0])
 
     def _nft_headline(self, token_id: str) -> dict[str, Any]:
-        view = self.nft_view(token_id)
+        """The figures of :meth:`nft_view` a change is judged by, without building the whole view
+        (its reasons and factors grow with the findings about the token's owner)."""
+        t = self.tokens[token_id]
+        _, coll_trust, coll_risk = self._collection_parts()
+        findings = self._findings_of(token_id)
+        token_wash = self.token_wash_share(token_id)
+        owner = t.owner if t.live else None
         return {
-            "owner": view["owner"],
-            "trust": view["trust"]["score"],
-            "risk": view["risk"]["level"],
-            "price_estimate": view["price_estimate"]["value"],
-            "rarity_rank": None if view["rarity"] is None else view["rarity"]["rank"],
-            "_core": (
-                view["owner"],
-                view["burned"],
-                view["traits"],
-                view["last_sale"],
-                view["active_listing"],
+            "owner": owner,
+            "trust": round(trust_engine.nft_trust(coll_trust, token_wash, findings).score, 2),
+            "risk": risk_engine.nft_risk_level(
+                collection=coll_risk, findings=findings, token_wash_share=token_wash
             ),
+            "price_estimate": self._price_estimate(token_id)["value"],
+            "rarity_rank": self._d.rarity.rank(token_id),
+            "_core": (owner, t.burned, t.traits, t.last_sale, self._active_listing(t)),
         }
 
     # -- applying events ---------------------------------------------------------------------------
 
     def apply(self, event: Event, rates: RateLookup) -> Change:
-        """Fold one event in and report what moved past the epsilons."""
-        if event.chain != self.chain or event.contract != self.contract:
-            raise InconsistentEventError(f"event for {event.collection_key} applied to {self.key}")
+        """Fold one event in and report what moved past the epsilons; raises what the event raises.
+
+        The book is left as it was when the event raises one of :data:`EVENT_ERRORS`.
+        """
         if self._bulk:
             self._fold(event, rates)
             return Change()
-        own = self._own_tokens(event)
-        before = {tid: self._nft_headline(tid) for tid in own if tid in self.tokens}
-        plan = self._fold(event, rates)
-        own |= self._own_tokens(event)
+        change, failed = self.apply_batch([event], rates)
+        if failed:
+            raise failed[0][1]
+        return change
+
+    def apply_batch(
+        self, events: Sequence[Event], rates: RateLookup
+    ) -> tuple[Change, list[tuple[Event, Exception]]]:
+        """Fold ``events`` in the given order and report what the whole batch moved past the epsilons.
+
+        Returns the merged :class:`Change` and the events that raised one of :data:`EVENT_ERRORS`
+        (a price without a rate, an event of another collection, malformed data) with their errors.
+        Such an event is read in full before anything is changed, so it leaves the book exactly as
+        if it had never been applied, and the rest of the batch goes on.
+
+        The headline metrics are compared once per batch rather than once per event: the collection
+        headline and the rarity publisher after the last event, each NFT's headline before the first
+        and after the last. ``before`` in ``Change.metrics`` is the value ahead of the batch; a move
+        that a later event of the batch undoes is not reported. With one event this is exactly
+        :meth:`apply`.
+        """
+        failed: list[tuple[Event, Exception]] = []
+        if self._bulk:
+            for event in events:
+                try:
+                    self._fold(event, rates)
+                except EVENT_ERRORS as exc:
+                    failed.append((event, exc))
+            return Change(), failed
+        # Every token whose own inputs the batch may change, read against the book as it is now: a
+        # token an earlier event moves into a wallet a later finding names is an event's token itself.
+        owns = [self._own_tokens(event) for event in events]
+        candidates = set().union(*owns)
+        before = {tid: self._nft_headline(tid) for tid in candidates if tid in self.tokens}
+        plans: list[RarityPlan] = []
+        # Only the tokens of events that were folded are compared: a batch with a failing event then
+        # reports exactly what the batch without it reports.
+        own: set[str] = set()
+        for event, mine in zip(events, owns, strict=True):
+            try:
+                plan = self._fold(event, rates)
+            except EVENT_ERRORS as exc:
+                failed.append((event, exc))
+                continue
+            own |= mine
+            if event.type == EventType.FRAUD_FINDING:
+                # A finding that lost its race leaves the winner's wallets: their holders are own too.
+                own |= self._own_tokens(event)
+            if plan is not None:
+                plans.append(plan)
         change = Change()
+        if len(failed) == len(events):
+            return change, failed
         eps = self.epsilons
 
         after = self._collection_headline()
@@ -525,9 +625,10 @@ class CollectionBook:
             change.all_nfts = True
             change.nfts |= set(self.tokens)
 
-        settled = self._d.publisher.settle(
-            self._d.rarity, plan, eps.rarity_score_abs, eps.rank_eps(self._d.rarity.n)
-        )
+        rarity = self._d.rarity
+        # The smallest rank epsilon any plan of the batch saw: the drift bound stays an upper bound.
+        rank_eps = min([eps.rank_eps(rarity.n), *(eps.rank_eps(p.n[1]) for p in plans)])
+        settled = self._d.publisher.settle_batch(rarity, plans, eps.rarity_score_abs, rank_eps)
         for token_id, (shown_r, now_r) in settled.items():
             change.nfts.add(token_id)
             change.note(self.nft_key(token_id), "rarity_rank", shown_r and shown_r[1], now_r and now_r[1])
@@ -556,7 +657,7 @@ class CollectionBook:
                     change.note(entity, metric, old, new)
             if dirty:
                 change.nfts.add(token_id)
-        return change
+        return change, failed
 
     def _own_tokens(self, event: Event) -> set[str]:
         """Tokens whose own inputs an event may change (the token, holdings of wallets a finding names)."""
@@ -564,19 +665,32 @@ class CollectionBook:
         if event.token_id is not None:
             own.add(event.token_id)
         if event.type == EventType.FRAUD_FINDING:
+            holdings = self._d.holdings
             previous = self.findings.get(str(event.data.get("finding_id")))
-            for finding in (previous,):
-                if finding is not None:
-                    if finding.token_id is not None:
-                        own.add(finding.token_id)
-                    for wallet in finding.wallets:
-                        own |= self._d.holdings.get(wallet, set())
-            for wallet in event.data.get("wallets", []):
-                own |= self._d.holdings.get(wallet, set())
+            if previous is not None:
+                if previous.token_id is not None:
+                    own.add(previous.token_id)
+                for wallet in previous.wallets:
+                    if isinstance(wallet, str):
+                        own |= holdings.get(wallet, set())
+            wallets = event.data.get("wallets") or ()
+            # Only strings can name a holder; anything else is left to the fold to reject.
+            for wallet in wallets if isinstance(wallets, list | tuple) else ():
+                if isinstance(wallet, str):
+                    own |= holdings.get(wallet, set())
         return own
 
     def _fold(self, event: Event, rates: RateLookup) -> RarityPlan | None:
-        """Fold the event's facts; maintain indexes unless in bulk mode. Returns the rarity plan made."""
+        """Fold the event's facts; maintain indexes unless in bulk mode. Returns the rarity plan made.
+
+        Everything that can raise on the event's data (a missing field, a price without a rate, a
+        malformed timestamp) is read first by the type's ``_PREPARE`` step; only then is anything
+        changed, so a failing event leaves no trace and no snapshot is needed.
+        """
+        if event.chain != self.chain or event.contract != self.contract:
+            raise InconsistentEventError(f"event for {event.collection_key} applied to {self.key}")
+        prepare = _PREPARE.get(event.type)
+        prepared = None if prepare is None else prepare(self, event, rates)
         self._d.state_version += 1
         stamp = event.occurred_at.isoformat()
         if self.clock is None or stamp > self.clock:
@@ -589,7 +703,7 @@ class CollectionBook:
         was_traits = token.traits if token is not None else None
         handler = _HANDLERS.get(event.type)
         if handler is not None:
-            handler(self, event, rates)
+            handler(self, event, prepared)
         if self._bulk:
             return None
         plan = None
@@ -636,28 +750,38 @@ class CollectionBook:
 
     def _history(self, token_id: str, entry: ListingEntry) -> None:
         entries = self.listing_history.setdefault(token_id, [])
-        if entry in entries:
-            return
-        entries.append(entry)
-        entries.sort(key=lambda e: (e[0], e[1], e[2] or "", e[3] or ""))
+        # Kept sorted by _entry_sort_key: a binary search finds the place and any duplicate, where a
+        # membership test and a sort per event grew with a busy token's history.
+        key = _entry_sort_key(entry)
+        at = bisect_left(entries, key, key=_entry_sort_key)
+        while at < len(entries) and _entry_sort_key(entries[at]) == key:
+            if entries[at] == entry:
+                return
+            at += 1
+        entries.insert(at, entry)
         if self._bulk:
             return
-        # Only a change in the token's listing intervals moves the floor series: most ownership
-        # changes concern tokens that were never listed and leave the series alone.
-        intervals = listing_intervals({token_id: entries})
-        previous = self._d.intervals.get(token_id, [])
-        if intervals != previous:
-            everything = self._d.all_intervals
-            for interval in previous:
-                del everything[bisect_left(everything, interval)]
-            for interval in intervals:
-                insort(everything, interval)
-            if intervals:
-                self._d.intervals[token_id] = intervals
-            else:
-                self._d.intervals.pop(token_id, None)
-            self._d.dirty_since = min(self._d.dirty_since, first_difference(previous, intervals))
-            self._d.history_version += 1
+        # An entry's interval depends only on it and the token's next entry: inserting one changes the
+        # interval of the entry before it and adds its own, nothing else of the (possibly long) history.
+        following = entries[at + 1] if at + 1 < len(entries) else None
+        removed: list[Interval | None] = []
+        added: list[Interval | None] = []
+        if at > 0:
+            removed.append(listing_interval(entries[at - 1], following))
+            added.append(listing_interval(entries[at - 1], entry))
+        added.append(listing_interval(entry, following))
+        # A token's intervals have distinct starts, so these differences are those of its whole set.
+        gone = [i for i in removed if i is not None and i not in added]
+        came = [i for i in added if i is not None and i not in removed]
+        if not gone and not came:
+            return  # most ownership changes concern tokens that were not listed: the series stays
+        everything = self._d.by_end
+        for start, end, price in gone:
+            del everything[bisect_left(everything, (end, start, price))]
+        for start, end, price in came:
+            insort(everything, (end, start, price))
+        self._d.dirty_since = min(self._d.dirty_since, first_difference(gone, came))
+        self._d.history_version += 1
 
     def _set_owner(self, token: Token, owner: str | None, key: OrderKey) -> None:
         # Every ownership change ends a listing in the history, whether or not it wins the LWW race.
@@ -716,22 +840,6 @@ class CollectionBook:
             )
         return amount * rate
 
-    def _rewash(self, token_id: str) -> None:
-        """Re-derive one token's wash flags and its share of the wash volume."""
-        sales = self.sales.get(token_id, [])
-        flags = trust_engine.wash_flags(sales)
-        with localcontext() as ctx:
-            ctx.prec = 80
-            flagged = sum((s.price for s in sales if s.uid in flags), Decimal(0))
-            total = sum((s.price for s in sales), Decimal(0))
-            self._d.wash_volume += flagged - self._d.token_wash_volume.get(token_id, Decimal(0))
-        if flags:
-            self._d.wash[token_id] = flags
-        else:
-            self._d.wash.pop(token_id, None)
-        self._d.token_wash_volume[token_id] = flagged
-        self._d.token_volume[token_id] = total
-
     # -- rebuilding derived state ------------------------------------------------------------------
 
     def _rebuild(self) -> None:
@@ -742,17 +850,17 @@ class CollectionBook:
             if token.live and token.owner is not None:
                 d.holdings.setdefault(token.owner, set()).add(tid)
         d.hold_hist = holding_hist(self.holder_counts.values())
-        for tid, entries in self.listing_history.items():
-            intervals = listing_intervals({tid: entries})
-            if intervals:
-                d.intervals[tid] = intervals
-        d.all_intervals = sorted(i for per_token in d.intervals.values() for i in per_token)
+        d.by_end = sorted(
+            (end, start, price) for start, end, price in listing_intervals(self.listing_history)
+        )
+        d.sale_uids = {sale.uid for sales in self.sales.values() for sale in sales}
+        d.wash = WashIndex.build(self.sales)
         self._d = d
+        for finding in self.findings.values():
+            self._index_finding(finding, +1)
         for token in self.tokens.values():
             self._sync_listing(token)
         self._d.listings.expire(self.clock)
-        for tid in self.sales:
-            self._rewash(tid)
 
     # -- serialisation -----------------------------------------------------------------------------
 
@@ -781,7 +889,7 @@ class CollectionBook:
                 }
                 for tid, t in self.tokens.items()
             },
-            "sales": {tid: [s.to_list() for s in sales] for tid, sales in self.sales.items()},
+            "sales": {tid: self._sale_rows(tid, sales) for tid, sales in self.sales.items()},
             # orjson writes tuples as arrays: copy the lists, not every entry.
             "listing_history": {tid: list(entries) for tid, entries in self.listing_history.items()},
             "findings": {
@@ -806,6 +914,14 @@ class CollectionBook:
             "published": self.published,
             "rarity_published": {tid: [s, r] for tid, (s, r) in self._d.publisher.published.items()},
         }
+
+    def _sale_rows(self, token_id: str, sales: list[SaleRecord]) -> list[list[Any]]:
+        """A copy of the token's sales in JSON form: the rows are kept as sales arrive, because
+        converting every sale of the history again on each save grew with the history."""
+        rows = self._d.sale_rows.get(token_id)
+        if rows is None or len(rows) != len(sales):
+            rows = self._d.sale_rows[token_id] = [sale.to_list() for sale in sales]
+        return list(rows)
 
     @classmethod
     def from_dict(
@@ -890,19 +1006,7 @@ class CollectionBook:
         token_wash = self.token_wash_share(token_id)
         trust = trust_engine.nft_trust(coll_trust, token_wash, findings)
         rarity = self.rarity_view(token_id)
-        clean = self._last_clean_sale(token_id)
-        now = self.clock_us
-        estimate = price_engine.estimate(
-            floor=self.floor,
-            twap=self.twap_floor(),
-            rarity_score=None if rarity is None else self._d.rarity.score(token_id),
-            last_sale=None if clean is None else clean.price,
-            last_sale_age_days=None
-            if clean is None or now is None
-            else now // DAY_US - clean.at_us // DAY_US,
-            currency=self.currency,
-            params=self.price_params,
-        )
+        estimate = self._price_estimate(token_id)
         return {
             "chain": self.chain,
             "contract": self.contract,
@@ -920,12 +1024,44 @@ class CollectionBook:
             ),
         }
 
+    def _price_estimate(self, token_id: str) -> dict[str, Any]:
+        clean = self._last_clean_sale(token_id)
+        now = self.clock_us
+        return price_engine.estimate(
+            floor=self.floor,
+            twap=self.twap_floor(),
+            rarity_score=self._d.rarity.score(token_id),
+            last_sale=None if clean is None else clean.price,
+            last_sale_age_days=None
+            if clean is None or now is None
+            else now // DAY_US - clean.at_us // DAY_US,
+            currency=self.currency,
+            params=self.price_params,
+        )
+
     def _last_clean_sale(self, token_id: str) -> SaleRecord | None:
-        flags = self._d.wash.get(token_id, {})
-        for sale in reversed(self.sales.get(token_id, [])):
-            if sale.uid not in flags:
-                return sale
-        return None
+        flags = self._d.wash.flags.get(token_id, {})
+        sales = self.sales.get(token_id, [])
+        # Sales are only added and flags only added, so the two counts change whenever the answer can:
+        # the scan back over a run of flagged sales is done once per change, not once per view.
+        key = (len(sales), len(flags))
+        cached = self._d.last_clean.get(token_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = None
+        # Only sales after the previous answer can be newer answers; if none of them is clean and the
+        # previous answer is still clean, it stands (a token's flagged run is not read again).
+        previous = None if cached is None else cached[1]
+        stop = 0
+        if previous is not None and previous.uid not in flags:
+            stop = bisect_right(sales, previous.sort_key, key=_sale_order)
+            found = previous
+        for at in range(len(sales) - 1, stop - 1, -1):
+            if sales[at].uid not in flags:
+                found = sales[at]
+                break
+        self._d.last_clean[token_id] = (key, found)
+        return found
 
     def collection_view(self) -> dict[str, Any]:
         """The API's read model of the collection."""
@@ -954,96 +1090,151 @@ class CollectionBook:
 
 
 # -- per-type handlers -----------------------------------------------------------------------------
+#
+# Each type has a ``_prep_*`` step that reads and converts everything of the event's data that can
+# raise (missing fields, prices without a rate, timestamps, unhashable wallets) without touching the
+# book, and a handler that folds the prepared values in and cannot fail on the data.
 
 
-def _mint(book: CollectionBook, event: Event, rates: RateLookup) -> None:
+def _hashable(value: Any) -> Any:
+    """``value`` itself; a TypeError now (before any change) if it cannot be a dictionary key."""
+    hash(value)
+    return value
+
+
+def _prep_mint(book: CollectionBook, event: Event, rates: RateLookup) -> tuple[Any, dict[str, Any] | None]:
+    traits = event.data.get("traits")
+    return _hashable(event.data["to"]), None if traits is None else dict(traits)
+
+
+def _mint(book: CollectionBook, event: Event, prepared: tuple[Any, dict[str, Any] | None]) -> None:
+    to, traits = prepared
     token = book._token(event.token_id or "")
     token.minted = True
-    book._set_owner(token, event.data["to"], event.order_key)
-    traits = event.data.get("traits")
+    book._set_owner(token, to, event.order_key)
     if traits is not None and _newer(event.order_key, token.traits_key):
-        token.traits, token.traits_key = dict(traits), event.order_key
+        token.traits, token.traits_key = traits, event.order_key
 
 
-def _transfer(book: CollectionBook, event: Event, rates: RateLookup) -> None:
-    to = event.data["to"]
+def _prep_transfer(book: CollectionBook, event: Event, rates: RateLookup) -> tuple[bool, Any]:
     if event.data.get("from") == ZERO_ADDRESS:
-        return _mint(book, event, rates)
+        return True, _prep_mint(book, event, rates)
+    return False, _hashable(event.data["to"])
+
+
+def _transfer(book: CollectionBook, event: Event, prepared: tuple[bool, Any]) -> None:
+    is_mint, value = prepared
+    if is_mint:
+        return _mint(book, event, value)
     token = book._token(event.token_id or "")
-    book._set_owner(token, None if to == ZERO_ADDRESS else to, event.order_key)
+    book._set_owner(token, None if value == ZERO_ADDRESS else value, event.order_key)
 
 
-def _burn(book: CollectionBook, event: Event, rates: RateLookup) -> None:
+def _prep_none(book: CollectionBook, event: Event, rates: RateLookup) -> None:
+    return None
+
+
+def _burn(book: CollectionBook, event: Event, prepared: None) -> None:
     token = book._token(event.token_id or "")
     book._set_owner(token, None, event.order_key)
 
 
-def _sale(book: CollectionBook, event: Event, rates: RateLookup) -> None:
-    token = book._token(event.token_id or "")
+def _prep_sale(
+    book: CollectionBook, event: Event, rates: RateLookup
+) -> tuple[SaleRecord, dict[str, Any]] | None:
     uid = f"{event.source}:{event.id}"
-    if any(s.uid == uid for s in book.sales.get(token.token_id, ())):
-        return  # the same sale twice: the log dedupes, this keeps the sums honest if it did not
-    price = book.to_quote(event, event.data["price"], rates)
-    with localcontext() as ctx:
-        ctx.prec = 80
-        book.volume += price
-        day = to_us(event.occurred_at.isoformat()) // DAY_US
-        book.daily_volume[day] = book.daily_volume.get(day, Decimal(0)) + price
-    book.sales_count += 1
+    if uid in book._d.sale_uids:
+        return None  # the same sale twice: the log dedupes, this keeps the sums honest if it did not
+    data = event.data
+    price = book.to_quote(event, data["price"], rates)
+    at = event.occurred_at.isoformat()
     record = SaleRecord(
         key=event.order_key,
         uid=uid,
-        at_us=to_us(event.occurred_at.isoformat()),
-        token_id=token.token_id,
-        seller=event.data["from"],
-        buyer=event.data["to"],
+        at_us=to_us(at),
+        token_id=event.token_id or "",
+        seller=_hashable(data["from"]),
+        buyer=_hashable(data["to"]),
         price=price,
-        buyer_funder=_wallet_or_none(event.data.get("buyer_funder")),
-        seller_funder=_wallet_or_none(event.data.get("seller_funder")),
+        buyer_funder=_wallet_or_none(data.get("buyer_funder")),
+        seller_funder=_wallet_or_none(data.get("seller_funder")),
     )
+    last_sale = {
+        "price": str(price),
+        "currency": book.currency,
+        "paid": data["price"],
+        "buyer": data["to"],
+        "seller": data["from"],
+        "at": at,
+    }
+    return record, last_sale
+
+
+def _sale(book: CollectionBook, event: Event, prepared: tuple[SaleRecord, dict[str, Any]] | None) -> None:
+    if prepared is None:
+        return
+    record, last_sale = prepared
+    token = book._token(record.token_id)
+    price = record.price
+    with localcontext() as ctx:
+        ctx.prec = 80
+        book.volume += price
+        day = record.at_us // DAY_US
+        book.daily_volume[day] = book.daily_volume.get(day, Decimal(0)) + price
+    book.sales_count += 1
+    book._d.sale_uids.add(record.uid)
+    # Sorted on insertion (a bisection), where appending and sorting grew with a busy token's sales.
     sales = book.sales.setdefault(token.token_id, [])
-    sales.append(record)
-    sales.sort(key=lambda s: s.sort_key)
+    at = bisect_right(sales, record.sort_key, key=_sale_order)
+    sales.insert(at, record)
+    rows = book._d.sale_rows.get(token.token_id)
+    if rows is not None:
+        rows.insert(at, record.to_list())
     book._d.sales_version += 1
     if _newer(event.order_key, token.last_sale_key):
-        token.last_sale = {
-            "price": str(price),
-            "currency": book.currency,
-            "paid": event.data["price"],
-            "buyer": event.data["to"],
-            "seller": event.data["from"],
-            "at": event.occurred_at.isoformat(),
-        }
-        token.last_sale_key = event.order_key
-    book._set_owner(token, event.data["to"], event.order_key)
+        token.last_sale, token.last_sale_key = last_sale, event.order_key
+    book._set_owner(token, record.buyer, event.order_key)
     if not book._bulk:
-        book._rewash(token.token_id)
+        book._d.wash.add(record)
+
+
+def _sale_order(sale: SaleRecord) -> tuple[OrderKey, str]:
+    return sale.sort_key
 
 
 def _wallet_or_none(value: Any) -> str | None:
     return value.lower() if isinstance(value, str) and value else None
 
 
-def _listing(book: CollectionBook, event: Event, rates: RateLookup) -> None:
-    token = book._token(event.token_id or "")
-    expires = event.data.get("expires_at")
+def _prep_listing(book: CollectionBook, event: Event, rates: RateLookup) -> tuple[str, dict[str, Any]]:
+    data = event.data
+    expires = data.get("expires_at")
     expires_iso = None if expires is None else utc_iso(expires)
-    price = book.to_quote(event, event.data["price"], rates)
-    book._history(token.token_id, (event.order_key, "list", str(price), expires_iso))
-    if not _newer(event.order_key, token.listing_key) or not _newer(event.order_key, token.owner_key):
-        return
-    token.listing = {
-        "price": str(price),
+    price = str(book.to_quote(event, data["price"], rates))
+    if expires_iso is not None:
+        to_us(expires_iso)  # the listing's interval reads it: fail here, not half-way through the fold
+    listing = {
+        "price": price,
         "currency": book.currency,
-        "asked": event.data["price"],
-        "seller": event.data["seller"],
+        "asked": data["price"],
+        "seller": data["seller"],
         "at": event.occurred_at.isoformat(),
         "expires_at": expires_iso,
     }
+    return price, listing
+
+
+def _listing(book: CollectionBook, event: Event, prepared: tuple[str, dict[str, Any]]) -> None:
+    price, listing = prepared
+    token = book._token(event.token_id or "")
+    book._history(token.token_id, (event.order_key, "list", price, listing["expires_at"]))
+    if not _newer(event.order_key, token.listing_key) or not _newer(event.order_key, token.owner_key):
+        return
+    token.listing = listing
     token.listing_key = event.order_key
 
 
-def _listing_cancelled(book: CollectionBook, event: Event, rates: RateLookup) -> None:
+def _listing_cancelled(book: CollectionBook, event: Event, prepared: None) -> None:
     token = book._token(event.token_id or "")
     book._history(token.token_id, (event.order_key, "end", None, None))
     if not _newer(event.order_key, token.listing_key):
@@ -1051,22 +1242,21 @@ def _listing_cancelled(book: CollectionBook, event: Event, rates: RateLookup) ->
     token.listing, token.listing_key = None, event.order_key
 
 
-def _metadata_update(book: CollectionBook, event: Event, rates: RateLookup) -> None:
+def _prep_metadata_update(book: CollectionBook, event: Event, rates: RateLookup) -> dict[str, Any]:
+    return dict(event.data["traits"])
+
+
+def _metadata_update(book: CollectionBook, event: Event, prepared: dict[str, Any]) -> None:
     token = book._token(event.token_id or "")
     if not _newer(event.order_key, token.traits_key):
         return
-    token.traits, token.traits_key = dict(event.data["traits"]), event.order_key
+    token.traits, token.traits_key = prepared, event.order_key
 
 
-def _fraud_finding(book: CollectionBook, event: Event, rates: RateLookup) -> None:
+def _prep_fraud_finding(book: CollectionBook, event: Event, rates: RateLookup) -> tuple[Finding, str]:
     data = event.data
-    fid = str(data["finding_id"])
-    uid = f"{event.source}:{event.id}"
-    current = book.findings.get(fid)
-    if current is not None and (event.order_key, uid) <= (current.key, book.finding_uids.get(fid, "")):
-        return
-    book.findings[fid] = Finding(
-        finding_id=fid,
+    finding = Finding(
+        finding_id=str(data["finding_id"]),
         key=event.order_key,
         kind=str(data["kind"]),
         severity=str(data["severity"]),
@@ -1074,10 +1264,34 @@ def _fraud_finding(book: CollectionBook, event: Event, rates: RateLookup) -> Non
         token_id=event.token_id,
         wallets=tuple(data.get("wallets") or ()),
     )
+    return finding, f"{event.source}:{event.id}"
+
+
+def _fraud_finding(book: CollectionBook, event: Event, prepared: tuple[Finding, str]) -> None:
+    finding, uid = prepared
+    fid = finding.finding_id
+    current = book.findings.get(fid)
+    if current is not None and (event.order_key, uid) <= (current.key, book.finding_uids.get(fid, "")):
+        return
+    if current is not None:
+        book._index_finding(current, -1)
+    book.findings[fid] = finding
     book.finding_uids[fid] = uid
+    book._index_finding(finding, +1)
 
 
-_HANDLERS: dict[EventType, Callable[[CollectionBook, Event, RateLookup], None]] = {
+_PREPARE: dict[EventType, Callable[[CollectionBook, Event, RateLookup], Any]] = {
+    EventType.MINT: _prep_mint,
+    EventType.TRANSFER: _prep_transfer,
+    EventType.BURN: _prep_none,
+    EventType.SALE: _prep_sale,
+    EventType.LISTING: _prep_listing,
+    EventType.LISTING_CANCELLED: _prep_none,
+    EventType.METADATA_UPDATE: _prep_metadata_update,
+    EventType.FRAUD_FINDING: _prep_fraud_finding,
+}
+
+_HANDLERS: dict[EventType, Callable[[CollectionBook, Event, Any], None]] = {
     EventType.MINT: _mint,
     EventType.TRANSFER: _transfer,
     EventType.BURN: _burn,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -565,13 +565,26 @@ class RarityPublisher:
 
         Returns ``token -> (published before, published after)``; a token that left has ``None`` after.
         """
+        return self.settle_batch(index, [] if plan is None else [plan], score_eps, rank_eps)
+
+    def settle_batch(
+        self, index: RarityIndex, plans: Sequence[RarityPlan], score_eps: float, rank_eps: int
+    ) -> dict[str, tuple[tuple[float, int] | None, tuple[float, int] | None]]:
+        """:meth:`settle` once for several plans committed one after the other.
+
+        Examining at the end is enough: a token no plan touched cannot have drifted further than the
+        plans' summed drift bounds, and every token a plan touched is examined against the final
+        state. A trait change whose tokens are touched again later in the batch is thus looked at once.
+        """
         out: dict[str, tuple[tuple[float, int] | None, tuple[float, int] | None]] = {}
         check: set[str] = set()
-        if plan is not None:
+        everything = False
+        for plan in plans:
             self.drift += self.drift_of(plan, score_eps, rank_eps)
-            check = plan.touched
-            if score_eps <= 0 and plan.uniform_drift > 0:
-                check |= set(index.p) | set(self.published)
+            check |= plan.touched
+            everything |= score_eps <= 0 and plan.uniform_drift > 0
+        if everything:
+            check |= set(index.p) | set(self.published)
         heap = self._heap
         while heap and -heap[0][0] + self.drift >= 1.0:
             key, tid = heapq.heappop(heap)

@@ -78,3 +78,22 @@ def nft_risk(
             _reason("collection", collection["level"], f"collection risk is {collection['level']}")
         )
     return {"level": worst(*(r["level"] for r in reasons)), "reasons": reasons}
+
+
+def nft_risk_level(
+    *, collection: dict[str, Any], findings: Iterable[Finding], token_wash_share: float
+) -> str:
+    """``nft_risk(...)["level"]`` without building the reasons: what a change comparison needs."""
+    levels: list[str] = []
+    for f in findings:
+        if f.open:
+            if f.severity == LEVELS[-1]:
+                return f.severity  # nothing is worse: the owner's other findings need not be read
+            levels.append(f.severity)
+    if token_wash_share >= 0.5:
+        levels.append("high")
+    elif token_wash_share > 0:
+        levels.append("medium")
+    if collection["level"] != "low":
+        levels.append(collection["level"])
+    return worst(*levels)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from operator import itemgetter
 
 DAY_US = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -131,6 +132,25 @@ class ListingIndex:
                 gone.add(token_id)
         return gone
 
+    def expiring(self, clock: str) -> set[str]:
+        """Tokens whose active listing a clock of ``clock`` would expire (read-only).
+
+        Walks only the part of the expiry heap at or below ``clock`` (a heap's subtree never holds a
+        smaller key than its root), so the cost follows the answer, not the number of listings.
+        """
+        out: set[str] = set()
+        heap, stack = self._expiry, [0] if self._expiry else []
+        while stack:
+            at = stack.pop()
+            expires, token_id = heap[at]
+            if expires > clock:
+                continue
+            entry = self.entries.get(token_id)
+            if entry is not None and entry[1] == expires:
+                out.add(token_id)
+            stack.extend(child for child in (2 * at + 1, 2 * at + 2) if child < len(heap))
+        return out
+
     @property
     def floor(self) -> Decimal | None:
         """The cheapest active listing."""
@@ -156,28 +176,38 @@ Interval = tuple[int, int, Decimal]
 """``(start_us, end_us or OPEN, price)``."""
 
 
+def listing_interval(entry: ListingEntry, following: ListingEntry | None) -> Interval | None:
+    """The life of one history entry given the token's next entry in chain order (None: a non-listing,
+    or a listing that ended before it began)."""
+    key, kind, price, expires = entry
+    if kind != "list" or price is None:
+        return None
+    start = to_us(key[2])
+    end = to_us(following[0][2]) if following is not None else OPEN
+    if expires is not None:
+        end = min(end, to_us(expires))
+    if end <= start:
+        return None
+    return (start, end, Decimal(price))
+
+
 def listing_intervals(history: Mapping[str, list[ListingEntry]]) -> list[Interval]:
     """Each listing's life ``(start_us, end_us or OPEN, price)`` from per-token histories, sorted."""
     out: list[Interval] = []
     for entries in history.values():
-        for i, (key, kind, price, expires) in enumerate(entries):
-            if kind != "list" or price is None:
-                continue
-            start = to_us(key[2])
-            end = to_us(entries[i + 1][0][2]) if i + 1 < len(entries) else OPEN
-            if expires is not None:
-                end = min(end, to_us(expires))
-            if end <= start:
-                continue
-            out.append((start, end, Decimal(price)))
+        for i, entry in enumerate(entries):
+            interval = listing_interval(entry, entries[i + 1] if i + 1 < len(entries) else None)
+            if interval is not None:
+                out.append(interval)
     out.sort()
     return out
 
 
 def first_difference(old: list[Interval], new: list[Interval]) -> int:
     """The earliest time at which two interval sets can give a different floor (OPEN: never)."""
-    gone = [i for i in old if i not in new]
-    came = [i for i in new if i not in old]
+    old_set, new_set = set(old), set(new)
+    gone = [i for i in old if i not in new_set]
+    came = [i for i in new if i not in old_set]
     if not gone and not came:
         return OPEN
     if len(gone) == 1 and len(came) == 1 and gone[0][0] == came[0][0] and gone[0][2] == came[0][2]:
@@ -207,44 +237,78 @@ class FloorSeries:
         """
         series = cls()
         keep = 0 if base is None else bisect_left(base.times, since) - 1
-        total, span = Decimal(0), 0
         if base is not None and keep > 0:
             origin = base.times[keep]
             series.times, series.prices = base.times[:keep], base.prices[:keep]
             series.integral, series.covered = base.integral[:keep], base.covered[:keep]
-            total, span = base.integral[keep], base.covered[keep]
-            relevant = [iv for iv in intervals if iv[1] > origin]
-            bounds = sorted(
-                {s for s, _, _ in relevant if s > origin} | {e for _, e, _ in relevant if e < OPEN}
-            )
-            bounds.insert(0, origin)
+            relevant = [(e, s, p) for s, e, p in intervals if e > origin]
+            series._sweep(relevant, origin, base.integral[keep], base.covered[keep])
         else:
-            relevant = intervals
-            bounds = sorted({s for s, _, _ in relevant} | {e for _, e, _ in relevant if e < OPEN})
+            series._sweep([(e, s, p) for s, e, p in intervals], None, Decimal(0), 0)
+        return series
+
+    def update(self, by_end: list[tuple[int, int, Decimal]], since: int) -> None:
+        """Bring the series up to date in place after a change no earlier than ``since``.
+
+        ``by_end`` holds every interval as ``(end, start, price)``, sorted: the intervals still live
+        at the kept prefix's last step are a suffix of it, found by bisection. That keeps the cost of
+        an update to the live listings plus the changed tail, where filtering every interval (and
+        copying the kept prefix) grew with the whole listing history. Same steps and numbers as
+        :meth:`build` over the same intervals.
+        """
+        keep = bisect_left(self.times, since) - 1
+        if keep <= 0:
+            for column in (self.times, self.prices, self.integral, self.covered):
+                column.clear()
+            self._sweep(by_end, None, Decimal(0), 0)
+            return
+        origin, total, span = self.times[keep], self.integral[keep], self.covered[keep]
+        for column in (self.times, self.prices, self.integral, self.covered):
+            del column[keep:]
+        self._sweep(by_end[bisect_right(by_end, origin, key=itemgetter(0)) :], origin, total, span)
+
+    def _sweep(
+        self, relevant: list[tuple[int, int, Decimal]], origin: int | None, total: Decimal, span: int
+    ) -> None:
+        """Append the steps from ``origin`` (None: the first start) over ``(end, start, price)`` intervals.
+
+        ``relevant`` must hold every interval that is live at or after ``origin``, in any order. The
+        listings live at ``origin`` enter the heap in one ``heapify`` (most of a busy collection's
+        listings are open); only later starts are sorted and pushed one by one. The cheapest live
+        price at each bound is the same whichever of equal entries the heap holds.
+        """
+        if origin is None:
+            live: list[tuple[Decimal, int]] = []
+            later = relevant
+            bounds = sorted({s for _, s, _ in relevant} | {e for e, _, _ in relevant if e < OPEN})
+        else:
+            live = [(p, e) for e, s, p in relevant if s <= origin]
+            later = [iv for iv in relevant if iv[1] > origin]
+            bounds = sorted({s for _, s, _ in later} | {e for e, _, _ in relevant if e < OPEN})
+            bounds.insert(0, origin)
         if not bounds:
-            return series
-        starts = sorted(range(len(relevant)), key=lambda i: relevant[i][0])
-        heap: list[tuple[Decimal, int]] = []
+            return
+        heapq.heapify(live)
+        later = sorted(later, key=itemgetter(1))
         cursor = 0
         with localcontext() as ctx:
             ctx.prec = 60
             for i, moment in enumerate(bounds):
-                while cursor < len(starts) and relevant[starts[cursor]][0] <= moment:
-                    idx = starts[cursor]
-                    heapq.heappush(heap, (relevant[idx][2], idx))
+                while cursor < len(later) and later[cursor][1] <= moment:
+                    end, _, price = later[cursor]
+                    heapq.heappush(live, (price, end))
                     cursor += 1
-                while heap and relevant[heap[0][1]][1] <= moment:
-                    heapq.heappop(heap)
-                price = heap[0][0] if heap else None
-                series.times.append(moment)
-                series.prices.append(price)
-                series.integral.append(total)
-                series.covered.append(span)
-                if i + 1 < len(bounds) and price is not None:
+                while live and live[0][1] <= moment:
+                    heapq.heappop(live)
+                floor = live[0][0] if live else None
+                self.times.append(moment)
+                self.prices.append(floor)
+                self.integral.append(total)
+                self.covered.append(span)
+                if i + 1 < len(bounds) and floor is not None:
                     width = bounds[i + 1] - moment
-                    total += price * width
+                    total += floor * width
                     span += width
-        return series
 
     def _at(self, moment: int) -> tuple[Decimal, int]:
         i = bisect_right(self.times, moment) - 1

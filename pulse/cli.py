@@ -81,12 +81,10 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
             server = uvicorn.Server(config)
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             tasks.append(asyncio.create_task(server.serve()))
-        running_worker = None
+        running_worker = registry = None
         if worker:
             start_http_server(settings.worker_metrics_port, addr=settings.host)
-            running_worker = build_worker(
-                client, settings.task_queue, db, cache, workflow_id_prefix=settings.workflow_id_prefix
-            )
+            running_worker, registry = build_worker(client, settings, db, cache)
             tasks.append(asyncio.create_task(running_worker.run()))
         if dispatcher:
             start_http_server(settings.dispatcher_metrics_port, addr=settings.host)
@@ -102,6 +100,8 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
             await running_worker.shutdown()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+        if registry is not None:
+            await registry.aclose()
         db.dispose()
     finally:
         if dev is not None:

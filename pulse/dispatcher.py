@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
 from activities.pipeline import event_workflow_id
 from domain.classify import ClassifyContext, classify
-from pulse.metrics import BACKLOG, DISPATCH_BATCH, EVENTS_DISPATCHED, TEMPORAL_ACTIONS
+from pulse.metrics import BACKLOG, DISPATCH_BATCH, EVENTS_DISPATCHED, TASK_QUEUE_BACKLOG, TEMPORAL_ACTIONS
 from pulse.settings import Settings
 from store import entities, events
 from store.db import Database
@@ -43,6 +46,11 @@ log = logging.getLogger("pulse.dispatcher")
 SWEEP_EVERY_S = 15.0
 STALE_AFTER = timedelta(seconds=60)
 FLOORS_EVERY_S = 5.0
+GAUGES_EVERY_S = 2.0
+_QUEUE_KINDS = {
+    "workflow": TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    "activity": TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+}
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Dispatcher:
         self._floors: dict[str, Decimal] = {}
         self._floors_at = 0.0
         self._last_sweep = 0.0
+        self._last_gauges = 0.0
         self._handoff = asyncio.Semaphore(32)
         self._thresholds = settings.classify_thresholds()
         self.dispatched = 0
@@ -85,9 +94,9 @@ class Dispatcher:
         if now - self._last_sweep > SWEEP_EVERY_S:
             self._last_sweep = now
             await self.sweep()
-            BACKLOG.clear()
-            for cls, n in (await asyncio.to_thread(events.backlog_by_class, self._db)).items():
-                BACKLOG.labels(cls).set(n)
+        if now - self._last_gauges > GAUGES_EVERY_S:
+            self._last_gauges = now
+            await self.measure_backlog()
         rows = await asyncio.to_thread(events.next_received, self._db, self._settings.dispatch_batch_max)
         if not rows:
             return 0
@@ -171,6 +180,28 @@ class Dispatcher:
             except RPCError:
                 log.exception("dispatcher.start_failed", extra={"event_seq": row.seq})
                 raise
+
+    async def measure_backlog(self) -> None:
+        """The two backlogs an operator (and an autoscaler) watches: the log's and Temporal's."""
+        counts = await asyncio.to_thread(events.backlog_by_class, self._db)
+        for cls in ("critical", "high", "normal", "low"):
+            BACKLOG.labels(cls).set(counts.get(cls, 0))
+        for kind, queue_type in _QUEUE_KINDS.items():
+            try:
+                described = await self._client.workflow_service.describe_task_queue(
+                    DescribeTaskQueueRequest(
+                        namespace=self._client.namespace,
+                        task_queue=TaskQueue(name=self._settings.task_queue),
+                        task_queue_type=queue_type,
+                        include_task_queue_status=True,
+                    )
+                )
+            except RPCError:
+                log.warning("dispatcher.describe_task_queue_failed", exc_info=True)
+                continue
+            TASK_QUEUE_BACKLOG.labels(self._settings.task_queue, kind).set(
+                described.task_queue_status.backlog_count_hint
+            )
 
     async def sweep(self) -> None:
         """Hand off again what was dispatched long ago and is still unfinished (lost signal or start)."""

@@ -27,7 +27,7 @@ def open_cache(settings: Settings, *, shares_process_with_worker: bool) -> Entit
     """Redis when configured; in process only where the worker that invalidates it runs in the same
     process (``pulse up``); otherwise no cache, since nothing could tell this process a value went stale."""
     if settings.redis_url:
-        return RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s)
+        return RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s, prefix=settings.cache_prefix)
     if shares_process_with_worker:
         return MemoryCache(settings.cache_max_entries, settings.cache_ttl_s)
     return NoCache()

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="entity read cache in Redis instead of in process"
     )
+    cache_prefix: str = Field(default="pulse:entity:", description="Redis key prefix of the read cache")
     bootstrap_admin_key: str | None = Field(
         default=None, description="an admin API key that exists after start"
     )
@@ -57,6 +58,27 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: float = 300.0
     cache_max_entries: int = 100_000
+
+    # Notification channels: a provider whose settings are unset is absent from the channel registry.
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="how providers and users reach this API (callbacks, links)",
+    )
+    email_from: str = "alerts@pulse.invalid"
+    sendgrid_api_key: str | None = None
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None, description="verifies SendGrid event webhooks; unset: the callback refuses requests"
+    )
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    vapid_private_key: str | None = Field(default=None, description="web push VAPID key (PEM or base64url)")
+    vapid_subject: str = "mailto:alerts@pulse.invalid"
 
     otlp_endpoint: str | None = Field(default=None, description="OTLP/gRPC endpoint for traces")
     log_level: str = "INFO"

@@ -61,8 +61,9 @@ class Stream:
         self.ring = self.wallets[:3]
         self.block = 18_000_000
         self.counter = 0
-        # Power law: a few collections and tokens see most of the activity.
+        # Power law (Zipf): a few collections and, within each, a few tokens see most of the activity.
         self.collection_weights = [1 / (i + 1) ** 1.1 for i in range(collections)]
+        self.token_weights = [1 / (i + 1) ** 0.8 for i in range(tokens_per_collection)]
 
     def _base(
         self, kind: str, coll: SynthCollection, token: int | None, data: dict[str, Any]
@@ -111,7 +112,7 @@ class Stream:
         """Endless market activity after the mints."""
         while True:
             coll = self.rng.choices(self.collections, weights=self.collection_weights)[0]
-            token = min(int(self.rng.paretovariate(1.2)) - 1, coll.tokens - 1)
+            token = self.rng.choices(range(coll.tokens), weights=self.token_weights[: coll.tokens])[0]
             tid = str(token)
             owner = coll.owners.get(tid) or self.rng.choice(self.wallets)
             roll = self.rng.random()

@@ -1,4 +1,4 @@
-"""The Temporal worker: the pipeline's workflows and activities on one task queue."""
+"""The Temporal worker: the pipeline's and the notifications' workflows and activities on one task queue."""
 
 from __future__ import annotations
 
@@ -8,31 +8,41 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.notify import build_notify_activities
 from activities.pipeline import PipelineActivities
+from channels.registry import ChannelRegistry
+from pulse.settings import Settings
 from store.cache import EntityCache
 from store.db import Database
+from workflows.notify import DigestWorkflow, NotificationWorkflow
 from workflows.pipeline import EventWorkflow, PartitionWorkflow
 
-WORKFLOWS = [PartitionWorkflow, EventWorkflow]
+WORKFLOWS = [PartitionWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow]
 
 
 def build_worker(
-    client: Client,
-    task_queue: str,
-    db: Database,
-    cache: EntityCache,
-    *,
-    workflow_id_prefix: str = "",
-    max_activities: int = 16,
-) -> Worker:
-    pipeline = PipelineActivities(db, cache, workflow_id_prefix)
-    return Worker(
+    client: Client, settings: Settings, db: Database, cache: EntityCache, *, max_activities: int = 16
+) -> tuple[Worker, ChannelRegistry]:
+    """The worker, and the channel registry whose connections the caller closes after shutdown."""
+    pipeline = PipelineActivities(db, cache, settings.workflow_id_prefix)
+    notify, registry = build_notify_activities(
+        settings, db, client, settings.task_queue, settings.workflow_id_prefix
+    )
+    worker = Worker(
         client,
-        task_queue=task_queue,
+        task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[pipeline.analyze_impact, pipeline.recalculate, pipeline.invalidate_cache],
+        activities=[
+            pipeline.analyze_impact,
+            pipeline.recalculate,
+            pipeline.invalidate_cache,
+            notify.detect_significant_changes,
+            notify.deliver,
+            notify.send_digest,
+        ],
         activity_executor=ThreadPoolExecutor(max_workers=max_activities, thread_name_prefix="pulse-activity"),
         max_concurrent_activities=max_activities,
         max_concurrent_local_activities=max_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+    return worker, registry

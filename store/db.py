@@ -13,7 +13,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel
 
-from store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store import models, notify  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+
+#: Advisory lock key under which schema changes run (any constant unlikely to collide).
+_SCHEMA_LOCK = 0x50554C5345
 
 
 class TransientStoreError(RuntimeError):
@@ -72,7 +76,14 @@ class Database:
         return engine
 
     def create_all(self) -> None:
-        SQLModel.metadata.create_all(self.write_engine)
+        """Create missing tables. Processes starting together (api, worker, dispatcher) would race on
+        Postgres's catalog, so there they take turns under an advisory lock."""
+        if self.is_sqlite:
+            SQLModel.metadata.create_all(self.write_engine)
+            return
+        with self.write_engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            SQLModel.metadata.create_all(conn)
 
     def drop_all(self) -> None:
         SQLModel.metadata.drop_all(self.write_engine)

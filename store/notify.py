@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, func, select, update
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col
 
 from store.models import BigId, UtcDateTime
 
@@ -190,15 +190,16 @@ def watchers(session: Session, entity_keys: Iterable[str], *, lock_users: bool =
     if not keys:
         return []
     stmt = (
-        select(SubscriptionKey.entity_key, Subscription, NotifyUser)
-        .join(Subscription, Subscription.id == SubscriptionKey.subscription_id)  # type: ignore[arg-type]
-        .join(NotifyUser, NotifyUser.id == Subscription.user_id)  # type: ignore[arg-type]
-        .where(SubscriptionKey.entity_key.in_(keys))  # type: ignore[attr-defined]
-        .order_by(NotifyUser.id, Subscription.id)
+        select(col(SubscriptionKey.entity_key), Subscription, NotifyUser)
+        .join(Subscription, col(Subscription.id) == col(SubscriptionKey.subscription_id))
+        .join(NotifyUser, col(NotifyUser.id) == col(Subscription.user_id))
+        .where(col(SubscriptionKey.entity_key).in_(keys))
+        .order_by(col(NotifyUser.id), col(Subscription.id))
     )
     if lock_users:
-        stmt = stmt.with_for_update(of=NotifyUser)  # type: ignore[arg-type]
-    return [Watcher(sub, user, key) for key, sub, user in session.execute(stmt).all()]
+        stmt = stmt.with_for_update(of=NotifyUser)
+    rows: list[tuple[str, Subscription, NotifyUser]] = [tuple(r) for r in session.execute(stmt).all()]  # type: ignore[misc]
+    return [Watcher(sub, user, key) for key, sub, user in rows]
 
 
 def rule_states(
@@ -209,8 +210,8 @@ def rule_states(
     if not wanted:
         return {}
     subs = sorted({t[0] for t in wanted})
-    rows = session.execute(
-        select(RuleStateRecord).where(RuleStateRecord.subscription_id.in_(subs))  # type: ignore[attr-defined]
+    rows: Iterable[RuleStateRecord] = session.execute(
+        select(RuleStateRecord).where(col(RuleStateRecord.subscription_id).in_(subs))
     ).scalars()
     return {
         (r.subscription_id, r.rule_id, r.entity_key): r
@@ -243,7 +244,7 @@ def insert_notification(session: Session, row: Notification) -> tuple[Notificati
 def by_idempotency_key(session: Session, key: str) -> Notification | None:
     """The notification stored under ``key``."""
     return session.execute(
-        select(Notification).where(Notification.idempotency_key == key)
+        select(Notification).where(col(Notification.idempotency_key) == key)
     ).scalar_one_or_none()
 
 
@@ -260,7 +261,9 @@ def upsert_delivery(
 ) -> Delivery:
     """Create or move the delivery row of (notification, channel); statuses never go backwards."""
     row = session.execute(
-        select(Delivery).where(Delivery.notification_id == notification_id, Delivery.channel == channel)
+        select(Delivery).where(
+            col(Delivery.notification_id) == notification_id, col(Delivery.channel) == channel
+        )
     ).scalar_one_or_none()
     if row is None:
         row = Delivery(notification_id=notification_id, channel=channel, status="queued", updated_at=now)
@@ -295,8 +298,8 @@ def deliveries_for(session: Session, notification_ids: Sequence[int]) -> dict[in
     out: dict[int, list[Delivery]] = {i: [] for i in notification_ids}
     if not notification_ids:
         return out
-    rows = session.execute(
-        select(Delivery).where(Delivery.notification_id.in_(list(notification_ids)))  # type: ignore[attr-defined]
+    rows: Iterable[Delivery] = session.execute(
+        select(Delivery).where(col(Delivery.notification_id).in_(list(notification_ids)))
     ).scalars()
     for d in rows:
         out.setdefault(d.notification_id, []).append(d)
@@ -315,19 +318,19 @@ def inbox(
 ) -> list[Notification]:
     """A user's inbox, newest first (or oldest first past ``after_id``, for the live stream)."""
     stmt = select(Notification).where(
-        Notification.user_id == user_id,
-        Notification.inbox_at.is_not(None),  # type: ignore[union-attr]
+        col(Notification.user_id) == user_id,
+        col(Notification.inbox_at).is_not(None),
     )
     if unread:
-        stmt = stmt.where(Notification.read_at.is_(None))  # type: ignore[union-attr]
+        stmt = stmt.where(col(Notification.read_at).is_(None))
     if not include_archived:
-        stmt = stmt.where(Notification.archived_at.is_(None))  # type: ignore[union-attr]
+        stmt = stmt.where(col(Notification.archived_at).is_(None))
     if before_id is not None:
-        stmt = stmt.where(Notification.id < before_id)  # type: ignore[operator]
+        stmt = stmt.where(col(Notification.id) < before_id)
     if after_id is not None:
-        stmt = stmt.where(Notification.id > after_id).order_by(Notification.id)  # type: ignore[arg-type,operator]
+        stmt = stmt.where(col(Notification.id) > after_id).order_by(col(Notification.id))
     else:
-        stmt = stmt.order_by(Notification.id.desc())  # type: ignore[union-attr]
+        stmt = stmt.order_by(col(Notification.id).desc())
     return list(session.execute(stmt.limit(limit)).scalars())
 
 
@@ -338,10 +341,10 @@ def unread_count(session: Session, user_id: str) -> int:
             select(func.count())
             .select_from(Notification)
             .where(
-                Notification.user_id == user_id,
-                Notification.inbox_at.is_not(None),  # type: ignore[union-attr]
-                Notification.read_at.is_(None),  # type: ignore[union-attr]
-                Notification.archived_at.is_(None),  # type: ignore[union-attr]
+                col(Notification.user_id) == user_id,
+                col(Notification.inbox_at).is_not(None),
+                col(Notification.read_at).is_(None),
+                col(Notification.archived_at).is_(None),
             )
         ).scalar_one()
     )
@@ -351,12 +354,12 @@ def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: da
     """Mark the given (or all unread) notifications of the user read, with their deliveries; returns the
     rows that changed (their escalation workflows need a signal)."""
     stmt = select(Notification).where(
-        Notification.user_id == user_id,
-        Notification.read_at.is_(None),  # type: ignore[union-attr]
+        col(Notification.user_id) == user_id,
+        col(Notification.read_at).is_(None),
     )
     if ids is not None:
-        stmt = stmt.where(Notification.id.in_(list(ids)))  # type: ignore[union-attr]
-    rows = list(session.execute(stmt).scalars())
+        stmt = stmt.where(col(Notification.id).in_(list(ids)))
+    rows: list[Notification] = list(session.execute(stmt).scalars())
     for row in rows:
         row.read_at = now
         session.add(row)
@@ -364,8 +367,8 @@ def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: da
         session.execute(
             update(Delivery)
             .where(
-                Delivery.notification_id.in_([r.id for r in rows]),  # type: ignore[attr-defined]
-                Delivery.channel == "in_app",
+                col(Delivery.notification_id).in_([r.id for r in rows]),
+                col(Delivery.channel) == "in_app",
             )
             .values(status="read", updated_at=now)
         )
@@ -374,11 +377,7 @@ def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: da
 
 def replace_subscription_keys(session: Session, subscription_id: str, keys: Iterable[str]) -> None:
     """Make the index rows of a subscription exactly ``keys``."""
-    session.execute(
-        SubscriptionKey.__table__.delete().where(  # type: ignore[attr-defined]
-            SubscriptionKey.__table__.c.subscription_id == subscription_id  # type: ignore[attr-defined]
-        )
-    )
+    session.execute(delete(SubscriptionKey).where(col(SubscriptionKey.subscription_id) == subscription_id))
     for key in sorted(set(keys)):
         session.add(SubscriptionKey(entity_key=key, subscription_id=subscription_id))
 
@@ -386,11 +385,5 @@ def replace_subscription_keys(session: Session, subscription_id: str, keys: Iter
 def delete_subscription(session: Session, subscription_id: str) -> None:
     """Remove a subscription, its index rows and its rule state."""
     replace_subscription_keys(session, subscription_id, [])
-    session.execute(
-        RuleStateRecord.__table__.delete().where(  # type: ignore[attr-defined]
-            RuleStateRecord.__table__.c.subscription_id == subscription_id  # type: ignore[attr-defined]
-        )
-    )
-    session.execute(
-        Subscription.__table__.delete().where(Subscription.__table__.c.id == subscription_id)  # type: ignore[attr-defined]
-    )
+    session.execute(delete(RuleStateRecord).where(col(RuleStateRecord.subscription_id) == subscription_id))
+    session.execute(delete(Subscription).where(col(Subscription.id) == subscription_id))

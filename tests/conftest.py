@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -135,6 +136,7 @@ class RunningPulse:
     keys: Keys
     dispatcher: Dispatcher
     task_queue: str
+    app: FastAPI
 
     async def post(
         self, events: list[dict[str, Any]] | dict[str, Any], key: str = "ingest"
@@ -193,11 +195,7 @@ async def run_pulse(
     stop = asyncio.Event()
     disp = Dispatcher(settings, db, client)
     tasks: list[asyncio.Task[Any]] = []
-    running_worker = (
-        build_worker(client, task_queue, db, cache, workflow_id_prefix=settings.workflow_id_prefix)
-        if worker
-        else None
-    )
+    running_worker, registry = build_worker(client, settings, db, cache) if worker else (None, None)
     if running_worker is not None:
         tasks.append(asyncio.create_task(running_worker.run()))
     if dispatcher:
@@ -208,12 +206,14 @@ async def run_pulse(
         httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as http,
     ):
         try:
-            yield RunningPulse(settings, db, client, http, test_keys, disp, task_queue)
+            yield RunningPulse(settings, db, client, http, test_keys, disp, task_queue, app)
         finally:
             stop.set()
             if running_worker is not None:
                 await asyncio.wait_for(running_worker.shutdown(), timeout=30)
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+            if registry is not None:
+                await registry.aclose()
             db.dispose()
 
 

@@ -51,12 +51,20 @@ class PulseProcesses:
         env.update(self.extra_env)
         return env
 
-    def start(self, part: str) -> None:
+    def start(self, part: str, name: str | None = None) -> None:
+        """Start ``pulse <part>``; a second worker needs a ``name`` and gets metrics ports of its own."""
+        name = name or part
+        env = self.env
+        if name != part:
+            for key in ("worker_metrics", "sdk_metrics"):
+                self.ports[f"{name}_{key}"] = free_port()
+            env["PULSE_WORKER_METRICS_PORT"] = str(self.ports[f"{name}_worker_metrics"])
+            env["PULSE_TEMPORAL_SDK_METRICS_PORT"] = str(self.ports[f"{name}_sdk_metrics"])
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{part}.log").open("ab")
-        self.procs[part] = subprocess.Popen(
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "pulse.cli", part],
-            env=self.env,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,

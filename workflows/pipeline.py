@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         RecalcInput,
         RecalcResult,
     )
+    from workflows.notify import notify_changes
 
 EVENT_TYPE = SearchAttributeKey.for_keyword("EventType")
 ENTITY_KEY = SearchAttributeKey.for_keyword("EntityKey")
@@ -154,6 +155,7 @@ class PartitionWorkflow:
             retry_policy=PIPELINE_RETRY,
         )
         keys: list[str] = []
+        result: RecalcResult | None = None
         if plan.seqs:
             result: RecalcResult = await workflow.execute_local_activity(
                 "recalculate",
@@ -174,6 +176,10 @@ class PartitionWorkflow:
             start_to_close_timeout=INVALIDATE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
+        if result is not None and result.changes and result.applied:
+            # After invalidation: a notification never points at a value a read could not yet show.
+            cause = f"{self._partition}@{min(result.applied)}-{max(result.applied)}"
+            await notify_changes(result.changes, cause)
         self._batches += 1
         return plan
 
@@ -225,4 +231,6 @@ class EventWorkflow:
             start_to_close_timeout=INVALIDATE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
+        if result.changes:
+            await notify_changes(result.changes, f"{inp.partition}@{inp.seq}", local=False)
         return EventResult(inp.seq, bool(result.applied), plan.entities, plan.severity)

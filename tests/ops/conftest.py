@@ -1,21 +1,16 @@
 """Fixtures for the operations tests: tool lookup and the metrics targets Prometheus scrapes.
 
-``pulse_metrics_targets`` is the seam for a running Pulse: it maps each Prometheus job name of
-``dashboards/prometheus/prometheus.yml`` to ``host:port`` targets. Until a fixture that starts the real
-API, dispatcher and worker replaces it, it serves a stand-in: an in-process ``prometheus_client`` server
-exporting every metric of :mod:`pulse.metrics` with synthetic activity, plus a real Temporal worker
-(``temporal_sdk_load.py`` in a subprocess) for the SDK's own ``temporal_*`` metrics.
+``pulse_metrics_targets`` maps each Prometheus job name of ``dashboards/prometheus/prometheus.yml`` to the
+``host:port`` of a real Pulse process (``pulse api``, ``pulse worker``, ``pulse dispatcher`` and the
+worker's Temporal SDK exporter) running against the session's Temporal dev server under a little load.
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 import socket
-import subprocess
-import sys
 import threading
-import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,155 +64,151 @@ def prometheus_bin() -> str:
     return path
 
 
-# ------------------------------------------------------------------------------ synthetic Pulse exporter
+# ------------------------------------------------------------------------------ a real Pulse under load
 
 
-class SyntheticPulseActivity:
-    """Drives every metric in :mod:`pulse.metrics` with plausible labels and values, in a thread.
+class PulseLoad:
+    """Feeds a running Pulse over HTTP in a thread: a synthetic stream, duplicates, an invalid request, a
+    poison event (a sale in a currency without a rate), reads that hit and miss the cache, and bursts past
+    a small backlog bound so that shedding shows."""
 
-    The label values mirror what the dashboards and rules select on (outcome="accepted", status="failed",
-    result="hit", …), so a dashboard query that returns nothing here points at a real mismatch.
-    """
+    def __init__(self, api_url: str, key: str, webhook_url: str, tick_s: float = 0.25) -> None:
+        from pulse.synth import Stream
 
-    SOURCES_TYPES = (("opensea", "item_sold"), ("opensea", "item_listed"), ("alchemy", "transfer"))
-    PRIORITIES = ("critical", "high", "normal", "low")
-    CHANNELS = ("in_app", "email", "sms", "push", "webhook")
-    ENGINES = ("trust", "rarity", "price", "risk", "collection_stats")
-
-    def __init__(self, tick_s: float = 0.1, seed: int = 5) -> None:
+        self.webhook_url = webhook_url
+        self.api_url = api_url
+        self.headers = {"Authorization": f"Bearer {key}"}
         self.tick_s = tick_s
-        self.rng = random.Random(seed)
+        self.stream = Stream(collections=3, tokens_per_collection=20, seed=9, source="ops-load")
         self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="synthetic-pulse-metrics", daemon=True)
-        self.backlog = dict.fromkeys(self.PRIORITIES, 0.0)
+        self.thread = threading.Thread(target=self._loop, name="pulse-load", daemon=True)
+        self.sent = 0
 
     def start(self) -> None:
-        self.tick()  # every series exists before the first scrape
+        import httpx
+
+        with httpx.Client(base_url=self.api_url, headers=self.headers, timeout=30) as http:
+            # A user who watches every collection's floor and volume, in the inbox and on a webhook.
+            profile = {
+                "channels": {"webhooks": [{"url": self.webhook_url}]},
+                "preferences": {"default": ["in_app", "webhook"]},
+            }
+            assert http.put("/v1/users/ops", json=profile).status_code == 200
+            for coll in self.stream.collections:
+                rules = [
+                    {
+                        "id": f"{metric}-move",
+                        "kind": "relative_change",
+                        "metric": metric,
+                        "pct": 0.02,
+                        "cooldown_s": 0,
+                    }
+                    for metric in ("floor", "volume")
+                ]
+                body = {
+                    "target": "collection",
+                    "entity_key": f"collection:ethereum:{coll.contract}",
+                    "rules": rules,
+                }
+                assert http.post("/v1/users/ops/subscriptions", json=body).status_code == 201
+            mints = list(self.stream.mints())
+            assert http.post("/v1/events", json={"events": mints}).status_code == 202
+            poison = {
+                **mints[0],
+                "id": "ops-poison",
+                "type": "sale",
+                "block_number": 10**9,
+                "data": {
+                    "from": mints[0]["data"]["to"],
+                    "to": mints[1]["data"]["to"],
+                    "price": {"amount": "10", "currency": "XYZ"},
+                },
+            }
+            assert http.post("/v1/events", json=poison).status_code == 202
+            assert http.post("/v1/events", json={"events": "nope"}).status_code == 422
         self.thread.start()
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self.stop_event.wait(self.tick_s):
-            self.tick()
+        import httpx
 
-    def tick(self) -> None:
-        """One step of activity on every metric."""
-        from pulse import metrics as m
-
-        rng = self.rng
-        for source, event_type in self.SOURCES_TYPES:
-            m.EVENTS_INGESTED.labels(source, event_type, "accepted").inc(rng.randint(5, 15))
-            m.EVENTS_INGESTED.labels(source, event_type, "duplicate").inc(rng.randint(0, 2))
-            m.EVENTS_INGESTED.labels(source, event_type, "rejected").inc(rng.randint(0, 1))
-            m.EVENTS_INGESTED.labels(source, event_type, "shed").inc(rng.randint(0, 1))
-            m.EVENTS_PROCESSED.labels(event_type, "processed").inc(rng.randint(5, 15))
-            m.EVENTS_PROCESSED.labels(event_type, "failed").inc(rng.randint(0, 1))
-        for endpoint in ("/v1/events", "/v1/webhooks/opensea", "/v1/webhooks/alchemy"):
-            m.INGEST_SECONDS.labels(endpoint).observe(rng.uniform(0.001, 0.05))
-        for priority in self.PRIORITIES:
-            # a backlog that drifts upward, so predict_linear has a slope to extrapolate
-            self.backlog[priority] = max(0.0, self.backlog[priority] + rng.uniform(-5, 10))
-            m.BACKLOG.labels(priority).set(self.backlog[priority])
-            m.PROCESSING_SECONDS.labels(priority).observe(rng.uniform(0.2, 12))
-            if priority in ("normal", "low"):
-                m.SHED.labels(priority).inc(rng.randint(0, 2))
-        for kind in ("workflow", "activity"):
-            m.TASK_QUEUE_BACKLOG.labels("pulse", kind).set(rng.randint(0, 40))
-        m.EVENTS_DISPATCHED.labels("partition").inc(rng.randint(10, 30))
-        m.EVENTS_DISPATCHED.labels("own_workflow").inc(rng.randint(0, 2))
-        m.DISPATCH_BATCH.observe(rng.randint(1, 800))
-        for engine in self.ENGINES:
-            m.RECALC_SECONDS.labels(engine).observe(rng.uniform(0.0005, 0.2))
-        for category in ("validation", "provider", "timeout"):
-            m.EVENTS_FAILED.labels(category).inc(rng.randint(0, 1))
-        for result, weight in (("hit", 20), ("miss", 4), ("stale", 1)):
-            m.CACHE_REQUESTS.labels(result).inc(rng.randint(0, weight))
-        m.CACHE_INVALIDATIONS.inc(rng.randint(1, 10))
-        m.NOTIFICATIONS_CREATED.labels("price_move", "info").inc(rng.randint(0, 3))
-        m.NOTIFICATIONS_CREATED.labels("fraud_finding", "critical").inc(rng.randint(0, 1))
-        for channel in self.CHANNELS:
-            m.DELIVERIES.labels(channel, "sent").inc(rng.randint(3, 6))
-            m.DELIVERIES.labels(channel, "delivered").inc(rng.randint(2, 5))
-            m.DELIVERIES.labels(channel, "failed").inc(rng.randint(0, 1))
-            m.DELIVERIES.labels(channel, "read").inc(rng.randint(0, 2))
-            m.DELIVERY_SECONDS.labels(channel).observe(rng.uniform(0.1, 20))
-        m.NOTIFICATIONS_READ.inc(rng.randint(0, 3))
-        for dependency in ("database", "temporal", "redis"):
-            m.DEPENDENCY_UP.labels(dependency).set(1)
+        with httpx.Client(base_url=self.api_url, headers=self.headers, timeout=30) as http:
+            tick = 0
+            while not self.stop_event.wait(self.tick_s):
+                tick += 1
+                size = 400 if tick % 8 == 0 else 40  # every few ticks a burst past the backlog bound
+                batch = self.stream.take(size)
+                http.post("/v1/events", json={"events": batch})
+                http.post("/v1/events", json={"events": batch[:3]})  # duplicates
+                contract = batch[0]["contract"]
+                for _ in range(2):  # the second read of an unchanged collection hits the cache
+                    http.get(f"/v1/collections/ethereum/{contract}")
+                if tick % 4 == 0:
+                    http.post("/v1/users/ops/notifications/read-all")
+                self.sent += len(batch)
 
 
 @pytest.fixture(scope="session")
-def synthetic_pulse_exporter() -> Iterator[str]:
-    """``127.0.0.1:port`` of an in-process exporter of :mod:`pulse.metrics` under synthetic activity."""
-    from prometheus_client import start_http_server
+def running_pulse(temporal_env: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """``pulse api``, ``pulse worker`` and ``pulse dispatcher`` as real processes on SQLite, under load."""
+    from tests.procs import PulseProcesses
 
-    import pulse.metrics  # noqa: F401  (registers every Pulse metric in the default registry)
-
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1")
-    activity = SyntheticPulseActivity()
-    activity.start()
+    workdir = tmp_path_factory.mktemp("ops-pulse")
+    target = temporal_env.client.service_client.config.target_host  # type: ignore[attr-defined]
+    env = {
+        "PULSE_BACKLOG_SHED_THRESHOLD": "150",
+        "PULSE_ALLOW_PRIVATE_WEBHOOKS": "true",
+        "PULSE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "PULSE_CACHE_PREFIX": f"pulse-ops-{workdir.name}:",
+    }
+    procs = PulseProcesses(f"sqlite:///{workdir / 'pulse.db'}", target, workdir / "logs", extra_env=env)
+    receiver = _webhook_receiver()
+    for part in ("api", "worker", "dispatcher"):
+        procs.start(part)
+    load = None
     try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        activity.stop()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture(scope="session")
-def temporal_sdk_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``127.0.0.1:port`` of a real Temporal worker's SDK metrics, under a few workflows per second."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("temporal-sdk") / "temporal_sdk_load.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.ops.temporal_sdk_load", "--metrics-port", str(port)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
+        procs.wait_ready()
+        load = PulseLoad(
+            procs.api_url, procs.admin_key, f"http://127.0.0.1:{receiver.server_address[1]}/hook"
         )
-    try:
-        assert proc.stdout is not None
-        ready = threading.Event()
-
-        def wait_ready() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.strip() == "READY":
-                    ready.set()
-
-        threading.Thread(target=wait_ready, daemon=True).start()
-        deadline = time.monotonic() + 60
-        while not ready.wait(0.2):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Temporal SDK load did not start:\n{log_path.read_text()[-4000:]}")
-        yield f"127.0.0.1:{port}"
+        load.start()
+        yield procs
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        if load is not None:
+            load.stop()
+        procs.stop_all()
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def _webhook_receiver() -> ThreadingHTTPServer:
+    """A local endpoint that accepts every webhook delivery (204)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    return server
 
 
 @pytest.fixture(scope="session")
-def pulse_metrics_targets(synthetic_pulse_exporter: str, temporal_sdk_exporter: str) -> dict[str, list[str]]:
-    """Prometheus job name → scrape targets (``host:port``) of a Pulse under a little load.
-
-    Placeholder: every Pulse job points at the one synthetic exporter (so ``up`` exists per job) and the
-    SDK job at the real Temporal worker. Replace it with a fixture that starts the API, dispatcher and
-    worker and returns their ``/metrics`` addresses under the same job names.
-    """
+def pulse_metrics_targets(running_pulse: object) -> dict[str, list[str]]:
+    """Prometheus job name → the ``host:port`` of each real Pulse process's ``/metrics``."""
+    ports = running_pulse.ports  # type: ignore[attr-defined]
     return {
-        JOB_API: [synthetic_pulse_exporter],
-        JOB_DISPATCHER: [synthetic_pulse_exporter],
-        JOB_WORKER: [synthetic_pulse_exporter],
-        JOB_TEMPORAL_SDK: [temporal_sdk_exporter],
+        JOB_API: [f"127.0.0.1:{ports['api']}"],
+        JOB_DISPATCHER: [f"127.0.0.1:{ports['dispatcher_metrics']}"],
+        JOB_WORKER: [f"127.0.0.1:{ports['worker_metrics']}"],
+        JOB_TEMPORAL_SDK: [f"127.0.0.1:{ports['sdk_metrics']}"],
     }

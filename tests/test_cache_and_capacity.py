@@ -1,0 +1,100 @@
+"""The read cache's version floors (in process and on a real Redis) and load shedding under a burst."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from temporalio.client import Client
+
+from store.cache import MemoryCache, RedisCache
+from tests.conftest import run_pulse
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _redis_available() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache(request: pytest.FixtureRequest) -> MemoryCache | RedisCache:
+    if request.param == "memory":
+        return MemoryCache(max_entries=10)
+    if not _redis_available():
+        pytest.skip("no Redis at 127.0.0.1:6379 (CI has one)")
+    return RedisCache(REDIS_URL, prefix=f"pulse-test-{uuid.uuid4().hex[:8]}:")
+
+
+def test_a_stale_fill_after_invalidation_is_refused(cache: MemoryCache | RedisCache) -> None:
+    cache.fill("k", 1, {"v": 1})
+    assert cache.get("k") == {"v": 1}
+    # A reader loaded version 1 before the commit of version 2 and tries to cache it afterwards.
+    cache.invalidate({"k": 2})
+    assert cache.get("k") is None
+    cache.fill("k", 1, {"v": 1})
+    assert cache.get("k") is None
+    cache.fill("k", 2, {"v": 2})
+    assert cache.get("k") == {"v": 2}
+    # A floor never moves back.
+    cache.invalidate({"k": 1})
+    cache.fill("k", 1, {"v": 1})
+    assert cache.get("k") is None
+
+
+def test_memory_cache_is_bounded() -> None:
+    cache = MemoryCache(max_entries=3)
+    for i in range(10):
+        cache.fill(f"k{i}", 1, {"i": i})
+    assert cache.get("k0") is None and cache.get("k9") == {"i": 9}
+
+
+async def test_shedding_refuses_low_priority_and_keeps_critical(
+    database_url: str, temporal_client: Client
+) -> None:
+    contract = "0x" + "ef" * 20
+    owner = "0x" + "1" * 40
+    # No worker and no dispatcher: everything accepted stays in the backlog, which passes a bound of 5.
+    async with run_pulse(
+        database_url, temporal_client, worker=False, dispatcher=False, backlog_shed_threshold=5
+    ) as pulse:
+        mints = [
+            {
+                "id": f"m{i}",
+                "source": "burst",
+                "type": "mint",
+                "occurred_at": "2026-11-01T00:00:00Z",
+                "chain": "ethereum",
+                "contract": contract,
+                "token_id": str(i),
+                "data": {"to": owner},
+            }
+            for i in range(20)
+        ]
+        assert (await pulse.post(mints[:10])).status_code == 202
+        await pulse.app.state.services.backlog.refresh()
+        finding = {
+            "id": "f1",
+            "source": "burst",
+            "type": "fraud_finding",
+            "occurred_at": "2026-11-01T00:00:01Z",
+            "chain": "ethereum",
+            "contract": contract,
+            "data": {"finding_id": "F1", "kind": "rug_pull", "severity": "critical"},
+        }
+        resp = await pulse.post([*mints[10:], finding])
+        assert resp.status_code == 429
+        assert int(resp.headers["Retry-After"]) > 0
+        body = resp.json()
+        assert [r["id"] for r in body["accepted_ids"]] == ["f1"]
+        assert len(body["refused_ids"]) == 10
+        assert (await pulse.status("burst", "f1"))["status"] == "received"
+        assert (
+            await pulse.http.get("/v1/events/burst/m15", headers=pulse.keys.auth("read"))
+        ).status_code == 404
+        metrics = (await pulse.http.get("/metrics")).text
+        assert "pulse_events_shed_total{priority=" in metrics

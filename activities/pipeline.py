@@ -116,21 +116,20 @@ class PipelineActivities:
     def analyze_impact(self, inp: ImpactInput) -> ImpactPlan:
         """Which events are pending, and exactly which entities and factors they move."""
         _count_action()
+        kind, chain, contract = split_partition(inp.partition)
         with self._db.read() as session:
             if inp.seqs:
                 rows = [r for r in events.load_by_seq(session, inp.seqs) if r.status in _APPLICABLE]
             else:
                 rows = events.pending_for_partition(session, inp.partition, inp.limit + 1)
-        has_more = len(rows) > inp.limit
-        rows = rows[: inp.limit]
-        kind, chain, contract = split_partition(inp.partition)
-        if kind != "collection" or not rows:
-            return ImpactPlan(inp.partition, [r.seq or 0 for r in rows], 0, [], [], "low", has_more)
-        parsed, _ = _parse(rows)
-        with self._db.read() as session:
+            has_more = len(rows) > inp.limit
+            rows = rows[: inp.limit]
+            if kind != "collection" or not rows:
+                return ImpactPlan(inp.partition, [r.seq or 0 for r in rows], 0, [], [], "low", has_more)
             book = self._books.peek(inp.partition, entities.book_version(session, inp.partition))
             if book is None:
                 book, _version = entities.load_book(session, inp.partition, chain, contract)
+        parsed, _ = _parse(rows)
         impact = analyze_each([event for _, event in parsed], book)
         factors = {f"nft.{f}" for f in impact.nft_factors} | {
             f"collection.{f}" for f in impact.collection_factors
@@ -284,17 +283,17 @@ class PipelineActivities:
         with self._db.write() as session:
             applied = events.applied_in_partition(session, inp.partition)
             keys = set(inp.keys) | {inp.partition if not inp.partition.startswith("rates:") else ""}
-            keys |= {_nft_key(r) for r in applied if r.token_id is not None}
+            keys |= {r.nft_key for r in applied if r.nft_key is not None}
             keys.discard("")
             versions = entities.view_versions(session, keys)
             self._cache.invalidate(versions)
-            done = events.mark_processed(session, [r.seq or 0 for r in applied])
-        for item in done:
+            processed_at = events.mark_processed(session, [r.seq for r in applied])
+        for item in applied:
             EVENTS_PROCESSED.labels(item.type, "processed").inc()
             PROCESSING_SECONDS.labels(item.priority_class).observe(
-                max(0.0, (item.processed_at - item.received_at).total_seconds())
+                max(0.0, (processed_at - item.received_at).total_seconds())
             )
-        return InvalidateResult(invalidated=len(versions), processed=len(done))
+        return InvalidateResult(invalidated=len(versions), processed=len(applied))
 
 
 #: Entities named in a plan: it travels through workflow history, where thousands of keys cost more
@@ -310,10 +309,6 @@ def _count_action() -> None:
 
 def event_workflow_id(prefix: str, source: str, external_id: str) -> str:
     return f"{prefix}event/{source}/{external_id}"
-
-
-def _nft_key(row: EventRecord) -> str:
-    return f"nft:{row.chain}:{row.contract}:{row.token_id}"
 
 
 def _order(event: Event) -> tuple[tuple[int, int, str], str, str]:

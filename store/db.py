@@ -15,7 +15,6 @@ from sqlmodel import Session, SQLModel
 
 from store import models, notify  # noqa: F401  (registers the tables on SQLModel.metadata)
 
-
 #: Advisory lock key under which schema changes run (any constant unlikely to collide).
 _SCHEMA_LOCK = 0x50554C5345
 
@@ -49,8 +48,10 @@ class Database:
             self.read_engine = self._sqlite_engine(url, echo, immediate=False)
             self.write_engine = self._sqlite_engine(url, echo, immediate=True)
         else:
+            # No pre-ping: it costs a round trip per checkout on the hot path. A dead connection raises
+            # OperationalError instead, which callers treat as transient and retry.
             engine = create_engine(
-                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
             )
             self.read_engine = self.write_engine = engine
 

@@ -300,46 +300,45 @@ def isolate(session: Session, seq: int, workflow_id: str) -> None:
     )
 
 
-def applied_in_partition(session: Session, partition: str) -> list[EventRecord]:
-    return list(
-        session.execute(
-            select(EventRecord).where(
-                EventRecord.partition == partition, EventRecord.status == EventStatus.APPLIED.value
-            )
-        ).scalars()
-    )
-
-
 @dataclass(frozen=True)
-class ProcessedEvent:
+class AppliedEvent:
+    """What invalidation needs of an applied event: its entity and what its latency metric is labelled by."""
+
     seq: int
     type: str
     priority_class: str
     received_at: datetime
-    processed_at: datetime
+    nft_key: str | None
 
 
-def mark_processed(session: Session, seqs: Sequence[int]) -> list[ProcessedEvent]:
+def applied_in_partition(session: Session, partition: str) -> list[AppliedEvent]:
+    rows = session.execute(
+        select(
+            EventRecord.seq,
+            EventRecord.type,
+            EventRecord.priority_class,
+            EventRecord.received_at,
+            EventRecord.chain,
+            EventRecord.contract,
+            EventRecord.token_id,
+        ).where(EventRecord.partition == partition, EventRecord.status == EventStatus.APPLIED.value)
+    ).all()
+    return [
+        AppliedEvent(seq, kind, cls, received, None if token is None else f"nft:{chain}:{contract}:{token}")
+        for seq, kind, cls, received, chain, contract, token in rows
+    ]
+
+
+def mark_processed(session: Session, seqs: Sequence[int]) -> datetime:
+    """Mark applied events processed; returns the time stamped on them."""
     now = utcnow()
-    done: list[ProcessedEvent] = []
     for chunk in _chunks(list(seqs)):
-        rows = session.execute(
-            select(
-                EventRecord.seq, EventRecord.type, EventRecord.priority_class, EventRecord.received_at
-            ).where(
-                EventRecord.seq.in_(chunk),  # type: ignore[union-attr]
-                EventRecord.status == EventStatus.APPLIED.value,
-            )
-        ).all()
-        if not rows:
-            continue
         session.execute(
             update(EventRecord)
-            .where(EventRecord.seq.in_([r[0] for r in rows]))  # type: ignore[union-attr]
+            .where(EventRecord.seq.in_(chunk), EventRecord.status == EventStatus.APPLIED.value)  # type: ignore[union-attr]
             .values(status=EventStatus.PROCESSED.value, processed_at=now)
         )
-        done.extend(ProcessedEvent(r[0], r[1], r[2], r[3], now) for r in rows)
-    return done
+    return now
 
 
 # -- replay, failures and counts ------------------------------------------------------------------

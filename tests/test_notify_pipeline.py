@@ -9,10 +9,8 @@ this test needs nothing beyond the notification modules.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,17 +27,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import MetricChange
 from activities.notify import DeliverInput, DetectInput, NotifyActivities
-from api.app import create_app
 from channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryError
 from channels.registry import ChannelRegistry
 from channels.sms import twilio_callback_signature
-from pulse.dispatcher import Dispatcher
-from pulse.settings import Settings
-from pulse.worker import build_worker
 from store import keys
 from store import notify as notify_store
-from store.cache import MemoryCache
 from store.db import Database
+from tests.conftest import run_pulse
 from workflows.notify import NotificationOutcome, NotificationWorkflow
 
 CONTRACT = "0x" + "cd" * 20
@@ -104,54 +98,27 @@ class NotifyPulse:
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
 
-@contextlib.asynccontextmanager
-async def run_notify_pulse(database_url: str, client: Client) -> AsyncIterator[NotifyPulse]:
-    queue = f"pulse-notify-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        database_url=database_url,
-        task_queue=queue,
-        workflow_id_prefix=f"{queue}/",
-        dispatch_interval_s=0.05,
+@pytest_asyncio.fixture
+async def npulse(database_url: str, temporal_client: Client) -> AsyncIterator[NotifyPulse]:
+    """The shared running Pulse (``tests.conftest.run_pulse``) with two users' keys, signed Twilio callbacks
+    and webhooks to 127.0.0.1 allowed."""
+    async with run_pulse(
+        database_url,
+        temporal_client,
         allow_private_webhooks=True,
         twilio_auth_token="twilio-test-token",
         public_base_url="https://pulse.example",
-    )
-    db = Database(database_url)
-    db.create_all()
-    test_keys = {
-        "admin": keys.create(db, "admin", ["admin"]),
-        "ingest": keys.create(db, "ingest", ["ingest"]),
-        "read": keys.create(db, "read", ["read"]),
-        "alice": keys.create(db, "alice", ["user:alice"]),
-        "bob": keys.create(db, "bob", ["user:bob"]),
-    }
-    cache = MemoryCache()
-    app = create_app(settings, db, cache, client)
-    worker, registry = build_worker(client, settings, db, cache, max_activities=8)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(worker.run()),
-        asyncio.create_task(Dispatcher(settings, db, client).run(stop)),
-    ]
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as http,
-    ):
-        try:
-            yield NotifyPulse(http, db, client, settings.workflow_id_prefix, test_keys)
-        finally:
-            stop.set()
-            await asyncio.wait_for(worker.shutdown(), timeout=30)
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
-            await registry.aclose()
-            db.dispose()
-
-
-@pytest_asyncio.fixture
-async def npulse(database_url: str, temporal_client: Client) -> AsyncIterator[NotifyPulse]:
-    async with run_notify_pulse(database_url, temporal_client) as running:
-        yield running
+    ) as running:
+        test_keys = {
+            "admin": running.keys.admin,
+            "ingest": running.keys.ingest,
+            "read": running.keys.read,
+            "alice": keys.create(running.db, "alice", ["user:alice"]),
+            "bob": keys.create(running.db, "bob", ["user:bob"]),
+        }
+        yield NotifyPulse(
+            running.http, running.db, running.client, running.settings.workflow_id_prefix, test_keys
+        )
 
 
 _CLOCK = itertools.count()

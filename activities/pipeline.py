@@ -207,6 +207,15 @@ class PipelineActivities:
             for row, exc in outcome.poison:
                 wf_id = event_workflow_id(self._prefix, row.source, row.external_id)
                 events.isolate(session, row.seq or 0, wf_id)
+                log.warning(
+                    "pipeline.event_isolated",
+                    extra={
+                        "event_id": f"{row.source}/{row.external_id}",
+                        "workflow_id": wf_id,
+                        "batch_workflow_id": inp.workflow_id,
+                        "reason": str(exc),
+                    },
+                )
                 isolated.append(
                     IsolatedEvent(
                         workflow_id=wf_id,
@@ -220,6 +229,14 @@ class PipelineActivities:
                     )
                 )
             RECALC_SECONDS.labels("book").observe(time.perf_counter() - started)
+        log.info(
+            "pipeline.batch_applied",
+            extra={
+                "workflow_id": inp.workflow_id,
+                "partition": plan.partition,
+                "events": len(outcome.applied),
+            },
+        )
         # Committed: later batches of this partition may start from the book in memory.
         self._books.put(plan.partition, version + 1, outcome.book)
         changes = [

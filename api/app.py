@@ -74,6 +74,7 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
     )
     app.state.services = Services(settings=settings, db=db, cache=cache, temporal=temporal, backlog=backlog)
     errors.install(app)
+
     for module in (health, events, entities, ops, users):
         app.include_router(module.router)
     return app

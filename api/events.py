@@ -15,6 +15,7 @@ from api.deps import IngestKey, ReadKey, ServicesDep
 from api.errors import InvalidInput
 from domain.classify import ClassifyContext, classify
 from domain.events import MAX_BATCH, Event, field_errors
+from pulse import tracing
 from pulse.metrics import EVENTS_INGESTED, INGEST_SECONDS, SHED
 from store import events
 from store.models import EventStatus
@@ -127,6 +128,7 @@ async def ingest(request: Request, services: ServicesDep, _key: IngestKey) -> An
             services.db,
             [batch[i] for i in keep],
             [(verdicts[i].priority, verdicts[i].priority_class) for i in keep],
+            tracing.current_traceparent() if tracing.enabled() else None,
         )
     accepted, duplicates = [], []
     for o in outcomes:

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from pulse.synth import Stream
 from pulse.temporal import DevServer, port_open
 from store.db import Database
+from store.models import EventRecord
 from tests.conftest import POSTGRES_URL, free_port
 from tests.procs import PulseProcesses
 
@@ -98,14 +99,13 @@ async def post_burst(http: httpx.AsyncClient, events: list[dict[str, Any]], conc
 
 def latencies(db: Database, source: str) -> tuple[list[float], float, int]:
     """Seconds from received_at to processed_at of a source's events, processed events/s, and count."""
-    with db.read_engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT received_at, processed_at, status FROM events WHERE source = :s"), {"s": source}
+    with db.read() as session:
+        rows = session.execute(
+            select(EventRecord.received_at, EventRecord.processed_at, EventRecord.status).where(
+                EventRecord.source == source
+            )
         ).all()
-    from store.models import UtcDateTime
-
-    conv = UtcDateTime().process_result_value
-    done = [(conv(r[0], None), conv(r[1], None)) for r in rows if r[2] == "processed"]
+    done = [(r[0], r[1]) for r in rows if r[2] == "processed"]
     lat = [(p - r).total_seconds() for r, p in done if r and p]
     if not done:
         return [], 0.0, len(rows)
@@ -113,8 +113,8 @@ def latencies(db: Database, source: str) -> tuple[list[float], float, int]:
     return lat, len(done) / span if span > 0 else float("nan"), len(rows)
 
 
-async def wait_processed(db: Database, source: str, expected: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+async def wait_processed(db: Database, source: str, expected: int, limit_s: float) -> bool:
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         with db.read_engine.connect() as conn:
             n = conn.execute(
@@ -200,7 +200,7 @@ async def run_phases(
             batch = relabel(events, source)
             before = actions(procs)
             took = await (post_paced(http, batch, args.rate) if paced else post_burst(http, batch))
-            ok = await wait_processed(db, source, len(batch), timeout=args.timeout)
+            ok = await wait_processed(db, source, len(batch), limit_s=args.timeout)
             await asyncio.sleep(1)
             results[name] = summarise(name, db, source, took, len(batch), before, actions(procs))
             results[name]["all_processed"] = ok
@@ -212,7 +212,7 @@ async def run_phases(
         batch = [{**e, "source": source} for e in baseline]
         before = actions(procs)
         took = await post_burst(http, batch)
-        ok = await wait_processed(db, source, len(batch), timeout=args.timeout)
+        ok = await wait_processed(db, source, len(batch), limit_s=args.timeout)
         await asyncio.sleep(1)
         results["naive_baseline"] = summarise(
             "naive_baseline", db, source, took, len(batch), before, actions(procs)

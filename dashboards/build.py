@@ -417,8 +417,8 @@ def overview() -> dict[str, object]:
         [
             _q(
                 # "or … * 0": no failure yet is a ratio of 0, not an empty panel.
-                '(sum(increase(pulse_notification_deliveries_total{status="failed"}[$__range])) '
-                'or sum(increase(pulse_notification_deliveries_total{status=~"delivered|failed"}[$__range])) * 0) '
+                '(sum(increase(pulse_notification_deliveries_total{status="failed"}[$__range])) or sum('
+                'increase(pulse_notification_deliveries_total{status=~"delivered|failed"}[$__range])) * 0) '
                 '/ sum(increase(pulse_notification_deliveries_total{status=~"delivered|failed"}[$__range]))',
                 "failed",
             )

@@ -1,1 +1,1 @@
-"""Pulse: the wiring package (settings, entry points, CLI) around domain/, store/, workflows/, activities/, api/."""
+"""Pulse: the wiring package (settings, entry points, CLI) around the other top-level packages."""

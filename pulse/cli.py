@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pulse import logs
+from pulse import logs, tracing
 from pulse.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
     from pulse.temporal import DevServer, connect, ensure_search_attributes
     from pulse.worker import build_worker
 
+    tracing.configure(settings, _service_name(api=api, worker=worker, dispatcher=dispatcher))
     dev: DevServer | None = None
     if embedded and not settings.temporal_address:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,10 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
         db = await asyncio.to_thread(_open_db, settings)
         sdk_metrics = f"{settings.host}:{settings.temporal_sdk_metrics_port}" if worker else None
         client = await connect(
-            settings.effective_temporal_address, settings.temporal_namespace, metrics_bind=sdk_metrics
+            settings.effective_temporal_address,
+            settings.temporal_namespace,
+            metrics_bind=sdk_metrics,
+            interceptors=tracing.client_interceptors(),
         )
         if dev is None:
             await ensure_search_attributes(client)
@@ -102,10 +106,16 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
         if registry is not None:
             await registry.aclose()
+        tracing.shutdown()
         db.dispose()
     finally:
         if dev is not None:
             await asyncio.to_thread(dev.stop)
+
+
+def _service_name(*, api: bool, worker: bool, dispatcher: bool) -> str:
+    parts = [name for name, on in (("api", api), ("worker", worker), ("dispatcher", dispatcher)) if on]
+    return "pulse" if len(parts) > 1 else f"pulse-{parts[0]}"
 
 
 def _open_db(settings: Settings):  # type: ignore[no-untyped-def]

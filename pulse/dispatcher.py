@@ -10,11 +10,13 @@ processing is idempotent, so a second hand-off never counts an event twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -25,6 +27,7 @@ from temporalio.service import RPCError
 
 from activities.pipeline import event_workflow_id
 from domain.classify import ClassifyContext, classify
+from pulse import tracing
 from pulse.metrics import BACKLOG, DISPATCH_BATCH, EVENTS_DISPATCHED, TASK_QUEUE_BACKLOG, TEMPORAL_ACTIONS
 from pulse.settings import Settings
 from store import entities, events
@@ -58,6 +61,10 @@ class Routed:
     marks: list[DispatchMark] = field(default_factory=list)
     partitions: dict[str, int] = field(default_factory=dict)
     own: list[tuple[EventRecord, str, str]] = field(default_factory=list)
+    #: Per partition, the traceparents of the requests whose events one wake carries (tracing only).
+    traces: dict[str, list[str]] = field(default_factory=dict)
+    #: Partitions with a critical or high-priority event: woken at once, never deferred.
+    urgent: set[str] = field(default_factory=set)
 
 
 class Dispatcher:
@@ -69,6 +76,8 @@ class Dispatcher:
         self._floors_at = 0.0
         self._last_sweep = 0.0
         self._last_gauges = 0.0
+        self._woken_at: dict[str, float] = {}
+        self._deferred: dict[str, tuple[int, list[str]]] = {}
         self._handoff = asyncio.Semaphore(32)
         self._thresholds = settings.classify_thresholds()
         self.dispatched = 0
@@ -84,10 +93,8 @@ class Dispatcher:
                 log.exception("dispatcher.tick_failed")
                 moved = 0
             if moved == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._settings.dispatch_interval_s)
-                except TimeoutError:
-                    pass
 
     async def tick(self) -> int:
         now = time.monotonic()
@@ -99,6 +106,7 @@ class Dispatcher:
             await self.measure_backlog()
         rows = await asyncio.to_thread(events.next_received, self._db, self._settings.dispatch_batch_max)
         if not rows:
+            await self.flush_deferred()
             return 0
         DISPATCH_BATCH.observe(len(rows))
         if now - self._floors_at > FLOORS_EVERY_S:
@@ -135,13 +143,23 @@ class Dispatcher:
             else:
                 wf_id = partition_workflow_id(self._settings.workflow_id_prefix, row.partition)
                 routed.partitions[row.partition] = max(routed.partitions.get(row.partition, 0), seq)
+                if row.traceparent:
+                    routed.traces.setdefault(row.partition, []).append(row.traceparent)
+                if verdict.priority_class in ("critical", "high"):
+                    routed.urgent.add(row.partition)
                 routed.marks.append(
                     DispatchMark(seq, Route.PARTITION, wf_id, verdict.priority, verdict.priority_class)
                 )
         return routed
 
     async def hand_off(self, routed: Routed) -> None:
-        jobs = [self._wake(partition, seq) for partition, seq in routed.partitions.items()]
+        now = time.monotonic()
+        for partition, seq in routed.partitions.items():
+            seq0, traces0 = self._deferred.get(partition, (0, []))
+            self._deferred[partition] = (max(seq, seq0), traces0 + routed.traces.get(partition, []))
+            if partition in routed.urgent:
+                self._woken_at.pop(partition, None)
+        jobs = self._due_wakes(now)
         jobs += [self._start_event(row, cls, severity) for row, cls, severity in routed.own]
         await asyncio.gather(*jobs)
         EVENTS_DISPATCHED.labels(Route.PARTITION.value).inc(
@@ -149,37 +167,61 @@ class Dispatcher:
         )
         EVENTS_DISPATCHED.labels(Route.OWN.value).inc(len(routed.own))
 
-    async def _wake(self, partition: str, seq: int) -> None:
+    def _due_wakes(self, now: float) -> list[Any]:
+        """Wakes for partitions not woken within the wake interval. Conflating wakes makes batches larger
+        under load: a signal is a workflow task, and a few per second per partition cost more than the
+        events themselves. Events wait at most the interval; critical and high ones not at all."""
+        interval = self._settings.partition_wake_interval_s
+        due = [p for p in self._deferred if now - self._woken_at.get(p, -1e9) >= interval]
+        jobs = []
+        for partition in due:
+            seq, traces = self._deferred.pop(partition)
+            self._woken_at[partition] = now
+            jobs.append(self._wake(partition, seq, traces))
+        return jobs
+
+    async def flush_deferred(self) -> None:
+        jobs = self._due_wakes(time.monotonic())
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _wake(self, partition: str, seq: int, traceparents: list[str] | None = None) -> None:
         TEMPORAL_ACTIONS.labels("signal_with_start").inc()
         async with self._handoff:
-            await self._client.start_workflow(
-                PartitionWorkflow.run,
-                PartitionInput(partition, batch_limit=self._settings.partition_batch_max),
-                id=partition_workflow_id(self._settings.workflow_id_prefix, partition),
-                task_queue=self._settings.task_queue,
-                start_signal="wake",
-                start_signal_args=[Wake(seq)],
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            )
+            with tracing.linked_span("dispatch partition", traceparents or [], partition=partition):
+                await self._signal_partition(partition, seq)
+
+    async def _signal_partition(self, partition: str, seq: int) -> None:
+        await self._client.start_workflow(
+            PartitionWorkflow.run,
+            PartitionInput(partition, batch_limit=self._settings.partition_batch_max),
+            id=partition_workflow_id(self._settings.workflow_id_prefix, partition),
+            task_queue=self._settings.task_queue,
+            start_signal="wake",
+            start_signal_args=[Wake(seq)],
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
 
     async def _start_event(self, row: EventRecord, priority_class: str, severity: str) -> None:
         TEMPORAL_ACTIONS.labels("workflow_start").inc()
         async with self._handoff:
             try:
-                await self._client.start_workflow(
-                    EventWorkflow.run,
-                    EventInput(row.partition, row.seq or 0, row.source, row.external_id, row.type),
-                    id=event_workflow_id(self._settings.workflow_id_prefix, row.source, row.external_id),
-                    task_queue=self._settings.task_queue,
-                    search_attributes=event_search_attributes(
-                        row.type, _entity(row), priority_class, severity
-                    ),
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                )
+                with tracing.continue_trace("dispatch event", row.traceparent, event=row.external_id):
+                    await self._start_event_workflow(row, priority_class, severity)
             except RPCError:
                 log.exception("dispatcher.start_failed", extra={"event_seq": row.seq})
                 raise
+
+    async def _start_event_workflow(self, row: EventRecord, priority_class: str, severity: str) -> None:
+        await self._client.start_workflow(
+            EventWorkflow.run,
+            EventInput(row.partition, row.seq or 0, row.source, row.external_id, row.type),
+            id=event_workflow_id(self._settings.workflow_id_prefix, row.source, row.external_id),
+            task_queue=self._settings.task_queue,
+            search_attributes=event_search_attributes(row.type, _entity(row), priority_class, severity),
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
 
     async def measure_backlog(self) -> None:
         """The two backlogs an operator (and an autoscaler) watches: the log's and Temporal's."""

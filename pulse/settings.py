@@ -46,6 +46,9 @@ class Settings(BaseSettings):
 
     dispatch_interval_s: float = Field(default=0.2, description="how often the dispatcher polls the log")
     dispatch_batch_max: int = Field(default=5000, description="events read from the log per dispatcher tick")
+    partition_wake_interval_s: float = Field(
+        default=0.5, description="a partition is signalled at most this often (critical events at once)"
+    )
     partition_batch_max: int = Field(default=2000, description="events one recalculation activity applies")
     significant_priority: float = Field(
         default=80.0, description="priority (0-100) from which an event gets a workflow of its own"

@@ -39,7 +39,7 @@ class SynthCollection:
 
 
 class Stream:
-    """Generates a stream over ``collections`` × ``tokens_per_collection`` tokens."""
+    """Generates a stream over ``collections`` times ``tokens_per_collection`` tokens."""
 
     def __init__(
         self,

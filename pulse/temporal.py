@@ -9,11 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from workflows.pipeline import SEARCH_ATTRIBUTES
@@ -22,7 +23,12 @@ log = logging.getLogger("pulse.temporal")
 
 
 async def connect(
-    address: str, namespace: str, *, metrics_bind: str | None = None, attempts: int = 60
+    address: str,
+    namespace: str,
+    *,
+    metrics_bind: str | None = None,
+    attempts: int = 60,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Client:
     """Connect, waiting for a server that is still starting."""
     runtime = None
@@ -32,8 +38,10 @@ async def connect(
     for _ in range(attempts):
         try:
             if runtime is None:
-                return await Client.connect(address, namespace=namespace)
-            return await Client.connect(address, namespace=namespace, runtime=runtime)
+                return await Client.connect(address, namespace=namespace, interceptors=interceptors)
+            return await Client.connect(
+                address, namespace=namespace, runtime=runtime, interceptors=interceptors
+            )
         except Exception as exc:  # the server may not be listening yet
             last = exc
             await asyncio.sleep(1)

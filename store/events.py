@@ -41,7 +41,10 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
 
 
 def append(
-    db: Database, events: Sequence[Event], priorities: Sequence[tuple[float, str]]
+    db: Database,
+    events: Sequence[Event],
+    priorities: Sequence[tuple[float, str]],
+    traceparent: str | None = None,
 ) -> list[AppendOutcome]:
     """Append events durably; (source, id) pairs already in the log are reported as duplicates.
 
@@ -63,6 +66,7 @@ def append(
             "block_number": e.block_number,
             "log_index": e.log_index,
             "tx_hash": e.tx_hash,
+            "traceparent": traceparent,
             "data": e.data,
             "partition": partition_of(e),
             "priority": prio,

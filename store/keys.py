@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from domain.events import utcnow
 from store.db import Database
@@ -35,22 +36,22 @@ def digest(key: str) -> str:
 def create(db: Database, name: str, scopes: list[str], key: str | None = None) -> str:
     """Create a key (random unless given) and return it; only its digest is kept."""
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+    row = {
+        "name": name,
+        "prefix": key[:10],
+        "digest": digest(key),
+        "scopes": " ".join(sorted(set(scopes))),
+        "created_at": utcnow(),
+        "revoked_at": None,
+    }
+    insert = sqlite.insert if db.is_sqlite else postgresql.insert
+    # An upsert: processes that start together (api, worker, dispatcher) all ensure the same bootstrap key.
+    stmt = insert(ApiKey).values(row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["digest"], set_={"scopes": stmt.excluded.scopes, "revoked_at": None}
+    )
     with db.write() as session:
-        existing = session.execute(select(ApiKey).where(ApiKey.digest == digest(key))).scalar_one_or_none()
-        if existing is not None:
-            existing.scopes = " ".join(sorted(set(scopes)))
-            existing.revoked_at = None
-            session.add(existing)
-            return key
-        session.add(
-            ApiKey(
-                name=name,
-                prefix=key[:10],
-                digest=digest(key),
-                scopes=" ".join(sorted(set(scopes))),
-                created_at=utcnow(),
-            )
-        )
+        session.execute(stmt)
     return key
 
 

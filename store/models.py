@@ -88,6 +88,8 @@ class EventRecord(SQLModel, table=True):
     block_number: int | None = Field(default=None, sa_type=BigInteger)
     log_index: int | None = None
     tx_hash: str | None = Field(default=None, max_length=80)
+    #: W3C traceparent of the request that brought the event, when tracing is on.
+    traceparent: str | None = Field(default=None, max_length=64)
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     partition: str = Field(max_length=120)
     priority: float = 0.0

@@ -150,10 +150,10 @@ class RunningPulse:
         return resp.json()  # type: ignore[no-any-return]
 
     async def wait_final(
-        self, refs: list[tuple[str, str]], timeout: float = 60
+        self, refs: list[tuple[str, str]], limit_s: float = 60
     ) -> dict[tuple[str, str], str]:
         """Wait until every event is processed or failed; returns each one's status."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + limit_s
         final: dict[tuple[str, str], str] = {}
         while True:
             for ref in refs:
@@ -166,7 +166,7 @@ class RunningPulse:
             if asyncio.get_running_loop().time() > deadline:
                 missing = [r for r in refs if r not in final][:5]
                 raise AssertionError(
-                    f"{len(refs) - len(final)} events not final after {timeout}s, e.g. {missing}"
+                    f"{len(refs) - len(final)} events not final after {limit_s}s, e.g. {missing}"
                 )
             await asyncio.sleep(0.2)
 
@@ -181,6 +181,7 @@ async def run_pulse(
         task_queue=task_queue,
         workflow_id_prefix=f"{task_queue}/",
         dispatch_interval_s=0.05,
+        partition_wake_interval_s=0.1,
         **overrides,
     )
     db = Database(database_url)

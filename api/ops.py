@@ -1,4 +1,4 @@
-"""Operator routes (admin scope): failed events and their replay."""
+"""Operator routes (admin scope): failed events and notifications, and what to do about them."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
+from temporalio.service import RPCError
 
-from api.deps import AdminKey, ServicesDep
+from api.deps import AdminKey, Services, ServicesDep
 from store import events
+from store import notify as notify_store
 from store.events import ReplayFilter
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
@@ -29,20 +31,49 @@ class Failure(BaseModel):
     web_ui: str | None
 
 
+class NotificationFailure(BaseModel):
+    notification_id: int
+    user_id: str
+    kind: str
+    channel: str
+    reason: str | None
+    attempts: int
+    last_attempt: datetime
+    workflow_id: str | None
+    web_ui: str | None
+
+
 class FailureList(BaseModel):
     items: list[Failure]
+    notifications: list[NotificationFailure]
     limit: int
     offset: int
 
 
 class FailureAction(BaseModel):
-    action: Literal["retry", "skip"]
-    seqs: list[int] = Field(min_length=1, max_length=10_000)
+    """``retry`` sends failed events back through the dispatcher; ``skip`` acknowledges them (they leave
+    the list); ``cancel`` stops the Temporal workflows of events or notifications (a notification's
+    escalation or retries) and acknowledges the events."""
+
+    action: Literal["retry", "skip", "cancel"]
+    seqs: list[int] = Field(default_factory=list, max_length=10_000)
+    notification_ids: list[int] = Field(default_factory=list, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _something(self) -> FailureAction:
+        if not self.seqs and not self.notification_ids:
+            raise ValueError("name at least one event in seqs or notification in notification_ids")
+        if self.action == "retry" and self.notification_ids:
+            raise ValueError(
+                "notifications are retried by their workflow already; cancel them or fix the user's channel"
+            )
+        return self
 
 
 class ActionResult(BaseModel):
     action: str
     changed: int
+    cancelled_workflows: int = 0
 
 
 @router.get("/failures", response_model=FailureList)
@@ -55,6 +86,15 @@ async def list_failures(
     rows = await run_in_threadpool(events.failures, services.db, limit, offset)
     ui = f"http://{services.settings.host}:{services.settings.temporal_ui_port}"
     ns = services.settings.temporal_namespace
+
+    def link(workflow_id: str | None) -> str | None:
+        return f"{ui}/namespaces/{ns}/workflows/{workflow_id}" if workflow_id else None
+
+    def failed_deliveries() -> list[notify_store.FailedDelivery]:
+        with services.db.read() as session:
+            return notify_store.failed_deliveries(session, limit, offset)
+
+    deliveries = await run_in_threadpool(failed_deliveries)
     return FailureList(
         items=[
             Failure(
@@ -67,9 +107,23 @@ async def list_failures(
                 attempts=r.attempts,
                 last_attempt=r.processed_at,
                 workflow_id=r.workflow_id,
-                web_ui=f"{ui}/namespaces/{ns}/workflows/{r.workflow_id}" if r.workflow_id else None,
+                web_ui=link(r.workflow_id),
             )
             for r in rows
+        ],
+        notifications=[
+            NotificationFailure(
+                notification_id=d.notification_id,
+                user_id=d.user_id,
+                kind=d.kind,
+                channel=d.channel,
+                reason=d.error,
+                attempts=d.attempts,
+                last_attempt=d.updated_at,
+                workflow_id=d.workflow_id,
+                web_ui=link(d.workflow_id),
+            )
+            for d in deliveries
         ],
         limit=limit,
         offset=offset,
@@ -78,11 +132,39 @@ async def list_failures(
 
 @router.post("/failures", response_model=ActionResult)
 async def act_on_failures(body: FailureAction, services: ServicesDep, _key: AdminKey) -> ActionResult:
-    """``retry`` sends failed events back through the dispatcher; ``skip`` leaves them failed for good."""
-    flt = ReplayFilter(seqs=body.seqs, statuses=("failed",))
-    seqs = await run_in_threadpool(events.seqs_matching, services.db, flt)
-    if body.action == "retry":
-        changed = await run_in_threadpool(events.requeue, services.db, seqs)
-    else:
-        changed = await run_in_threadpool(events.skip, services.db, seqs)
-    return ActionResult(action=body.action, changed=changed)
+    """Act on failed events (retry, skip, cancel) and notifications (cancel), one or many at once."""
+    changed = cancelled = 0
+    if body.seqs:
+        flt = ReplayFilter(seqs=body.seqs, statuses=("failed",))
+        seqs = await run_in_threadpool(events.seqs_matching, services.db, flt)
+        if body.action == "retry":
+            changed += await run_in_threadpool(events.requeue, services.db, seqs)
+        else:
+            changed += await run_in_threadpool(events.skip, services.db, seqs)
+        if body.action == "cancel":
+            rows = await run_in_threadpool(events.rows_by_seq, services.db, seqs)
+            cancelled += await _cancel(services, [r.workflow_id for r in rows if r.workflow_id])
+    if body.notification_ids and body.action == "cancel":
+
+        def workflow_ids() -> list[str]:
+            with services.db.read() as session:
+                return notify_store.workflow_ids_of(session, body.notification_ids)
+
+        ids = await run_in_threadpool(workflow_ids)
+        cancelled += await _cancel(services, ids)
+        changed += len(ids)
+    return ActionResult(action=body.action, changed=changed, cancelled_workflows=cancelled)
+
+
+async def _cancel(services: Services, workflow_ids: list[str]) -> int:
+    """Cancel running workflows; a closed or unknown one is simply not running any more."""
+    if services.temporal is None:
+        return 0
+    cancelled = 0
+    for workflow_id in dict.fromkeys(workflow_ids):
+        try:
+            await services.temporal.get_workflow_handle(workflow_id).cancel()
+            cancelled += 1
+        except RPCError:
+            continue
+    return cancelled

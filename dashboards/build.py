@@ -465,11 +465,11 @@ def pipeline() -> dict[str, object]:
         stacked=True,
     )
     b.graph(
-        "Ingest request latency by endpoint",
-        "Time to validate and durably append one ingest request: p50 and p99 per endpoint.",
+        "Ingest latency by source",
+        "Time to validate and durably append the requests carrying each source's events: p50 and p99.",
         [
-            _q(_p(0.5, "pulse_ingest_request_seconds", "endpoint"), "p50 {{endpoint}}"),
-            _q(_p(0.99, "pulse_ingest_request_seconds", "endpoint"), "p99 {{endpoint}}"),
+            _q(_p(0.5, "pulse_ingest_request_seconds", "source"), "p50 {{source}}"),
+            _q(_p(0.99, "pulse_ingest_request_seconds", "source"), "p99 {{source}}"),
         ],
         unit="s",
     )

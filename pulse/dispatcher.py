@@ -50,6 +50,8 @@ SWEEP_EVERY_S = 15.0
 STALE_AFTER = timedelta(seconds=60)
 FLOORS_EVERY_S = 5.0
 GAUGES_EVERY_S = 2.0
+#: Backlog that doubles the wake interval (see ``Dispatcher.wake_interval``).
+BACKLOG_PER_STEP = 10_000
 _QUEUE_KINDS = {
     "workflow": TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
     "activity": TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
@@ -77,6 +79,7 @@ class Dispatcher:
         self._last_sweep = 0.0
         self._last_gauges = 0.0
         self._woken_at: dict[str, float] = {}
+        self._backlog = 0
         self._deferred: dict[str, tuple[int, list[str]]] = {}
         self._handoff = asyncio.Semaphore(32)
         self._thresholds = settings.classify_thresholds()
@@ -171,7 +174,7 @@ class Dispatcher:
         """Wakes for partitions not woken within the wake interval. Conflating wakes makes batches larger
         under load: a signal is a workflow task, and a few per second per partition cost more than the
         events themselves. Events wait at most the interval; critical and high ones not at all."""
-        interval = self._settings.partition_wake_interval_s
+        interval = self.wake_interval()
         due = [p for p in self._deferred if now - self._woken_at.get(p, -1e9) >= interval]
         jobs = []
         for partition in due:
@@ -179,6 +182,12 @@ class Dispatcher:
             self._woken_at[partition] = now
             jobs.append(self._wake(partition, seq, traces))
         return jobs
+
+    def wake_interval(self) -> float:
+        """Adapts to the backlog: idle, wakes come at the configured pace for low latency; behind, they
+        come up to four times rarer, so each batch carries more events and Temporal does less per event."""
+        base = self._settings.partition_wake_interval_s
+        return base * min(4.0, 1.0 + self._backlog / BACKLOG_PER_STEP)
 
     async def flush_deferred(self) -> None:
         jobs = self._due_wakes(time.monotonic())
@@ -226,6 +235,7 @@ class Dispatcher:
     async def measure_backlog(self) -> None:
         """The two backlogs an operator (and an autoscaler) watches: the log's and Temporal's."""
         counts = await asyncio.to_thread(events.backlog_by_class, self._db)
+        self._backlog = sum(counts.values())
         for cls in ("critical", "high", "normal", "low"):
             BACKLOG.labels(cls).set(counts.get(cls, 0))
         for kind, queue_type in _QUEUE_KINDS.items():

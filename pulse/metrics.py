@@ -17,8 +17,8 @@ EVENTS_INGESTED = Counter(
 )
 INGEST_SECONDS = Histogram(
     "pulse_ingest_request_seconds",
-    "Time to validate and durably append one ingest request.",
-    ["endpoint"],
+    "Time to validate and durably append one ingest request, once per source and type it carried.",
+    ["source", "type"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 BACKLOG = Gauge(

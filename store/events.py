@@ -460,3 +460,8 @@ def skip(db: Database, seqs: Sequence[int]) -> int:
             )
             changed += result.rowcount or 0
     return changed
+
+
+def rows_by_seq(db: Database, seqs: Sequence[int]) -> list[EventRecord]:
+    with db.read() as session:
+        return load_by_seq(session, seqs)

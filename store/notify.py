@@ -387,3 +387,48 @@ def delete_subscription(session: Session, subscription_id: str) -> None:
     replace_subscription_keys(session, subscription_id, [])
     session.execute(delete(RuleStateRecord).where(col(RuleStateRecord.subscription_id) == subscription_id))
     session.execute(delete(Subscription).where(col(Subscription.id) == subscription_id))
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A channel that gave up on a notification, for the operators' failure list."""
+
+    notification_id: int
+    user_id: str
+    kind: str
+    channel: str
+    error: str | None
+    attempts: int
+    updated_at: datetime
+    workflow_id: str | None
+
+
+def failed_deliveries(session: Session, limit: int, offset: int = 0) -> list[FailedDelivery]:
+    rows = session.execute(
+        select(
+            Delivery.notification_id,
+            Notification.user_id,
+            Notification.kind,
+            Delivery.channel,
+            Delivery.error,
+            Delivery.attempts,
+            Delivery.updated_at,
+            Notification.workflow_id,
+        )
+        .join(Notification, Notification.id == Delivery.notification_id)  # type: ignore[arg-type]
+        .where(Delivery.status == "failed")
+        .order_by(Delivery.updated_at.desc())  # type: ignore[attr-defined]
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [FailedDelivery(*row) for row in rows]
+
+
+def workflow_ids_of(session: Session, notification_ids: Sequence[int]) -> list[str]:
+    return [
+        wf
+        for (wf,) in session.execute(
+            select(Notification.workflow_id).where(col(Notification.id).in_(list(notification_ids)))
+        )
+        if wf
+    ]

@@ -98,3 +98,15 @@ async def test_shedding_refuses_low_priority_and_keeps_critical(
         ).status_code == 404
         metrics = (await pulse.http.get("/metrics")).text
         assert "pulse_events_shed_total{priority=" in metrics
+
+
+def test_dispatcher_wakes_less_often_when_behind() -> None:
+    from pulse.dispatcher import BACKLOG_PER_STEP, Dispatcher
+    from pulse.settings import Settings
+
+    dispatcher = Dispatcher(Settings(partition_wake_interval_s=0.5), db=None, client=None)  # type: ignore[arg-type]
+    assert dispatcher.wake_interval() == 0.5
+    dispatcher._backlog = BACKLOG_PER_STEP
+    assert dispatcher.wake_interval() == 1.0
+    dispatcher._backlog = 100 * BACKLOG_PER_STEP
+    assert dispatcher.wake_interval() == 2.0

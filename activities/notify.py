@@ -90,7 +90,9 @@ class DetectInput:
     """The metric changes of one applied batch, the time they were applied, and what caused them."""
 
     changes: list[MetricChange]
-    #: ISO-8601 aware time of the change (the workflow's clock: deterministic across retries).
+    #: ISO-8601 aware time of the change; empty: the activity's own clock. The pipeline leaves it empty
+    #: because a workflow's clock stands still while one task runs a chain of local activities; a retry
+    #: still answers the same, through the cause's detection record.
     at: str
     #: Identifies the batch (e.g. ``partition@seq``); makes a retried detection return its first answer.
     cause: str | None = None
@@ -365,7 +367,7 @@ class NotifyActivities:
 
     def detect(self, inp: DetectInput) -> DetectResult:
         """The synchronous core of detection (one write transaction)."""
-        at = parse_time(inp.at)
+        at = parse_time(inp.at) if inp.at else datetime.now(UTC)
         with self._db.write() as s:
             if inp.cause:
                 done = s.get(store.DetectionRecord, inp.cause)
@@ -572,7 +574,15 @@ class NotifyActivities:
     async def dispatch(self, result: DetectResult) -> None:
         """Start each notification's workflow, or hand it to the user's digest; idempotent by workflow id."""
         assert self._client is not None and self._task_queue is not None
+        # In-app only, due now and not critical: storing it in the inbox is the whole delivery, so it
+        # needs no workflow of its own (a workflow per notification would cap delivery at Temporal's
+        # rate for workflows, tens per second on one machine).
+        direct = [req for req in result.notifications if _inbox_is_enough(req)]
+        if direct:
+            await asyncio.to_thread(self._mark_delivered, [req.notification_id for req in direct], [])
         for req in result.notifications:
+            if _inbox_is_enough(req):
+                continue
             if req.route == Route.DIGEST.value and req.digest is not None:
                 await self._client.start_workflow(
                     "Digest",
@@ -828,14 +838,15 @@ class NotifyActivities:
                 log.warning("notify.digest_channel_failed", extra={"channel": name, "error": str(exc)})
                 continue
             sent.append(name)
-        await asyncio.to_thread(self._digest_done, ids, sent)
+        await asyncio.to_thread(self._mark_delivered, ids, sent)
         return SendDigestResult(inp.digest_key, ["in_app", *sent], len(ids))
 
     def _user(self, user_id: str) -> store.NotifyUser | None:
         with self._db.read() as s:
             return s.get(store.NotifyUser, user_id)
 
-    def _digest_done(self, ids: list[int], channels: list[str]) -> None:
+    def _mark_delivered(self, ids: list[int], channels: list[str]) -> None:
+        """In the inbox (delivered) and, for ``channels``, sent."""
         now = datetime.now(UTC)
         with self._db.write() as s:
             for nid in ids:
@@ -849,6 +860,15 @@ class NotifyActivities:
                 _observe_delivery("in_app", "delivered", row.created_at)
                 for name in channels:
                     store.upsert_delivery(s, nid, name, "sent", now)
+
+
+def _inbox_is_enough(req: NotifyRequest) -> bool:
+    return (
+        req.route == Route.NOW.value
+        and req.channels == ["in_app"]
+        and req.escalation is None
+        and req.not_before is None
+    )
 
 
 def _observe_delivery(channel: str, status: str, created_at: datetime) -> None:

@@ -50,6 +50,7 @@ SWEEP_EVERY_S = 15.0
 STALE_AFTER = timedelta(seconds=60)
 FLOORS_EVERY_S = 5.0
 GAUGES_EVERY_S = 2.0
+MAX_HANDOFF_CONCURRENCY = 64
 #: Backlog that doubles the wake interval (see ``Dispatcher.wake_interval``).
 BACKLOG_PER_STEP = 10_000
 _QUEUE_KINDS = {
@@ -81,7 +82,7 @@ class Dispatcher:
         self._woken_at: dict[str, float] = {}
         self._backlog = 0
         self._deferred: dict[str, tuple[int, list[str]]] = {}
-        self._handoff = asyncio.Semaphore(32)
+        self._handoff = asyncio.Semaphore(8)
         self._thresholds = settings.classify_thresholds()
         self.dispatched = 0
 
@@ -164,6 +165,7 @@ class Dispatcher:
                 self._woken_at.pop(partition, None)
         jobs = self._due_wakes(now)
         jobs += [self._start_event(row, cls, severity) for row, cls, severity in routed.own]
+        self._handoff = asyncio.Semaphore(self.handoff_concurrency())
         await asyncio.gather(*jobs)
         EVENTS_DISPATCHED.labels(Route.PARTITION.value).inc(
             sum(1 for m in routed.marks if m.route is Route.PARTITION)
@@ -182,6 +184,11 @@ class Dispatcher:
             self._woken_at[partition] = now
             jobs.append(self._wake(partition, seq, traces))
         return jobs
+
+    def handoff_concurrency(self) -> int:
+        """Hand-offs in flight at once: few when idle, more as the backlog grows (up to a bound that keeps
+        the Temporal frontend's queue short)."""
+        return min(MAX_HANDOFF_CONCURRENCY, 8 + self._backlog // 1_000)
 
     def wake_interval(self) -> float:
         """Adapts to the backlog: idle, wakes come at the configured pace for low latency; behind, they

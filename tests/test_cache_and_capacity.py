@@ -100,13 +100,13 @@ async def test_shedding_refuses_low_priority_and_keeps_critical(
         assert "pulse_events_shed_total{priority=" in metrics
 
 
-def test_dispatcher_wakes_less_often_when_behind() -> None:
-    from pulse.dispatcher import BACKLOG_PER_STEP, Dispatcher
+def test_dispatcher_adapts_wakes_and_concurrency_to_the_backlog() -> None:
+    from pulse.dispatcher import BACKLOG_PER_STEP, MAX_HANDOFF_CONCURRENCY, Dispatcher
     from pulse.settings import Settings
 
     dispatcher = Dispatcher(Settings(partition_wake_interval_s=0.5), db=None, client=None)  # type: ignore[arg-type]
-    assert dispatcher.wake_interval() == 0.5
+    assert dispatcher.wake_interval() == 0.5 and dispatcher.handoff_concurrency() == 8
     dispatcher._backlog = BACKLOG_PER_STEP
-    assert dispatcher.wake_interval() == 1.0
+    assert dispatcher.wake_interval() == 1.0 and dispatcher.handoff_concurrency() == 18
     dispatcher._backlog = 100 * BACKLOG_PER_STEP
-    assert dispatcher.wake_interval() == 2.0
+    assert dispatcher.wake_interval() == 2.0 and dispatcher.handoff_concurrency() == MAX_HANDOFF_CONCURRENCY

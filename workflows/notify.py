@@ -85,7 +85,7 @@ async def notify_changes(changes: list[MetricChange], cause: str, *, local: bool
     result is read as plain JSON: the calling workflow only needs the count, and typed decoding would
     make the pipeline's sandbox resolve every notification type by name.
     """
-    inp = DetectInput(changes=changes, at=workflow.now().isoformat(), cause=cause)
+    inp = DetectInput(changes=changes, at="", cause=cause)
     if local:
         raw = await workflow.execute_local_activity(
             "detect_significant_changes",

@@ -15,21 +15,20 @@ import json
 import random
 import re
 import tempfile
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import insert, select
 
-from bench.pipeline import percentile, post_paced, wait_processed
+from bench.pipeline import bench_database, percentile, post_paced, wait_processed
 from pulse.synth import Stream
 from pulse.temporal import DevServer
 from store import notify as notify_store
 from store.db import Database
 from store.models import EventRecord
-from tests.conftest import POSTGRES_URL, free_port
+from tests.conftest import free_port
 from tests.procs import PulseProcesses
 
 
@@ -161,17 +160,13 @@ async def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pulse-notify-bench-"))
-    schema = None
-    if args.database == "postgres":
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        database_url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    else:
-        database_url = f"sqlite:///{workdir / 'pulse.db'}"
+    with bench_database(args.database, workdir) as database_url:
+        report = await run(args, database_url, workdir)
+    print(json.dumps(report, indent=2))
+
+
+async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dict[str, Any]:
     db = Database(database_url)
-    db.create_all()
     stream = Stream(
         collections=args.collections, tokens_per_collection=args.tokens // args.collections, seed=5
     )
@@ -194,7 +189,7 @@ async def main() -> None:
             took = await post_paced(http, load, args.rate)
             ok = await wait_processed(db, stream.source, len(mints) + len(load), limit_s=args.timeout)
             await asyncio.sleep(5)  # let the last deliveries land
-        report = {
+        return {
             "config": {
                 "database": args.database,
                 "users": args.users,
@@ -209,14 +204,10 @@ async def main() -> None:
             "all_processed": ok,
             **measure(db, since),
         }
-        print(json.dumps(report, indent=2))
     finally:
         await asyncio.to_thread(procs.stop_all)
         dev.stop()
         db.dispose()
-        if schema is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
 if __name__ == "__main__":

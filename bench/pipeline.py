@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 
 from pulse.synth import Stream
-from pulse.temporal import DevServer, port_open
+from pulse.temporal import DevServer
 from store.db import Database
 from store.models import EventRecord
-from tests.conftest import POSTGRES_URL, free_port
+from tests.conftest import free_port, postgres_schema
 from tests.procs import PulseProcesses
 
 BATCH = 100
@@ -245,32 +247,8 @@ async def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pulse-bench-"))
-    if args.database == "postgres":
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        database_url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    else:
-        database_url = f"sqlite:///{workdir / 'pulse.db'}"
-    Database(database_url).create_all()
-    port, ui = free_port(), free_port()
-    dev = DevServer(
-        "127.0.0.1",
-        port,
-        ui,
-        workdir / "temporal.db" if args.temporal_file else None,
-        workdir / "temporal.log",
-    )
-    dev.start()
-    assert port_open("127.0.0.1", port)
-    try:
-        results = await run_phases(args, database_url, dev.address, workdir)
-    finally:
-        dev.stop()
-        if args.database == "postgres":
-            with admin.connect() as conn:
-                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    with bench_database(args.database, workdir) as database_url:
+        results = await run_with_server(args, database_url, workdir)
     report = {
         "config": {
             "database": args.database,
@@ -286,6 +264,35 @@ async def main() -> None:
         **results,
     }
     print(json.dumps(report, indent=2))
+
+
+@contextlib.contextmanager
+def bench_database(kind: str, workdir: Path) -> Iterator[str]:
+    """A database of the benchmark's own: a fresh Postgres schema (dropped afterwards) or a SQLite file."""
+    if kind == "postgres":
+        with postgres_schema() as url:
+            Database(url).create_all()
+            yield url
+    else:
+        url = f"sqlite:///{workdir / 'pulse.db'}"
+        Database(url).create_all()
+        yield url
+
+
+async def run_with_server(args: argparse.Namespace, database_url: str, workdir: Path) -> dict[str, Any]:
+    port, ui = free_port(), free_port()
+    dev = DevServer(
+        "127.0.0.1",
+        port,
+        ui,
+        workdir / "temporal.db" if args.temporal_file else None,
+        workdir / "temporal.log",
+    )
+    dev.start()
+    try:
+        return await run_phases(args, database_url, dev.address, workdir)
+    finally:
+        dev.stop()
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def _sqlite_url(tmp_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _postgres_schema() -> Iterator[str]:
+def postgres_schema() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -105,7 +105,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     if not _PG:
         pytest.skip(f"no Postgres at {POSTGRES_URL} (CI has one; set PULSE_TEST_POSTGRES_URL elsewhere)")
-    with _postgres_schema() as url:
+    with postgres_schema() as url:
         yield url
 
 

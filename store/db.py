@@ -86,9 +86,6 @@ class Database:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
             SQLModel.metadata.create_all(conn)
 
-    def drop_all(self) -> None:
-        SQLModel.metadata.drop_all(self.write_engine)
-
     @contextmanager
     def read(self) -> Iterator[Session]:
         with Session(self.read_engine, expire_on_commit=False) as session:

@@ -115,16 +115,6 @@ def view_versions(session: Session, keys: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def views_of_collection(db: Database, collection_key: str) -> dict[str, dict[str, Any]]:
-    with db.read() as session:
-        return {
-            key: view
-            for key, view in session.execute(
-                select(EntityView.key, EntityView.view).where(EntityView.collection_key == collection_key)
-            )
-        }
-
-
 def book_keys(db: Database) -> list[tuple[str, str, str]]:
     with db.read() as session:
         return [

@@ -260,20 +260,6 @@ def processed_events_of(session: Session, partition: str) -> list[EventRecord]:
     )
 
 
-def partitions_with_state(db: Database) -> list[str]:
-    with db.read() as session:
-        return [
-            p
-            for (p,) in session.execute(
-                select(EventRecord.partition)
-                .where(
-                    EventRecord.status.in_([EventStatus.APPLIED.value, EventStatus.PROCESSED.value])  # type: ignore[attr-defined]
-                )
-                .distinct()
-            )
-        ]
-
-
 def mark_applied(session: Session, seqs: Sequence[int]) -> None:
     for chunk in _chunks(list(seqs)):
         session.execute(
@@ -375,13 +361,6 @@ class ReplayFilter:
         if self.seqs:
             parts.append(EventRecord.seq.in_(list(self.seqs)))  # type: ignore[union-attr]
         return and_(*parts) if parts else or_(True)  # type: ignore[arg-type]
-
-
-def count_matching(db: Database, flt: ReplayFilter) -> int:
-    with db.read() as session:
-        return int(
-            session.execute(select(func.count()).select_from(EventRecord).where(flt.clause())).scalar_one()
-        )
 
 
 def seqs_matching(db: Database, flt: ReplayFilter) -> list[int]:

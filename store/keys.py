@@ -63,8 +63,3 @@ def authenticate(db: Database, key: str) -> Principal | None:
     if row is None or row.id is None:
         return None
     return Principal(row.id, row.name, frozenset(row.scopes.split()))
-
-
-def count(db: Database) -> int:
-    with db.read() as session:
-        return len(session.execute(select(ApiKey.id)).all())

@@ -160,14 +160,15 @@ class PipelineActivities:
         except TransientStoreError as exc:
             raise ApplicationError(str(exc), type="TransientStoreError") from exc
         if failure is not None:
-            row, exc = failure
+            row, error = failure
+            category = error_category(error)
             with self._db.write() as session:
-                events.mark_failed(session, row.seq or 0, str(exc), error_category(exc), inp.workflow_id)
-            EVENTS_FAILED.labels(error_category(exc)).inc()
+                events.mark_failed(session, row.seq or 0, str(error), category, inp.workflow_id)
+            EVENTS_FAILED.labels(category).inc()
             EVENTS_PROCESSED.labels(row.type, "failed").inc()
             raise ApplicationError(
-                f"event {row.source}/{row.external_id} cannot be processed: {exc}",
-                {"seq": row.seq, "category": error_category(exc)},
+                f"event {row.source}/{row.external_id} cannot be processed: {error}",
+                {"seq": row.seq, "category": category},
                 type=PermanentProcessingError.__name__,
                 non_retryable=True,
             )

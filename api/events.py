@@ -130,7 +130,8 @@ async def ingest(request: Request, services: ServicesDep, _key: IngestKey) -> An
             [(verdicts[i].priority, verdicts[i].priority_class) for i in keep],
             tracing.current_traceparent() if tracing.enabled() else None,
         )
-    accepted, duplicates = [], []
+    accepted: list[EventRef] = []
+    duplicates: list[EventRef] = []
     for o in outcomes:
         index = keep[o.index]
         ref = EventRef(index=index, source=o.source, id=o.id, seq=o.seq)

@@ -82,8 +82,9 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
                 log_config=None,
                 access_log=False,
             )
+            # Uvicorn captures SIGINT/SIGTERM while it serves, exits, then re-raises the signal to the
+            # handlers set above: the rest of the process stops after the API has closed its connections.
             server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             tasks.append(asyncio.create_task(server.serve()))
         running_worker = registry = None
         if worker:

@@ -157,7 +157,7 @@ class PartitionWorkflow:
         keys: list[str] = []
         result: RecalcResult | None = None
         if plan.seqs:
-            result: RecalcResult = await workflow.execute_local_activity(
+            result = await workflow.execute_local_activity(
                 "recalculate",
                 RecalcInput(plan, workflow.info().workflow_id),
                 result_type=RecalcResult,

@@ -12,7 +12,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -300,9 +299,9 @@ class PipelineActivities:
         _count_action()
         with self._db.write() as session:
             applied = events.applied_in_partition(session, inp.partition)
-            keys = set(inp.keys) | {inp.partition if not inp.partition.startswith("rates:") else ""}
-            keys |= {r.nft_key for r in applied if r.nft_key is not None}
-            keys.discard("")
+            keys = set(inp.keys) | {r.nft_key for r in applied if r.nft_key is not None}
+            if not inp.partition.startswith("rates:"):
+                keys.add(inp.partition)
             versions = entities.view_versions(session, keys)
             self._cache.invalidate(versions)
             processed_at = events.mark_processed(session, [r.seq for r in applied])
@@ -350,8 +349,7 @@ def _parse(
 
 
 def _plain(value: object) -> str | float | int | bool | None:
+    """Metric values travel as JSON scalars; Decimals and anything else as their string form."""
     if value is None or isinstance(value, str | float | int | bool):
         return value
-    if isinstance(value, Decimal):
-        return str(value)
     return str(value)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ReadKey, ServicesDep
+from api.errors import InvalidInput
 from domain.events import collection_key, nft_key
 from store import entities
 
@@ -25,8 +26,6 @@ def _check(contract: str, token_id: str | None = None) -> None:
     if token_id is not None and not _TOKEN.match(token_id):
         errors.append({"field": "token_id", "reason": "must be a decimal string"})
     if errors:
-        from api.errors import InvalidInput
-
         raise InvalidInput(errors)
 
 

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import IngestKey, ReadKey, ServicesDep
 from api.errors import InvalidInput
@@ -121,8 +122,6 @@ async def ingest(request: Request, services: ServicesDep, _key: IngestKey) -> An
             EVENTS_INGESTED.labels(batch[ref.index].source, batch[ref.index].type.value, "shed").inc()
     outcomes = []
     if keep:
-        from starlette.concurrency import run_in_threadpool
-
         outcomes = await run_in_threadpool(
             events.append,
             services.db,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -360,7 +360,7 @@ class ReplayFilter:
             parts.append(EventRecord.status.in_(list(self.statuses)))  # type: ignore[attr-defined]
         if self.seqs:
             parts.append(EventRecord.seq.in_(list(self.seqs)))  # type: ignore[union-attr]
-        return and_(*parts) if parts else or_(True)  # type: ignore[arg-type]
+        return and_(true(), *parts)
 
 
 def seqs_matching(db: Database, flt: ReplayFilter) -> list[int]:

@@ -28,12 +28,13 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
-from activities.contracts import MetricChange
+from activities.contracts import ChangeSet, MetricChange
 from channels.base import (
     DeliveryReceipt,
     OutboundMessage,
     PermanentDeliveryError,
     PushSubscription,
+    Reconciling,
     TransientDeliveryError,
 )
 from channels.email import SendGridConfig, SmtpConfig
@@ -41,6 +42,13 @@ from channels.push import WebPushConfig
 from channels.registry import ChannelRegistry, ChannelsConfig, UnknownChannelError, build_registry
 from channels.sms import TwilioConfig
 from channels.webhook import WebhookConfig, next_retry_delay
+from domain.exposure import (
+    REFERENCE_CURRENCY,
+    Position,
+    collection_position,
+    nft_position,
+    reference_value,
+)
 from domain.rules import (
     AlertSeverity,
     BudgetState,
@@ -59,7 +67,15 @@ from domain.rules import MetricChange as RuleChange
 from pulse.metrics import DELIVERIES, DELIVERY_SECONDS, NOTIFICATIONS_CREATED
 from store import notify as store
 from store.db import Database
-from templates.renderer import NotificationContext, render
+from templates.renderer import (
+    DigestContext,
+    DigestGroupContext,
+    DigestItemContext,
+    Holding,
+    NotificationContext,
+    render,
+    render_digest,
+)
 
 log = logging.getLogger("pulse.notify")
 
@@ -89,7 +105,7 @@ _UNITS = {
 class DetectInput:
     """The metric changes of one applied batch, the time they were applied, and what caused them."""
 
-    changes: list[MetricChange]
+    changes: ChangeSet
     #: ISO-8601 aware time of the change; empty: the activity's own clock. The pipeline leaves it empty
     #: because a workflow's clock stands still while one task runs a chain of local activities; a retry
     #: still answers the same, through the cause's detection record.
@@ -374,14 +390,25 @@ class NotifyActivities:
                 if done is not None:
                     # The first attempt committed: answer the same, never create again.
                     return self._replay(s, done.notification_ids)
+            changes = list(inp.changes)
+            # One query for the current owner (and value) of every changed NFT, and the floor of every
+            # changed collection: owners route NFT changes to the wallets holding them, values rank.
+            facts = store.entity_facts(s, {ch.entity for ch in changes})
             by_entity: dict[str, list[MetricChange]] = {}
-            for ch in inp.changes:
+            for ch in changes:
                 by_entity.setdefault(ch.entity, []).append(ch)
+                wallets: set[str] = set()
                 if ch.metric == "owner":
                     # A transfer concerns the wallets on both sides: wallet and portfolio watchers.
-                    for side in (ch.before, ch.after):
-                        if isinstance(side, str) and side:
-                            by_entity.setdefault(wallet_key(side), []).append(ch)
+                    wallets |= {
+                        side.lower() for side in (ch.before, ch.after) if isinstance(side, str) and side
+                    }
+                held = facts.get(ch.entity)
+                if held is not None and held.owner:
+                    # Any change of a held NFT (trust, price estimate, risk …) concerns its holder's wallet.
+                    wallets.add(held.owner)
+                for wallet in sorted(wallets):
+                    by_entity.setdefault(wallet_key(wallet), []).append(ch)
             found = store.watchers(s, by_entity, lock_users=not self._db.is_sqlite)
             result = DetectResult()
             if not found:
@@ -397,9 +424,14 @@ class NotifyActivities:
             )
             fired: dict[str, list[tuple[Candidate, dict[str, Any]]]] = {}
             users: dict[str, store.NotifyUser] = {}
+            seen: set[tuple[str, str, str]] = set()
             for w in found:
                 users[w.user.id] = w.user
                 for ch in by_entity[w.entity_key]:
+                    # A portfolio holding both sides of a transfer meets the change under two wallet keys.
+                    if (w.subscription.id, ch.entity, ch.metric) in seen:
+                        continue
+                    seen.add((w.subscription.id, ch.entity, ch.metric))
                     change = RuleChange(
                         entity_key=ch.entity,
                         metric=ch.metric,
@@ -446,19 +478,29 @@ class NotifyActivities:
                         }
                         fired.setdefault(w.user.id, []).append((candidate, info))
             created: list[int] = []
+            positions = _positions(s, fired, facts, at)
             for user_id, items in fired.items():
                 user = users[user_id]
-                infos = {c.idempotency_key: info for c, info in items}
-                decisions, budget = store_route(user, [c for c, _ in items], at)
+                infos: dict[str, dict[str, Any]] = {}
+                candidates: list[Candidate] = []
+                for c, info in items:
+                    position, exposure = positions.get((user_id, c.entity_key), (None, Decimal(0)))
+                    infos[c.idempotency_key] = {**info, "position": position}
+                    candidates.append(c.model_copy(update={"exposure": exposure}))
+                decisions, budget = store_route(user, candidates, at)
                 user.budget = budget.to_dict()
                 s.add(user)
-                for decision in decisions:
+                requests: list[NotifyRequest] = []
+                # Decisions come most exposed first. The inbox lists newest (highest id) first, so the
+                # batch is stored in reverse: the largest position tops the inbox, and is started first.
+                for decision in reversed(decisions):
                     info = infos[decision.candidate.idempotency_key]
                     row, new = store.insert_notification(s, self._row(user, decision, info, at))
                     if new and row.id is not None:
                         NOTIFICATIONS_CREATED.labels(row.kind, row.severity).inc()
                         created.append(row.id)
-                        result.notifications.append(self._request(user, row))
+                        requests.append(self._request(user, row))
+                result.notifications.extend(reversed(requests))
             if inp.cause:
                 s.add(store.DetectionRecord(cause=inp.cause, notification_ids=created, created_at=at))
             return result
@@ -502,6 +544,7 @@ class NotifyActivities:
             change_pct=_change_pct(exp.details, exp.before, exp.after) if exp.metric not in _UNITS else None,
             data_at=exp.at,
             detected_at=at,
+            holding=_holding(info.get("position")),
             preferences_url=f"{self._base}/v1/users/{user.id}",
         )
         rendered = render(c.kind.value, "in_app", user.locale, ctx)
@@ -621,10 +664,20 @@ class NotifyActivities:
         ):
             # An earlier attempt (or the workflow's previous run) delivered it: never send twice.
             return DeliverResult(row.id or 0, inp.channel, current.status, current.provider_message_id, True)
+        nid = row.id or 0
+        reconciling = self._reconciling(inp.channel)
+        if reconciling is not None:
+            earlier = await self._earlier_send(row, user, inp, reconciling)
+            if earlier is not None:
+                return earlier
         try:
             receipt = await self._send(row, user, inp.channel, inp.step)
         except TransientDeliveryError as exc:
-            await asyncio.to_thread(self._record, row.id or 0, inp.channel, "queued", None, str(exc))
+            # A lost answer leaves the send record pending, so that the retry looks before it sends.
+            finished = None if exc.outcome_unknown or reconciling is None else "failed"
+            await asyncio.to_thread(
+                self._record, nid, inp.channel, "queued", None, str(exc), inp.step, finished
+            )
             delay = exc.retry_after
             if inp.channel == "webhook":
                 # Standard Webhooks' schedule (5 s, 5 min, 30 min, …) unless the receiver asked for longer.
@@ -635,13 +688,86 @@ class NotifyActivities:
             ) from exc
         except (PermanentDeliveryError, UnknownChannelError) as exc:
             DELIVERIES.labels(inp.channel, "failed").inc()
-            await asyncio.to_thread(self._record, row.id or 0, inp.channel, "failed", None, str(exc))
+            finished = "failed" if reconciling is not None else None
+            await asyncio.to_thread(
+                self._record, nid, inp.channel, "failed", None, str(exc), inp.step, finished
+            )
             raise ApplicationError(str(exc), type="PermanentDeliveryError", non_retryable=True) from exc
         await asyncio.to_thread(
-            self._record, row.id or 0, inp.channel, receipt.status, receipt.provider_message_id, None
+            self._record,
+            nid,
+            inp.channel,
+            receipt.status,
+            receipt.provider_message_id,
+            None,
+            inp.step,
+            "sent" if reconciling is not None else None,
         )
         _observe_delivery(inp.channel, receipt.status, row.created_at)
-        return DeliverResult(row.id or 0, inp.channel, receipt.status, receipt.provider_message_id)
+        return DeliverResult(nid, inp.channel, receipt.status, receipt.provider_message_id)
+
+    def _reconciling(self, channel_name: str) -> Reconciling | None:
+        """The channel, if it can look up messages an earlier attempt may have created."""
+        try:
+            channel = self._registry.get(channel_name)
+        except UnknownChannelError:
+            return None
+        return channel if isinstance(channel, Reconciling) else None
+
+    async def _earlier_send(
+        self, row: store.Notification, user: store.NotifyUser, inp: DeliverInput, channel: Reconciling
+    ) -> DeliverResult | None:
+        """What an earlier attempt of this send already achieved, or None when it is safe to send now.
+
+        The send record is written before the provider is called. Finding it pending on a retry means an
+        earlier attempt timed out or died after it may have reached the provider: the provider's message
+        list answers whether the message exists, and if it does, its id is recorded instead of sending a
+        second one.
+        """
+        nid = row.id or 0
+        earlier = await asyncio.to_thread(self._begin_send, nid, inp.channel, inp.step)
+        if earlier is None:
+            return None
+        outcome, since, provider_id = earlier
+        if outcome == "sent":
+            return DeliverResult(nid, inp.channel, "sent", provider_id, True)
+        try:
+            message = self._message(row, user, inp.channel, inp.step)
+        except PermanentDeliveryError:
+            return None  # the send itself reports it
+        try:
+            found = await channel.find_sent(message, since)
+        except TransientDeliveryError as exc:
+            raise ApplicationError(
+                str(exc), type="TransientDeliveryError", next_retry_delay=_seconds(exc.retry_after)
+            ) from exc
+        if found is None:
+            return None
+        log.info(
+            "notify.send_reconciled",
+            extra={"notification_id": nid, "channel": inp.channel, "provider_id": found.provider_message_id},
+        )
+        await asyncio.to_thread(
+            self._record, nid, inp.channel, found.status, found.provider_message_id, None, inp.step, "sent"
+        )
+        _observe_delivery(inp.channel, found.status, row.created_at)
+        return DeliverResult(nid, inp.channel, found.status, found.provider_message_id, True)
+
+    def _begin_send(
+        self, notification_id: int, channel: str, step: int
+    ) -> tuple[str, datetime, str | None] | None:
+        """Open the send record; returns (outcome, started_at, provider id) of an earlier attempt's record
+        that is still pending or sent, None when this is the first attempt (or the last one failed)."""
+        now = datetime.now(UTC)
+        with self._db.write() as s:
+            record = s.get(store.SendRecord, (notification_id, channel, step))
+            earlier = (
+                (record.outcome, record.started_at, record.provider_message_id)
+                if record is not None and record.outcome in ("pending", "sent")
+                else None
+            )
+            store.begin_send(s, notification_id, channel, step, now)
+            return earlier
 
     def _load(
         self, notification_id: int
@@ -656,19 +782,31 @@ class NotifyActivities:
             return row, user, store.deliveries_for(s, [notification_id])[notification_id]
 
     def _record(
-        self, notification_id: int, channel: str, status: str, provider_id: str | None, error: str | None
+        self,
+        notification_id: int,
+        channel: str,
+        status: str,
+        provider_id: str | None,
+        error: str | None,
+        step: int = 0,
+        finished: str | None = None,
     ) -> None:
+        """Store an attempt's outcome; ``finished`` also closes its send record (sent or failed) in the
+        same transaction, so the SID is never stored without the record saying so."""
+        now = datetime.now(UTC)
         with self._db.write() as s:
             store.upsert_delivery(
                 s,
                 notification_id,
                 channel,
                 status,
-                datetime.now(UTC),
+                now,
                 provider_message_id=provider_id,
                 error=error,
                 attempt=True,
             )
+            if finished is not None:
+                store.finish_send(s, notification_id, channel, step, finished, now, provider_id)
 
     def _disable(self, user_id: str, channel: str, address: str) -> None:
         """A destination answered "gone" (410, expired push subscription): stop sending to it."""
@@ -684,10 +822,10 @@ class NotifyActivities:
                 user.push_subscriptions = [p for p in user.push_subscriptions if p.get("endpoint") != address]
             s.add(user)
 
-    async def _send(
+    def _message(
         self, row: store.Notification, user: store.NotifyUser, channel_name: str, step: int = 0
-    ) -> DeliveryReceipt:
-        channel = self._registry.get(channel_name)
+    ) -> OutboundMessage:
+        """The rendered message for ``channel_name``, addressed for single-destination channels."""
         template = TEMPLATE_CHANNEL.get(channel_name)
         if template is None:
             raise PermanentDeliveryError(channel_name, "unknown channel", code="unknown_channel")
@@ -715,15 +853,24 @@ class NotifyActivities:
             collapse_key=f"{row.rule_id}:{row.entity_key}",
         )
         if channel_name == "in_app":
-            return await channel.send(_with(base, to=user.id))
+            return _with(base, to=user.id)
         if channel_name == "email":
             if not user.email:
                 raise PermanentDeliveryError("email", "user has no e-mail address", code="no_destination")
-            return await channel.send(_with(base, to=user.email))
+            return _with(base, to=user.email)
         if channel_name == "sms":
             if not user.phone:
                 raise PermanentDeliveryError("sms", "user has no phone number", code="no_destination")
-            return await channel.send(_with(base, to=user.phone))
+            return _with(base, to=user.phone)
+        return base
+
+    async def _send(
+        self, row: store.Notification, user: store.NotifyUser, channel_name: str, step: int = 0
+    ) -> DeliveryReceipt:
+        channel = self._registry.get(channel_name)
+        base = self._message(row, user, channel_name, step)
+        if channel_name in ("in_app", "email", "sms"):
+            return await channel.send(base)
         if channel_name == "push":
             targets = [
                 (p["endpoint"], _with(base, push_subscription=PushSubscription(**p)))
@@ -779,39 +926,40 @@ class NotifyActivities:
 
     @activity.defn(name="send_digest")
     async def send_digest(self, inp: SendDigestInput) -> SendDigestResult:
-        """Send one digest on the user's digest channels and show its items in the inbox."""
-        user = await asyncio.to_thread(self._user, inp.user_id)
-        if user is None:
+        """Send one digest on the user's digest channels and show its items in the inbox.
+
+        Each channel gets the digest templates (``templates/sources/*/digest.j2``) rendered in the user's
+        locale and time zone, with the items' stored titles and times grouped by kind, then entity.
+        """
+        loaded = await asyncio.to_thread(self._digest_load, inp)
+        if loaded is None:
             raise ApplicationError(f"user {inp.user_id} not found", type="NotFound", non_retryable=True)
+        user, context = loaded
         ids = [i for g in inp.groups for i in g.notification_ids]
-        lines = _digest_lines(user.locale, inp)
-        subject = lines[0]
-        text = "\n".join(lines)
         wanted = (user.preferences or {}).get("digest") or (["email"] if user.email else ["in_app"])
+        if context is None:
+            wanted = []  # nothing left to show: an empty digest sends nothing
         available = destinations(user) & ({"in_app"} | set(self._registry.names()))
+        severity = max((g.severity for g in inp.groups), key=lambda x: AlertSeverity(x).rank)
         sent: list[str] = []
         for name in [c for c in wanted if c in available]:
             if name == "in_app":
                 continue  # the items themselves land in the inbox below
-            payload = {
-                "digest_key": inp.digest_key,
-                "reason": inp.reason,
-                "title": subject,
-                "groups": [
-                    {"kind": g.kind, "entity_key": g.entity_key, "severity": g.severity, "titles": g.titles}
-                    for g in inp.groups
-                ],
-            }
+            template = TEMPLATE_CHANNEL[name]
+            assert context is not None
+            rendered = render_digest(template, user.locale, context)
             message = OutboundMessage(
                 idempotency_key=inp.digest_key,
                 user_id=user.id,
                 kind="digest",
-                severity=max((g.severity for g in inp.groups), key=lambda x: AlertSeverity(x).rank),
-                subject=subject,
-                text=text,
-                payload=payload,
+                severity=severity,
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                payload=rendered.data or {"title": rendered.subject, "body": rendered.text},
                 locale=user.locale,
                 event_type="notification.digest",
+                collapse_key="digest",
             )
             channel = self._registry.get(name)
             try:
@@ -841,6 +989,52 @@ class NotifyActivities:
         await asyncio.to_thread(self._mark_delivered, ids, sent)
         return SendDigestResult(inp.digest_key, ["in_app", *sent], len(ids))
 
+    def _digest_load(self, inp: SendDigestInput) -> tuple[store.NotifyUser, DigestContext | None] | None:
+        """The user and the digest's template context (items' titles, severities and times from their
+        stored notifications; the group's titles where a row is gone)."""
+        with self._db.read() as s:
+            user = s.get(store.NotifyUser, inp.user_id)
+            if user is None:
+                return None
+            ids = [i for g in inp.groups for i in g.notification_ids]
+            stored: list[store.Notification] = list(
+                s.execute(select(store.Notification).where(col(store.Notification.id).in_(ids))).scalars()
+            )
+            rows = {r.id: r for r in stored if r.id is not None}
+        now = datetime.now(UTC)
+        groups: list[DigestGroupContext] = []
+        for g in inp.groups:
+            found = sorted(
+                (rows[i] for i in g.notification_ids if i in rows), key=lambda r: (r.created_at, r.id or 0)
+            )
+            items = [
+                DigestItemContext(title=r.title, severity=r.severity, at=r.created_at) for r in found
+            ] or [DigestItemContext(title=t, severity=g.severity, at=now) for t in g.titles]
+            if not items:
+                continue
+            groups.append(
+                DigestGroupContext(
+                    kind=g.kind,  # type: ignore[arg-type]
+                    entity_key=g.entity_key,
+                    entity_name=entity_name(g.entity_key),
+                    entity_url=entity_url(self._base, g.entity_key),
+                    severity=g.severity,  # type: ignore[arg-type]
+                    items=items,
+                )
+            )
+        if not groups:
+            return user, None
+        context = DigestContext(
+            digest_key=inp.digest_key,
+            reason=inp.reason if inp.reason in ("schedule", "magnitude", "manual") else "schedule",  # type: ignore[arg-type]
+            timezone=user.timezone,
+            generated_at=now,
+            groups=groups,
+            inbox_url=f"{self._base}/v1/users/{user.id}/notifications",
+            preferences_url=f"{self._base}/v1/users/{user.id}",
+        )
+        return user, context
+
     def _user(self, user_id: str) -> store.NotifyUser | None:
         with self._db.read() as s:
             return s.get(store.NotifyUser, user_id)
@@ -860,6 +1054,62 @@ class NotifyActivities:
                 _observe_delivery("in_app", "delivered", row.created_at)
                 for name in channels:
                     store.upsert_delivery(s, nid, name, "sent", now)
+
+
+def _positions(
+    s: Any,
+    fired: dict[str, list[tuple[Candidate, dict[str, Any]]]],
+    facts: dict[str, store.EntityFacts],
+    at: datetime,
+) -> dict[tuple[str, str], tuple[Position | None, Decimal]]:
+    """The position (and its value in ETH) each firing user holds in each fired entity.
+
+    Only users with firings are looked at: their portfolio wallets (one query), the tokens those wallets
+    hold in fired collections (one grouped query, only when a collection fired for a user with wallets)
+    and the rates of non-ETH positions.
+    """
+    if not fired:
+        return {}
+    wallets = store.portfolio_wallets(s, fired)
+    wanted_collections = {
+        c.entity_key
+        for user_id, items in fired.items()
+        if wallets.get(user_id)
+        for c, _ in items
+        if c.entity_key.startswith("collection:")
+    }
+    every_wallet = {w for ws in wallets.values() for w in ws}
+    counts = store.held_counts(s, wanted_collections, every_wallet) if wanted_collections else {}
+    out: dict[tuple[str, str], Position | None] = {}
+    for user_id, items in fired.items():
+        mine = wallets.get(user_id) or set()
+        for c, _ in items:
+            fact = facts.get(c.entity_key)
+            if not mine or fact is None or (user_id, c.entity_key) in out:
+                continue
+            if fact.kind == "nft":
+                position = nft_position(
+                    c.entity_key, fact.owner, mine, fact.price_estimate, fact.last_sale, fact.currency
+                )
+            else:
+                held = sum(counts.get((c.entity_key, w), 0) for w in mine)
+                position = collection_position(c.entity_key, held, fact.floor, fact.currency)
+            out[(user_id, c.entity_key)] = position
+    currencies = {p.currency for p in out.values() if p is not None}
+    rates = store.rates_to(s, currencies, REFERENCE_CURRENCY, at) if currencies - {REFERENCE_CURRENCY} else {}
+    return {k: (p, reference_value(p, rates)) for k, p in out.items()}
+
+
+def _holding(position: Position | None) -> Holding | None:
+    """The template's holding line for a position."""
+    if position is None:
+        return None
+    return Holding(
+        label=entity_name(position.entity_key),
+        quantity=position.quantity,
+        value=position.value,
+        currency=position.currency,
+    )
 
 
 def _inbox_is_enough(req: NotifyRequest) -> bool:
@@ -978,25 +1228,6 @@ def digest_entry(req: NotifyRequest) -> DigestEntry:
         cause=req.cause,
         schedule=req.digest,
     )
-
-
-_DIGEST_WORDS = {
-    "en": ("Your Pulse digest: {n} update(s)", "{kind} · {entity}"),
-    "de": ("Ihre Pulse-Übersicht: {n} Meldung(en)", "{kind} · {entity}"),
-}
-
-
-def _digest_lines(locale: str, inp: SendDigestInput) -> list[str]:
-    """Plain-text digest: a heading, then each group (kind and entity) with its items' titles."""
-    lang = locale.replace("-", "_").split("_", 1)[0].lower()
-    heading, group_line = _DIGEST_WORDS.get(lang, _DIGEST_WORDS["en"])
-    n = sum(len(g.notification_ids) for g in inp.groups)
-    lines = [heading.format(n=n)]
-    for g in inp.groups:
-        lines.append("")
-        lines.append(group_line.format(kind=g.kind.replace("_", " "), entity=entity_name(g.entity_key)))
-        lines.extend(f"  - {t}" for t in g.titles)
-    return lines
 
 
 def _with(message: OutboundMessage, **changes: Any) -> OutboundMessage:

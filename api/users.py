@@ -29,7 +29,12 @@ from temporalio.service import RPCError
 from activities.notify import wallet_key
 from api.deps import PrincipalDep, Services, ServicesDep
 from api.errors import InvalidInput
-from channels.email import map_sendgrid_event, verify_sendgrid_event_signature
+from channels.email import (
+    SendGridEventError,
+    SendGridStatus,
+    parse_sendgrid_events,
+    verify_sendgrid_event_signature,
+)
 from channels.sms import is_e164, map_twilio_status, validate_status_callback
 from channels.webhook import InvalidWebhookUrl, generate_secret, validate_webhook_url
 from domain.rules import NotificationKind, Rule
@@ -690,16 +695,6 @@ def _update_by_provider_id(services: Services, channel: str, provider_id: str, s
         return len(rows)
 
 
-def _update_by_key(services: Services, channel: str, key: str, status: str) -> int:
-    with services.db.write() as s:
-        # Escalation repeats carry a "_s<step>" suffix on the provider side.
-        row = store.by_idempotency_key(s, re.sub(r"_s\d+$", "", key))
-        if row is None or row.id is None:
-            return 0
-        store.upsert_delivery(s, row.id, channel, status, datetime.now(UTC))
-        return 1
-
-
 @router.post("/callbacks/twilio", status_code=204)
 async def twilio_callback(
     request: Request,
@@ -725,6 +720,18 @@ async def twilio_callback(
     return Response(status_code=204)
 
 
+def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> int:
+    by_id = [(u.notification_id, u.status) for u in updates if u.notification_id is not None]
+    # Escalation repeats carry a "_s<step>" suffix on the provider side.
+    by_key = [
+        (re.sub(r"_s\d+$", "", u.idempotency_key), u.status)
+        for u in updates
+        if u.notification_id is None and u.idempotency_key
+    ]
+    with services.db.write() as s:
+        return store.apply_provider_statuses(s, "email", by_id, by_key, datetime.now(UTC))
+
+
 @router.post("/callbacks/sendgrid", status_code=204)
 async def sendgrid_callback(
     request: Request,
@@ -732,25 +739,28 @@ async def sendgrid_callback(
     signature: Annotated[str | None, Header(alias="X-Twilio-Email-Event-Webhook-Signature")] = None,
     timestamp: Annotated[str | None, Header(alias="X-Twilio-Email-Event-Webhook-Timestamp")] = None,
 ) -> Response:
-    """SendGrid event webhook: a JSON array of events, signed with the account's ECDSA key."""
+    """SendGrid event webhook: a JSON array of events, signed with the account's ECDSA key.
+
+    Each event finds its delivery through the ``pulse_notification_id`` custom arg the e-mail channel sets
+    (``pulse_idempotency_key`` as a fallback); statuses only move forward. Events Pulse cannot place are
+    skipped, since SendGrid posts every event of the account and retries a batch answered with an error.
+    """
     public_key: str | None = getattr(services.settings, "sendgrid_webhook_public_key", None)
     if not public_key:
         raise HTTPException(503, "the SendGrid event webhook is not configured")
-    raw = (await request.body()).decode()
-    if (
-        not signature
-        or not timestamp
-        or not verify_sendgrid_event_signature(public_key, raw, signature, timestamp)
-    ):
+    if not signature or not timestamp:
+        missing = "X-Twilio-Email-Event-Webhook-" + ("Signature" if not signature else "Timestamp")
+        raise HTTPException(401, f"{missing} header required")
+    try:
+        raw = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput([{"field": "body", "reason": "not UTF-8 text"}]) from exc
+    if not verify_sendgrid_event_signature(public_key, raw, signature, timestamp):
         raise HTTPException(403, "bad event webhook signature")
     try:
-        events = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput([{"field": "body", "reason": "not JSON"}]) from exc
-    if not isinstance(events, list):
-        raise InvalidInput([{"field": "body", "reason": "must be an array of events"}])
-    for event in events:
-        mapped = map_sendgrid_event(event) if isinstance(event, dict) else None
-        if mapped is not None and mapped[0]:
-            await run_in_threadpool(_update_by_key, services, "email", mapped[0], mapped[1])
+        updates = parse_sendgrid_events(raw)
+    except SendGridEventError as exc:
+        raise InvalidInput([{"field": exc.field, "reason": exc.reason}]) from exc
+    if updates:
+        await run_in_threadpool(_apply_sendgrid, services, updates)
     return Response(status_code=204)

@@ -88,13 +88,25 @@ class DeliveryError(Exception):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Worth retrying; ``retry_after`` (seconds) when the provider said how long to wait."""
+    """Worth retrying; ``retry_after`` (seconds) when the provider said how long to wait.
+
+    ``outcome_unknown``: the request may have reached the provider and been accepted before the answer
+    was lost (a read timeout, a connection reset after sending). A blind retry could then deliver twice;
+    channels that can look their messages up (:class:`Reconciling`) are asked first.
+    """
 
     def __init__(
-        self, channel: str, message: str, *, retry_after: float | None = None, code: str | int | None = None
+        self,
+        channel: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | int | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(channel, message, code=code)
         self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
 
 
 class PermanentDeliveryError(DeliveryError):
@@ -115,6 +127,18 @@ class Channel(Protocol):
 
     async def send(self, message: OutboundMessage) -> DeliveryReceipt:
         """Deliver ``message`` or raise a :class:`DeliveryError` subclass."""
+        ...
+
+
+@runtime_checkable
+class Reconciling(Protocol):
+    """A channel that can find a message an earlier attempt may have created (Twilio's message list)."""
+
+    name: str
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> DeliveryReceipt | None:
+        """The provider's record of ``message`` created at or after ``since``, or None if there is none.
+        Raises :class:`TransientDeliveryError` when the provider cannot be asked right now."""
         ...
 
 

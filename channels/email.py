@@ -7,6 +7,7 @@ Temporal worker must never block on a provider.
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import ssl
 import urllib.error
@@ -198,17 +199,17 @@ def _smtp_error(channel: str, code: int, text: str) -> TransientDeliveryError | 
     return PermanentDeliveryError(channel, f"SMTP {code}: {text[:200]}", code=code)
 
 
+#: SendGrid event → Pulse delivery status. ``deferred`` is SendGrid retrying a temporary refusal: the mail
+#: is still on its way, so it says no more than ``processed``. Events that say nothing about delivery
+#: (unsubscribe, spam report, group changes) are left out: they arrive after delivery and must not fail it.
 _SENDGRID_EVENTS: dict[str, DeliveryStatus] = {
-    "processed": "queued",
-    "deferred": "queued",
+    "processed": "sent",
+    "deferred": "sent",
     "delivered": "delivered",
     "open": "read",
     "click": "read",
     "bounce": "failed",
     "dropped": "failed",
-    "spamreport": "failed",
-    "unsubscribe": "failed",
-    "group_unsubscribe": "failed",
 }
 
 
@@ -220,6 +221,65 @@ def map_sendgrid_event(event: dict[str, Any]) -> tuple[str | None, DeliveryStatu
         return None
     key = event.get(IDEMPOTENCY_ARG)
     return (str(key) if key is not None else None, status)
+
+
+@dataclass(frozen=True)
+class SendGridStatus:
+    """One event of a SendGrid event-webhook post that moves a delivery status."""
+
+    status: DeliveryStatus
+    #: From ``custom_args``: the notification's row id (preferred) and its idempotency key (fallback).
+    notification_id: int | None
+    idempotency_key: str | None
+
+
+class SendGridEventError(ValueError):
+    """A malformed event-webhook body; ``field`` names the offending part (``body``, ``body.3.event``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def parse_sendgrid_events(body: str) -> list[SendGridStatus]:
+    """The status updates in a SendGrid event-webhook body (a JSON array of event objects).
+
+    Events of other kinds and events of mail Pulse did not send (no custom args) are skipped: SendGrid
+    posts every event of the account here. A body that is not such an array, an event without its
+    ``event`` name, or a custom arg of the wrong shape raises :class:`SendGridEventError`.
+    """
+    try:
+        events = json.loads(body)
+    except ValueError as exc:
+        raise SendGridEventError("body", f"not JSON: {exc}") from exc
+    if not isinstance(events, list):
+        raise SendGridEventError("body", "must be a JSON array of events")
+    out: list[SendGridStatus] = []
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise SendGridEventError(f"body.{i}", "must be an object")
+        name = event.get("event")
+        if not isinstance(name, str) or not name:
+            raise SendGridEventError(f"body.{i}.event", "required, a string")
+        status = _SENDGRID_EVENTS.get(name)
+        if status is None:
+            continue
+        raw_id = event.get(NOTIFICATION_ARG)
+        notification_id: int | None = None
+        if raw_id is not None:
+            # Custom args travel as strings; anything but a positive integer was not set by Pulse.
+            text = str(raw_id)
+            if isinstance(raw_id, bool) or not text.isdigit() or int(text) <= 0:
+                raise SendGridEventError(f"body.{i}.{NOTIFICATION_ARG}", "must be a positive integer")
+            notification_id = int(text)
+        raw_key = event.get(IDEMPOTENCY_ARG)
+        if raw_key is not None and not isinstance(raw_key, str):
+            raise SendGridEventError(f"body.{i}.{IDEMPOTENCY_ARG}", "must be a string")
+        if notification_id is None and not raw_key:
+            continue
+        out.append(SendGridStatus(status, notification_id, raw_key or None))
+    return out
 
 
 def verify_sendgrid_event_signature(public_key: str, payload: str, signature: str, timestamp: str) -> bool:

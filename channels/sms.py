@@ -11,6 +11,7 @@ import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,6 +21,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from channels.base import (
     DeliveryReceipt,
@@ -66,7 +68,9 @@ class _ClassifyingHttpClient(TwilioHttpClient):
             response = super().request(method, url, *args, **kwargs)
         except requests.RequestException as exc:  # timeouts, refused connections, resets
             raise TransientDeliveryError(
-                "sms", f"connection failed: {exc.__class__.__name__}: {exc}"
+                "sms",
+                f"connection failed: {exc.__class__.__name__}: {exc}",
+                outcome_unknown=method.upper() == "POST" and not _never_sent(exc),
             ) from exc
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientDeliveryError(
@@ -76,6 +80,14 @@ class _ClassifyingHttpClient(TwilioHttpClient):
                 code=response.status_code,
             )
         return response
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """Whether the request certainly did not reach Twilio (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
 class TwilioSmsChannel:
@@ -142,6 +154,41 @@ class TwilioSmsChannel:
             segments=segments,
             detail={"twilio_status": str(created.status)},
         )
+
+    def _recent(self, to: str) -> list[Any]:
+        # Newest first; a retry follows its lost attempt within minutes, so one page reaches back far
+        # enough. (Twilio's DateSent filters are by day and skip messages not yet sent.)
+        messages = self._client.api.v2010.accounts(self.config.account_sid).messages
+        return list(messages.list(to=to, limit=50, page_size=50))
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> DeliveryReceipt | None:
+        """The message an earlier attempt created for ``message``: same recipient and body, created at or
+        after ``since`` (Twilio keeps whole seconds). The message resource does not echo the
+        StatusCallback URL, so the body is what identifies it; it is rendered the same on every attempt."""
+        try:
+            recent = await asyncio.to_thread(self._recent, message.to)
+        except TwilioException as exc:
+            # Not knowing is not "not sent": retry later rather than risk a second SMS.
+            raise TransientDeliveryError(self.name, f"message lookup failed: {exc}") from exc
+        floor = since.replace(microsecond=0) - timedelta(seconds=1)
+        for found in recent:
+            created = found.date_created
+            if (
+                found.body == message.text
+                and found.to == message.to
+                and isinstance(created, datetime)
+                and created >= floor
+                and str(found.direction or "outbound-api").startswith("outbound")
+            ):
+                segments = str(found.num_segments or "")
+                return DeliveryReceipt(
+                    channel=self.name,
+                    status=map_twilio_status(str(found.status or "queued")),
+                    provider_message_id=found.sid,
+                    segments=int(segments) if segments.isdigit() else None,
+                    detail={"twilio_status": str(found.status), "reconciled": True},
+                )
+        return None
 
 
 _TWILIO_STATUS: dict[str, DeliveryStatus] = {

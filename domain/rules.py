@@ -44,6 +44,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from domain.exposure import exposure_order
+
 # -- vocabulary -------------------------------------------------------------------------------------
 
 
@@ -781,9 +783,11 @@ class RoutingDecision(BaseModel):
 
 
 def rank_candidates(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Most important first: severity, then the user's exposure, then magnitude, then the older one."""
+    """Most important first: the user's exposure (``domain.exposure``), falling back to severity, then
+    magnitude, then the older one."""
     return sorted(
-        candidates, key=lambda c: (-c.severity.rank, -c.exposure, -c.magnitude, c.at, c.idempotency_key)
+        candidates,
+        key=lambda c: (*exposure_order(c.exposure, c.severity.rank, c.magnitude), c.at, c.idempotency_key),
     )
 
 
@@ -796,29 +800,36 @@ def route_candidates(
       apply and the user did not let critical alerts through: then they wait for the window's end.
     - Non-critical ones in quiet hours go to the digest (or wait for the window's end without a digest).
     - Past the budget, non-critical ones go to the digest; ranking decides who gets the slots.
+
+    Critical ones take their slots first (they go out whatever the budget says), so a large position's
+    warning never pushes the budget past what criticals already used; decisions come back in rank order.
     """
     ts = now.timestamp()
     sent = [t for t in (budget.sent if budget else []) if t > ts - 3600.0]
-    out: list[RoutingDecision] = []
+    decided: dict[str, RoutingDecision] = {}
     quiet = prefs.quiet_hours
-    for c in rank_candidates(candidates):
+    ranked = rank_candidates(candidates)
+    criticals_first = sorted(ranked, key=lambda c: c.severity is not AlertSeverity.CRITICAL)
+    for c in criticals_first:
         critical = c.severity is AlertSeverity.CRITICAL
         if quiet is not None and quiet.is_quiet(now):
             if critical and quiet.allow_critical:
-                out.append(RoutingDecision(candidate=c, route=Route.NOW, reason="critical_breakthrough"))
+                decided[c.idempotency_key] = RoutingDecision(
+                    candidate=c, route=Route.NOW, reason="critical_breakthrough"
+                )
                 sent.append(ts)
             elif critical or not prefs.has_digest:
-                out.append(
-                    RoutingDecision(
-                        candidate=c, route=Route.DEFER, reason="quiet_hours", not_before=quiet.ends_at(now)
-                    )
+                decided[c.idempotency_key] = RoutingDecision(
+                    candidate=c, route=Route.DEFER, reason="quiet_hours", not_before=quiet.ends_at(now)
                 )
             else:
-                out.append(RoutingDecision(candidate=c, route=Route.DIGEST, reason="quiet_hours"))
+                decided[c.idempotency_key] = RoutingDecision(
+                    candidate=c, route=Route.DIGEST, reason="quiet_hours"
+                )
             continue
         if critical or len(sent) < prefs.hourly_budget:
-            out.append(RoutingDecision(candidate=c, route=Route.NOW, reason="ok"))
+            decided[c.idempotency_key] = RoutingDecision(candidate=c, route=Route.NOW, reason="ok")
             sent.append(ts)
         else:
-            out.append(RoutingDecision(candidate=c, route=Route.DIGEST, reason="budget"))
-    return out, BudgetState(sent=sent)
+            decided[c.idempotency_key] = RoutingDecision(candidate=c, route=Route.DIGEST, reason="budget")
+    return [decided[c.idempotency_key] for c in ranked], BudgetState(sent=sent)

@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
-from store.models import BigId, UtcDateTime
+from store.models import BigId, EntityView, Rate, UtcDateTime
 
 #: Order of delivery statuses: a late "sent" callback must not undo "delivered"; ``read`` is final.
 STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
@@ -154,6 +155,24 @@ class Delivery(SQLModel, table=True):
     provider_message_id: str | None = Field(default=None, max_length=200)
     attempts: int = 0
     error: str | None = None
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class SendRecord(SQLModel, table=True):
+    """One send of a notification on a channel that can be looked up at the provider (SMS), per
+    escalation step: written before the provider is called, so that a retry knows an earlier attempt may
+    have created the message even when its answer (and the SID) was lost."""
+
+    __tablename__ = "notify_sends"
+
+    notification_id: int = Field(sa_type=BigId, primary_key=True)
+    channel: str = Field(primary_key=True, max_length=16)
+    step: int = Field(default=0, primary_key=True)
+    #: When the first attempt whose outcome is unknown started; the provider lookup starts here.
+    started_at: datetime = Field(sa_type=_tz())
+    #: pending (an attempt may be in flight or lost), sent (``provider_message_id`` known) or failed.
+    outcome: str = Field(default="pending", max_length=16)
+    provider_message_id: str | None = Field(default=None, max_length=200)
     updated_at: datetime = Field(sa_type=_tz())
 
 
@@ -432,3 +451,196 @@ def workflow_ids_of(session: Session, notification_ids: Sequence[int]) -> list[s
         )
         if wf
     ]
+
+
+def apply_provider_statuses(
+    session: Session,
+    channel: str,
+    by_id: Sequence[tuple[int, str]],
+    by_key: Sequence[tuple[str, str]],
+    now: datetime,
+) -> int:
+    """Move the ``channel`` deliveries named in a provider callback; returns how many rows it touched.
+
+    ``by_id`` holds (notification id, status), ``by_key`` (idempotency key, status) for messages that
+    carry only the key. Unknown notifications are skipped: a provider posts events of mail or messages
+    Pulse never sent, and those must not fail the whole callback.
+    """
+    ids = sorted({nid for nid, _ in by_id})
+    keys = sorted({key for key, _ in by_key})
+    known: set[int] = set()
+    key_ids: dict[str, int] = {}
+    if ids:
+        found: list[Any] = list(
+            session.execute(select(col(Notification.id)).where(col(Notification.id).in_(ids))).all()
+        )
+        known = {int(i) for (i,) in found}
+    if keys:
+        pairs: list[Any] = list(
+            session.execute(
+                select(col(Notification.idempotency_key), col(Notification.id)).where(
+                    col(Notification.idempotency_key).in_(keys)
+                )
+            ).all()
+        )
+        key_ids = {str(k): int(i) for k, i in pairs}
+    touched = 0
+    updates = [(nid, st) for nid, st in by_id if nid in known]
+    updates += [(key_ids[k], st) for k, st in by_key if k in key_ids]
+    for nid, status in updates:
+        upsert_delivery(session, nid, channel, status, now)
+        touched += 1
+    return touched
+
+
+def begin_send(session: Session, notification_id: int, channel: str, step: int, now: datetime) -> SendRecord:
+    """The send record of (notification, channel, step), created as pending at ``now`` if new.
+
+    An existing pending record keeps its ``started_at``: the lookup window must reach back to the first
+    attempt that may have reached the provider.
+    """
+    row = session.get(SendRecord, (notification_id, channel, step), with_for_update=True)
+    if row is None:
+        row = SendRecord(
+            notification_id=notification_id, channel=channel, step=step, started_at=now, updated_at=now
+        )
+        session.add(row)
+        session.flush()
+    elif row.outcome == "failed":
+        # A definite failure earlier: nothing can be out there, start a fresh window.
+        row.outcome, row.started_at, row.updated_at = "pending", now, now
+        session.add(row)
+    return row
+
+
+def finish_send(
+    session: Session,
+    notification_id: int,
+    channel: str,
+    step: int,
+    outcome: str,
+    now: datetime,
+    provider_message_id: str | None = None,
+) -> None:
+    """Close a send record: ``sent`` (with the provider's id) or ``failed`` (the provider refused it)."""
+    row = session.get(SendRecord, (notification_id, channel, step))
+    if row is None or row.outcome == "sent":
+        return
+    row.outcome, row.updated_at = outcome, now
+    if provider_message_id:
+        row.provider_message_id = provider_message_id
+    session.add(row)
+
+
+# -- holdings: what detection needs to match portfolios and value the user's exposure ---------------------
+
+
+@dataclass(frozen=True)
+class EntityFacts:
+    """The few read-model fields detection needs of one changed NFT or collection."""
+
+    key: str
+    kind: str
+    collection_key: str
+    #: NFT: current owner (lower case), price estimate, last sale price and their currency.
+    owner: str | None = None
+    price_estimate: str | None = None
+    last_sale: str | None = None
+    #: Collection: floor and quote currency.
+    floor: str | None = None
+    currency: str | None = None
+
+
+def _view_text(*path: str) -> Any:
+    view = EntityView.__table__.c.view  # type: ignore[attr-defined]
+    return view[path if len(path) > 1 else path[0]].as_string()
+
+
+def entity_facts(session: Session, keys: Iterable[str]) -> dict[str, EntityFacts]:
+    """Owner and value fields of the given NFT and collection read models: one query on the primary key,
+    reading only those JSON fields (a batch may change thousands of NFTs)."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    stmt = select(
+        col(EntityView.key),
+        col(EntityView.kind),
+        col(EntityView.collection_key),
+        _view_text("owner"),
+        _view_text("price_estimate", "value"),
+        _view_text("price_estimate", "currency"),
+        _view_text("last_sale", "price"),
+        _view_text("last_sale", "currency"),
+        _view_text("floor"),
+        _view_text("currency"),
+    ).where(col(EntityView.key).in_(wanted))
+    out: dict[str, EntityFacts] = {}
+    rows: list[Any] = list(session.execute(stmt).all())
+    for key, kind, coll, owner, estimate, est_ccy, sale, sale_ccy, floor, ccy in rows:
+        out[key] = EntityFacts(
+            key=key,
+            kind=kind,
+            collection_key=coll,
+            owner=owner.lower() if owner else None,
+            price_estimate=estimate,
+            last_sale=sale,
+            floor=floor,
+            currency=ccy or est_ccy or sale_ccy,
+        )
+    return out
+
+
+def portfolio_wallets(session: Session, user_ids: Iterable[str]) -> dict[str, set[str]]:
+    """The wallets each user declared as their own (portfolio subscriptions), through the user index."""
+    users = sorted(set(user_ids))
+    out: dict[str, set[str]] = {u: set() for u in users}
+    if not users:
+        return out
+    rows: list[Any] = list(
+        session.execute(
+            select(col(Subscription.user_id), col(Subscription.wallets)).where(
+                col(Subscription.user_id).in_(users), col(Subscription.target) == "portfolio"
+            )
+        ).all()
+    )
+    for user_id, wallets in rows:
+        out[user_id].update(str(w).lower() for w in wallets or [])
+    return out
+
+
+def held_counts(
+    session: Session, collection_keys: Iterable[str], wallets: Iterable[str]
+) -> dict[tuple[str, str], int]:
+    """Tokens per (collection, owner) for the given collections and wallets: one grouped query over the
+    collections' NFT read models (indexed by collection)."""
+    colls, owners = sorted(set(collection_keys)), sorted({w.lower() for w in wallets})
+    if not colls or not owners:
+        return {}
+    owner = _view_text("owner")
+    rows: list[Any] = list(
+        session.execute(
+            select(col(EntityView.collection_key), owner, func.count())
+            .where(
+                col(EntityView.collection_key).in_(colls),
+                col(EntityView.kind) == "nft",
+                owner.in_(owners),
+            )
+            .group_by(col(EntityView.collection_key), owner)
+        ).all()
+    )
+    return {(str(coll), str(w)): int(n) for coll, w, n in rows}
+
+
+def rates_to(session: Session, currencies: Iterable[str], quote: str, at: datetime) -> dict[str, Decimal]:
+    """The latest rate at or before ``at`` from each currency to ``quote`` (price ticks), where known."""
+    out: dict[str, Decimal] = {}
+    for base in sorted({c.upper() for c in currencies} - {quote}):
+        row = session.execute(
+            select(col(Rate.rate))
+            .where(col(Rate.base) == base, col(Rate.quote) == quote, col(Rate.at) <= at)
+            .order_by(col(Rate.at).desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if row is not None:
+            out[base] = Decimal(row)
+    return out

@@ -6,7 +6,11 @@ Layout: ``sources/layouts/<channel>.<ext>`` gives each channel its shape (e-mail
 labels. Numbers, money, percentages and times are formatted with Babel in the user's locale and time
 zone. HTML layouts are autoescaped: provider and user data (collection names, evidence) are untrusted.
 
-Public entry point: :func:`render`.
+Digests have their own sources: ``sources/<locale>/digest.j2`` (wording) and
+``sources/layouts/digest_<channel>.*`` (shape), rendered from a :class:`DigestContext` whose groups
+(one kind for one entity each) are laid out by kind, then entity.
+
+Public entry points: :func:`render` and :func:`render_digest`.
 """
 
 from __future__ import annotations
@@ -374,3 +378,115 @@ def render(
         text = to_gsm_friendly(" ".join(text.split()))
         return Rendered(kind, channel, lang, subject, text=text, sms=segment(text))
     return Rendered(kind, channel, lang, subject, text=text)
+
+
+# -- digests ------------------------------------------------------------------------------------------
+
+_DIGEST_LAYOUT_FILE = {
+    "in_app": "layouts/digest_in_app.json.j2",
+    "email_html": "layouts/digest_email.html",
+    "email_text": "layouts/digest_email.txt.j2",
+    "sms": "layouts/digest_sms.txt.j2",
+    "push": "layouts/digest_push.json.j2",
+    "webhook": "layouts/digest_webhook.json.j2",
+}
+
+
+class DigestItemContext(BaseModel):
+    """One notification inside a digest group."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    severity: Literal["info", "warning", "critical"] = "info"
+    at: datetime
+
+
+class DigestGroupContext(BaseModel):
+    """The items of one kind for one entity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: TemplateKind
+    entity_key: str
+    entity_name: str
+    entity_url: str
+    severity: Literal["info", "warning", "critical"] = "info"
+    items: list[DigestItemContext] = Field(min_length=1)
+
+
+class DigestContext(BaseModel):
+    """Everything a digest template may show; ``groups`` come most important first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    digest_key: str
+    reason: Literal["schedule", "magnitude", "manual"] = "schedule"
+    timezone: str = "UTC"
+    user_name: str | None = None
+    generated_at: datetime
+    groups: list[DigestGroupContext] = Field(min_length=1)
+    inbox_url: str | None = None
+    preferences_url: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        ZoneInfo(v)
+        return v
+
+
+def _sections(groups: list[DigestGroupContext]) -> list[dict[str, Any]]:
+    """Groups laid out by kind, then entity; kinds in the order of their most important group."""
+    sections: dict[str, list[DigestGroupContext]] = {}
+    for group in groups:
+        sections.setdefault(group.kind, []).append(group)
+    return [{"kind": kind, "groups": members} for kind, members in sections.items()]
+
+
+def render_digest(channel: str, locale: str, context: DigestContext | Mapping[str, Any]) -> Rendered:
+    """Render a digest for ``channel`` in ``locale`` (same locale fallback and Babel formatting as
+    :func:`render`)."""
+    if channel not in _DIGEST_LAYOUT_FILE:
+        raise ValueError(f"unknown channel {channel!r}")
+    ctx = context if isinstance(context, DigestContext) else DigestContext.model_validate(context)
+    lang = resolve_locale(locale)
+    try:
+        babel_locale = str(Locale.parse(locale.replace("-", "_")))
+    except (UnknownLocaleError, ValueError):
+        babel_locale = lang
+    severities = [g.severity for g in ctx.groups]
+    variables: dict[str, Any] = {
+        **{name: getattr(ctx, name) for name in type(ctx).model_fields},
+        "locale": babel_locale,
+        "lang": lang,
+        "channel": channel,
+        "kind": "digest",
+        "sections": _sections(ctx.groups),
+        "item_count": sum(len(g.items) for g in ctx.groups),
+        "severity": max(severities, key=_RISK_OF_SEVERITY.index),
+        # Filters that format metric values read these; a digest shows titles only.
+        "unit": "text",
+        "currency": None,
+        "digest_template": f"{lang}/digest.j2",
+        "common_template": f"{lang}/_common.j2",
+    }
+    module = _TEXT_ENV.get_template(f"{lang}/digest.j2").make_module(variables)
+    subject = _collapse(str(module.subject()))  # type: ignore[attr-defined]
+    if channel == "email_html":
+        html = _HTML_ENV.get_template(_DIGEST_LAYOUT_FILE[channel]).render(variables)
+        text = _collapse(_TEXT_ENV.get_template(_DIGEST_LAYOUT_FILE["email_text"]).render(variables))
+        return Rendered("digest", channel, lang, subject, text=text, html=html.strip() + "\n")
+    output = _TEXT_ENV.get_template(_DIGEST_LAYOUT_FILE[channel]).render(variables)
+    if channel in _JSON_CHANNELS:
+        data = json.loads(output)
+        body = str(data.get("body") or data.get("summary") or "")
+        return Rendered("digest", channel, lang, subject, text=body, data=data)
+    text = _collapse(output)
+    if channel == "sms":
+        text = to_gsm_friendly(" ".join(text.split()))
+        return Rendered("digest", channel, lang, subject, text=text, sms=segment(text))
+    return Rendered("digest", channel, lang, subject, text=text)
+
+
+_RISK_OF_SEVERITY = ("info", "warning", "critical")

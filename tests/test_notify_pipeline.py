@@ -9,7 +9,9 @@ this test needs nothing beyond the notification modules.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -20,25 +22,45 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import MetricChange
-from activities.notify import DeliverInput, DetectInput, NotifyActivities
+from activities.contracts import ChangeSet, MetricChange
+from activities.notify import (
+    DeliverInput,
+    DetectInput,
+    DigestGroupOut,
+    NotifyActivities,
+    SendDigestInput,
+    entity_name,
+)
 from channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryError
 from channels.registry import ChannelRegistry
 from channels.sms import twilio_callback_signature
+from channels.webhook import WebhookChannel, WebhookConfig
 from store import keys
 from store import notify as notify_store
 from store.db import Database
+from store.models import EntityView
 from tests.conftest import run_pulse
 from workflows.notify import NotificationOutcome, NotificationWorkflow
 
 CONTRACT = "0x" + "cd" * 20
 COLLECTION = f"collection:ethereum:{CONTRACT}"
 ALICE_WALLET = "0x" + "a1" * 20
+
+# SendGrid's event webhook key pair: P-256, the public half as the base64 DER SubjectPublicKeyInfo the
+# SendGrid console shows (what PULSE_SENDGRID_WEBHOOK_PUBLIC_KEY holds).
+SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
+SENDGRID_PUBLIC_KEY = base64.b64encode(
+    SENDGRID_KEY.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+).decode()
 
 
 # -- a local webhook receiver ---------------------------------------------------------------------------
@@ -108,6 +130,7 @@ async def npulse(database_url: str, temporal_client: Client) -> AsyncIterator[No
         allow_private_webhooks=True,
         twilio_auth_token="twilio-test-token",
         public_base_url="https://pulse.example",
+        sendgrid_webhook_public_key=SENDGRID_PUBLIC_KEY,
     ) as running:
         test_keys = {
             "admin": running.keys.admin,
@@ -378,6 +401,113 @@ async def test_twilio_callback_checks_signature(npulse: NotifyPulse) -> None:
     assert resp.status_code == 403
 
 
+def _sendgrid_post(
+    body: bytes, key: ec.EllipticCurvePrivateKey = SENDGRID_KEY, timestamp: str = "1764230400"
+) -> dict[str, Any]:
+    """Keyword arguments of a POST signed the way SendGrid signs its event webhook."""
+    signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return {
+        "content": body,
+        "headers": {
+            "content-type": "application/json",
+            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+        },
+    }
+
+
+def _stored_notification(db: Database, user_id: str, key: str) -> int:
+    now = datetime.now(UTC)
+    with db.write() as s:
+        if s.get(notify_store.NotifyUser, user_id) is None:
+            s.add(notify_store.NotifyUser(id=user_id, email=f"{user_id}@example.com", updated_at=now))
+            s.flush()
+        row = notify_store.Notification(
+            idempotency_key=key,
+            user_id=user_id,
+            kind="price_movement",
+            severity="warning",
+            entity_key=COLLECTION,
+            created_at=now,
+        )
+        s.add(row)
+        s.flush()
+        assert row.id is not None
+        notify_store.upsert_delivery(s, row.id, "email", "queued", now, provider_message_id="sg-1")
+        return row.id
+
+
+def _email_status(db: Database, nid: int) -> str:
+    with db.read() as s:
+        (row,) = [d for d in notify_store.deliveries_for(s, [nid])[nid] if d.channel == "email"]
+        return row.status
+
+
+async def test_sendgrid_event_webhook(npulse: NotifyPulse) -> None:
+    p = npulse
+    first = _stored_notification(p.db, "alice", "ntf_sg_first")
+    second = _stored_notification(p.db, "alice", "ntf_sg_second")
+    third = _stored_notification(p.db, "alice", "ntf_sg_third")
+    events = [
+        {"event": "processed", "email": "alice@example.com", "pulse_notification_id": str(first)},
+        {"event": "delivered", "email": "alice@example.com", "pulse_notification_id": str(first)},
+        {"event": "processed", "pulse_notification_id": str(second)},
+        {"event": "bounce", "type": "bounce", "pulse_notification_id": str(second)},
+        # Only the key (and an escalation repeat's suffix): found through the idempotency key.
+        {"event": "open", "pulse_idempotency_key": "ntf_sg_third_s1"},
+        # Mail Pulse did not send, events that move no status, an unknown notification: skipped.
+        {"event": "delivered", "email": "someone@example.com"},
+        {"event": "group_resubscribe", "pulse_notification_id": str(first)},
+        {"event": "delivered", "pulse_notification_id": "999999999"},
+    ]
+    body = json.dumps(events).encode()
+    resp = await p.http.post("/v1/callbacks/sendgrid", **_sendgrid_post(body))
+    assert resp.status_code == 204, resp.text
+    assert (_email_status(p.db, first), _email_status(p.db, second), _email_status(p.db, third)) == (
+        "delivered",
+        "failed",
+        "read",
+    )
+    # A late "processed" never moves a delivered mail back, a bounce after delivery does not fail it.
+    late = json.dumps(
+        [{"event": e, "pulse_notification_id": str(first)} for e in ("processed", "bounce")]
+    ).encode()
+    assert (await p.http.post("/v1/callbacks/sendgrid", **_sendgrid_post(late))).status_code == 204
+    assert _email_status(p.db, first) == "delivered"
+
+    # Signatures: another key, a changed body, a changed timestamp, missing headers.
+    flip = json.dumps([{"event": "open", "pulse_notification_id": str(second)}]).encode()
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert (await p.http.post("/v1/callbacks/sendgrid", **_sendgrid_post(flip, other))).status_code == 403
+    tampered = _sendgrid_post(flip)
+    tampered["content"] = flip.replace(b"open", b"click")
+    assert (await p.http.post("/v1/callbacks/sendgrid", **tampered)).status_code == 403
+    moved = _sendgrid_post(flip)
+    moved["headers"]["X-Twilio-Email-Event-Webhook-Timestamp"] = "1764230401"
+    assert (await p.http.post("/v1/callbacks/sendgrid", **moved)).status_code == 403
+    garbled = _sendgrid_post(flip)
+    garbled["headers"]["X-Twilio-Email-Event-Webhook-Signature"] = "not base64!"
+    assert (await p.http.post("/v1/callbacks/sendgrid", **garbled)).status_code == 403
+    bare = await p.http.post("/v1/callbacks/sendgrid", content=flip)
+    assert bare.status_code == 401 and "Signature" in bare.json()["detail"]
+    assert _email_status(p.db, second) == "failed"
+
+    # Signed but malformed: 422 naming the field, never a 500.
+    cases = [
+        (b"{not json", "body"),
+        (b'{"event": "open"}', "body"),
+        (b'["open"]', "body.0"),
+        (b'[{"event": "open", "pulse_notification_id": "1"}, {"email": "x@example.com"}]', "body.1.event"),
+        (b'[{"event": "open", "pulse_notification_id": "abc"}]', "body.0.pulse_notification_id"),
+        (b'[{"event": "open", "pulse_idempotency_key": 7}]', "body.0.pulse_idempotency_key"),
+        (b"\xff\xfe", "body"),
+    ]
+    for raw, field_name in cases:
+        resp = await p.http.post("/v1/callbacks/sendgrid", **_sendgrid_post(raw))
+        assert resp.status_code == 422, (raw, resp.text)
+        assert resp.json()["errors"][0]["field"] == field_name, raw
+
+
 # -- detection and delivery activities on their own (no Temporal) ----------------------------------------
 
 
@@ -402,8 +532,8 @@ def _seed(db: Database, user_id: str, entity: str, **profile: Any) -> None:
         notify_store.replace_subscription_keys(s, sub.id, [entity])
 
 
-def _floor(before: str | None, after: str) -> MetricChange:
-    return MetricChange(COLLECTION, "floor", before, after)
+def _floor(before: str | None, after: str) -> ChangeSet:
+    return ChangeSet.of([MetricChange(COLLECTION, "floor", before, after)])
 
 
 def test_detection_is_idempotent_and_only_touches_watchers(db: Database) -> None:
@@ -412,10 +542,10 @@ def test_detection_is_idempotent_and_only_touches_watchers(db: Database) -> None
     _seed(db, "carol", other)
     acts = NotifyActivities(db, ChannelRegistry())
     at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).isoformat()
-    first = acts.detect(DetectInput([_floor("10", "7")], at, cause="p@1-1"))
+    first = acts.detect(DetectInput(_floor("10", "7"), at, cause="p@1-1"))
     assert [(n.user_id, n.severity, n.route) for n in first.notifications] == [("alice", "warning", "now")]
     # A retried activity (same cause) answers the same and creates nothing new.
-    again = acts.detect(DetectInput([_floor("10", "7")], at, cause="p@1-1"))
+    again = acts.detect(DetectInput(_floor("10", "7"), at, cause="p@1-1"))
     assert [n.notification_id for n in again.notifications] == [first.notifications[0].notification_id]
     with db.read() as s:
         rows: list[notify_store.Notification] = list(s.execute(select(notify_store.Notification)).scalars())
@@ -430,8 +560,8 @@ def test_budget_and_quiet_hours_route_to_digest_or_defer(db: Database) -> None:
     _seed(db, "alice", COLLECTION, hourly_budget=1, digest={"frequency": "daily", "at": "08:00"})
     acts = NotifyActivities(db, ChannelRegistry())
     base = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
-    r1 = acts.detect(DetectInput([_floor("10", "7")], base.isoformat(), cause="c1"))
-    r2 = acts.detect(DetectInput([_floor("7", "10")], (base + timedelta(minutes=1)).isoformat(), cause="c2"))
+    r1 = acts.detect(DetectInput(_floor("10", "7"), base.isoformat(), cause="c1"))
+    r2 = acts.detect(DetectInput(_floor("7", "10"), (base + timedelta(minutes=1)).isoformat(), cause="c2"))
     assert [n.route for n in r1.notifications] == ["now"]
     assert [n.route for n in r2.notifications] == ["digest"]  # past the hourly budget of one
     digest = r2.notifications[0].digest or {}
@@ -444,7 +574,7 @@ def test_quiet_hours_defer_without_digest(db: Database) -> None:
     )
     acts = NotifyActivities(db, ChannelRegistry())
     at = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # 00:00 in Tokyo
-    result = acts.detect(DetectInput([_floor("10", "7")], at.isoformat(), cause="q1"))
+    result = acts.detect(DetectInput(_floor("10", "7"), at.isoformat(), cause="q1"))
     (req,) = result.notifications
     assert req.route == "defer"
     assert req.not_before == datetime(2026, 11, 2, 22, 0, tzinfo=UTC).isoformat()  # 07:00 Tokyo
@@ -468,7 +598,7 @@ async def test_deliver_maps_errors_and_never_sends_twice(db: Database) -> None:
     sms = _FlakySms(error=TransientDeliveryError("sms", "429", retry_after=30))
     acts = NotifyActivities(db, ChannelRegistry([sms]))
     (req,) = acts.detect(
-        DetectInput([_floor("10", "7")], datetime.now(UTC).isoformat(), cause="d1")
+        DetectInput(_floor("10", "7"), datetime.now(UTC).isoformat(), cause="d1")
     ).notifications
     with pytest.raises(ApplicationError) as info:
         await acts.deliver(DeliverInput(req.notification_id, "sms"))
@@ -480,3 +610,220 @@ async def test_deliver_maps_errors_and_never_sends_twice(db: Database) -> None:
     with pytest.raises(ApplicationError) as info:
         await acts.deliver(DeliverInput(req.notification_id, "push"))  # no push channel configured
     assert info.value.non_retryable and info.value.type == "PermanentDeliveryError"
+
+
+# -- portfolios: changes of held NFTs reach the holder, ranked by exposure ----------------------------------
+
+BOB_WALLET = "0x" + "b2" * 20
+CAROL_WALLET = "0x" + "c3" * 20
+
+
+def _nft(token: str) -> str:
+    return f"nft:ethereum:{CONTRACT}:{token}"
+
+
+def _views(db: Database, owners: dict[str, str], estimates: dict[str, str | None], floor: str) -> None:
+    """NFT and collection read models as the pipeline writes them (only the fields detection reads)."""
+    now = datetime.now(UTC)
+    with db.write() as s:
+        for token, owner in owners.items():
+            estimate = estimates.get(token)
+            s.add(
+                EntityView(
+                    key=_nft(token),
+                    kind="nft",
+                    collection_key=COLLECTION,
+                    version=1,
+                    view={
+                        "owner": owner,
+                        "price_estimate": {"value": estimate, "currency": "ETH"},
+                        "last_sale": {"price": "1.5", "currency": "ETH"},
+                    },
+                    updated_at=now,
+                )
+            )
+        s.add(
+            EntityView(
+                key=COLLECTION,
+                kind="collection",
+                collection_key=COLLECTION,
+                version=1,
+                view={"floor": floor, "currency": "ETH"},
+                updated_at=now,
+            )
+        )
+
+
+def _portfolio(db: Database, user_id: str, wallets: list[str], **profile: Any) -> None:
+    now = datetime.now(UTC)
+    rules = [{"id": "trust-50", "kind": "threshold", "metric": "trust", "level": "50", "cooldown_s": 0}]
+    with db.write() as s:
+        if s.get(notify_store.NotifyUser, user_id) is None:
+            s.add(notify_store.NotifyUser(id=user_id, updated_at=now, **profile))
+            s.flush()
+        sub = notify_store.Subscription(
+            id=f"pf_{user_id}",
+            user_id=user_id,
+            target="portfolio",
+            wallets=wallets,
+            rules=rules,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(sub)
+        s.flush()
+        notify_store.replace_subscription_keys(s, sub.id, [f"wallet:{w}" for w in wallets])
+
+
+def test_portfolio_matches_held_nfts_ranked_by_exposure(db: Database) -> None:
+    # Alice holds tokens 1, 2 and 4 (and watches the collection's floor); Bob holds 3; Carol nothing here.
+    _views(
+        db,
+        {"1": ALICE_WALLET, "2": ALICE_WALLET, "3": BOB_WALLET, "4": ALICE_WALLET},
+        {"1": "12", "2": "2"},
+        "3",
+    )
+    _seed(db, "alice", COLLECTION, hourly_budget=3, digest={"frequency": "daily", "at": "08:00"})
+    _portfolio(db, "alice", [ALICE_WALLET])
+    _portfolio(db, "bob", [BOB_WALLET])
+    _portfolio(db, "carol", [CAROL_WALLET])
+    changes = ChangeSet.of(
+        [
+            MetricChange(_nft("2"), "trust", 60, 40),
+            MetricChange(_nft("1"), "trust", 61, 41),
+            MetricChange(_nft("3"), "trust", 62, 42),
+            MetricChange(_nft("4"), "trust", 63, 43),  # no estimate: valued at its last sale (1.5)
+            MetricChange(COLLECTION, "floor", "4", "3"),
+            MetricChange(_nft("1"), "price_estimate", "13", "12"),  # no rule on it: evaluated, silent
+        ]
+    )
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = db.write_engine
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        acts = NotifyActivities(db, ChannelRegistry())
+        at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).isoformat()
+        result = acts.detect(DetectInput(changes, at, cause="pf@1"))
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    got = [(n.user_id, n.entity_key, n.route) for n in result.notifications]
+    # Alice: most exposed first — token 1 (12 ETH), her 3 tokens at the floor (9 ETH), token 2 (2 ETH),
+    # token 4 (1.5 ETH); a budget of three sends the first three now, the least exposed to the digest.
+    assert got == [
+        ("alice", _nft("1"), "now"),
+        ("alice", COLLECTION, "now"),
+        ("alice", _nft("2"), "now"),
+        ("alice", _nft("4"), "digest"),
+        ("bob", _nft("3"), "now"),
+    ]
+    with db.read() as s:
+        rows = {
+            r.entity_key: r
+            for r in s.execute(
+                select(notify_store.Notification).where(notify_store.Notification.user_id == "alice")
+            ).scalars()
+        }
+    assert rows[_nft("1")].context["holding"] == {
+        "label": entity_name(_nft("1")),
+        "quantity": 1,
+        "value": "12",
+        "currency": "ETH",
+    }
+    assert rows[COLLECTION].context["holding"]["quantity"] == 3
+    assert rows[COLLECTION].context["holding"]["value"] == "9"
+    # Stored least exposed first, so the inbox (newest first) opens with the largest position.
+    by_id = sorted(rows.values(), key=lambda r: r.id or 0, reverse=True)
+    assert [r.entity_key for r in by_id] == [_nft("1"), COLLECTION, _nft("2"), _nft("4")]
+    # Owners: one read of the changed entities' read models; no query lists users without a filter.
+    reads = [st for st in statements if "FROM entity_views" in st]
+    assert len(reads) == 2  # the changed entities' owners and values; alice's token count in the collection
+    assert not any("FROM notify_users" in st and "WHERE" not in st for st in statements)
+
+
+def test_transfer_between_own_wallets_notifies_once(db: Database) -> None:
+    other = "0x" + "a2" * 20
+    _views(db, {"1": other}, {"1": "5"}, "3")
+    now = datetime.now(UTC)
+    with db.write() as s:
+        s.add(notify_store.NotifyUser(id="alice", updated_at=now))
+        s.flush()
+        sub = notify_store.Subscription(
+            id="pf_alice",
+            user_id="alice",
+            target="portfolio",
+            wallets=[ALICE_WALLET, other],
+            rules=[{"id": "own", "kind": "new_risk", "metric": "owner"}],
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(sub)
+        s.flush()
+        notify_store.replace_subscription_keys(s, sub.id, [f"wallet:{ALICE_WALLET}", f"wallet:{other}"])
+    acts = NotifyActivities(db, ChannelRegistry())
+    changes = ChangeSet.of(
+        [MetricChange(_nft("1"), "owner", ALICE_WALLET, other), MetricChange(_nft("1"), "trust", 70, 20)]
+    )
+    result = acts.detect(DetectInput(changes, now.isoformat(), cause="pf@2"))
+    # The transfer reached the portfolio under both wallets' keys; its rule ran once (the trust change
+    # does not match an owner rule).
+    assert result.evaluated == 1
+
+
+async def test_send_digest_renders_templates_per_channel(db: Database, hooks: Hooks) -> None:
+    """The digest activity with the real webhook channel (signed, to a local receiver): the body is the
+    digest template's, in the user's language, grouped by kind and entity."""
+    _seed(
+        db,
+        "alice",
+        COLLECTION,
+        locale="de",
+        timezone="Europe/Berlin",
+        hourly_budget=0,
+        digest={"frequency": "daily", "at": "08:00"},
+        preferences={"digest": ["webhook", "in_app"]},
+    )
+    secret = "whsec_" + base64.b64encode(b"digest-test-secret-32-bytes-long").decode()
+    with db.write() as s:
+        user = s.get(notify_store.NotifyUser, "alice")
+        assert user is not None
+        user.webhooks = [{"url": hooks.url, "secret": secret}]
+        s.add(user)
+    webhook = WebhookChannel(WebhookConfig(allow_private=True))
+    acts = NotifyActivities(db, ChannelRegistry([webhook]), public_base_url="https://pulse.example")
+    at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+    first = acts.detect(DetectInput(_floor("10", "7"), at.isoformat(), cause="g1")).notifications
+    second = acts.detect(DetectInput(_floor("7", "10"), (at + timedelta(hours=1)).isoformat(), cause="g2"))
+    reqs = [*first, *second.notifications]
+    assert [r.route for r in reqs] == ["digest", "digest"]  # a budget of zero: everything to the digest
+    group = DigestGroupOut(
+        kind="price_movement",
+        entity_key=COLLECTION,
+        severity="warning",
+        titles=[r.title for r in reqs],
+        notification_ids=[r.notification_id for r in reqs],
+    )
+    try:
+        result = await acts.send_digest(SendDigestInput("alice", "dgst_test", "schedule", [group]))
+    finally:
+        await webhook.aclose()
+    assert result.channels == ["in_app", "webhook"] and result.items == 2
+    ((headers, raw),) = hooks.requests
+    payload = Webhook(secret).verify(raw, headers)
+    assert payload["type"] == "notification.digest"
+    data = payload["data"]
+    assert data["title"] == "Ihre Pulse-Übersicht: 2 Meldungen" and data["locale"] == "de"
+    assert [s["label"] for s in data["sections"]] == ["Preisbewegungen"]
+    (out,) = data["groups"]
+    assert out["entity"]["key"] == COLLECTION
+    assert [i["title"] for i in out["items"]] == [r.title for r in reqs]  # oldest first
+    assert out["items"][0]["at"] == at.isoformat()
+    with db.read() as s:
+        rows = notify_store.deliveries_for(s, [r.notification_id for r in reqs])
+    assert all(
+        {d.channel: d.status for d in ds} == {"in_app": "delivered", "webhook": "sent"}
+        for ds in rows.values()
+    )

@@ -405,4 +405,34 @@ def test_rank_order() -> None:
             _cand("d", AlertSeverity.WARNING, "5", 2),
         ]
     )
-    assert [c.idempotency_key for c in ranked] == ["d", "c", "b", "a"]
+    # The user's exposure first: a small alert about a large position outranks a loud one about little.
+    assert [c.idempotency_key for c in ranked] == ["a", "d", "c", "b"]
+    # Without exposure (nothing held), severity decides, then magnitude.
+    flat = rank_candidates(
+        [
+            _cand("info", AlertSeverity.INFO, "0", 9),
+            _cand("warn-small", AlertSeverity.WARNING, "0", 1),
+            _cand("crit", AlertSeverity.CRITICAL, "0", 1),
+            _cand("warn-big", AlertSeverity.WARNING, "0", 3),
+        ]
+    )
+    assert [c.idempotency_key for c in flat] == ["crit", "warn-big", "warn-small", "info"]
+
+
+def test_budget_slots_go_to_criticals_then_exposure() -> None:
+    """Criticals go out whatever the budget says, so they take slots first; the rest by exposure."""
+    prefs = DeliveryPreferences(hourly_budget=2)
+    cands = [
+        _cand("big-info", AlertSeverity.INFO, "80"),
+        _cand("crit", AlertSeverity.CRITICAL, "0"),
+        _cand("mid-warn", AlertSeverity.WARNING, "30"),
+        _cand("none-warn", AlertSeverity.WARNING, "0"),
+    ]
+    decisions, budget = route_candidates(cands, prefs, None, T0)
+    assert [(d.candidate.idempotency_key, d.route) for d in decisions] == [
+        ("big-info", Route.NOW),
+        ("mid-warn", Route.DIGEST),
+        ("crit", Route.NOW),
+        ("none-warn", Route.DIGEST),
+    ]
+    assert len(budget.sent) == 2

@@ -1,15 +1,23 @@
-"""Twilio SMS through the official SDK against a local HTTP receiver."""
+"""Twilio SMS through the official SDK against a local HTTP receiver, including a retry whose first
+attempt lost Twilio's answer."""
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
-from urllib.parse import parse_qs
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from temporalio.exceptions import ApplicationError
 
+from activities.contracts import ChangeSet, MetricChange
+from activities.notify import DeliverInput, DetectInput, NotifyActivities
 from channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
+from channels.registry import ChannelRegistry
 from channels.sms import (
     TwilioConfig,
     TwilioSmsChannel,
@@ -18,6 +26,8 @@ from channels.sms import (
     twilio_callback_signature,
     validate_status_callback,
 )
+from store import notify as notify_store
+from store.db import Database
 from tests.notify.conftest import Receiver, Recorded
 
 SID = "AC" + "0" * 32
@@ -139,3 +149,134 @@ def test_status_mapping() -> None:
     assert map_twilio_status("undelivered") == "failed"
     assert map_twilio_status("sending") == "queued"
     assert map_twilio_status("read") == "read"
+
+
+# -- a retry after a lost answer must not send the SMS twice ----------------------------------------------
+
+
+class _FakeTwilio:
+    """The Messages resource as a local receiver: creates (and keeps) messages, lists them newest first.
+    ``slow_creates`` answers that many creates only after the client gave up (its timeout)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, object]] = []
+        self.slow_creates = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, req: Recorded) -> tuple[int, dict[str, str], bytes]:
+        headers = {"content-type": "application/json"}
+        if req.method == "GET":
+            query = parse_qs(urlsplit(req.path).query)
+            with self.lock:
+                found = [m for m in reversed(self.messages) if m["to"] == query.get("To", [""])[0]]
+            page = {
+                "messages": found,
+                "next_page_uri": None,
+                "previous_page_uri": None,
+                "first_page_uri": urlsplit(req.path).path,
+                "uri": req.path,
+                "page": 0,
+                "page_size": 50,
+                "start": 0,
+                "end": max(len(found) - 1, 0),
+            }
+            return 200, headers, json.dumps(page).encode()
+        form = {k: v[0] for k, v in parse_qs(req.body.decode()).items()}
+        with self.lock:
+            message = {
+                "sid": f"SM{len(self.messages) + 1:032d}",
+                "account_sid": SID,
+                "to": form["To"],
+                "from": form.get("From"),
+                "body": form["Body"],
+                "status": "queued",
+                "direction": "outbound-api",
+                "num_segments": "1",
+                "date_created": format_datetime(datetime.now(UTC), usegmt=True),
+                "error_code": None,
+            }
+            self.messages.append(message)
+            slow = self.slow_creates > 0
+            self.slow_creates -= 1
+        if slow:
+            time.sleep(0.8)  # accepted, but the answer arrives after the client's timeout
+        return 201, headers, json.dumps(message).encode()
+
+
+def _notified(db: Database, phone: str) -> int:
+    """A stored notification for a user with ``phone`` (through detection, so its context is real)."""
+    now = datetime.now(UTC)
+    entity = "collection:ethereum:0x" + "cd" * 20
+    with db.write() as s:
+        s.add(notify_store.NotifyUser(id="ada", phone=phone, updated_at=now))
+        s.flush()
+        s.add(
+            notify_store.Subscription(
+                id="sub_ada",
+                user_id="ada",
+                target="collection",
+                entity_key=entity,
+                rules=[{"id": "floor-20", "kind": "relative_change", "metric": "floor", "pct": 0.2}],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        s.flush()
+        notify_store.replace_subscription_keys(s, "sub_ada", [entity])
+    acts = NotifyActivities(db, ChannelRegistry())
+    changes = ChangeSet.of([MetricChange(entity, "floor", "10", "7")])
+    (req,) = acts.detect(DetectInput(changes, now.isoformat(), cause="sms-dup")).notifications
+    return req.notification_id
+
+
+async def test_retry_after_lost_answer_does_not_send_twice(db: Database, receiver: Receiver) -> None:
+    twilio = _FakeTwilio()
+    twilio.slow_creates = 1
+    receiver.respond = twilio
+    channel = _channel(receiver, timeout_s=0.3)
+    acts = NotifyActivities(db, ChannelRegistry([channel]))
+    nid = _notified(db, "+4915112345678")
+
+    # Attempt 1: Twilio creates the message, the answer is lost to the client's timeout.
+    with pytest.raises(ApplicationError) as info:
+        await acts.deliver(DeliverInput(nid, "sms"))
+    assert not info.value.non_retryable
+    assert len(twilio.messages) == 1
+    # Attempt 2 (Temporal's retry): finds the message in Twilio's list and records it, no second create.
+    result = await acts.deliver(DeliverInput(nid, "sms"))
+    assert result.already and result.provider_message_id == twilio.messages[0]["sid"]
+    assert len(twilio.messages) == 1
+    assert [r.method for r in receiver.requests] == ["POST", "GET"]
+    # Attempt 3 (say the activity's completion was lost too): the record answers, Twilio is not asked.
+    again = await acts.deliver(DeliverInput(nid, "sms"))
+    assert again.already and again.provider_message_id == twilio.messages[0]["sid"]
+    assert len(receiver.requests) == 2
+    with db.read() as s:
+        (delivery,) = notify_store.deliveries_for(s, [nid])[nid]
+    assert delivery.provider_message_id == twilio.messages[0]["sid"] and delivery.status == "queued"
+
+
+async def test_retry_after_refused_connection_sends(db: Database, receiver: Receiver) -> None:
+    """A connection that was never made cannot have created a message: the retry sends without a lookup."""
+    twilio = _FakeTwilio()
+    receiver.respond = twilio
+    nid = _notified(db, "+4915112345678")
+    dead = NotifyActivities(db, ChannelRegistry([_channel(receiver, base_url="http://127.0.0.1:9")]))
+    with pytest.raises(ApplicationError):
+        await dead.deliver(DeliverInput(nid, "sms"))
+    acts = NotifyActivities(db, ChannelRegistry([_channel(receiver)]))
+    result = await acts.deliver(DeliverInput(nid, "sms"))
+    assert not result.already and result.provider_message_id == twilio.messages[0]["sid"]
+    assert [r.method for r in receiver.requests] == ["POST"]
+
+
+async def test_lookup_ignores_other_bodies_and_older_messages(receiver: Receiver) -> None:
+    twilio = _FakeTwilio()
+    receiver.respond = twilio
+    channel = _channel(receiver)
+    await channel.send(_message(text="another alert"))
+    since = datetime.now(UTC) + timedelta(seconds=5)  # the earlier message predates the attempt
+    assert await channel.find_sent(_message(text="another alert"), since) is None
+    assert await channel.find_sent(_message(), datetime.now(UTC) - timedelta(minutes=1)) is None
+    found = await channel.find_sent(_message(text="another alert"), datetime.now(UTC) - timedelta(minutes=1))
+    assert found is not None and found.provider_message_id == twilio.messages[0]["sid"]

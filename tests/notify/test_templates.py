@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from templates.gsm import segment, to_gsm_friendly
-from templates.renderer import CHANNELS, KINDS, LOCALES, Rendered, render, resolve_locale
+from templates.renderer import CHANNELS, KINDS, LOCALES, Rendered, render, render_digest, resolve_locale
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("PULSE_UPDATE_GOLDEN") == "1"
@@ -235,3 +235,107 @@ def test_segments_reassemble(text: str) -> None:
         assert s.count <= 1
     else:
         assert all(_units(p, s.encoding) <= per_part for p in s.parts)
+
+
+# -- digests ----------------------------------------------------------------------------------------------
+
+DIGEST_CHANNELS = ("in_app", "email_html", "email_text", "sms", "push", "webhook")
+
+
+DIGEST_TITLES_DE = {
+    "Floor price of Bored Ape Yacht Club fell 12.0%": "Mindestpreis von Bored Ape Yacht Club fiel um 12,0 %",
+    "Floor price of Bored Ape Yacht Club fell 8.5%": "Mindestpreis von Bored Ape Yacht Club fiel um 8,5 %",
+    "Trust score of CryptoPunk #7 fell to 45": "Vertrauenswert von CryptoPunk #7 fiel auf 45",
+    "Price estimate of Token #1234 rose 5.0%": "Preisschätzung von Token #1234 stieg um 5,0 %",
+}
+
+
+def digest_context(locale: str) -> dict[str, Any]:
+    """Three groups over two kinds (price moves twice, a trust change), spanning the DST switch."""
+
+    def item(title: str, severity: str, minutes: int) -> dict[str, Any]:
+        # Titles are stored rendered in the user's language when the notification is created.
+        title = DIGEST_TITLES_DE.get(title, title) if locale == "de" else title
+        return {"title": title, "severity": severity, "at": DATA_AT + timedelta(minutes=minutes)}
+
+    return {
+        "digest_key": "dgst_golden",
+        "reason": "schedule",
+        "timezone": TZ[locale],
+        "user_name": "Ada" if locale == "en" else "Grete",
+        "generated_at": DETECTED_AT + timedelta(hours=6),
+        "groups": [
+            {
+                "kind": "price_movement",
+                "entity_key": "collection:ethereum:0xbc4c",
+                "entity_name": "Bored Ape Yacht Club",
+                "entity_url": "https://pulse.example/e/collection:ethereum:0xbc4c",
+                "severity": "warning",
+                "items": [
+                    item("Floor price of Bored Ape Yacht Club fell 12.0%", "warning", 0),
+                    item("Floor price of Bored Ape Yacht Club fell 8.5%", "info", 95),
+                ],
+            },
+            {
+                "kind": "trust_change",
+                "entity_key": "nft:ethereum:0x1a92:7",
+                "entity_name": "CryptoPunk #7",
+                "entity_url": "https://pulse.example/e/nft:ethereum:0x1a92:7",
+                "severity": "info",
+                "items": [item("Trust score of CryptoPunk #7 fell to 45", "info", 30)],
+            },
+            {
+                "kind": "price_movement",
+                "entity_key": "nft:ethereum:0xbc4c:1234",
+                "entity_name": "Token #1234",
+                "entity_url": "https://pulse.example/e/nft:ethereum:0xbc4c:1234",
+                "severity": "info",
+                "items": [item("Price estimate of Token #1234 rose 5.0%", "info", 200)],
+            },
+        ],
+        "inbox_url": "https://pulse.example/inbox",
+        "preferences_url": "https://pulse.example/settings/notifications",
+    }
+
+
+DIGEST_CASES = [(c, loc) for c in DIGEST_CHANNELS for loc in LOCALES]
+
+
+@pytest.mark.parametrize(("channel", "locale"), DIGEST_CASES, ids=["-".join(c) for c in DIGEST_CASES])
+def test_digest_golden(channel: str, locale: str) -> None:
+    got = serialise(render_digest(channel, locale, digest_context(locale)))
+    path = GOLDEN / f"digest.{channel}.{locale}.{EXT.get(channel, 'txt')}"
+    if UPDATE or not path.exists():
+        if not UPDATE:
+            pytest.fail(f"golden file {path.name} missing; run with PULSE_UPDATE_GOLDEN=1 to create it")
+        path.write_text(got, encoding="utf-8")
+    assert got == path.read_text(encoding="utf-8"), f"{path.name} differs; PULSE_UPDATE_GOLDEN=1 regenerates"
+
+
+def test_digest_groups_by_kind_then_entity() -> None:
+    text = render_digest("email_text", "en", digest_context("en")).text
+    # Both price groups sit under one heading, before the trust section (the loudest group's kind).
+    assert text.index("Price moves") < text.index("Bored Ape Yacht Club -") < text.index("Token #1234 -")
+    assert text.index("Token #1234 -") < text.index("Trust changes") < text.index("CryptoPunk #7 -")
+    assert text.count("Price moves") == 1
+    hook = render_digest("webhook", "de", digest_context("de")).data
+    assert hook is not None
+    assert [s["kind"] for s in hook["sections"]] == ["price_movement", "trust_change"]
+    assert hook["items"] == 4 and hook["groups"][0]["items"][0]["at"] == "2025-03-30T00:55:00+00:00"
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_digest_sms_fits_one_segment_and_html_escapes(locale: str) -> None:
+    ctx = digest_context(locale)
+    sms = render_digest("sms", locale, ctx)
+    assert sms.sms is not None and sms.sms.encoding == "GSM-7" and sms.sms.count == 1, sms.text
+    hostile = {**ctx, "groups": [{**ctx["groups"][0], "entity_name": "<img src=x> & Co"}]}
+    html = render_digest("email_html", locale, hostile).html
+    assert html is not None and "<img" not in html and "&lt;img src=x&gt; &amp; Co" in html
+
+
+def test_digest_needs_groups_and_a_known_channel() -> None:
+    with pytest.raises(ValueError):
+        render_digest("fax", "en", digest_context("en"))
+    with pytest.raises(ValueError):
+        render_digest("sms", "en", {**digest_context("en"), "groups": []})

@@ -1,8 +1,12 @@
-"""Inputs and results of the pipeline's activities: plain dataclasses, safe inside the workflow sandbox."""
+"""Inputs and results of the pipeline's activities: plain dataclasses, safe inside the workflow sandbox.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Temporal's converter calls ``typing.get_type_hints`` on every
+dataclass it decodes, and string annotations would be parsed and evaluated again each time.
+"""
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class PermanentProcessingError(Exception):
@@ -14,21 +18,24 @@ class PermanentProcessingError(Exception):
 
 @dataclass
 class ImpactInput:
-    partition: str
-    #: The events to analyse; empty means "whatever is pending in the partition".
+    #: Collection (``collection:<chain>:<contract>``) and rate (``rates:<chain>``) partitions.
+    partitions: list[str]
+    #: The events to analyse; empty means "whatever is pending in those partitions".
     seqs: list[int] = field(default_factory=list)
     limit: int = 2000
 
 
 @dataclass
 class ImpactPlan:
-    partition: str
+    #: The partitions with events in this plan.
+    partitions: list[str]
     seqs: list[int]
     entity_count: int
     #: A sample of the touched entity keys (see ``activities.pipeline.PLAN_SAMPLE``).
     entities: list[str]
     factors: list[str]
     severity: str
+    #: More events were pending than ``limit``: the same partitions need another batch.
     has_more: bool = False
 
 
@@ -40,12 +47,48 @@ class RecalcInput:
     single: bool = False
 
 
+Scalar = str | float | int | bool | None
+
+
 @dataclass
 class MetricChange:
     entity: str
     metric: str
-    before: str | float | int | bool | None
-    after: str | float | int | bool | None
+    before: Scalar
+    after: Scalar
+
+
+@dataclass
+class ChangeSet:
+    """The metric changes of one batch, as columns.
+
+    Hundreds of changes per batch cross workflow history twice (recalculation result, detection input);
+    as columns of scalars they decode in one pass, where a list of dataclasses costs a type-hint lookup
+    per element inside the workflow sandbox, which is enough to stall a busy worker's workflow thread.
+    """
+
+    entities: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    #: ``Scalar`` values; typed ``Any`` so that decoding does not try each member of the union per value.
+    before: list[Any] = field(default_factory=list)
+    after: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, changes: Iterable[MetricChange]) -> "ChangeSet":
+        out = cls()
+        for change in changes:
+            out.entities.append(change.entity)
+            out.metrics.append(change.metric)
+            out.before.append(change.before)
+            out.after.append(change.after)
+        return out
+
+    def __iter__(self) -> Iterator[MetricChange]:
+        for row in zip(self.entities, self.metrics, self.before, self.after, strict=True):
+            yield MetricChange(*row)
+
+    def __len__(self) -> int:
+        return len(self.entities)
 
 
 @dataclass
@@ -62,16 +105,16 @@ class IsolatedEvent:
 
 @dataclass
 class RecalcResult:
-    partition: str
+    partitions: list[str]
     applied: list[int]
     isolated: list[IsolatedEvent]
     keys: list[str]
-    changes: list[MetricChange]
+    changes: ChangeSet = field(default_factory=ChangeSet)
 
 
 @dataclass
 class InvalidateInput:
-    partition: str
+    partitions: list[str]
     keys: list[str]
 
 

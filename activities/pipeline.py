@@ -6,18 +6,22 @@ They are methods of one class built once by the worker with its dependencies, an
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from pydantic import ValidationError
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import (
+    ChangeSet,
     ImpactInput,
     ImpactPlan,
     InvalidateInput,
@@ -30,7 +34,7 @@ from activities.contracts import (
 )
 from domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
 from domain.events import Event, EventType
-from domain.impact import analyze_each
+from domain.impact import SEVERITIES, analyze_each
 from pulse.metrics import (
     EVENTS_FAILED,
     EVENTS_PROCESSED,
@@ -45,6 +49,26 @@ from store.entities import RateBook, ViewWrite
 from store.models import EventRecord, EventStatus, Route
 
 log = logging.getLogger("pulse.activities")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def uninterruptible(fn: Callable[P, R]) -> Callable[P, R]:
+    """Deliver a cancellation after the activity, not in the middle of it.
+
+    Temporal cancels a synchronous activity by raising an exception inside its thread, wherever it is;
+    one landing while psycopg waits for a reply leaves the connection mid-command, and the pool then hands
+    a broken connection to the next transaction. Each step is one short transaction, so letting it finish
+    costs little.
+    """
+
+    @functools.wraps(fn)
+    def shielded(*args: P.args, **kwargs: P.kwargs) -> R:
+        with activity.shield_thread_cancel_exception():
+            return fn(*args, **kwargs)
+
+    return shielded
 
 
 def error_category(exc: BaseException) -> str:
@@ -112,48 +136,62 @@ class PipelineActivities:
     # -- impact analysis ----------------------------------------------------------------------------
 
     @activity.defn(name="analyze_impact")
+    @uninterruptible
     def analyze_impact(self, inp: ImpactInput) -> ImpactPlan:
         """Which events are pending, and exactly which entities and factors they move."""
         _count_action()
-        kind, chain, contract = split_partition(inp.partition)
         with self._db.read() as session:
             if inp.seqs:
                 rows = [r for r in events.load_by_seq(session, inp.seqs) if r.status in _APPLICABLE]
             else:
-                rows = events.pending_for_partition(session, inp.partition, inp.limit + 1)
+                rows = events.pending_in_partitions(session, inp.partitions, inp.limit + 1)
             has_more = len(rows) > inp.limit
             rows = rows[: inp.limit]
-            if kind != "collection" or not rows:
-                return ImpactPlan(inp.partition, [r.seq or 0 for r in rows], 0, [], [], "low", has_more)
-            book = self._books.peek(inp.partition, entities.book_version(session, inp.partition))
-            if book is None:
-                book, _version = entities.load_book(session, inp.partition, chain, contract)
-        parsed, _ = _parse(rows)
-        impact = analyze_each([event for _, event in parsed], book)
-        factors = {f"nft.{f}" for f in impact.nft_factors} | {
-            f"collection.{f}" for f in impact.collection_factors
-        }
-        touched = sorted(impact.entity_keys(book))
+            groups = _by_partition(rows)
+            books = {
+                partition: self._book_for_reading(session, partition)
+                for partition in groups
+                if partition.startswith("collection:")
+            }
+        touched: set[str] = set()
+        factors: set[str] = set()
+        severity = SEVERITIES[0]
+        for partition, book in books.items():
+            parsed, _ = _parse(groups[partition])
+            impact = analyze_each([event for _, event in parsed], book)
+            touched |= impact.entity_keys(book)
+            factors |= {f"nft.{f}" for f in impact.nft_factors}
+            factors |= {f"collection.{f}" for f in impact.collection_factors}
+            severity = max(severity, impact.severity, key=SEVERITIES.index)
+        entities_sample = sorted(touched)[:PLAN_SAMPLE]
         return ImpactPlan(
-            partition=inp.partition,
+            partitions=list(groups),
             seqs=[r.seq or 0 for r in rows],
             entity_count=len(touched),
-            entities=touched[:PLAN_SAMPLE],
+            entities=entities_sample,
             factors=sorted(factors),
-            severity=impact.severity,
+            severity=severity,
             has_more=has_more,
         )
+
+    def _book_for_reading(self, session: Session, partition: str) -> CollectionBook:
+        _kind, chain, contract = split_partition(partition)
+        book = self._books.peek(partition, entities.book_version(session, partition))
+        if book is None:
+            book, _version = entities.load_book(session, partition, chain, contract)
+        return book
 
     # -- recalculation ------------------------------------------------------------------------------
 
     @activity.defn(name="recalculate")
+    @uninterruptible
     def recalculate(self, inp: RecalcInput) -> RecalcResult:
-        """Apply the planned events to their collection's book in one transaction and rewrite exactly the
+        """Apply the planned events to their collections' books in one transaction and rewrite exactly the
         read models that moved. Events already applied (a retry, a redelivered signal) are skipped."""
         _count_action()
         plan = inp.plan
         if not plan.seqs:
-            return RecalcResult(plan.partition, [], [], [], [])
+            return RecalcResult(plan.partitions, [], [], [])
         try:
             result, failure = self._recalculate(inp)
         except TransientStoreError as exc:
@@ -175,77 +213,88 @@ class PipelineActivities:
 
     def _recalculate(self, inp: RecalcInput) -> tuple[RecalcResult, tuple[EventRecord, BaseException] | None]:
         plan = inp.plan
-        kind, chain, contract = split_partition(plan.partition)
+        empty = RecalcResult(plan.partitions, [], [], [])
+        saved: list[tuple[str, int, CollectionBook]] = []
+        applied: list[EventRecord] = []
+        poison: list[tuple[EventRecord, BaseException]] = []
+        writes: list[ViewWrite] = []
+        change = Change()
         with self._db.write() as session:
-            self._db.lock_partition(session, plan.partition)
+            # In a fixed order, so that two transactions wanting the same partitions never deadlock.
+            for partition in sorted(plan.partitions):
+                self._db.lock_partition(session, partition)
             rows = [r for r in events.load_by_seq(session, plan.seqs) if r.status in _APPLICABLE]
             if not inp.single:
                 rows = [r for r in rows if r.route == Route.PARTITION.value]
             if not rows:
-                return RecalcResult(plan.partition, [], [], [], []), None
-            if kind == "rates":
-                return self._apply_rates(session, plan.partition, rows), None
-
+                return empty, None
             started = time.perf_counter()
-            version = entities.book_version(session, plan.partition) or 0
-            outcome = self._apply(session, plan.partition, chain, contract, version, rows)
-            if outcome.poison and inp.single:
-                return RecalcResult(plan.partition, [], [], [], []), outcome.poison[0]
-            entities.save_book(session, plan.partition, outcome.book, version + 1)
-            writes = [
-                ViewWrite(outcome.book.nft_key(tid), "nft", plan.partition, outcome.book.nft_view(tid))
-                for tid in sorted(outcome.change.nfts)
-                if tid in outcome.book.tokens
-            ]
-            if outcome.change.collection or not outcome.book.tokens:
-                writes.append(
-                    ViewWrite(plan.partition, "collection", plan.partition, outcome.book.collection_view())
-                )
-            versions = entities.write_views(session, self._db, writes)
-            events.mark_applied(session, [r.seq or 0 for r in outcome.applied])
-            isolated = []
-            for row, exc in outcome.poison:
-                wf_id = event_workflow_id(self._prefix, row.source, row.external_id)
-                events.isolate(session, row.seq or 0, wf_id)
-                log.warning(
-                    "pipeline.event_isolated",
-                    extra={
-                        "event_id": f"{row.source}/{row.external_id}",
-                        "workflow_id": wf_id,
-                        "batch_workflow_id": inp.workflow_id,
-                        "reason": str(exc),
-                    },
-                )
-                isolated.append(
-                    IsolatedEvent(
-                        workflow_id=wf_id,
-                        seq=row.seq or 0,
-                        source=row.source,
-                        external_id=row.external_id,
-                        type=row.type,
-                        entity=row.partition,
-                        priority_class=row.priority_class,
-                        reason=str(exc),
+            for partition, group in _by_partition(rows).items():
+                kind, chain, contract = split_partition(partition)
+                if kind == "rates":
+                    self._apply_rates(session, group)
+                    applied += group
+                    continue
+                version = entities.book_version(session, partition) or 0
+                outcome = self._apply(session, partition, chain, contract, version, group)
+                if outcome.poison and inp.single:
+                    return empty, outcome.poison[0]
+                entities.save_book(session, partition, outcome.book, version + 1)
+                saved.append((partition, version + 1, outcome.book))
+                writes += [
+                    ViewWrite(outcome.book.nft_key(tid), "nft", partition, outcome.book.nft_view(tid))
+                    for tid in sorted(outcome.change.nfts)
+                    if tid in outcome.book.tokens
+                ]
+                if outcome.change.collection or not outcome.book.tokens:
+                    writes.append(
+                        ViewWrite(partition, "collection", partition, outcome.book.collection_view())
                     )
-                )
+                change.merge(outcome.change)
+                applied += outcome.applied
+                poison += outcome.poison
+            versions = entities.write_views(session, self._db, writes)
+            events.mark_applied(session, [r.seq or 0 for r in applied])
+            isolated = [self._isolate(session, row, exc, inp.workflow_id) for row, exc in poison]
             RECALC_SECONDS.labels("book").observe(time.perf_counter() - started)
         log.info(
             "pipeline.batch_applied",
+            extra={"workflow_id": inp.workflow_id, "partitions": len(saved), "events": len(applied)},
+        )
+        # Committed: later batches of these partitions may start from the books in memory.
+        for partition, version, book in saved:
+            self._books.put(partition, version, book)
+        changes = ChangeSet.of(
+            MetricChange(entity, metric, _plain(before), _plain(after))
+            for (entity, metric), (before, after) in change.metrics.items()
+        )
+        applied_seqs = sorted(r.seq or 0 for r in applied)
+        return RecalcResult(plan.partitions, applied_seqs, isolated, sorted(versions), changes), None
+
+    def _isolate(
+        self, session: Session, row: EventRecord, exc: BaseException, batch_workflow_id: str
+    ) -> IsolatedEvent:
+        wf_id = event_workflow_id(self._prefix, row.source, row.external_id)
+        events.isolate(session, row.seq or 0, wf_id)
+        log.warning(
+            "pipeline.event_isolated",
             extra={
-                "workflow_id": inp.workflow_id,
-                "partition": plan.partition,
-                "events": len(outcome.applied),
+                "event_id": f"{row.source}/{row.external_id}",
+                "workflow_id": wf_id,
+                "batch_workflow_id": batch_workflow_id,
+                "reason": str(exc),
             },
         )
-        # Committed: later batches of this partition may start from the book in memory.
-        self._books.put(plan.partition, version + 1, outcome.book)
-        changes = [
-            MetricChange(entity, metric, _plain(before), _plain(after))
-            for (entity, metric), (before, after) in outcome.change.metrics.items()
-        ]
-        return RecalcResult(
-            plan.partition, [r.seq or 0 for r in outcome.applied], isolated, sorted(versions), changes
-        ), None
+        return IsolatedEvent(
+            workflow_id=wf_id,
+            seq=row.seq or 0,
+            source=row.source,
+            external_id=row.external_id,
+            type=row.type,
+            entity=row.partition,
+            priority_class=row.priority_class,
+            reason=str(exc),
+        )
 
     def _apply(  # type: ignore[no-untyped-def]
         self, session, partition: str, chain: str, contract: str, version: int, rows: list[EventRecord]
@@ -280,16 +329,15 @@ class PipelineActivities:
         applied = [row for row, event in ordered if id(event) not in failed]
         return _Applied(book, change, applied, poison)
 
-    def _apply_rates(self, session, partition: str, rows: list[EventRecord]) -> RecalcResult:  # type: ignore[no-untyped-def]
+    def _apply_rates(self, session: Session, rows: list[EventRecord]) -> None:
         for row in rows:
             base, quote = row.data["pair"].split("/")
             entities.add_rate(session, self._db, base, quote, row.occurred_at, row.data["rate"], row.seq or 0)
-        events.mark_applied(session, [r.seq or 0 for r in rows])
-        return RecalcResult(partition, [r.seq or 0 for r in rows], [], [], [])
 
     # -- cache invalidation -------------------------------------------------------------------------
 
     @activity.defn(name="invalidate_cache")
+    @uninterruptible
     def invalidate_cache(self, inp: InvalidateInput) -> InvalidateResult:
         """Drop stale cached answers, then mark the partition's applied events processed.
 
@@ -298,10 +346,9 @@ class PipelineActivities:
         """
         _count_action()
         with self._db.write() as session:
-            applied = events.applied_in_partition(session, inp.partition)
+            applied = events.applied_in_partitions(session, inp.partitions)
             keys = set(inp.keys) | {r.nft_key for r in applied if r.nft_key is not None}
-            if not inp.partition.startswith("rates:"):
-                keys.add(inp.partition)
+            keys |= {p for p in inp.partitions if p.startswith("collection:")}
             versions = entities.view_versions(session, keys)
             self._cache.invalidate(versions)
             processed_at = events.mark_processed(session, [r.seq for r in applied])
@@ -326,6 +373,13 @@ def _count_action() -> None:
 
 def event_workflow_id(prefix: str, source: str, external_id: str) -> str:
     return f"{prefix}event/{source}/{external_id}"
+
+
+def _by_partition(rows: Sequence[EventRecord]) -> dict[str, list[EventRecord]]:
+    groups: dict[str, list[EventRecord]] = {}
+    for row in rows:
+        groups.setdefault(row.partition, []).append(row)
+    return groups
 
 
 def _order(event: Event) -> tuple[tuple[int, int, str], str, str]:

@@ -18,6 +18,7 @@ from pulse.settings import Settings
 from store import events as event_store
 from store.cache import EntityCache
 from store.db import Database
+from store.keys import KeyCache
 
 log = logging.getLogger("pulse.api")
 
@@ -72,7 +73,9 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
         summary="Real-time updates and alerts for NFT trust and market data",
         lifespan=lifespan,
     )
-    app.state.services = Services(settings=settings, db=db, cache=cache, temporal=temporal, backlog=backlog)
+    app.state.services = Services(
+        settings=settings, db=db, cache=cache, temporal=temporal, backlog=backlog, keys=KeyCache(db)
+    )
     errors.install(app)
 
     for module in (health, events, entities, ops, users):

@@ -26,6 +26,7 @@ class Services:
     cache: EntityCache
     temporal: Client | None
     backlog: BacklogMonitor
+    keys: keys.KeyCache
 
 
 def get_services(request: Request) -> Services:
@@ -47,7 +48,7 @@ def get_principal(
             "missing bearer token: send Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = keys.authenticate(services.db, credentials.credentials)
+    principal = services.keys.authenticate(credentials.credentials)
     if principal is None:
         raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return principal

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import tempfile
 import time
@@ -42,6 +43,45 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / _TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent not idle by the whole machine, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / _TICKS
+
+
+class CpuMeter:
+    """Cores used per process over a phase: where the machine's two cores went."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        out["machine"] = machine_busy_seconds()
+        out["wall"] = time.monotonic()
+        return out
+
+    def cores(self) -> dict[str, float]:
+        end = self._read()
+        wall = end["wall"] - self._start["wall"]
+        used = {k: (end[k] - self._start[k]) / wall for k in end if k != "wall"}
+        used["other"] = used["machine"] - sum(v for k, v in used.items() if k != "machine")
+        return {k: round(v, 2) for k, v in used.items()}
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -159,7 +199,7 @@ def summarise(
 
 
 async def run_phases(
-    args: argparse.Namespace, database_url: str, temporal: str, workdir: Path
+    args: argparse.Namespace, database_url: str, temporal: str, temporal_pid: int, workdir: Path
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     stream = Stream(
@@ -169,6 +209,12 @@ async def run_phases(
     sustained = stream.take(int(args.rate * args.duration))
     burst = stream.take(args.burst)
     baseline = stream.take(args.baseline_events)
+
+    def pids(procs: PulseProcesses) -> dict[str, int]:
+        out = {name: proc.pid for name, proc in procs.procs.items()}
+        out["temporal"] = temporal_pid
+        out["bench"] = os.getpid()
+        return out
 
     async def with_pulse(extra_env: dict[str, str], body: Any) -> None:
         procs = PulseProcesses(
@@ -201,13 +247,16 @@ async def run_phases(
             source = f"bench-{name}"
             batch = relabel(events, source)
             before = actions(procs)
+            meter = CpuMeter(pids(procs))
             took = await (post_paced(http, batch, args.rate) if paced else post_burst(http, batch))
             ok = await wait_processed(db, source, len(batch), limit_s=args.timeout)
+            cores = meter.cores()
             await asyncio.sleep(1)
             results[name] = summarise(name, db, source, took, len(batch), before, actions(procs))
             results[name]["all_processed"] = ok
+            results[name]["cpu_cores"] = cores
 
-    await with_pulse({}, optimised)
+    await with_pulse(dict(item.split("=", 1) for item in args.env), optimised)
 
     async def naive(procs: PulseProcesses, http: httpx.AsyncClient) -> None:
         source = "bench-naive"
@@ -244,6 +293,9 @@ async def main() -> None:
     parser.add_argument("--collections", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="PULSE_X=V", help="a setting for the Pulse processes"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pulse-bench-"))
@@ -290,7 +342,8 @@ async def run_with_server(args: argparse.Namespace, database_url: str, workdir: 
     )
     dev.start()
     try:
-        return await run_phases(args, database_url, dev.address, workdir)
+        assert dev.process is not None
+        return await run_phases(args, database_url, dev.address, dev.process.pid, workdir)
     finally:
         dev.stop()
 

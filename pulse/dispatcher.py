@@ -2,7 +2,7 @@
 
 Each tick reads the oldest received events, classifies and prioritises them, records each one's route in
 the log (the outbox's commit point), then hands them to Temporal: one ``wake`` signal-with-start per
-partition for routine events, one workflow per significant event. A crash between the two steps is
+shard for routine events, one workflow per significant event. A crash between the two steps is
 repaired by the sweep, which re-sends the hand-off for events dispatched long ago and still unfinished;
 processing is idempotent, so a second hand-off never counts an event twice.
 """
@@ -37,11 +37,12 @@ from store.models import EventRecord, Route
 from workflows.pipeline import (
     EventInput,
     EventWorkflow,
-    PartitionInput,
-    PartitionWorkflow,
+    ShardInput,
+    ShardWorkflow,
     Wake,
     event_search_attributes,
-    partition_workflow_id,
+    shard_of,
+    shard_workflow_id,
 )
 
 log = logging.getLogger("pulse.dispatcher")
@@ -62,12 +63,21 @@ _QUEUE_KINDS = {
 @dataclass
 class Routed:
     marks: list[DispatchMark] = field(default_factory=list)
-    partitions: dict[str, int] = field(default_factory=dict)
+    #: Per shard, the partitions with new routine events.
+    shards: dict[int, set[str]] = field(default_factory=dict)
     own: list[tuple[EventRecord, str, str]] = field(default_factory=list)
-    #: Per partition, the traceparents of the requests whose events one wake carries (tracing only).
-    traces: dict[str, list[str]] = field(default_factory=dict)
-    #: Partitions with a critical or high-priority event: woken at once, never deferred.
-    urgent: set[str] = field(default_factory=set)
+    #: Per shard, the traceparents of the requests whose events one wake carries (tracing only).
+    traces: dict[int, list[str]] = field(default_factory=dict)
+    #: Shards with a critical or high-priority event: woken at once, never deferred.
+    urgent: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Deferred:
+    """What the next wake of a shard will carry."""
+
+    partitions: set[str] = field(default_factory=set)
+    traces: list[str] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -79,9 +89,9 @@ class Dispatcher:
         self._floors_at = 0.0
         self._last_sweep = 0.0
         self._last_gauges = 0.0
-        self._woken_at: dict[str, float] = {}
+        self._woken_at: dict[int, float] = {}
         self._backlog = 0
-        self._deferred: dict[str, tuple[int, list[str]]] = {}
+        self._deferred: dict[int, Deferred] = {}
         self._handoff = asyncio.Semaphore(8)
         self._thresholds = settings.classify_thresholds()
         self.dispatched = 0
@@ -145,12 +155,13 @@ class Dispatcher:
                     DispatchMark(seq, Route.OWN, wf_id, verdict.priority, verdict.priority_class)
                 )
             else:
-                wf_id = partition_workflow_id(self._settings.workflow_id_prefix, row.partition)
-                routed.partitions[row.partition] = max(routed.partitions.get(row.partition, 0), seq)
+                shard = shard_of(row.partition, self._settings.shards)
+                wf_id = shard_workflow_id(self._settings.workflow_id_prefix, shard)
+                routed.shards.setdefault(shard, set()).add(row.partition)
                 if row.traceparent:
-                    routed.traces.setdefault(row.partition, []).append(row.traceparent)
+                    routed.traces.setdefault(shard, []).append(row.traceparent)
                 if verdict.priority_class in ("critical", "high"):
-                    routed.urgent.add(row.partition)
+                    routed.urgent.add(shard)
                 routed.marks.append(
                     DispatchMark(seq, Route.PARTITION, wf_id, verdict.priority, verdict.priority_class)
                 )
@@ -158,11 +169,12 @@ class Dispatcher:
 
     async def hand_off(self, routed: Routed) -> None:
         now = time.monotonic()
-        for partition, seq in routed.partitions.items():
-            seq0, traces0 = self._deferred.get(partition, (0, []))
-            self._deferred[partition] = (max(seq, seq0), traces0 + routed.traces.get(partition, []))
-            if partition in routed.urgent:
-                self._woken_at.pop(partition, None)
+        for shard, partitions in routed.shards.items():
+            deferred = self._deferred.setdefault(shard, Deferred())
+            deferred.partitions |= partitions
+            deferred.traces += routed.traces.get(shard, [])
+            if shard in routed.urgent:
+                self._woken_at.pop(shard, None)
         jobs = self._due_wakes(now)
         jobs += [self._start_event(row, cls, severity) for row, cls, severity in routed.own]
         self._handoff = asyncio.Semaphore(self.handoff_concurrency())
@@ -173,16 +185,16 @@ class Dispatcher:
         EVENTS_DISPATCHED.labels(Route.OWN.value).inc(len(routed.own))
 
     def _due_wakes(self, now: float) -> list[Any]:
-        """Wakes for partitions not woken within the wake interval. Conflating wakes makes batches larger
-        under load: a signal is a workflow task, and a few per second per partition cost more than the
+        """Wakes for shards not woken within the wake interval. Conflating wakes makes batches larger
+        under load: a signal is a workflow task, and a few per second per shard cost more than the
         events themselves. Events wait at most the interval; critical and high ones not at all."""
         interval = self.wake_interval()
-        due = [p for p in self._deferred if now - self._woken_at.get(p, -1e9) >= interval]
+        due = [s for s in self._deferred if now - self._woken_at.get(s, -1e9) >= interval]
         jobs = []
-        for partition in due:
-            seq, traces = self._deferred.pop(partition)
-            self._woken_at[partition] = now
-            jobs.append(self._wake(partition, seq, traces))
+        for shard in due:
+            deferred = self._deferred.pop(shard)
+            self._woken_at[shard] = now
+            jobs.append(self._wake(shard, sorted(deferred.partitions), deferred.traces))
         return jobs
 
     def handoff_concurrency(self) -> int:
@@ -201,20 +213,22 @@ class Dispatcher:
         if jobs:
             await asyncio.gather(*jobs)
 
-    async def _wake(self, partition: str, seq: int, traceparents: list[str] | None = None) -> None:
+    async def _wake(self, shard: int, partitions: list[str], traceparents: list[str] | None = None) -> None:
         TEMPORAL_ACTIONS.labels("signal_with_start").inc()
         async with self._handoff:
-            with tracing.linked_span("dispatch partition", traceparents or [], partition=partition):
-                await self._signal_partition(partition, seq)
+            with tracing.linked_span(
+                "dispatch shard", traceparents or [], shard=shard, partitions=len(partitions)
+            ):
+                await self._signal_shard(shard, partitions)
 
-    async def _signal_partition(self, partition: str, seq: int) -> None:
+    async def _signal_shard(self, shard: int, partitions: list[str]) -> None:
         await self._client.start_workflow(
-            PartitionWorkflow.run,
-            PartitionInput(partition, batch_limit=self._settings.partition_batch_max),
-            id=partition_workflow_id(self._settings.workflow_id_prefix, partition),
+            ShardWorkflow.run,
+            ShardInput(shard, batch_limit=self._settings.partition_batch_max),
+            id=shard_workflow_id(self._settings.workflow_id_prefix, shard),
             task_queue=self._settings.task_queue,
             start_signal="wake",
-            start_signal_args=[Wake(seq)],
+            start_signal_args=[Wake(partitions)],
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         )
 
@@ -268,11 +282,12 @@ class Dispatcher:
         if not stale.partitions and not stale.own:
             return
         log.info("dispatcher.sweep", extra={"partitions": len(stale.partitions), "events": len(stale.own)})
-        routed = Routed(partitions={p: 2**62 for p in stale.partitions})
-        routed.own = [(row, row.priority_class, "unknown") for row in stale.own]
+        shards: dict[int, list[str]] = {}
+        for partition in stale.partitions:
+            shards.setdefault(shard_of(partition, self._settings.shards), []).append(partition)
         await asyncio.gather(
-            *[self._wake(p, s) for p, s in routed.partitions.items()],
-            *[self._start_event(row, cls, sev) for row, cls, sev in routed.own],
+            *[self._wake(shard, partitions) for shard, partitions in shards.items()],
+            *[self._start_event(row, row.priority_class, "unknown") for row in stale.own],
         )
 
 

@@ -47,9 +47,22 @@ class Settings(BaseSettings):
     dispatch_interval_s: float = Field(default=0.2, description="how often the dispatcher polls the log")
     dispatch_batch_max: int = Field(default=5000, description="events read from the log per dispatcher tick")
     partition_wake_interval_s: float = Field(
-        default=0.5, description="a partition is signalled at most this often (critical events at once)"
+        default=0.5, description="a shard is signalled at most this often (critical events at once)"
+    )
+    shards: int = Field(
+        default=8,
+        ge=1,
+        description="workflows that batch routine events; collections are spread over them by hash. Fewer "
+        "make larger batches (less work per event), more let more workers apply batches at once",
     )
     partition_batch_max: int = Field(default=2000, description="events one recalculation activity applies")
+    worker_workflow_slots: int = Field(
+        default=10, description="workflow tasks one worker runs at once (a partition's batch is one task)"
+    )
+    worker_local_activity_slots: int = Field(
+        default=4, description="local activities (the pipeline's steps) one worker runs at once"
+    )
+    worker_activity_slots: int = Field(default=16, description="regular activities one worker runs at once")
     significant_priority: float = Field(
         default=80.0, description="priority (0-100) from which an event gets a workflow of its own"
     )

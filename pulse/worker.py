@@ -15,13 +15,13 @@ from pulse.settings import Settings
 from store.cache import EntityCache
 from store.db import Database
 from workflows.notify import DigestWorkflow, NotificationWorkflow
-from workflows.pipeline import EventWorkflow, PartitionWorkflow
+from workflows.pipeline import EventWorkflow, ShardWorkflow
 
-WORKFLOWS = [PartitionWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow]
+WORKFLOWS = [ShardWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow]
 
 
 def build_worker(
-    client: Client, settings: Settings, db: Database, cache: EntityCache, *, max_activities: int = 16
+    client: Client, settings: Settings, db: Database, cache: EntityCache
 ) -> tuple[Worker, ChannelRegistry]:
     """The worker, and the channel registry whose connections the caller closes after shutdown."""
     pipeline = PipelineActivities(db, cache, settings.workflow_id_prefix)
@@ -40,9 +40,17 @@ def build_worker(
             notify.deliver,
             notify.send_digest,
         ],
-        activity_executor=ThreadPoolExecutor(max_workers=max_activities, thread_name_prefix="pulse-activity"),
-        max_concurrent_activities=max_activities,
-        max_concurrent_local_activities=max_activities,
+        # Few slots on purpose: the pipeline's steps are CPU-bound Python, and a worker that runs more of
+        # them than it has cores only makes each workflow task wait longer for the interpreter lock, until
+        # tasks outlive their timeout and their work is thrown away. More throughput comes from more
+        # worker processes.
+        activity_executor=ThreadPoolExecutor(
+            max_workers=settings.worker_activity_slots + settings.worker_local_activity_slots,
+            thread_name_prefix="pulse-activity",
+        ),
+        max_concurrent_activities=settings.worker_activity_slots,
+        max_concurrent_local_activities=settings.worker_local_activity_slots,
+        max_concurrent_workflow_tasks=settings.worker_workflow_slots,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
     return worker, registry

@@ -61,42 +61,36 @@ class ViewWrite:
 
 
 def write_views(session: Session, db: Database, writes: Sequence[ViewWrite]) -> dict[str, int]:
-    """Upsert read models, bumping each one's version; returns the new version per key."""
+    """Upsert read models, bumping each one's version; returns the new version per key.
+
+    One upsert with RETURNING, executed with many parameter sets: the version is bumped by the database
+    itself, so there is no read before the write, and the statement is compiled once for every batch.
+    """
     if not writes:
         return {}
-    keys = [w.key for w in writes]
-    current: dict[str, int] = {}
-    for start in range(0, len(keys), 900):
-        for key, version in session.execute(
-            select(EntityView.key, EntityView.version).where(EntityView.key.in_(keys[start : start + 900]))  # type: ignore[attr-defined]
-        ):
-            current[key] = version
     now = utcnow()
-    versions = {w.key: current.get(w.key, 0) + 1 for w in writes}
+    insert = sqlite.insert if db.is_sqlite else postgresql.insert
+    stmt = insert(EntityView)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={
+            "version": EntityView.version + 1,
+            "view": stmt.excluded.view,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    ).returning(EntityView.key, EntityView.version)  # type: ignore[arg-type]
     rows = [
         {
             "key": w.key,
             "kind": w.kind,
             "collection_key": w.collection_key,
-            "version": versions[w.key],
+            "version": 1,
             "view": w.view,
             "updated_at": now,
         }
         for w in writes
     ]
-    insert = sqlite.insert if db.is_sqlite else postgresql.insert
-    for start in range(0, len(rows), 500):
-        stmt = insert(EntityView).values(rows[start : start + 500])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["key"],
-            set_={
-                "version": stmt.excluded.version,
-                "view": stmt.excluded.view,
-                "updated_at": stmt.excluded.updated_at,
-            },
-        )
-        session.execute(stmt)
-    return versions
+    return {key: version for key, version in session.connection().execute(stmt, rows)}
 
 
 def read_view(db: Database, key: str) -> EntityView | None:

@@ -78,16 +78,17 @@ def append(
     ]
     inserted: dict[tuple[str, str], int] = {}
     dialect_insert = sqlite.insert if db.is_sqlite else postgresql.insert
+    # One statement executed with many parameter sets: compiled once and cached, where a multi-row VALUES
+    # of each batch's size compiled anew per request and cost more than the insert itself. SQLAlchemy
+    # still sends it as batched multi-row INSERTs ("insertmanyvalues"), RETURNING included.
+    stmt = (
+        dialect_insert(EventRecord)
+        .on_conflict_do_nothing(index_elements=["source", "external_id"])
+        .returning(EventRecord.seq, EventRecord.source, EventRecord.external_id)  # type: ignore[arg-type]
+    )
     with db.write() as session:
-        for chunk in _chunks(rows, 500):
-            stmt = (
-                dialect_insert(EventRecord)
-                .values(list(chunk))
-                .on_conflict_do_nothing(index_elements=["source", "external_id"])
-                .returning(EventRecord.seq, EventRecord.source, EventRecord.external_id)  # type: ignore[arg-type]
-            )
-            for seq, source, ext in session.execute(stmt):
-                inserted[(source, ext)] = seq
+        for seq, source, ext in session.connection().execute(stmt, rows):
+            inserted[(source, ext)] = seq
     outcomes: list[AppendOutcome] = []
     claimed: set[tuple[str, str]] = set()
     for index, e in enumerate(events):
@@ -220,12 +221,13 @@ def stale_dispatched(db: Database, older_than: datetime) -> StaleWork:
 # -- worker ---------------------------------------------------------------------------------------
 
 
-def pending_for_partition(session: Session, partition: str, limit: int) -> list[EventRecord]:
+def pending_in_partitions(session: Session, partitions: Sequence[str], limit: int) -> list[EventRecord]:
+    """The oldest routine events handed to the given partitions and not yet applied, in log order."""
     return list(
         session.execute(
             select(EventRecord)
             .where(
-                EventRecord.partition == partition,
+                EventRecord.partition.in_(list(partitions)),  # type: ignore[attr-defined]
                 EventRecord.route == Route.PARTITION.value,
                 EventRecord.status == EventStatus.DISPATCHED.value,
             )
@@ -301,7 +303,7 @@ class AppliedEvent:
     nft_key: str | None
 
 
-def applied_in_partition(session: Session, partition: str) -> list[AppliedEvent]:
+def applied_in_partitions(session: Session, partitions: Sequence[str]) -> list[AppliedEvent]:
     rows = session.execute(
         select(
             EventRecord.seq,
@@ -311,7 +313,10 @@ def applied_in_partition(session: Session, partition: str) -> list[AppliedEvent]
             EventRecord.chain,
             EventRecord.contract,
             EventRecord.token_id,
-        ).where(EventRecord.partition == partition, EventRecord.status == EventStatus.APPLIED.value)
+        ).where(
+            EventRecord.partition.in_(list(partitions)),  # type: ignore[attr-defined]
+            EventRecord.status == EventStatus.APPLIED.value,
+        )
     ).all()
     return [
         AppliedEvent(seq, kind, cls, received, None if token is None else f"nft:{chain}:{contract}:{token}")

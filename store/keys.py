@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -63,3 +65,35 @@ def authenticate(db: Database, key: str) -> Principal | None:
     if row is None or row.id is None:
         return None
     return Principal(row.id, row.name, frozenset(row.scopes.split()))
+
+
+class KeyCache:
+    """Authenticates with a short memory of recent answers.
+
+    Every request carries a key, and one database lookup per request cost the ingest path as much as the
+    insert it guards. A key revoked in the database stops working within ``ttl_s``; unknown keys are
+    never remembered, so a key created a moment ago works at once.
+    """
+
+    def __init__(self, db: Database, ttl_s: float = 10.0, max_keys: int = 4096) -> None:
+        self._db = db
+        self._ttl = ttl_s
+        self._max = max_keys
+        self._known: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, key: str) -> Principal | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._known.get(key)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        principal = authenticate(self._db, key)
+        with self._lock:
+            if principal is None:
+                self._known.pop(key, None)
+            else:
+                if len(self._known) >= self._max:
+                    self._known.clear()
+                self._known[key] = (now, principal)
+        return principal

@@ -10,7 +10,7 @@ from temporalio.client import WorkflowExecutionStatus
 from domain.events import utcnow
 from store import notify as notify_store
 from tests.conftest import RunningPulse
-from workflows.pipeline import PartitionInput, PartitionWorkflow
+from workflows.pipeline import ShardInput, ShardWorkflow
 
 CONTRACT = "0x" + "3c" * 20
 
@@ -33,7 +33,7 @@ async def test_failures_list_and_actions(pulse: RunningPulse) -> None:
     # A notification whose delivery failed for good, with a workflow still running under its id.
     workflow_id = f"{pulse.settings.workflow_id_prefix}ops-notification"
     handle = await pulse.client.start_workflow(
-        PartitionWorkflow.run, PartitionInput("ops:none"), id=workflow_id, task_queue=pulse.task_queue
+        ShardWorkflow.run, ShardInput(-1), id=workflow_id, task_queue=pulse.task_queue
     )
     with pulse.db.write() as session:
         row, _ = notify_store.insert_notification(

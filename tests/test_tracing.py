@@ -75,5 +75,5 @@ async def test_trace_runs_from_request_to_activities(
 
     # The partition hand-off carries events of many requests: it links to the mint's request.
     mint_request = requests[1].context
-    handoffs = [s for s in finished if s.name == "dispatch partition"]
+    handoffs = [s for s in finished if s.name == "dispatch shard"]
     assert any(link.context.trace_id == mint_request.trace_id for s in handoffs for link in s.links)

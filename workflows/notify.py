@@ -26,7 +26,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.contracts import MetricChange
+    from activities.contracts import ChangeSet
     from activities.notify import (
         DeliverInput,
         DeliverResult,
@@ -76,7 +76,7 @@ DIGEST_IDLE = timedelta(days=2)
 DIGEST_SENDS_PER_RUN = 50
 
 
-async def notify_changes(changes: list[MetricChange], cause: str, *, local: bool = True) -> int:
+async def notify_changes(changes: ChangeSet, cause: str, *, local: bool = True) -> int:
     """The pipeline hook: run detection for one applied batch (from inside a workflow); returns how many
     notifications it created.
 

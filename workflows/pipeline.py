@@ -1,15 +1,19 @@
-"""Durable processing of events: one long-lived workflow per partition, one workflow per significant event.
+"""Durable processing of events: a few long-lived shard workflows for routine events, one workflow per
+significant event.
 
-Routine events are conflated per collection: the dispatcher sends one ``wake`` signal per partition per
-tick, and the partition workflow drains everything pending in batches of local activities (impact →
-recalculation → invalidation), so a thousand events cost a handful of Temporal actions. Significant
-events (fraud findings, large moves) and poison events isolated out of a batch get a workflow of their
-own with regular activities, so each has its own page and search attributes in the Web UI.
+Routine events are conflated per collection (a *partition*: ``collection:<chain>:<contract>``, or
+``rates:<chain>``) and partitions are spread over a fixed number of *shards* (``PULSE_SHARDS``). The
+dispatcher sends a shard one ``wake`` signal per tick naming its partitions with new events, and the shard
+workflow drains them in batches of local activities (impact → recalculation → invalidation), each batch
+spanning many collections in one transaction. So a thousand events cost a handful of Temporal actions and
+database round trips, and the shards bound how many batches run at once. Significant events (fraud
+findings, large moves) and poison events isolated out of a batch get a workflow of their own with regular
+activities, so each has its own page and search attributes in the Web UI.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+# No ``from __future__ import annotations``: see activities/contracts.py.
+import hashlib
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
@@ -47,29 +51,31 @@ PIPELINE_RETRY = RetryPolicy(
 ANALYZE_TIMEOUT = timedelta(seconds=30)
 RECALC_TIMEOUT = timedelta(seconds=120)
 INVALIDATE_TIMEOUT = timedelta(seconds=30)
-#: A partition with nothing to do for this long closes; the next signal-with-start opens a new run.
-PARTITION_IDLE = timedelta(minutes=10)
+#: A shard with nothing to do for this long closes; the next signal-with-start opens a new run.
+SHARD_IDLE = timedelta(minutes=10)
 BATCHES_PER_RUN = 500
+#: Bounds the partition list one batch's queries carry; the rest wait for the next batch.
+PARTITIONS_PER_BATCH = 200
 
 
 @dataclass
-class PartitionInput:
-    partition: str
-    #: Carried across continue-as-new: a wake that arrived while the last run was finishing.
-    pending: bool = False
+class ShardInput:
+    shard: int
+    #: Carried across continue-as-new: partitions woken while the last run was finishing.
+    dirty: list[str] = field(default_factory=list)
     batch_limit: int = 2000
 
 
 @dataclass
 class Wake:
-    """Sent by the dispatcher: events of this partition up to ``up_to_seq`` are waiting."""
+    """Sent by the dispatcher: these partitions of the shard have events waiting."""
 
-    up_to_seq: int
+    partitions: list[str]
 
 
 @dataclass
-class PartitionResult:
-    partition: str
+class ShardResult:
+    shard: int
     batches: int
     events: int
 
@@ -91,8 +97,14 @@ class EventResult:
     severity: str
 
 
-def partition_workflow_id(prefix: str, partition: str) -> str:
-    return f"{prefix}partition/{partition}"
+def shard_workflow_id(prefix: str, shard: int) -> str:
+    return f"{prefix}shard/{shard}"
+
+
+def shard_of(partition: str, shards: int) -> int:
+    """A stable spread of partitions over shards (``hash()`` differs between processes)."""
+    digest = hashlib.blake2b(partition.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
 
 
 def event_search_attributes(
@@ -108,48 +120,47 @@ def event_search_attributes(
     )
 
 
-@workflow.defn(name="Partition")
-class PartitionWorkflow:
+@workflow.defn(name="Shard")
+class ShardWorkflow:
     @workflow.init
-    def __init__(self, inp: PartitionInput) -> None:
+    def __init__(self, inp: ShardInput) -> None:
         # State lives here, not in run(): a signal may arrive before run() starts, including right after
         # a continue-as-new.
-        self._partition = inp.partition
-        self._pending = inp.pending
-        self._last_wake = 0
+        self._shard = inp.shard
+        self._dirty: set[str] = set(inp.dirty)
         self._batches = 0
         self._events = 0
 
     @workflow.signal(name="wake")
     def wake(self, signal: Wake) -> None:
-        self._pending = True
-        self._last_wake = max(self._last_wake, signal.up_to_seq)
+        self._dirty.update(signal.partitions)
 
     @workflow.query(name="progress")
-    def progress(self) -> PartitionResult:
-        return PartitionResult(self._partition, self._batches, self._events)
+    def progress(self) -> ShardResult:
+        return ShardResult(self._shard, self._batches, self._events)
 
     @workflow.run
-    async def run(self, inp: PartitionInput) -> PartitionResult:
+    async def run(self, inp: ShardInput) -> ShardResult:
         while True:
             try:
-                await workflow.wait_condition(lambda: self._pending, timeout=PARTITION_IDLE)
+                await workflow.wait_condition(lambda: bool(self._dirty), timeout=SHARD_IDLE)
             except TimeoutError:
-                return PartitionResult(self._partition, self._batches, self._events)
-            # Reset before draining: a wake during the drain means more may have arrived since.
-            self._pending = False
-            while True:
-                plan = await self._drain_once(inp.batch_limit)
-                if not plan.has_more:
-                    break
+                return ShardResult(self._shard, self._batches, self._events)
+            while self._dirty:
+                # Taken out before the batch: a wake during it marks its partitions dirty again.
+                take = sorted(self._dirty)[:PARTITIONS_PER_BATCH]
+                self._dirty.difference_update(take)
+                plan = await self._drain_once(take, inp.batch_limit)
+                if plan.has_more:
+                    self._dirty.update(take)
             if self._batches >= BATCHES_PER_RUN or workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(PartitionInput(self._partition, self._pending, inp.batch_limit))
+                workflow.continue_as_new(ShardInput(self._shard, sorted(self._dirty), inp.batch_limit))
 
-    async def _drain_once(self, limit: int) -> ImpactPlan:
+    async def _drain_once(self, partitions: list[str], limit: int) -> ImpactPlan:
         plan: ImpactPlan = await workflow.execute_local_activity(
             "analyze_impact",
-            ImpactInput(self._partition, [], limit),
+            ImpactInput(partitions, [], limit),
             result_type=ImpactPlan,
             start_to_close_timeout=ANALYZE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
@@ -171,14 +182,14 @@ class PartitionWorkflow:
         # Always run: it also finishes events a crash left applied but not yet invalidated.
         await workflow.execute_local_activity(
             "invalidate_cache",
-            InvalidateInput(self._partition, keys),
+            InvalidateInput(partitions, keys),
             result_type=InvalidateResult,
             start_to_close_timeout=INVALIDATE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
         if result is not None and result.changes and result.applied:
             # After invalidation: a notification never points at a value a read could not yet show.
-            cause = f"{self._partition}@{min(result.applied)}-{max(result.applied)}"
+            cause = f"shard-{self._shard}@{result.applied[0]}-{result.applied[-1]}"
             await notify_changes(result.changes, cause)
         self._batches += 1
         return plan
@@ -187,7 +198,7 @@ class PartitionWorkflow:
         try:
             child = await workflow.start_child_workflow(
                 EventWorkflow.run,
-                EventInput(self._partition, poison.seq, poison.source, poison.external_id, poison.type),
+                EventInput(poison.entity, poison.seq, poison.source, poison.external_id, poison.type),
                 id=poison.workflow_id,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                 search_attributes=event_search_attributes(
@@ -197,7 +208,7 @@ class PartitionWorkflow:
         except WorkflowAlreadyStartedError:
             workflow.logger.info("isolated event already has a workflow", extra={"seq": poison.seq})
             return
-        # Abandoned on purpose: its failure is the event's own page in the Web UI, not this partition's.
+        # Abandoned on purpose: its failure is the event's own page in the Web UI, not this shard's.
         child.add_done_callback(lambda done: done.exception())
 
 
@@ -209,7 +220,7 @@ class EventWorkflow:
     async def run(self, inp: EventInput) -> EventResult:
         plan: ImpactPlan = await workflow.execute_activity(
             "analyze_impact",
-            ImpactInput(inp.partition, [inp.seq], 1),
+            ImpactInput([inp.partition], [inp.seq], 1),
             result_type=ImpactPlan,
             start_to_close_timeout=ANALYZE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
@@ -226,7 +237,7 @@ class EventWorkflow:
         )
         await workflow.execute_activity(
             "invalidate_cache",
-            InvalidateInput(inp.partition, result.keys),
+            InvalidateInput([inp.partition], result.keys),
             result_type=InvalidateResult,
             start_to_close_timeout=INVALIDATE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,

@@ -60,11 +60,9 @@ class MetricChange:
 
 @dataclass
 class ChangeSet:
-    """The metric changes of one batch, as columns.
-
-    Hundreds of changes per batch cross workflow history twice (recalculation result, detection input);
-    as columns of scalars they decode in one pass, where a list of dataclasses costs a type-hint lookup
-    per element inside the workflow sandbox, which is enough to stall a busy worker's workflow thread.
+    """The metric changes of one batch, as columns: how detection receives them and how the pipeline saves
+    them for detection (``store.models.ChangeBatchRecord``). Columns of scalars encode and decode in one
+    pass, where a list of dataclasses costs a type-hint lookup per element.
     """
 
     entities: list[str] = field(default_factory=list)
@@ -90,6 +88,14 @@ class ChangeSet:
     def __len__(self) -> int:
         return len(self.entities)
 
+    def columns(self) -> dict[str, list[Any]]:
+        return {
+            "entities": self.entities,
+            "metrics": self.metrics,
+            "before": self.before,
+            "after": self.after,
+        }
+
 
 @dataclass
 class IsolatedEvent:
@@ -105,17 +111,25 @@ class IsolatedEvent:
 
 @dataclass
 class RecalcResult:
+    """What one batch did, kept small: it is recorded in workflow history once per batch."""
+
     partitions: list[str]
-    applied: list[int]
-    isolated: list[IsolatedEvent]
-    keys: list[str]
-    changes: ChangeSet = field(default_factory=ChangeSet)
+    applied: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    isolated: list[IsolatedEvent] = field(default_factory=list)
+    #: The time stamped on every read model the batch rewrote (ISO 8601; empty: none), by which
+    #: invalidation finds them.
+    views_at: str = ""
+    #: Metric changes saved for detection (``store.models.ChangeBatchRecord``).
+    changes: int = 0
 
 
 @dataclass
 class InvalidateInput:
     partitions: list[str]
-    keys: list[str]
+    #: ``RecalcResult.views_at`` of the batch just applied; empty: find what is stale from the log.
+    views_at: str = ""
 
 
 @dataclass

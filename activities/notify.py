@@ -65,6 +65,7 @@ from domain.rules import (
 )
 from domain.rules import MetricChange as RuleChange
 from pulse.metrics import DELIVERIES, DELIVERY_SECONDS, NOTIFICATIONS_CREATED
+from store import entities
 from store import notify as store
 from store.db import Database
 from templates.renderer import (
@@ -112,6 +113,9 @@ class DetectInput:
     at: str
     #: Identifies the batch (e.g. ``partition@seq``); makes a retried detection return its first answer.
     cause: str | None = None
+    #: Instead of ``changes``: detect every batch of changes the pipeline saved for this workflow id
+    #: (``store.models.ChangeBatchRecord``), each under its own cause, consuming them.
+    outbox: str | None = None
 
 
 @dataclass
@@ -376,15 +380,33 @@ class NotifyActivities:
     @activity.defn(name="detect_significant_changes")
     async def detect_significant_changes(self, inp: DetectInput) -> DetectResult:
         """Evaluate the watchers' rules on the changes and store the notifications they produce."""
-        result = await asyncio.to_thread(self.detect, inp)
+        if inp.outbox is not None:
+            result = await asyncio.to_thread(self.detect_saved, inp.outbox, inp.at)
+        else:
+            result = await asyncio.to_thread(self.detect, inp)
         if self._client is not None and result.notifications:
             await self.dispatch(result)
         return result
 
-    def detect(self, inp: DetectInput) -> DetectResult:
-        """The synchronous core of detection (one write transaction)."""
+    def detect_saved(self, owner: str, at: str = "") -> DetectResult:
+        """Detection over the change batches saved for ``owner``, oldest first, one transaction each."""
+        with self._db.read() as s:
+            batches = entities.change_batches(s, owner)
+        merged = DetectResult()
+        for batch_id, cause, columns in batches:
+            result = self.detect(DetectInput(ChangeSet(**columns), at, cause), consume=batch_id)
+            merged.notifications += result.notifications
+            merged.evaluated += result.evaluated
+            merged.suppressed += result.suppressed
+        return merged
+
+    def detect(self, inp: DetectInput, *, consume: int | None = None) -> DetectResult:
+        """The synchronous core of detection (one write transaction). ``consume``: the saved change batch
+        this detection uses up, deleted in the same transaction."""
         at = parse_time(inp.at) if inp.at else datetime.now(UTC)
         with self._db.write() as s:
+            if consume is not None:
+                entities.delete_change_batch(s, consume)
             if inp.cause:
                 done = s.get(store.DetectionRecord, inp.cause)
                 if done is not None:

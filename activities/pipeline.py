@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ParamSpec, TypeVar
 
 from pydantic import ValidationError
@@ -33,7 +34,7 @@ from activities.contracts import (
     RecalcResult,
 )
 from domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
-from domain.events import Event, EventType
+from domain.events import Event, EventType, utcnow
 from domain.impact import SEVERITIES, analyze_each
 from pulse.metrics import (
     EVENTS_FAILED,
@@ -45,7 +46,7 @@ from pulse.metrics import (
 from store import entities, events
 from store.cache import EntityCache
 from store.db import Database, TransientStoreError
-from store.entities import RateBook, ViewWrite
+from store.entities import BookWrite, RateBook, ViewWrite
 from store.models import EventRecord, EventStatus, Route
 
 log = logging.getLogger("pulse.activities")
@@ -148,11 +149,9 @@ class PipelineActivities:
             has_more = len(rows) > inp.limit
             rows = rows[: inp.limit]
             groups = _by_partition(rows)
-            books = {
-                partition: self._book_for_reading(session, partition)
-                for partition in groups
-                if partition.startswith("collection:")
-            }
+            collections = [p for p in groups if p.startswith("collection:")]
+            versions = entities.book_versions(session, collections)
+            books = {p: self._book_for_reading(session, p, versions.get(p)) for p in collections}
         touched: set[str] = set()
         factors: set[str] = set()
         severity = SEVERITIES[0]
@@ -174,9 +173,9 @@ class PipelineActivities:
             has_more=has_more,
         )
 
-    def _book_for_reading(self, session: Session, partition: str) -> CollectionBook:
+    def _book_for_reading(self, session: Session, partition: str, version: int | None) -> CollectionBook:
         _kind, chain, contract = split_partition(partition)
-        book = self._books.peek(partition, entities.book_version(session, partition))
+        book = self._books.peek(partition, version)
         if book is None:
             book, _version = entities.load_book(session, partition, chain, contract)
         return book
@@ -191,7 +190,7 @@ class PipelineActivities:
         _count_action()
         plan = inp.plan
         if not plan.seqs:
-            return RecalcResult(plan.partitions, [], [], [])
+            return RecalcResult(plan.partitions)
         try:
             result, failure = self._recalculate(inp)
         except TransientStoreError as exc:
@@ -213,34 +212,33 @@ class PipelineActivities:
 
     def _recalculate(self, inp: RecalcInput) -> tuple[RecalcResult, tuple[EventRecord, BaseException] | None]:
         plan = inp.plan
-        empty = RecalcResult(plan.partitions, [], [], [])
-        saved: list[tuple[str, int, CollectionBook]] = []
+        empty = RecalcResult(plan.partitions)
+        saved: list[BookWrite] = []
         applied: list[EventRecord] = []
         poison: list[tuple[EventRecord, BaseException]] = []
         writes: list[ViewWrite] = []
         change = Change()
         with self._db.write() as session:
-            # In a fixed order, so that two transactions wanting the same partitions never deadlock.
-            for partition in sorted(plan.partitions):
-                self._db.lock_partition(session, partition)
+            self._db.lock_partitions(session, plan.partitions)
             rows = [r for r in events.load_by_seq(session, plan.seqs) if r.status in _APPLICABLE]
             if not inp.single:
                 rows = [r for r in rows if r.route == Route.PARTITION.value]
             if not rows:
                 return empty, None
             started = time.perf_counter()
-            for partition, group in _by_partition(rows).items():
+            groups = _by_partition(rows)
+            versions = entities.book_versions(session, list(groups))
+            for partition, group in groups.items():
                 kind, chain, contract = split_partition(partition)
                 if kind == "rates":
                     self._apply_rates(session, group)
                     applied += group
                     continue
-                version = entities.book_version(session, partition) or 0
+                version = versions.get(partition, 0)
                 outcome = self._apply(session, partition, chain, contract, version, group)
                 if outcome.poison and inp.single:
                     return empty, outcome.poison[0]
-                entities.save_book(session, partition, outcome.book, version + 1)
-                saved.append((partition, version + 1, outcome.book))
+                saved.append(BookWrite(partition, version + 1, outcome.book))
                 writes += [
                     ViewWrite(outcome.book.nft_key(tid), "nft", partition, outcome.book.nft_view(tid))
                     for tid in sorted(outcome.change.nfts)
@@ -253,8 +251,18 @@ class PipelineActivities:
                 change.merge(outcome.change)
                 applied += outcome.applied
                 poison += outcome.poison
-            versions = entities.write_views(session, self._db, writes)
+            entities.save_books(session, self._db, saved)
+            views_at = utcnow()
+            entities.write_views(session, self._db, writes, views_at)
             events.mark_applied(session, [r.seq or 0 for r in applied])
+            seqs = sorted(r.seq or 0 for r in applied)
+            changes = ChangeSet.of(
+                MetricChange(entity, metric, _plain(before), _plain(after))
+                for (entity, metric), (before, after) in change.metrics.items()
+            )
+            if changes and seqs:
+                cause = f"{inp.workflow_id}@{seqs[0]}-{seqs[-1]}"
+                entities.add_change_batch(session, inp.workflow_id, cause, changes.columns())
             isolated = [self._isolate(session, row, exc, inp.workflow_id) for row, exc in poison]
             RECALC_SECONDS.labels("book").observe(time.perf_counter() - started)
         log.info(
@@ -262,14 +270,17 @@ class PipelineActivities:
             extra={"workflow_id": inp.workflow_id, "partitions": len(saved), "events": len(applied)},
         )
         # Committed: later batches of these partitions may start from the books in memory.
-        for partition, version, book in saved:
-            self._books.put(partition, version, book)
-        changes = ChangeSet.of(
-            MetricChange(entity, metric, _plain(before), _plain(after))
-            for (entity, metric), (before, after) in change.metrics.items()
-        )
-        applied_seqs = sorted(r.seq or 0 for r in applied)
-        return RecalcResult(plan.partitions, applied_seqs, isolated, sorted(versions), changes), None
+        for write in saved:
+            self._books.put(write.key, write.version, write.book)
+        return RecalcResult(
+            partitions=plan.partitions,
+            applied=len(seqs),
+            first_seq=seqs[0] if seqs else 0,
+            last_seq=seqs[-1] if seqs else 0,
+            isolated=isolated,
+            views_at=views_at.isoformat() if writes else "",
+            changes=len(changes) if seqs else 0,
+        ), None
 
     def _isolate(
         self, session: Session, row: EventRecord, exc: BaseException, batch_workflow_id: str
@@ -345,11 +356,21 @@ class PipelineActivities:
         here as well: their entities are invalidated too, so nothing stays stale.
         """
         _count_action()
+        collections = [p for p in inp.partitions if p.startswith("collection:")]
         with self._db.write() as session:
             applied = events.applied_in_partitions(session, inp.partitions)
-            keys = set(inp.keys) | {r.nft_key for r in applied if r.nft_key is not None}
-            keys |= {p for p in inp.partitions if p.startswith("collection:")}
+            keys = {r.nft_key for r in applied if r.nft_key is not None} | set(collections)
             versions = entities.view_versions(session, keys)
+            # The read models the batch rewrote, found by the time it stamped on them. Without it (a crash
+            # lost the batch's result), every model rewritten since the oldest applied event arrived: a
+            # superset, and invalidating more than needed is harmless.
+            since = (
+                datetime.fromisoformat(inp.views_at)
+                if inp.views_at
+                else min((r.received_at for r in applied), default=None)
+            )
+            if since is not None and collections:
+                versions |= entities.views_updated_since(session, collections, since)
             self._cache.invalidate(versions)
             processed_at = events.mark_processed(session, [r.seq for r in applied])
         for item in applied:

@@ -106,6 +106,20 @@ def actions(procs: PulseProcesses) -> dict[str, float]:
     return total
 
 
+async def post_events(http: httpx.AsyncClient, events: list[dict[str, Any]]) -> httpx.Response:
+    """POST a batch, again on a connection error: ingest is idempotent by (source, id), so a batch whose
+    first try did land is reported as duplicates, never stored twice. (A pooled connection the server
+    closed for idleness at the moment it is reused fails this way.)"""
+    for attempt in range(3):
+        try:
+            return await http.post("/v1/events", json={"events": events})
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError):
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 async def post_paced(http: httpx.AsyncClient, events: list[dict[str, Any]], rate: float) -> float:
     """Post in batches of BATCH so that the offered load is ``rate`` events/s; returns the seconds taken."""
     started = time.perf_counter()
@@ -115,7 +129,7 @@ async def post_paced(http: httpx.AsyncClient, events: list[dict[str, Any]], rate
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        pending.add(asyncio.create_task(http.post("/v1/events", json={"events": events[i : i + BATCH]})))
+        pending.add(asyncio.create_task(post_events(http, events[i : i + BATCH])))
         done = {t for t in pending if t.done()}
         for task in done:
             assert task.result().status_code == 202, task.result().text
@@ -132,7 +146,7 @@ async def post_burst(http: httpx.AsyncClient, events: list[dict[str, Any]], conc
     async def sender() -> None:
         while queue:
             batch = queue.pop()
-            resp = await http.post("/v1/events", json={"events": batch})
+            resp = await post_events(http, batch)
             assert resp.status_code == 202, resp.text
 
     await asyncio.gather(*[sender() for _ in range(concurrency)])

@@ -35,6 +35,7 @@ from store.db import Database
 from store.events import DispatchMark
 from store.models import EventRecord, Route
 from workflows.pipeline import (
+    SHARD_TASK_TIMEOUT,
     EventInput,
     EventWorkflow,
     ShardInput,
@@ -52,6 +53,8 @@ STALE_AFTER = timedelta(seconds=60)
 FLOORS_EVERY_S = 5.0
 GAUGES_EVERY_S = 2.0
 MAX_HANDOFF_CONCURRENCY = 64
+#: The shortest time between two wakes of one shard, even for critical events.
+URGENT_WAKE_INTERVAL_S = 0.2
 #: Backlog that doubles the wake interval (see ``Dispatcher.wake_interval``).
 BACKLOG_PER_STEP = 10_000
 _QUEUE_KINDS = {
@@ -78,6 +81,8 @@ class Deferred:
 
     partitions: set[str] = field(default_factory=set)
     traces: list[str] = field(default_factory=list)
+    #: Carries a critical or high-priority event: due after ``URGENT_WAKE_INTERVAL_S``.
+    urgent: bool = False
 
 
 class Dispatcher:
@@ -173,8 +178,7 @@ class Dispatcher:
             deferred = self._deferred.setdefault(shard, Deferred())
             deferred.partitions |= partitions
             deferred.traces += routed.traces.get(shard, [])
-            if shard in routed.urgent:
-                self._woken_at.pop(shard, None)
+            deferred.urgent = deferred.urgent or shard in routed.urgent
         jobs = self._due_wakes(now)
         jobs += [self._start_event(row, cls, severity) for row, cls, severity in routed.own]
         self._handoff = asyncio.Semaphore(self.handoff_concurrency())
@@ -187,9 +191,16 @@ class Dispatcher:
     def _due_wakes(self, now: float) -> list[Any]:
         """Wakes for shards not woken within the wake interval. Conflating wakes makes batches larger
         under load: a signal is a workflow task, and a few per second per shard cost more than the
-        events themselves. Events wait at most the interval; critical and high ones not at all."""
+        events themselves. Events wait at most the interval; critical and high ones at most
+        ``URGENT_WAKE_INTERVAL_S``: at once unless their shard was just woken, when a signal per tick would
+        cost the Temporal server more than the batch it starts."""
         interval = self.wake_interval()
-        due = [s for s in self._deferred if now - self._woken_at.get(s, -1e9) >= interval]
+        due = [
+            shard
+            for shard, deferred in self._deferred.items()
+            if now - self._woken_at.get(shard, -1e9)
+            >= (min(interval, URGENT_WAKE_INTERVAL_S) if deferred.urgent else interval)
+        ]
         jobs = []
         for shard in due:
             deferred = self._deferred.pop(shard)
@@ -230,6 +241,7 @@ class Dispatcher:
             start_signal="wake",
             start_signal_args=[Wake(partitions)],
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            task_timeout=SHARD_TASK_TIMEOUT,
         )
 
     async def _start_event(self, row: EventRecord, priority_class: str, severity: str) -> None:

@@ -50,12 +50,12 @@ class Settings(BaseSettings):
         default=0.5, description="a shard is signalled at most this often (critical events at once)"
     )
     shards: int = Field(
-        default=8,
+        default=4,
         ge=1,
         description="workflows that batch routine events; collections are spread over them by hash. Fewer "
         "make larger batches (less work per event), more let more workers apply batches at once",
     )
-    partition_batch_max: int = Field(default=2000, description="events one recalculation activity applies")
+    partition_batch_max: int = Field(default=1000, description="events one recalculation activity applies")
     worker_workflow_slots: int = Field(
         default=10, description="workflow tasks one worker runs at once (a partition's batch is one task)"
     )

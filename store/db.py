@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+import orjson
+from sqlalchemy import Engine, any_, bindparam, create_engine, event, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel
@@ -17,6 +19,27 @@ from store import models, notify  # noqa: F401  (registers the tables on SQLMode
 
 #: Advisory lock key under which schema changes run (any constant unlikely to collide).
 _SCHEMA_LOCK = 0x50554C5345
+
+
+def _lock_key(partition: str) -> int:
+    return int.from_bytes(hashlib.blake2b(partition.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _json_dumps(value: Any) -> str:
+    """JSON columns (event data, read models) through orjson: several times faster than ``json``."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN (values)`` whose SQL text does not depend on how many values there are.
+
+    On Postgres it is ``column = ANY(:array)``: one text for every batch size, so psycopg parses it once
+    and, after a few runs, the server keeps it prepared, where an ``IN`` list of each length is a new
+    statement to parse and plan. SQLite keeps the plain ``IN`` (callers stay under its variable limit).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(list(values))
 
 
 class TransientStoreError(RuntimeError):
@@ -51,13 +74,25 @@ class Database:
             # No pre-ping: it costs a round trip per checkout on the hot path. A dead connection raises
             # OperationalError instead, which callers treat as transient and retry.
             engine = create_engine(
-                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+                url,
+                echo=echo,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_recycle=1800,
+                json_serializer=_json_dumps,
+                json_deserializer=orjson.loads,
             )
             self.read_engine = self.write_engine = engine
 
     @staticmethod
     def _sqlite_engine(url: str, echo: bool, *, immediate: bool) -> Engine:
-        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60})
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": 60},
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -107,14 +142,20 @@ class Database:
                     raise TransientStoreError(str(exc)) from exc
                 raise
 
-    def lock_partition(self, session: Session, partition: str) -> None:
-        """Serialise writers of one partition until the transaction ends."""
+    def lock_partitions(self, session: Session, partitions: Iterable[str]) -> None:
+        """Serialise writers of these partitions until the transaction ends.
+
+        One statement for all of them, taking the locks in key order so that two transactions wanting
+        overlapping sets never deadlock.
+        """
         if self.is_sqlite:
             return  # BEGIN IMMEDIATE already holds the database's single write lock.
-        digest = int.from_bytes(
-            hashlib.blake2b(partition.encode(), digest_size=8).digest(), "big", signed=True
-        )
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+        keys = sorted({_lock_key(p) for p in partitions})
+        if keys:
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"),
+                {"keys": keys},
+            )
 
     def ping(self) -> bool:
         try:

@@ -9,14 +9,14 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from domain.book import CollectionBook
 from domain.events import utcnow
-from store.db import Database
-from store.models import CollectionBookRecord, EntityView, Rate
+from store.db import Database, one_of
+from store.models import ChangeBatchRecord, CollectionBookRecord, EntityView, Rate
 
 
 def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[CollectionBook, int]:
@@ -26,30 +26,53 @@ def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[Co
     return CollectionBook.from_dict(orjson.loads(row.book)), row.version
 
 
-def book_version(session: Session, key: str) -> int | None:
-    return session.execute(
-        select(CollectionBookRecord.version).where(CollectionBookRecord.key == key)
-    ).scalar_one_or_none()
-
-
-def save_book(session: Session, key: str, book: CollectionBook, version: int) -> None:
-    blob = orjson.dumps(book.to_dict())
-    row = session.get(CollectionBookRecord, key)
-    if row is None:
-        session.add(
-            CollectionBookRecord(
-                key=key,
-                chain=book.chain,
-                contract=book.contract,
-                version=version,
-                book=blob,
-                updated_at=utcnow(),
+def book_versions(session: Session, keys: Sequence[str]) -> dict[str, int]:
+    """The saved version of each of these books (absent: never saved)."""
+    return dict(
+        session.execute(
+            select(CollectionBookRecord.key, CollectionBookRecord.version).where(
+                one_of(session, CollectionBookRecord.key, keys)
             )
-        )
-    else:
-        row.book, row.version, row.updated_at = blob, version, utcnow()
-        session.add(row)
-    session.flush()
+        ).all()
+    )
+
+
+@dataclass(frozen=True)
+class BookWrite:
+    key: str
+    version: int
+    book: CollectionBook
+
+
+def save_books(session: Session, db: Database, writes: Sequence[BookWrite]) -> None:
+    """Save books with their new versions: one upsert executed with many parameter sets."""
+    if not writes:
+        return
+    now = utcnow()
+    insert = sqlite.insert if db.is_sqlite else postgresql.insert
+    stmt = insert(CollectionBookRecord)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={
+            "version": stmt.excluded.version,
+            "book": stmt.excluded.book,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    session.connection().execute(
+        stmt,
+        [
+            {
+                "key": w.key,
+                "chain": w.book.chain,
+                "contract": w.book.contract,
+                "version": w.version,
+                "book": orjson.dumps(w.book.to_dict()),
+                "updated_at": now,
+            }
+            for w in writes
+        ],
+    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +83,9 @@ class ViewWrite:
     view: dict[str, Any]
 
 
-def write_views(session: Session, db: Database, writes: Sequence[ViewWrite]) -> dict[str, int]:
+def write_views(
+    session: Session, db: Database, writes: Sequence[ViewWrite], at: datetime | None = None
+) -> dict[str, int]:
     """Upsert read models, bumping each one's version; returns the new version per key.
 
     One upsert with RETURNING, executed with many parameter sets: the version is bumped by the database
@@ -68,7 +93,7 @@ def write_views(session: Session, db: Database, writes: Sequence[ViewWrite]) -> 
     """
     if not writes:
         return {}
-    now = utcnow()
+    now = at or utcnow()
     insert = sqlite.insert if db.is_sqlite else postgresql.insert
     stmt = insert(EntityView)
     stmt = stmt.on_conflict_do_update(
@@ -93,6 +118,41 @@ def write_views(session: Session, db: Database, writes: Sequence[ViewWrite]) -> 
     return {key: version for key, version in session.connection().execute(stmt, rows)}
 
 
+def views_updated_since(session: Session, partitions: Sequence[str], since: datetime) -> dict[str, int]:
+    """Key and version of every read model of these collections rewritten at or after ``since``."""
+    return dict(
+        session.execute(
+            select(EntityView.key, EntityView.version).where(
+                one_of(session, EntityView.collection_key, partitions),
+                EntityView.updated_at >= since,  # type: ignore[operator]
+            )
+        ).all()
+    )
+
+
+# -- changes waiting for detection ------------------------------------------------------------------
+
+
+def add_change_batch(session: Session, owner: str, cause: str, columns: dict[str, list[Any]]) -> None:
+    session.add(
+        ChangeBatchRecord(owner=owner, cause=cause, changes=orjson.dumps(columns), created_at=utcnow())
+    )
+
+
+def change_batches(session: Session, owner: str) -> list[tuple[int, str, dict[str, list[Any]]]]:
+    """The batches waiting for ``owner``'s detection, oldest first: (id, cause, change columns)."""
+    rows = session.execute(
+        select(ChangeBatchRecord.id, ChangeBatchRecord.cause, ChangeBatchRecord.changes)
+        .where(ChangeBatchRecord.owner == owner)
+        .order_by(ChangeBatchRecord.id)  # type: ignore[arg-type]
+    ).all()
+    return [(batch_id, cause, orjson.loads(blob)) for batch_id, cause, blob in rows]
+
+
+def delete_change_batch(session: Session, batch_id: int) -> None:
+    session.execute(delete(ChangeBatchRecord).where(ChangeBatchRecord.id == batch_id))  # type: ignore[arg-type]
+
+
 def read_view(db: Database, key: str) -> EntityView | None:
     with db.read() as session:
         return session.get(EntityView, key)
@@ -103,7 +163,9 @@ def view_versions(session: Session, keys: Iterable[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for start in range(0, len(keys), 900):
         for key, version in session.execute(
-            select(EntityView.key, EntityView.version).where(EntityView.key.in_(keys[start : start + 900]))  # type: ignore[attr-defined]
+            select(EntityView.key, EntityView.version).where(
+                one_of(session, EntityView.key, keys[start : start + 900])
+            )
         ):
             out[key] = version
     return out

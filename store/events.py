@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from domain.events import Event, EventType, utcnow
-from store.db import Database
+from store.db import Database, one_of
 from store.models import EventRecord, EventStatus, Route
 
 _PENDING = (EventStatus.RECEIVED.value, EventStatus.DISPATCHED.value, EventStatus.APPLIED.value)
@@ -227,7 +227,7 @@ def pending_in_partitions(session: Session, partitions: Sequence[str], limit: in
         session.execute(
             select(EventRecord)
             .where(
-                EventRecord.partition.in_(list(partitions)),  # type: ignore[attr-defined]
+                one_of(session, EventRecord.partition, partitions),
                 EventRecord.route == Route.PARTITION.value,
                 EventRecord.status == EventStatus.DISPATCHED.value,
             )
@@ -241,9 +241,7 @@ def load_by_seq(session: Session, seqs: Sequence[int]) -> list[EventRecord]:
     rows: list[EventRecord] = []
     for chunk in _chunks(list(seqs)):
         rows.extend(
-            session.execute(
-                select(EventRecord).where(EventRecord.seq.in_(chunk))  # type: ignore[union-attr]
-            ).scalars()
+            session.execute(select(EventRecord).where(one_of(session, EventRecord.seq, chunk))).scalars()
         )
     return sorted(rows, key=lambda r: r.seq or 0)
 
@@ -266,7 +264,7 @@ def mark_applied(session: Session, seqs: Sequence[int]) -> None:
     for chunk in _chunks(list(seqs)):
         session.execute(
             update(EventRecord)
-            .where(EventRecord.seq.in_(chunk), EventRecord.status.in_(_PENDING))  # type: ignore[union-attr,attr-defined]
+            .where(one_of(session, EventRecord.seq, chunk), EventRecord.status.in_(_PENDING))  # type: ignore[attr-defined]
             .values(status=EventStatus.APPLIED.value, ever_applied=True, error=None, error_category=None)
         )
 
@@ -314,7 +312,7 @@ def applied_in_partitions(session: Session, partitions: Sequence[str]) -> list[A
             EventRecord.contract,
             EventRecord.token_id,
         ).where(
-            EventRecord.partition.in_(list(partitions)),  # type: ignore[attr-defined]
+            one_of(session, EventRecord.partition, partitions),
             EventRecord.status == EventStatus.APPLIED.value,
         )
     ).all()
@@ -330,7 +328,7 @@ def mark_processed(session: Session, seqs: Sequence[int]) -> datetime:
     for chunk in _chunks(list(seqs)):
         session.execute(
             update(EventRecord)
-            .where(EventRecord.seq.in_(chunk), EventRecord.status == EventStatus.APPLIED.value)  # type: ignore[union-attr]
+            .where(one_of(session, EventRecord.seq, chunk), EventRecord.status == EventStatus.APPLIED.value)
             .values(status=EventStatus.PROCESSED.value, processed_at=now)
         )
     return now

@@ -46,7 +46,7 @@ class PulseProcesses:
             PULSE_DISPATCHER_METRICS_PORT=str(self.ports["dispatcher_metrics"]),
             PULSE_TEMPORAL_SDK_METRICS_PORT=str(self.ports["sdk_metrics"]),
             PULSE_DISPATCH_INTERVAL_S="0.05",
-            PULSE_LOG_LEVEL="WARNING",
+            PULSE_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         )
         env.update(self.extra_env)
         return env

@@ -110,3 +110,25 @@ def test_dispatcher_adapts_wakes_and_concurrency_to_the_backlog() -> None:
     assert dispatcher.wake_interval() == 1.0 and dispatcher.handoff_concurrency() == 18
     dispatcher._backlog = 100 * BACKLOG_PER_STEP
     assert dispatcher.wake_interval() == 2.0 and dispatcher.handoff_concurrency() == MAX_HANDOFF_CONCURRENCY
+
+
+def test_shards_spread_partitions_stably_and_urgent_wakes_are_rate_limited() -> None:
+    from pulse.dispatcher import URGENT_WAKE_INTERVAL_S, Deferred, Dispatcher
+    from pulse.settings import Settings
+    from workflows.pipeline import shard_of
+
+    partitions = [f"collection:ethereum:0x{i:040x}" for i in range(400)]
+    spread = [shard_of(p, 4) for p in partitions]
+    # Stable across processes (not Python's salted hash) and roughly even.
+    assert spread == [shard_of(p, 4) for p in partitions]
+    assert all(60 < spread.count(shard) < 140 for shard in range(4))
+
+    dispatcher = Dispatcher(Settings(partition_wake_interval_s=1.0), db=None, client=None)  # type: ignore[arg-type]
+    dispatcher._woken_at = {0: 100.0, 1: 100.0}
+    dispatcher._deferred = {0: Deferred({"a"}), 1: Deferred({"b"}, urgent=True)}
+    # Just after a wake: neither is due; the urgent one becomes due after the short interval only.
+    assert dispatcher._due_wakes(100.0 + URGENT_WAKE_INTERVAL_S / 2) == []
+    due = dispatcher._due_wakes(100.0 + URGENT_WAKE_INTERVAL_S)
+    assert len(due) == 1 and set(dispatcher._deferred) == {0}
+    for job in due:
+        job.close()  # the coroutine of a wake; not sent in this test

@@ -44,7 +44,7 @@ from channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryErr
 from channels.registry import ChannelRegistry
 from channels.sms import twilio_callback_signature
 from channels.webhook import WebhookChannel, WebhookConfig
-from store import keys
+from store import entities, keys
 from store import notify as notify_store
 from store.db import Database
 from store.models import EntityView
@@ -554,6 +554,31 @@ def test_detection_is_idempotent_and_only_touches_watchers(db: Database) -> None
         )
     assert len(rows) == 1 and rows[0].user_id == "alice"
     assert {st.subscription_id for st in states} == {"sub_alice"}  # carol's rules were never evaluated
+
+
+def test_saved_change_batches_are_detected_once_each_and_consumed(db: Database) -> None:
+    """The pipeline saves each batch's changes for its workflow; detection uses them up, and a batch whose
+    recalculation result was lost (a crash) is still detected the next time the workflow asks."""
+    _seed(db, "alice", COLLECTION)
+    acts = NotifyActivities(db, ChannelRegistry())
+    with db.write() as s:
+        entities.add_change_batch(s, "shard/1", "shard/1@1-5", _floor("10", "7").columns())
+        entities.add_change_batch(s, "shard/2", "shard/2@6-6", _floor("10", "7").columns())
+    first = acts.detect_saved("shard/1")
+    assert [n.user_id for n in first.notifications] == ["alice"]
+    # Consumed: asking again finds nothing, and the other workflow's batch is untouched.
+    assert acts.detect_saved("shard/1").notifications == []
+    with db.read() as s:
+        assert [cause for _, cause, _ in entities.change_batches(s, "shard/2")] == ["shard/2@6-6"]
+    # A batch saved again under a cause already detected (a recalculation retried after its commit)
+    # answers with the first notification instead of creating another.
+    with db.write() as s:
+        entities.add_change_batch(s, "shard/1", "shard/1@1-5", _floor("10", "7").columns())
+    again = acts.detect_saved("shard/1")
+    assert [n.notification_id for n in again.notifications] == [first.notifications[0].notification_id]
+    with db.read() as s:
+        assert entities.change_batches(s, "shard/1") == []
+        assert len(list(s.execute(select(notify_store.Notification)).scalars())) == 1
 
 
 def test_budget_and_quiet_hours_route_to_digest_or_defer(db: Database) -> None:

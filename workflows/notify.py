@@ -76,30 +76,23 @@ DIGEST_IDLE = timedelta(days=2)
 DIGEST_SENDS_PER_RUN = 50
 
 
-async def notify_changes(changes: ChangeSet, cause: str, *, local: bool = True) -> int:
-    """The pipeline hook: run detection for one applied batch (from inside a workflow); returns how many
-    notifications it created.
+async def notify_changes(owner: str) -> int:
+    """The pipeline hook: run detection for the changes the calling workflow's batches saved (from inside
+    that workflow); returns how many notifications it created.
 
-    The activity stores the notifications and, with its Temporal client, starts their workflows; the
-    ``cause`` (e.g. ``partition@first-last seq``) makes a retry return the first attempt's answer. The
-    result is read as plain JSON: the calling workflow only needs the count, and typed decoding would
-    make the pipeline's sandbox resolve every notification type by name.
+    Recalculation saves each batch's changes in the database under the workflow's id, and detection
+    consumes them, batch by batch, each idempotent by its cause: so a retry never notifies twice and a
+    batch whose result a crash lost is still detected at the next call. The result is read as plain JSON:
+    the calling workflow only needs the count, and typed decoding would make the pipeline's sandbox
+    resolve every notification type by name.
     """
-    inp = DetectInput(changes=changes, at="", cause=cause)
-    if local:
-        raw = await workflow.execute_local_activity(
-            "detect_significant_changes",
-            inp,
-            start_to_close_timeout=DETECT_TIMEOUT,
-            retry_policy=DETECT_RETRY,
-        )
-    else:
-        raw = await workflow.execute_activity(
-            "detect_significant_changes",
-            inp,
-            start_to_close_timeout=DETECT_TIMEOUT,
-            retry_policy=DETECT_RETRY,
-        )
+    inp = DetectInput(changes=ChangeSet(), at="", outbox=owner)
+    raw = await workflow.execute_local_activity(
+        "detect_significant_changes",
+        inp,
+        start_to_close_timeout=DETECT_TIMEOUT,
+        retry_policy=DETECT_RETRY,
+    )
     return len(raw.get("notifications", [])) if isinstance(raw, dict) else 0
 
 

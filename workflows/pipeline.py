@@ -56,6 +56,11 @@ SHARD_IDLE = timedelta(minutes=10)
 BATCHES_PER_RUN = 500
 #: Bounds the partition list one batch's queries carry; the rest wait for the next batch.
 PARTITIONS_PER_BATCH = 200
+#: A shard's workflow task stays open while its batches run as local activities, and the SDK renews it
+#: at 80 % of this timeout. With Temporal's default (10 s) a busy worker whose event loop waits on the
+#: interpreter lock renews too late, the task times out and the batch in flight is thrown away and
+#: redone, so shards run with more headroom.
+SHARD_TASK_TIMEOUT = timedelta(seconds=60)
 
 
 @dataclass
@@ -155,7 +160,10 @@ class ShardWorkflow:
                     self._dirty.update(take)
             if self._batches >= BATCHES_PER_RUN or workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(ShardInput(self._shard, sorted(self._dirty), inp.batch_limit))
+                workflow.continue_as_new(
+                    ShardInput(self._shard, sorted(self._dirty), inp.batch_limit),
+                    task_timeout=SHARD_TASK_TIMEOUT,
+                )
 
     async def _drain_once(self, partitions: list[str], limit: int) -> ImpactPlan:
         plan: ImpactPlan = await workflow.execute_local_activity(
@@ -165,7 +173,6 @@ class ShardWorkflow:
             start_to_close_timeout=ANALYZE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
-        keys: list[str] = []
         result: RecalcResult | None = None
         if plan.seqs:
             result = await workflow.execute_local_activity(
@@ -175,22 +182,20 @@ class ShardWorkflow:
                 start_to_close_timeout=RECALC_TIMEOUT,
                 retry_policy=PIPELINE_RETRY,
             )
-            keys = result.keys
-            self._events += len(result.applied)
+            self._events += result.applied
             for poison in result.isolated:
                 await self._isolate(poison)
         # Always run: it also finishes events a crash left applied but not yet invalidated.
         await workflow.execute_local_activity(
             "invalidate_cache",
-            InvalidateInput(partitions, keys),
+            InvalidateInput(partitions, result.views_at if result else ""),
             result_type=InvalidateResult,
             start_to_close_timeout=INVALIDATE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
-        if result is not None and result.changes and result.applied:
+        if result is not None and result.changes:
             # After invalidation: a notification never points at a value a read could not yet show.
-            cause = f"shard-{self._shard}@{result.applied[0]}-{result.applied[-1]}"
-            await notify_changes(result.changes, cause)
+            await notify_changes(workflow.info().workflow_id)
         self._batches += 1
         return plan
 
@@ -214,11 +219,17 @@ class ShardWorkflow:
 
 @workflow.defn(name="Event")
 class EventWorkflow:
-    """One event on its own page: fraud findings, threshold crossings, and poison events."""
+    """One event on its own page: fraud findings, threshold crossings, and poison events.
+
+    Its steps are local activities too: each is recorded in the event's history (its page shows what ran,
+    how long, and why it failed) without the round trips through the server's task queues that regular
+    activities take, which made a few significant events per second cost the Temporal server more than
+    all routine batches together.
+    """
 
     @workflow.run
     async def run(self, inp: EventInput) -> EventResult:
-        plan: ImpactPlan = await workflow.execute_activity(
+        plan: ImpactPlan = await workflow.execute_local_activity(
             "analyze_impact",
             ImpactInput([inp.partition], [inp.seq], 1),
             result_type=ImpactPlan,
@@ -228,20 +239,20 @@ class EventWorkflow:
         if not plan.seqs:
             # Already processed (a duplicate start after a crash): nothing left to do.
             return EventResult(inp.seq, False, [], plan.severity)
-        result: RecalcResult = await workflow.execute_activity(
+        result: RecalcResult = await workflow.execute_local_activity(
             "recalculate",
             RecalcInput(plan, workflow.info().workflow_id, single=True),
             result_type=RecalcResult,
             start_to_close_timeout=RECALC_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
-        await workflow.execute_activity(
+        await workflow.execute_local_activity(
             "invalidate_cache",
-            InvalidateInput([inp.partition], result.keys),
+            InvalidateInput([inp.partition], result.views_at),
             result_type=InvalidateResult,
             start_to_close_timeout=INVALIDATE_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
         if result.changes:
-            await notify_changes(result.changes, f"{inp.partition}@{inp.seq}", local=False)
+            await notify_changes(workflow.info().workflow_id)
         return EventResult(inp.seq, bool(result.applied), plan.entities, plan.severity)

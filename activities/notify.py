@@ -1065,17 +1065,20 @@ class NotifyActivities:
         """In the inbox (delivered) and, for ``channels``, sent."""
         now = datetime.now(UTC)
         with self._db.write() as s:
-            for nid in ids:
-                row = s.get(store.Notification, nid)
-                if row is None:
-                    continue
+            rows = s.execute(select(store.Notification).where(col(store.Notification.id).in_(ids))).scalars()
+            found: list[int] = []
+            for row in rows:
                 if row.inbox_at is None:
                     row.inbox_at = now
                     s.add(row)
-                store.upsert_delivery(s, nid, "in_app", "delivered", now)
                 _observe_delivery("in_app", "delivered", row.created_at)
-                for name in channels:
-                    store.upsert_delivery(s, nid, name, "sent", now)
+                found.append(row.id or 0)
+            store.upsert_deliveries(
+                s,
+                [(nid, "in_app", "delivered") for nid in found]
+                + [(nid, name, "sent") for nid in found for name in channels],
+                now,
+            )
 
 
 def _positions(

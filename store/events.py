@@ -246,6 +246,26 @@ def load_by_seq(session: Session, seqs: Sequence[int]) -> list[EventRecord]:
     return sorted(rows, key=lambda r: r.seq or 0)
 
 
+@dataclass(frozen=True)
+class EventState:
+    status: str
+    route: str | None
+    ever_applied: bool
+
+
+def states_by_seq(session: Session, seqs: Sequence[int]) -> dict[int, EventState]:
+    """Where each event stands now: three columns, without loading what the event says."""
+    out: dict[int, EventState] = {}
+    for chunk in _chunks(list(seqs)):
+        for seq, status, route, ever in session.execute(
+            select(EventRecord.seq, EventRecord.status, EventRecord.route, EventRecord.ever_applied).where(
+                one_of(session, EventRecord.seq, chunk)
+            )
+        ):
+            out[seq] = EventState(status, route, bool(ever))
+    return out
+
+
 def processed_events_of(session: Session, partition: str) -> list[EventRecord]:
     """Every event of a partition whose effect is in the stored state: the input of a full recompute."""
     return list(

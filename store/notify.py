@@ -300,6 +300,28 @@ def upsert_delivery(
     return row
 
 
+def upsert_deliveries(session: Session, items: Sequence[tuple[int, str, str]], now: datetime) -> None:
+    """``upsert_delivery`` for many (notification, channel, status) at once: one read of the existing rows
+    and one flush, where a row at a time cost three round trips per notification."""
+    ids = sorted({nid for nid, _, _ in items})
+    existing: dict[tuple[int, str], Delivery] = {}
+    for start in range(0, len(ids), 500):
+        for row in session.execute(
+            select(Delivery).where(col(Delivery.notification_id).in_(ids[start : start + 500]))
+        ).scalars():
+            existing[(row.notification_id, row.channel)] = row
+    for nid, channel, status in items:
+        row = existing.get((nid, channel))
+        if row is None:
+            row = Delivery(notification_id=nid, channel=channel, status="queued", updated_at=now)
+            existing[(nid, channel)] = row
+        if advances(row.status, status):
+            row.status = status
+        row.updated_at = now
+        session.add(row)
+    session.flush()
+
+
 def advances(current: str, new: str) -> bool:
     """Whether ``new`` may replace ``current``: forward only; ``failed`` only before delivery."""
     if current == new:

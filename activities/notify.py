@@ -435,13 +435,19 @@ class NotifyActivities:
             result = DetectResult()
             if not found:
                 return result
+            # Each subscription's rules parsed once, not once per change: a busy collection has hundreds
+            # of watchers and a batch several changed metrics per entity.
+            rules_of = {
+                w.subscription.id: [Rule.model_validate(raw) for raw in w.subscription.rules] for w in found
+            }
             states = store.rule_states(
                 s,
                 [
-                    (w.subscription.id, str(r.get("id")), ch.entity)
+                    (w.subscription.id, rule.id, ch.entity)
                     for w in found
-                    for r in w.subscription.rules
+                    for rule in rules_of[w.subscription.id]
                     for ch in by_entity[w.entity_key]
+                    if ch.metric == rule.metric
                 ],
             )
             fired: dict[str, list[tuple[Candidate, dict[str, Any]]]] = {}
@@ -449,7 +455,10 @@ class NotifyActivities:
             seen: set[tuple[str, str, str]] = set()
             for w in found:
                 users[w.user.id] = w.user
+                watched = {rule.metric for rule in rules_of[w.subscription.id]}
                 for ch in by_entity[w.entity_key]:
+                    if ch.metric not in watched:
+                        continue
                     # A portfolio holding both sides of a transfer meets the change under two wallet keys.
                     if (w.subscription.id, ch.entity, ch.metric) in seen:
                         continue
@@ -462,8 +471,7 @@ class NotifyActivities:
                         at=at,
                         cause=f"{inp.cause}:{ch.entity}:{ch.metric}" if inp.cause else None,
                     )
-                    for raw in w.subscription.rules:
-                        rule = Rule.model_validate(raw)
+                    for rule in rules_of[w.subscription.id]:
                         if not rule.applies_to(change):
                             continue
                         result.evaluated += 1

@@ -136,25 +136,29 @@ class ParsedEvents:
     under the partition lock, in the recalculation's transaction.
     """
 
-    def __init__(self, max_events: int = 20_000) -> None:
+    def __init__(self, max_events: int = 10_000) -> None:
         self._items: OrderedDict[int, tuple[EventRecord, Event | ValidationError]] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_events
 
     def parse(
-        self, rows: Sequence[EventRecord]
+        self, rows: Sequence[EventRecord], *, consume: bool = False
     ) -> tuple[list[tuple[EventRecord, Event]], list[tuple[EventRecord, BaseException]]]:
+        """Each row as an ``Event`` (price ticks left out) or the reason it is not one. ``consume``: the
+        last use (recalculation), which takes the events out, so the cache only bridges the two steps and
+        stays small: many long-lived objects make every full garbage collection slower."""
         parsed: list[tuple[EventRecord, Event]] = []
         bad: list[tuple[EventRecord, BaseException]] = []
         for row in rows:
             with self._lock:
-                item = self._items.get(row.seq or 0)
+                item = self._items.pop(row.seq or 0, None) if consume else self._items.get(row.seq or 0)
             if item is None:
                 try:
                     outcome: Event | ValidationError = events.to_event(row)
                 except ValidationError as exc:
                     outcome = exc
-                self._remember(row, outcome)
+                if not consume:
+                    self._remember(row, outcome)
             else:
                 outcome = item[1]
             if isinstance(outcome, ValidationError):
@@ -371,7 +375,7 @@ class PipelineActivities:
         self, session, partition: str, chain: str, contract: str, version: int, rows: list[EventRecord]
     ) -> _Applied:
         rates = RateBook(session)
-        parsed, poison = self._parsed.parse(rows)
+        parsed, poison = self._parsed.parse(rows, consume=True)
         # Taken out of the cache: a book being changed is never shared, and one a bug left half-changed
         # is simply not put back.
         book = self._books.take(partition, version)

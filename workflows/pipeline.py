@@ -3,12 +3,12 @@ significant event.
 
 Routine events are conflated per collection (a *partition*: ``collection:<chain>:<contract>``, or
 ``rates:<chain>``) and partitions are spread over a fixed number of *shards* (``PULSE_SHARDS``). The
-dispatcher sends a shard one ``wake`` signal per tick naming its partitions with new events, and the shard
-workflow drains them in batches of local activities (impact → recalculation → invalidation), each batch
-spanning many collections in one transaction. So a thousand events cost a handful of Temporal actions and
-database round trips, and the shards bound how many batches run at once. Significant events (fraud
-findings, large moves) and poison events isolated out of a batch get a workflow of their own with regular
-activities, so each has its own page and search attributes in the Web UI.
+dispatcher sends a shard at most one ``wake`` signal per wake interval, naming its partitions with new
+events, and the shard workflow drains them in batches of local activities (impact → recalculation →
+invalidation → detection), each batch spanning many collections in one transaction. So a thousand events
+cost a handful of Temporal actions and database round trips, and the shards bound how many batches run at
+once. Significant events (fraud findings, large moves) and poison events isolated out of a batch get a
+workflow of their own, so each has its own page and search attributes in the Web UI.
 """
 
 # No ``from __future__ import annotations``: see activities/contracts.py.

@@ -509,6 +509,7 @@ class NotifyActivities:
                         fired.setdefault(w.user.id, []).append((candidate, info))
             created: list[int] = []
             positions = _positions(s, fired, facts, at)
+            pending: list[tuple[store.NotifyUser, list[store.Notification]]] = []
             for user_id, items in fired.items():
                 user = users[user_id]
                 infos: dict[str, dict[str, Any]] = {}
@@ -520,12 +521,23 @@ class NotifyActivities:
                 decisions, budget = store_route(user, candidates, at)
                 user.budget = budget.to_dict()
                 s.add(user)
-                requests: list[NotifyRequest] = []
                 # Decisions come most exposed first. The inbox lists newest (highest id) first, so the
                 # batch is stored in reverse: the largest position tops the inbox, and is started first.
-                for decision in reversed(decisions):
-                    info = infos[decision.candidate.idempotency_key]
-                    row, new = store.insert_notification(s, self._row(user, decision, info, at))
+                pending.append(
+                    (
+                        user,
+                        [
+                            self._row(user, decision, infos[decision.candidate.idempotency_key], at)
+                            for decision in reversed(decisions)
+                        ],
+                    )
+                )
+            # All users' notifications stored at once; ids follow the order above.
+            stored = iter(store.insert_notifications(s, [row for _, rows in pending for row in rows]))
+            for user, rows in pending:
+                requests: list[NotifyRequest] = []
+                for _ in rows:
+                    row, new = next(stored)
                     if new and row.id is not None:
                         NOTIFICATIONS_CREATED.labels(row.kind, row.severity).inc()
                         created.append(row.id)

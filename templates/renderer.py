@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal
-from zoneinfo import ZoneInfo
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.core import Locale, UnknownLocaleError
 from babel.dates import format_datetime, format_timedelta
 from babel.numbers import format_currency, format_decimal, format_percent, get_currency_name
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from templates.gsm import SmsSegments, segment, to_gsm_friendly
 
@@ -56,6 +56,19 @@ _JSON_CHANNELS = frozenset({"in_app", "push", "webhook"})
 #: Currencies Babel knows as ISO 4217 get the locale's currency format; crypto codes (ETH, WETH, SOL…)
 #: are formatted as a decimal followed by the code, with up to four decimals.
 _CRYPTO_PATTERN = "#,##0.00##"
+
+
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        # A ValueError is what pydantic reports as a validation error naming the field.
+        raise ValueError(f"unknown time zone {name!r}") from exc
+    return name
+
+
+#: An IANA time zone name, checked against the zone database.
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 class Holding(BaseModel):
@@ -102,7 +115,7 @@ class NotificationContext(BaseModel):
 
     idempotency_key: str
     severity: Literal["info", "warning", "critical"]
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     user_name: str | None = None
     entity_key: str
     entity_name: str
@@ -119,12 +132,6 @@ class NotificationContext(BaseModel):
     holding: Holding | None = None
     finding: Finding | None = None
     preferences_url: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        ZoneInfo(v)
-        return v
 
 
 @dataclass(frozen=True)
@@ -422,18 +429,12 @@ class DigestContext(BaseModel):
 
     digest_key: str
     reason: Literal["schedule", "magnitude", "manual"] = "schedule"
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     user_name: str | None = None
     generated_at: datetime
     groups: list[DigestGroupContext] = Field(min_length=1)
     inbox_url: str | None = None
     preferences_url: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        ZoneInfo(v)
-        return v
 
 
 def _sections(groups: list[DigestGroupContext]) -> list[dict[str, Any]]:

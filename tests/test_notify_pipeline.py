@@ -852,3 +852,30 @@ async def test_send_digest_renders_templates_per_channel(db: Database, hooks: Ho
         {d.channel: d.status for d in ds} == {"in_app": "delivered", "webhook": "sent"}
         for ds in rows.values()
     )
+
+
+def test_notifications_are_stored_in_bulk_once_per_key(db: Database) -> None:
+    now = datetime.now(UTC)
+
+    def note(key: str) -> notify_store.Notification:
+        return notify_store.Notification(
+            idempotency_key=key,
+            user_id="u1",
+            kind="price_movement",
+            severity="info",
+            entity_key=COLLECTION,
+            created_at=now,
+        )
+
+    with db.write() as s:
+        s.add(notify_store.NotifyUser(id="u1", updated_at=now))
+        s.flush()
+        [(old, new)] = notify_store.insert_notifications(s, [note("k-old")])
+        assert new and old.id is not None
+    with db.write() as s:
+        stored = notify_store.insert_notifications(s, [note("k-a"), note("k-old"), note("k-b"), note("k-a")])
+    flags = [new for _, new in stored]
+    ids = [row.id for row, _ in stored]
+    # The stored key and the repeat within the batch are reported as existing, with the first row's id.
+    assert flags == [True, False, True, False]
+    assert ids[1] == old.id and ids[3] == ids[0] and ids[0] < ids[2]

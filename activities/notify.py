@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -1085,7 +1086,9 @@ class NotifyActivities:
         """In the inbox (delivered) and, for ``channels``, sent."""
         now = datetime.now(UTC)
         with self._db.write() as s:
-            rows = s.execute(select(store.Notification).where(col(store.Notification.id).in_(ids))).scalars()
+            rows: Iterable[store.Notification] = s.execute(
+                select(store.Notification).where(col(store.Notification.id).in_(ids))
+            ).scalars()
             found: list[int] = []
             for row in rows:
                 if row.inbox_at is None:

@@ -805,10 +805,14 @@ def temporal_workers() -> dict[str, object]:
     )
     b.graph(
         "Activity failures by type",
-        "Activity attempts that failed per second (each is retried per its retry policy).",
+        "Activity attempts that failed per second (each is retried per its retry policy), local activities "
+        "(the pipeline's steps) and regular ones (deliveries) alike.",
         [
             _q(
-                f"sum by (activity_type) (rate(temporal_activity_execution_failed{{{tq}}}[{RATE}]))",
+                " or ".join(
+                    f"sum by (activity_type) (rate(temporal_{kind}_execution_failed{{{tq}}}[{RATE}]))"
+                    for kind in ("activity", "local_activity")
+                ),
                 "{{activity_type}}",
             )
         ],

@@ -228,7 +228,7 @@ class Dispatcher:
         TEMPORAL_ACTIONS.labels("signal_with_start").inc()
         async with self._handoff:
             with tracing.linked_span(
-                "dispatch shard", traceparents or [], shard=shard, partitions=len(partitions)
+                "dispatch shard", traceparents or [], shard=str(shard), partitions=",".join(partitions)
             ):
                 await self._signal_shard(shard, partitions)
 

@@ -148,6 +148,7 @@ def test_queries_use_only_known_metrics() -> None:
     temporal = {
         "temporal_workflow_completed",
         "temporal_activity_execution_failed",
+        "temporal_local_activity_execution_failed",
         "temporal_worker_task_slots_available",
         "temporal_worker_task_slots_used",
         "temporal_sticky_cache_size",

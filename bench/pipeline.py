@@ -4,9 +4,12 @@ real Temporal dev server and a real database, fed by a synthetic stream over HTT
     .venv/bin/python -m bench.pipeline --database postgres --rate 1000 --duration 60 --burst 20000
     .venv/bin/python -m bench.pipeline --database sqlite --temporal-file   # the embedded defaults
 
+``--env PULSE_SHARDS=8`` (repeatable) passes a setting to the Pulse processes; ``BENCH_LOG_LEVEL=INFO`` in
+the environment keeps their info logs (in ``/tmp/pulse-bench-*/logs-*``), e.g. each batch's size.
+
 Phases: the mint burst of every collection (setup), a sustained phase at ``--rate`` events/s, a burst
 posted as fast as possible, and, against the same server, the naive design (one workflow per event with
-three activities: every event routed to its own workflow) as the baseline.
+its three steps, the event workflow every event gets when all are routed alone) as the baseline.
 """
 
 from __future__ import annotations

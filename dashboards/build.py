@@ -527,7 +527,7 @@ def pipeline() -> dict[str, object]:
     b.row("Dispatch and processing")
     b.graph(
         "Dispatched by route",
-        "Events handed to Temporal per second: batched into partition workflows or given their own.",
+        "Events handed to Temporal per second: batched into shard workflows or given their own.",
         [_q(f"sum by (route) (rate(pulse_events_dispatched_total[{RATE}]))", "{{route}}")],
         unit="ops",
         stacked=True,

@@ -344,6 +344,15 @@ def _collapse(text: str) -> str:
     return "\n".join(out)
 
 
+def _languages(locale: str) -> tuple[str, str]:
+    """The template language for ``locale`` (with fallback) and the Babel locale that formats numbers."""
+    lang = resolve_locale(locale)
+    try:
+        return lang, str(Locale.parse(locale.replace("-", "_")))
+    except (UnknownLocaleError, ValueError):
+        return lang, lang
+
+
 def render(
     kind: str, channel: str, locale: str, context: NotificationContext | Mapping[str, Any]
 ) -> Rendered:
@@ -354,11 +363,7 @@ def render(
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r}")
     ctx = context if isinstance(context, NotificationContext) else NotificationContext.model_validate(context)
-    lang = resolve_locale(locale)
-    try:
-        babel_locale = str(Locale.parse(locale.replace("-", "_")))
-    except (UnknownLocaleError, ValueError):
-        babel_locale = lang
+    lang, babel_locale = _languages(locale)
     variables: dict[str, Any] = {
         **{name: getattr(ctx, name) for name in type(ctx).model_fields},
         "locale": babel_locale,
@@ -451,11 +456,7 @@ def render_digest(channel: str, locale: str, context: DigestContext | Mapping[st
     if channel not in _DIGEST_LAYOUT_FILE:
         raise ValueError(f"unknown channel {channel!r}")
     ctx = context if isinstance(context, DigestContext) else DigestContext.model_validate(context)
-    lang = resolve_locale(locale)
-    try:
-        babel_locale = str(Locale.parse(locale.replace("-", "_")))
-    except (UnknownLocaleError, ValueError):
-        babel_locale = lang
+    lang, babel_locale = _languages(locale)
     severities = [g.severity for g in ctx.groups]
     variables: dict[str, Any] = {
         **{name: getattr(ctx, name) for name in type(ctx).model_fields},

@@ -432,38 +432,34 @@ class NotifyActivities:
                     wallets.add(held.owner)
                 for wallet in sorted(wallets):
                     by_entity.setdefault(wallet_key(wallet), []).append(ch)
-            found = store.watchers(s, by_entity, lock_users=not self._db.is_sqlite)
+            found = store.watch_entries(s, by_entity)
             result = DetectResult()
             if not found:
                 return result
             # Each subscription's rules parsed once, not once per change: a busy collection has hundreds
             # of watchers and a batch several changed metrics per entity.
-            rules_of = {
-                w.subscription.id: [Rule.model_validate(raw) for raw in w.subscription.rules] for w in found
-            }
+            rules_of = {w.subscription_id: [Rule.model_validate(raw) for raw in w.rules] for w in found}
             states = store.rule_states(
                 s,
                 [
-                    (w.subscription.id, rule.id, ch.entity)
+                    (w.subscription_id, rule.id, ch.entity)
                     for w in found
-                    for rule in rules_of[w.subscription.id]
+                    for rule in rules_of[w.subscription_id]
                     for ch in by_entity[w.entity_key]
                     if ch.metric == rule.metric
                 ],
             )
             fired: dict[str, list[tuple[Candidate, dict[str, Any]]]] = {}
-            users: dict[str, store.NotifyUser] = {}
             seen: set[tuple[str, str, str]] = set()
             for w in found:
-                users[w.user.id] = w.user
-                watched = {rule.metric for rule in rules_of[w.subscription.id]}
+                watched = {rule.metric for rule in rules_of[w.subscription_id]}
                 for ch in by_entity[w.entity_key]:
                     if ch.metric not in watched:
                         continue
                     # A portfolio holding both sides of a transfer meets the change under two wallet keys.
-                    if (w.subscription.id, ch.entity, ch.metric) in seen:
+                    if (w.subscription_id, ch.entity, ch.metric) in seen:
                         continue
-                    seen.add((w.subscription.id, ch.entity, ch.metric))
+                    seen.add((w.subscription_id, ch.entity, ch.metric))
                     change = RuleChange(
                         entity_key=ch.entity,
                         metric=ch.metric,
@@ -472,11 +468,11 @@ class NotifyActivities:
                         at=at,
                         cause=f"{inp.cause}:{ch.entity}:{ch.metric}" if inp.cause else None,
                     )
-                    for rule in rules_of[w.subscription.id]:
+                    for rule in rules_of[w.subscription_id]:
                         if not rule.applies_to(change):
                             continue
                         result.evaluated += 1
-                        triple = (w.subscription.id, rule.id, ch.entity)
+                        triple = (w.subscription_id, rule.id, ch.entity)
                         record = states.get(triple)
                         ev = evaluate(rule, RuleState.from_dict(record.state if record else None), change)
                         if record is None:
@@ -492,7 +488,7 @@ class NotifyActivities:
                         if not ev.fired or ev.severity is None or ev.explanation is None:
                             result.suppressed += ev.suppressed is not None
                             continue
-                        key = idempotency_key(w.user.id, rule.id, ch.entity, event_cause(change))
+                        key = idempotency_key(w.user_id, rule.id, ch.entity, event_cause(change))
                         candidate = Candidate(
                             idempotency_key=key,
                             kind=ev.kind,
@@ -503,16 +499,26 @@ class NotifyActivities:
                         )
                         info = {
                             "rule": rule,
-                            "subscription": w.subscription,
+                            "subscription": w.subscription_id,
                             "explanation": ev.explanation,
                             "cause": change.cause,
                         }
-                        fired.setdefault(w.user.id, []).append((candidate, info))
+                        fired.setdefault(w.user_id, []).append((candidate, info))
             created: list[int] = []
+            # Only now the users and subscriptions whose rules fired, the users locked for their budget.
+            users = store.users_to_update(s, fired, lock=not self._db.is_sqlite)
+            subscriptions = store.subscriptions_by_id(
+                s, {info["subscription"] for items in fired.values() for _, info in items}
+            )
+            for items in fired.values():
+                for _, info in items:
+                    info["subscription"] = subscriptions[info["subscription"]]
             positions = _positions(s, fired, facts, at)
             pending: list[tuple[store.NotifyUser, list[store.Notification]]] = []
             for user_id, items in fired.items():
-                user = users[user_id]
+                user = users.get(user_id)
+                if user is None:
+                    continue  # deleted since its subscription was read
                 infos: dict[str, dict[str, Any]] = {}
                 candidates: list[Candidate] = []
                 for c, info in items:

@@ -191,34 +191,57 @@ class DetectionRecord(SQLModel, table=True):
 
 
 @dataclass(frozen=True)
-class Watcher:
-    """A subscription matching one changed entity, with its user."""
+class WatchEntry:
+    """A subscription watching one changed entity: ids and rules only."""
 
-    subscription: Subscription
-    user: NotifyUser
     entity_key: str
+    subscription_id: str
+    user_id: str
+    rules: list[dict[str, Any]]
 
 
-def watchers(session: Session, entity_keys: Iterable[str], *, lock_users: bool = False) -> list[Watcher]:
-    """Subscriptions (with their users) watching any of ``entity_keys``: one indexed join.
+def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEntry]:
+    """Who watches any of ``entity_keys`` and with which rules, by user then subscription.
 
-    ``lock_users`` takes row locks on the users (Postgres) so that two partitions updating one user's
-    budget serialise instead of losing an update; SQLite's single writer already serialises them.
+    Plain columns, no objects: a busy collection has hundreds of watchers, and only the few whose rules
+    fire need their user and subscription loaded (``users_to_update``, ``subscriptions_by_id``).
     """
     keys = sorted(set(entity_keys))
-    if not keys:
-        return []
-    stmt = (
-        select(col(SubscriptionKey.entity_key), Subscription, NotifyUser)
-        .join(Subscription, col(Subscription.id) == col(SubscriptionKey.subscription_id))
-        .join(NotifyUser, col(NotifyUser.id) == col(Subscription.user_id))
-        .where(col(SubscriptionKey.entity_key).in_(keys))
-        .order_by(col(NotifyUser.id), col(Subscription.id))
-    )
-    if lock_users:
-        stmt = stmt.with_for_update(of=NotifyUser)
-    rows: list[tuple[str, Subscription, NotifyUser]] = [tuple(r) for r in session.execute(stmt).all()]  # type: ignore[misc]
-    return [Watcher(sub, user, key) for key, sub, user in rows]
+    out: list[WatchEntry] = []
+    for start in range(0, len(keys), 500):
+        rows = session.execute(
+            select(
+                col(SubscriptionKey.entity_key),
+                col(Subscription.id),
+                col(Subscription.user_id),
+                col(Subscription.rules),
+            )
+            .join(Subscription, col(Subscription.id) == col(SubscriptionKey.subscription_id))
+            .where(col(SubscriptionKey.entity_key).in_(keys[start : start + 500]))
+        ).all()
+        out += [WatchEntry(key, sub_id, user_id, rules) for key, sub_id, user_id, rules in rows]
+    return sorted(out, key=lambda w: (w.user_id, w.subscription_id, w.entity_key))
+
+
+def users_to_update(session: Session, user_ids: Iterable[str], *, lock: bool) -> dict[str, NotifyUser]:
+    """The users whose budget a detection is about to change; ``lock`` takes their row locks (Postgres) so
+    that two detections for one user serialise instead of losing an update, and reads them afresh."""
+    ids = sorted(set(user_ids))
+    if not ids:
+        return {}
+    stmt = select(NotifyUser).where(col(NotifyUser.id).in_(ids)).order_by(col(NotifyUser.id))
+    if lock:
+        stmt = stmt.with_for_update()
+    rows = session.execute(stmt.execution_options(populate_existing=True)).scalars()
+    return {user.id: user for user in rows}
+
+
+def subscriptions_by_id(session: Session, ids: Iterable[str]) -> dict[str, Subscription]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = session.execute(select(Subscription).where(col(Subscription.id).in_(wanted))).scalars()
+    return {sub.id: sub for sub in rows}
 
 
 def rule_states(

@@ -81,6 +81,9 @@ from templates.renderer import (
 
 log = logging.getLogger("pulse.notify")
 
+#: Workflow starts and digest signals one detection sends to Temporal at once.
+HANDOFF_CONCURRENCY = 32
+
 #: Pulse channel name → template channel.
 TEMPLATE_CHANNEL = {
     "in_app": "in_app",
@@ -672,27 +675,36 @@ class NotifyActivities:
         direct = [req for req in result.notifications if _inbox_is_enough(req)]
         if direct:
             await asyncio.to_thread(self._mark_delivered, [req.notification_id for req in direct], [])
-        for req in result.notifications:
-            if _inbox_is_enough(req):
-                continue
-            if req.route == Route.DIGEST.value and req.digest is not None:
-                await self._client.start_workflow(
-                    "Digest",
-                    DigestInput(req.user_id, req.digest),
-                    id=digest_workflow_id(self._prefix, req.user_id),
-                    task_queue=self._task_queue,
-                    start_signal="add",
-                    start_signal_args=[digest_entry(req)],
-                )
-                continue
-            # A retried detection: the first attempt may have started it already.
-            with contextlib.suppress(WorkflowAlreadyStartedError):
-                await self._client.start_workflow(
-                    "Notification",
-                    NotificationInput(req),
-                    id=notification_workflow_id(self._prefix, req.notification_id),
-                    task_queue=self._task_queue,
-                )
+        # Concurrently, within a bound: one at a time, a batch that sends a thousand items to digests
+        # holds up its shard's next batch (and every later in-app delivery) for seconds.
+        slots = asyncio.Semaphore(HANDOFF_CONCURRENCY)
+
+        async def hand_off(req: NotifyRequest) -> None:
+            async with slots:
+                await self._hand_off(req)
+
+        await asyncio.gather(*(hand_off(req) for req in result.notifications if not _inbox_is_enough(req)))
+
+    async def _hand_off(self, req: NotifyRequest) -> None:
+        assert self._client is not None and self._task_queue is not None
+        if req.route == Route.DIGEST.value and req.digest is not None:
+            await self._client.start_workflow(
+                "Digest",
+                DigestInput(req.user_id, req.digest),
+                id=digest_workflow_id(self._prefix, req.user_id),
+                task_queue=self._task_queue,
+                start_signal="add",
+                start_signal_args=[digest_entry(req)],
+            )
+            return
+        # A retried detection: the first attempt may have started it already.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await self._client.start_workflow(
+                "Notification",
+                NotificationInput(req),
+                id=notification_workflow_id(self._prefix, req.notification_id),
+                task_queue=self._task_queue,
+            )
 
     # -- delivery ----------------------------------------------------------------------------------------
 

@@ -241,7 +241,10 @@ class PipelineActivities:
         _kind, chain, contract = split_partition(partition)
         book = self._books.peek(partition, version)
         if book is None:
-            book, _version = entities.load_book(session, partition, chain, contract)
+            book, loaded = entities.load_book(session, partition, chain, contract)
+            if loaded:
+                # Kept for the recalculation that follows, which would otherwise parse it again.
+                self._books.put(partition, loaded, book)
         return book
 
     # -- recalculation ------------------------------------------------------------------------------

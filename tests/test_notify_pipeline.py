@@ -12,11 +12,10 @@ import asyncio
 import base64
 import itertools
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -48,7 +47,7 @@ from store import entities, keys
 from store import notify as notify_store
 from store.db import Database
 from store.models import EntityView
-from tests.conftest import run_pulse
+from tests.conftest import local_http_server, run_pulse
 from workflows.notify import NotificationOutcome, NotificationWorkflow
 
 CONTRACT = "0x" + "cd" * 20
@@ -91,16 +90,9 @@ def hooks() -> Iterator[Hooks]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    got.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/pulse"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with local_http_server(Handler) as url:
+        got.url = f"{url}/hooks/pulse"
         yield got
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- a running Pulse with notifications -----------------------------------------------------------------

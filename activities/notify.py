@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlmodel import col
@@ -55,6 +56,7 @@ from domain.rules import (
     BudgetState,
     Candidate,
     DeliveryPreferences,
+    Evaluation,
     QuietHours,
     Route,
     Rule,
@@ -417,9 +419,10 @@ class NotifyActivities:
                     # The first attempt committed: answer the same, never create again.
                     return self._replay(s, done.notification_ids)
             changes = list(inp.changes)
-            # One query for the current owner (and value) of every changed NFT, and the floor of every
-            # changed collection: owners route NFT changes to the wallets holding them, values rank.
-            facts = store.entity_facts(s, {ch.entity for ch in changes})
+            # The current owner of every changed NFT routes its changes to the wallet holding it, and
+            # values rank: one query, made up front only while someone watches a wallet (wallet and
+            # portfolio subscriptions); otherwise only for what fired, below.
+            facts = store.entity_facts(s, {ch.entity for ch in changes}) if store.wallets_watched(s) else {}
             by_entity: dict[str, list[MetricChange]] = {}
             for ch in changes:
                 by_entity.setdefault(ch.entity, []).append(ch)
@@ -441,7 +444,7 @@ class NotifyActivities:
                 return result
             # Each subscription's rules parsed once, not once per change: a busy collection has hundreds
             # of watchers and a batch several changed metrics per entity.
-            rules_of = {w.subscription_id: [Rule.model_validate(raw) for raw in w.rules] for w in found}
+            rules_of = {w.subscription_id: _parsed_rules(w.rules) for w in found}
             states = store.rule_states(
                 s,
                 [
@@ -452,8 +455,14 @@ class NotifyActivities:
                     if ch.metric == rule.metric
                 ],
             )
+            changed_states: dict[tuple[str, str, str], dict[str, Any]] = {}
             fired: dict[str, list[tuple[Candidate, dict[str, Any]]]] = {}
             seen: set[tuple[str, str, str]] = set()
+            rule_changes: dict[tuple[str, str], RuleChange] = {}
+            # Evaluation is a pure function of (rule, state, change), and the watchers of a busy entity
+            # often share all three (one preset, armed and fired together): each distinct triple is
+            # evaluated once. Rules with the same definition are the same object (_parsed_rules).
+            outcomes: dict[tuple[int, int, bytes], tuple[Evaluation, dict[str, Any]]] = {}
             for w in found:
                 watched = {rule.metric for rule in rules_of[w.subscription_id]}
                 for ch in by_entity[w.entity_key]:
@@ -463,31 +472,33 @@ class NotifyActivities:
                     if (w.subscription_id, ch.entity, ch.metric) in seen:
                         continue
                     seen.add((w.subscription_id, ch.entity, ch.metric))
-                    change = RuleChange(
-                        entity_key=ch.entity,
-                        metric=ch.metric,
-                        before=ch.before,
-                        after=ch.after,
-                        at=at,
-                        cause=f"{inp.cause}:{ch.entity}:{ch.metric}" if inp.cause else None,
-                    )
+                    change = rule_changes.get((ch.entity, ch.metric))
+                    if change is None:
+                        change = rule_changes[(ch.entity, ch.metric)] = RuleChange(
+                            entity_key=ch.entity,
+                            metric=ch.metric,
+                            before=ch.before,
+                            after=ch.after,
+                            at=at,
+                            cause=f"{inp.cause}:{ch.entity}:{ch.metric}" if inp.cause else None,
+                        )
                     for rule in rules_of[w.subscription_id]:
                         if not rule.applies_to(change):
                             continue
                         result.evaluated += 1
                         triple = (w.subscription_id, rule.id, ch.entity)
-                        record = states.get(triple)
-                        ev = evaluate(rule, RuleState.from_dict(record.state if record else None), change)
-                        if record is None:
-                            record = store.RuleStateRecord(
-                                subscription_id=triple[0],
-                                rule_id=triple[1],
-                                entity_key=triple[2],
-                                updated_at=at,
-                            )
-                            states[triple] = record
-                        record.state, record.updated_at = ev.state.to_dict(), at
-                        s.add(record)
+                        stored_state = states.get(triple)
+                        same = (
+                            id(rule),
+                            id(change),
+                            orjson.dumps(stored_state, option=orjson.OPT_SORT_KEYS) if stored_state else b"",
+                        )
+                        outcome = outcomes.get(same)
+                        if outcome is None:
+                            ev = evaluate(rule, RuleState.from_dict(stored_state), change)
+                            outcome = outcomes[same] = (ev, ev.state.to_dict())
+                        ev, new_state = outcome
+                        states[triple] = changed_states[triple] = new_state
                         if not ev.fired or ev.severity is None or ev.explanation is None:
                             result.suppressed += ev.suppressed is not None
                             continue
@@ -507,6 +518,7 @@ class NotifyActivities:
                             "cause": change.cause,
                         }
                         fired.setdefault(w.user_id, []).append((candidate, info))
+            store.save_rule_states(s, changed_states, at)
             created: list[int] = []
             # Only now the users and subscriptions whose rules fired, the users locked for their budget.
             users = store.users_to_update(s, fired, lock=not self._db.is_sqlite)
@@ -516,6 +528,9 @@ class NotifyActivities:
             for items in fired.values():
                 for _, info in items:
                     info["subscription"] = subscriptions[info["subscription"]]
+            # Values rank what fired by exposure: read for the fired entities not read above.
+            fired_keys = {c.entity_key for items in fired.values() for c, _ in items}
+            facts |= store.entity_facts(s, fired_keys - facts.keys())
             positions = _positions(s, fired, facts, at)
             pending: list[tuple[store.NotifyUser, list[store.Notification]]] = []
             for user_id, items in fired.items():
@@ -544,6 +559,8 @@ class NotifyActivities:
                 )
             # All users' notifications stored at once; ids follow the order above.
             stored = iter(store.insert_notifications(s, [row for _, rows in pending for row in rows]))
+            workflow_ids: dict[int, str] = {}
+            in_inbox: list[store.Notification] = []
             for user, rows in pending:
                 requests: list[NotifyRequest] = []
                 for _ in rows:
@@ -551,8 +568,17 @@ class NotifyActivities:
                     if new and row.id is not None:
                         NOTIFICATIONS_CREATED.labels(row.kind, row.severity).inc()
                         created.append(row.id)
-                        requests.append(self._request(user, row))
+                        req = self._request(user, row)
+                        requests.append(req)
+                        if _inbox_is_enough(req):
+                            in_inbox.append(row)  # delivered by this commit: no workflow
+                        elif row.workflow_id:
+                            workflow_ids[row.id] = row.workflow_id
                 result.notifications.extend(reversed(requests))
+            store.set_workflow_ids(s, workflow_ids)
+            store.insert_inbox_deliveries(s, [row.id or 0 for row in in_inbox], at)
+            for row in in_inbox:
+                _observe_delivery("in_app", "delivered", row.created_at)
             if inp.cause:
                 s.add(store.DetectionRecord(cause=inp.cause, notification_ids=created, created_at=at))
             return result
@@ -599,10 +625,26 @@ class NotifyActivities:
             holding=_holding(info.get("position")),
             preferences_url=f"{self._base}/v1/users/{user.id}",
         )
-        rendered = render(c.kind.value, "in_app", user.locale, ctx)
         context = ctx.model_dump(mode="json")
         context["explanation"] = exp.model_dump(mode="json")
         context["subscription_id"] = info["subscription"].id
+        context["locale"] = user.locale
+        title, body, inbox_at = "", "", None
+        inbox_only = (
+            decision.route is Route.NOW
+            and decision.not_before is None
+            and c.severity is not AlertSeverity.CRITICAL
+            and _channels(user, c.kind.value, self._available(user)) == ["in_app"]
+        )
+        if inbox_only:
+            # Storing it is its whole delivery: it is in the inbox once this transaction commits. Its
+            # text is rendered when read (inbox_text): most are never opened, and rendering here was a
+            # third of detection's time.
+            inbox_at = datetime.now(UTC)
+        else:
+            # Its workflow and digest show the title.
+            rendered = render(c.kind.value, "in_app", user.locale, ctx)
+            title, body = rendered.subject[:500], rendered.text
         return store.Notification(
             idempotency_key=c.idempotency_key,
             user_id=user.id,
@@ -611,8 +653,9 @@ class NotifyActivities:
             kind=c.kind.value,
             severity=c.severity.value,
             entity_key=c.entity_key,
-            title=rendered.subject[:500],
-            body=rendered.text,
+            title=title,
+            body=body,
+            inbox_at=inbox_at,
             context=context,
             route=decision.route.value,
             not_before=decision.not_before,
@@ -623,6 +666,10 @@ class NotifyActivities:
             created_at=at,
         )
 
+    def _available(self, user: store.NotifyUser) -> set[str]:
+        """The channels the user set up that this worker can send on."""
+        return destinations(user) & ({"in_app"} | set(self._registry.names()))
+
     def _request(self, user: store.NotifyUser, row: store.Notification) -> NotifyRequest:
         assert row.id is not None
         if row.route != Route.DIGEST.value and row.workflow_id != notification_workflow_id(
@@ -630,10 +677,8 @@ class NotifyActivities:
         ):
             # The id exists only after the insert: point the row at its workflow for the read signal.
             row.workflow_id = notification_workflow_id(self._prefix, row.id)
-        available = destinations(user) & ({"in_app"} | set(self._registry.names()))
-        prefs = user.preferences or {}
-        wanted = list(prefs.get(row.kind) or prefs.get("default") or ["in_app"])
-        channels = [c for c in wanted if c in available] or ["in_app"]
+        available = self._available(user)
+        channels = _channels(user, row.kind, available)
         escalation = None
         if row.severity == AlertSeverity.CRITICAL.value:
             spec = user.escalation or {}
@@ -669,12 +714,9 @@ class NotifyActivities:
     async def dispatch(self, result: DetectResult) -> None:
         """Start each notification's workflow, or hand it to the user's digest; idempotent by workflow id."""
         assert self._client is not None and self._task_queue is not None
-        # In-app only, due now and not critical: storing it in the inbox is the whole delivery, so it
-        # needs no workflow of its own (a workflow per notification would cap delivery at Temporal's
-        # rate for workflows, tens per second on one machine).
-        direct = [req for req in result.notifications if _inbox_is_enough(req)]
-        if direct:
-            await asyncio.to_thread(self._mark_delivered, [req.notification_id for req in direct], [])
+        # In-app only, due now and not critical: detection stored it in the inbox, which is its whole
+        # delivery, so it needs no workflow of its own (a workflow per notification would cap delivery
+        # at Temporal's rate for workflows, tens per second on one machine).
         # Concurrently, within a bound: one at a time, a batch that sends a thousand items to digests
         # holds up its shard's next batch (and every later in-app delivery) for seconds.
         slots = asyncio.Semaphore(HANDOFF_CONCURRENCY)
@@ -1069,7 +1111,7 @@ class NotifyActivities:
                 (rows[i] for i in g.notification_ids if i in rows), key=lambda r: (r.created_at, r.id or 0)
             )
             items = [
-                DigestItemContext(title=r.title, severity=r.severity, at=r.created_at) for r in found
+                DigestItemContext(title=inbox_text(r)[0], severity=r.severity, at=r.created_at) for r in found
             ] or [DigestItemContext(title=t, severity=g.severity, at=now) for t in g.titles]
             if not items:
                 continue
@@ -1164,6 +1206,39 @@ def _positions(
     currencies = {p.currency for p in out.values() if p is not None}
     rates = store.rates_to(s, currencies, REFERENCE_CURRENCY, at) if currencies - {REFERENCE_CURRENCY} else {}
     return {k: (p, reference_value(p, rates)) for k, p in out.items()}
+
+
+_RULES: dict[bytes, list[Rule]] = {}
+_RULES_MAX = 100_000
+
+
+def _parsed_rules(raw: list[dict[str, Any]]) -> list[Rule]:
+    """A subscription's rules, validated once per distinct definition: a busy collection's watchers are
+    read for every batch, and validating each time was a tenth of detection. Rules are frozen, so the
+    cached objects are safely shared."""
+    key = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    rules = _RULES.get(key)
+    if rules is None:
+        if len(_RULES) >= _RULES_MAX:
+            _RULES.clear()
+        rules = _RULES[key] = [Rule.model_validate(item) for item in raw]
+    return rules
+
+
+def _channels(user: store.NotifyUser, kind: str, available: set[str]) -> list[str]:
+    """The channels the user wants ``kind`` on, among ``available``; the inbox when none is."""
+    prefs = user.preferences or {}
+    wanted = list(prefs.get(kind) or prefs.get("default") or ["in_app"])
+    return [c for c in wanted if c in available] or ["in_app"]
+
+
+def inbox_text(row: store.Notification) -> tuple[str, str]:
+    """Title and body of an inbox row: as stored when it was rendered at detection, else rendered now
+    from its stored context in the locale the user had then."""
+    if row.title:
+        return row.title, row.body
+    rendered = render(row.kind, "in_app", str(row.context.get("locale") or "en"), row.context)
+    return rendered.subject[:500], rendered.text
 
 
 def _holding(position: Position | None) -> Holding | None:

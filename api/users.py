@@ -26,7 +26,7 @@ from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
-from activities.notify import wallet_key
+from activities.notify import inbox_text, wallet_key
 from api.deps import PrincipalDep, Services, ServicesDep
 from api.errors import InvalidInput
 from channels.email import (
@@ -484,14 +484,15 @@ async def delete_subscription(
 
 def notification_out(row: store.Notification, deliveries: list[store.Delivery]) -> dict[str, Any]:
     """The API shape of an inbox row, with its per-channel delivery status and the evidence."""
+    title, body = inbox_text(row)
     return {
         "id": str(row.id),
         "idempotency_key": row.idempotency_key,
         "kind": row.kind,
         "severity": row.severity,
         "entity_key": row.entity_key,
-        "title": row.title,
-        "body": row.body,
+        "title": title,
+        "body": body,
         "rule_id": row.rule_id,
         "subscription_id": row.subscription_id,
         "evidence": row.context.get("explanation"),

@@ -157,6 +157,16 @@ async def main() -> None:
     parser.add_argument("--collections", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0,
+        help="seconds of the stream posted (at --rate) and processed before the measured phase: the storm "
+        "of first firings is then over and cooldowns hold, as in steady operation",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="PULSE_X=V", help="a setting for the Pulse processes"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pulse-notify-bench-"))
@@ -172,10 +182,13 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     )
     seed_subscriptions(db, stream, args.users, args.subscriptions)
     mints = list(stream.mints())
+    warmup = stream.take(int(args.rate * args.warmup))
     load = stream.take(int(args.rate * args.duration))
     dev = DevServer("127.0.0.1", free_port(), free_port(), None, workdir / "temporal.log")
     dev.start()
-    procs = PulseProcesses(database_url, dev.address, workdir / "logs")
+    procs = PulseProcesses(
+        database_url, dev.address, workdir / "logs", extra_env=dict(item.split("=", 1) for item in args.env)
+    )
     try:
         for part in ("api", "worker", "dispatcher"):
             procs.start(part)
@@ -185,9 +198,16 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         ) as http:
             await post_paced(http, mints, args.rate)
             await wait_processed(db, stream.source, len(mints), limit_s=args.timeout)
+            if warmup:
+                # Every rule arms and, as the market moves, fires once: a storm that cooldowns then calm.
+                await post_paced(http, warmup, args.rate)
+                done = len(mints) + len(warmup)
+                await wait_processed(db, stream.source, done, limit_s=args.timeout)
+                await asyncio.sleep(5)
             since = datetime.now(UTC)
             took = await post_paced(http, load, args.rate)
-            ok = await wait_processed(db, stream.source, len(mints) + len(load), limit_s=args.timeout)
+            total = len(mints) + len(warmup) + len(load)
+            ok = await wait_processed(db, stream.source, total, limit_s=args.timeout)
             await asyncio.sleep(5)  # let the last deliveries land
         return {
             "config": {
@@ -196,8 +216,10 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
                 "subscriptions": args.subscriptions,
                 "rate": args.rate,
                 "duration_s": args.duration,
+                "warmup_s": args.warmup,
                 "collections": args.collections,
                 "tokens": args.tokens,
+                "env": args.env,
             },
             "events": len(load),
             "accepted_per_s": round(len(load) / took, 1),

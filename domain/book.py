@@ -236,6 +236,8 @@ class _Derived:
     series: tuple[int, FloorSeries] | None = None
     sales_version: int = 0
     market: tuple[tuple[int, int, str | None], dict[str, Any]] | None = None
+    #: ``(history version, clock)`` and the TWAP floor then: every NFT view of a batch reads it.
+    twap: tuple[tuple[int, int], Decimal | None] | None = None
     headline: tuple[int, dict[str, Any], TrustResult, dict[str, Any]] | None = None
     #: Bumped on every fold and rebuild: the key of the collection-level caches.
     state_version: int = 0
@@ -386,7 +388,10 @@ class CollectionBook:
         now = self.clock_us
         if now is None:
             return None
-        return self._series().average(now - TWAP_WINDOW_US, now)
+        key = (self._d.history_version, now)
+        if self._d.twap is None or self._d.twap[0] != key:
+            self._d.twap = (key, self._series().average(now - TWAP_WINDOW_US, now))
+        return self._d.twap[1]
 
     def _series(self) -> FloorSeries:
         version = self._d.history_version

@@ -349,11 +349,15 @@ class RarityIndex:
             rank_drift += _band_count(
                 sorted(map(p.__getitem__, alone)), min(before, after), max(before, after)
             )
-        for t in shared:
-            num = den = 1
-            for before, after, members in groups:
-                if t in members:
-                    num, den = num * after, den * before
+        # Each shared token's product moves by the ratio of every changed bucket it is in: gathered group
+        # by group (a set intersection each) rather than token by token over all groups.
+        ratios = {t: [1, 1] for t in shared}
+        for before, after, members in groups:
+            for t in members & shared:
+                ratio = ratios[t]
+                ratio[0] *= after
+                ratio[1] *= before
+        for t, (num, den) in ratios.items():
             old_t = p[t]
             new_t = old_t * num // den
             # Kept even when the product does not move: its buckets changed size, so did its IC terms.

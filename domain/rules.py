@@ -249,6 +249,17 @@ class RuleState(BaseModel):
         """JSON-ready form for storage."""
         return self.model_dump(mode="json")
 
+    def copy_for_update(self) -> RuleState:
+        """A copy whose changes leave this state as it is: the lists copied, their items (tuples and
+        numbers) shared. A deep copy was half of a rule evaluation's time."""
+        return self.model_copy(
+            update={
+                "window_min": list(self.window_min),
+                "window_max": list(self.window_max),
+                "history": list(self.history),
+            }
+        )
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> RuleState:
         """Inverse of :meth:`to_dict`; ``None`` gives a fresh state."""
@@ -335,7 +346,7 @@ def evaluate(rule: Rule, state: RuleState | None, change: MetricChange) -> Evalu
     """
     if not rule.applies_to(change):
         raise ValueError(f"rule {rule.id} watches {rule.metric!r}, not {change.metric!r}")
-    prev = state.model_copy(deep=True) if state is not None else RuleState()
+    prev = state.copy_for_update() if state is not None else RuleState()
     kind = notification_kind(rule, change.metric)
     if prev.last_at is not None and change.at < prev.last_at:
         return Evaluation(fired=False, kind=kind, state=prev, suppressed="stale")

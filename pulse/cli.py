@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from datetime import datetime
@@ -31,7 +32,21 @@ log = logging.getLogger("pulse.cli")
 def _settings() -> Settings:
     settings = get_settings()
     logs.configure(settings.log_level)
+    tune_gc(settings.gc_thresholds)
     return settings
+
+
+def tune_gc(thresholds: tuple[int, int, int]) -> None:
+    """Collect cycles less often, and never scan what start-up loaded.
+
+    Pulse allocates heavily and keeps much of it (collection books, cached events, read models), and
+    Python's default thresholds ran a young collection every 700 net allocations and a full one often
+    enough to cost the worker a third of its CPU. Freezing moves every object alive after start-up
+    (modules, classes, settings) out of the collector's sight for good.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 # -- running the parts ----------------------------------------------------------------------------

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, any_, bindparam, create_engine, event, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel
 
 from store import models, notify  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store.sql import json_dumps
 
 #: Advisory lock key under which schema changes run (any constant unlikely to collide).
 _SCHEMA_LOCK = 0x50554C5345
@@ -23,23 +28,6 @@ _SCHEMA_LOCK = 0x50554C5345
 
 def _lock_key(partition: str) -> int:
     return int.from_bytes(hashlib.blake2b(partition.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-def _json_dumps(value: Any) -> str:
-    """JSON columns (event data, read models) through orjson: several times faster than ``json``."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
-    """``column IN (values)`` whose SQL text does not depend on how many values there are.
-
-    On Postgres it is ``column = ANY(:array)``: one text for every batch size, so psycopg parses it once
-    and, after a few runs, the server keeps it prepared, where an ``IN`` list of each length is a new
-    statement to parse and plan. SQLite keeps the plain ``IN`` (callers stay under its variable limit).
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
-    return column.in_(list(values))
 
 
 class TransientStoreError(RuntimeError):
@@ -79,7 +67,7 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_recycle=1800,
-                json_serializer=_json_dumps,
+                json_serializer=json_dumps,
                 json_deserializer=orjson.loads,
             )
             self.read_engine = self.write_engine = engine
@@ -90,7 +78,7 @@ class Database:
             url,
             echo=echo,
             connect_args={"check_same_thread": False, "timeout": 60},
-            json_serializer=_json_dumps,
+            json_serializer=json_dumps,
             json_deserializer=orjson.loads,
         )
 

@@ -15,8 +15,9 @@ from sqlmodel import Session
 
 from domain.book import CollectionBook
 from domain.events import utcnow
-from store.db import Database, one_of
+from store.db import Database
 from store.models import ChangeBatchRecord, CollectionBookRecord, EntityView, Rate
+from store.sql import insert_many, one_of
 
 
 def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[CollectionBook, int]:
@@ -88,22 +89,23 @@ def write_views(
 ) -> dict[str, int]:
     """Upsert read models, bumping each one's version; returns the new version per key.
 
-    One upsert with RETURNING, executed with many parameter sets: the version is bumped by the database
-    itself, so there is no read before the write, and the statement is compiled once for every batch.
+    One upsert with RETURNING for the whole batch (``insert_many``): the version is bumped by the database
+    itself, so there is no read before the write.
     """
     if not writes:
         return {}
     now = at or utcnow()
-    insert = sqlite.insert if db.is_sqlite else postgresql.insert
-    stmt = insert(EntityView)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["key"],
-        set_={
-            "version": EntityView.version + 1,
-            "view": stmt.excluded.view,
-            "updated_at": stmt.excluded.updated_at,
-        },
-    ).returning(EntityView.key, EntityView.version)  # type: ignore[arg-type]
+
+    def upsert(stmt: Any) -> Any:
+        return stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "version": EntityView.version + 1,
+                "view": stmt.excluded.view,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        ).returning(EntityView.key, EntityView.version)
+
     rows = [
         {
             "key": w.key,
@@ -115,7 +117,7 @@ def write_views(
         }
         for w in writes
     ]
-    return {key: version for key, version in session.connection().execute(stmt, rows)}
+    return {key: version for key, version in insert_many(session, EntityView.__table__, rows, upsert)}
 
 
 def views_updated_since(session: Session, partitions: Sequence[str], since: datetime) -> dict[str, int]:

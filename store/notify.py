@@ -19,11 +19,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, delete, func, select, update
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
 from store.models import BigId, EntityView, Rate, UtcDateTime
+from store.sql import insert_many, one_of
 
 #: Order of delivery statuses: a late "sent" callback must not undo "delivered"; ``read`` is final.
 STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
@@ -200,6 +201,16 @@ class WatchEntry:
     rules: list[dict[str, Any]]
 
 
+def wallets_watched(session: Session) -> bool:
+    """Whether any subscription watches a wallet (its own or a portfolio's): one probe of the key index."""
+    probe = (
+        select(col(SubscriptionKey.entity_key))
+        .where(col(SubscriptionKey.entity_key) >= "wallet:", col(SubscriptionKey.entity_key) < "wallet;")
+        .limit(1)
+    )
+    return session.execute(probe).first() is not None
+
+
 def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEntry]:
     """Who watches any of ``entity_keys`` and with which rules, by user then subscription.
 
@@ -217,7 +228,7 @@ def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEnt
                 col(Subscription.rules),
             )
             .join(Subscription, col(Subscription.id) == col(SubscriptionKey.subscription_id))
-            .where(col(SubscriptionKey.entity_key).in_(keys[start : start + 500]))
+            .where(one_of(session, col(SubscriptionKey.entity_key), keys[start : start + 500]))
         ).all()
         out += [WatchEntry(key, sub_id, user_id, rules) for key, sub_id, user_id, rules in rows]
     return sorted(out, key=lambda w: (w.user_id, w.subscription_id, w.entity_key))
@@ -229,7 +240,7 @@ def users_to_update(session: Session, user_ids: Iterable[str], *, lock: bool) ->
     ids = sorted(set(user_ids))
     if not ids:
         return {}
-    stmt = select(NotifyUser).where(col(NotifyUser.id).in_(ids)).order_by(col(NotifyUser.id))
+    stmt = select(NotifyUser).where(one_of(session, col(NotifyUser.id), ids)).order_by(col(NotifyUser.id))
     if lock:
         stmt = stmt.with_for_update()
     rows = session.execute(stmt.execution_options(populate_existing=True)).scalars()
@@ -240,26 +251,50 @@ def subscriptions_by_id(session: Session, ids: Iterable[str]) -> dict[str, Subsc
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = session.execute(select(Subscription).where(col(Subscription.id).in_(wanted))).scalars()
+    rows = session.execute(
+        select(Subscription).where(one_of(session, col(Subscription.id), wanted))
+    ).scalars()
     return {sub.id: sub for sub in rows}
 
 
 def rule_states(
     session: Session, triples: Iterable[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], RuleStateRecord]:
-    """Stored rule states by (subscription, rule, entity) for the given triples."""
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Stored rule states (``RuleState.to_dict()``) by (subscription, rule, entity) for the given triples:
+    plain columns, as a batch reads thousands."""
     wanted = set(triples)
     if not wanted:
         return {}
     subs = sorted({t[0] for t in wanted})
-    rows: Iterable[RuleStateRecord] = session.execute(
-        select(RuleStateRecord).where(col(RuleStateRecord.subscription_id).in_(subs))
-    ).scalars()
-    return {
-        (r.subscription_id, r.rule_id, r.entity_key): r
-        for r in rows
-        if (r.subscription_id, r.rule_id, r.entity_key) in wanted
-    }
+    rows: Iterable[Any] = session.execute(
+        select(
+            col(RuleStateRecord.subscription_id),
+            col(RuleStateRecord.rule_id),
+            col(RuleStateRecord.entity_key),
+            col(RuleStateRecord.state),
+        ).where(one_of(session, col(RuleStateRecord.subscription_id), subs))
+    )
+    return {(sub, rule, entity): state for sub, rule, entity, state in rows if (sub, rule, entity) in wanted}
+
+
+def save_rule_states(
+    session: Session, states: dict[tuple[str, str, str], dict[str, Any]], at: datetime
+) -> None:
+    """Store rule states by (subscription, rule, entity): one upsert for all of them."""
+    if not states:
+        return
+
+    def upsert(stmt: Any) -> Any:
+        return stmt.on_conflict_do_update(
+            index_elements=["subscription_id", "rule_id", "entity_key"],
+            set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at},
+        )
+
+    rows = [
+        {"subscription_id": sub, "rule_id": rule, "entity_key": entity, "state": state, "updated_at": at}
+        for (sub, rule, entity), state in states.items()
+    ]
+    insert_many(session, RuleStateRecord.__table__, rows, upsert)  # type: ignore[attr-defined]
 
 
 def insert_notification(session: Session, row: Notification) -> tuple[Notification, bool]:
@@ -284,29 +319,42 @@ def insert_notification(session: Session, row: Notification) -> tuple[Notificati
 
 
 def insert_notifications(session: Session, rows: Sequence[Notification]) -> list[tuple[Notification, bool]]:
-    """``insert_notification`` for many, in order: the keys already stored are found with one query and the
-    new rows written with one flush, where a row at a time cost three round trips and a savepoint each.
-    Should another transaction insert one of the keys meanwhile, it falls back to one row at a time."""
+    """``insert_notification`` for many, in order: one query finds the keys already stored and one upsert
+    writes the new rows (``insert_many``); their ids are set on them. The rows stay detached: what the
+    caller changes afterwards it stores itself (``set_workflow_ids``). A key another transaction
+    inserted meanwhile is skipped by the upsert and read back."""
     keys = sorted({r.idempotency_key for r in rows})
     stored: dict[str, Notification] = {}
     for start in range(0, len(keys), 500):
         for found in session.execute(
-            select(Notification).where(col(Notification.idempotency_key).in_(keys[start : start + 500]))
+            select(Notification).where(
+                one_of(session, col(Notification.idempotency_key), keys[start : start + 500])
+            )
         ).scalars():
             stored[found.idempotency_key] = found
     fresh: dict[str, Notification] = {}
     for row in rows:
         if row.idempotency_key not in stored and row.idempotency_key not in fresh:
             fresh[row.idempotency_key] = row
-    # What the caller changed so far is written first, outside the savepoint, so a rollback to it loses
-    # nothing but these inserts.
-    session.flush()
-    try:
-        with session.begin_nested():
-            session.add_all(fresh.values())
-            session.flush()
-    except IntegrityError:
-        return [insert_notification(session, row) for row in rows]
+    if fresh:
+
+        def skip_stored(stmt: Any) -> Any:
+            return stmt.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
+                col(Notification.id), col(Notification.idempotency_key)
+            )
+
+        values = [{name: getattr(row, name) for name in _NOTIFICATION_COLUMNS} for row in fresh.values()]
+        table = Notification.__table__  # type: ignore[attr-defined]
+        ids = {key: nid for nid, key in insert_many(session, table, values, skip_stored)}
+        for key in list(fresh):
+            if key in ids:
+                fresh[key].id = ids[key]
+            else:
+                found = by_idempotency_key(session, key)
+                if found is None:
+                    raise RuntimeError(f"notification {key} neither inserted nor found")
+                stored[key] = found
+                del fresh[key]
     out: list[tuple[Notification, bool]] = []
     for row in rows:
         if row.idempotency_key in stored:
@@ -315,6 +363,43 @@ def insert_notifications(session: Session, rows: Sequence[Notification]) -> list
             first = fresh[row.idempotency_key]
             out.append((first, first is row))
     return out
+
+
+def insert_inbox_deliveries(session: Session, notification_ids: Sequence[int], at: datetime) -> None:
+    """Record new notifications as delivered in-app (their whole delivery was being stored)."""
+    if not notification_ids:
+        return
+    rows = [
+        {
+            "notification_id": nid,
+            "channel": "in_app",
+            "status": "delivered",
+            "provider_message_id": None,
+            "attempts": 0,
+            "error": None,
+            "updated_at": at,
+        }
+        for nid in notification_ids
+    ]
+
+    def skip_stored(stmt: Any) -> Any:
+        return stmt.on_conflict_do_nothing(index_elements=["notification_id", "channel"])
+
+    insert_many(session, Delivery.__table__, rows, skip_stored)  # type: ignore[attr-defined]
+
+
+def set_workflow_ids(session: Session, workflow_ids: dict[int, str]) -> None:
+    """Point notifications (by id) at their workflows: one statement executed with many parameter sets."""
+    if not workflow_ids:
+        return
+    table = Notification.__table__  # type: ignore[attr-defined]
+    session.connection().execute(
+        update(table).where(table.c.id == bindparam("b_id")).values(workflow_id=bindparam("b_wf")),
+        [{"b_id": nid, "b_wf": wf} for nid, wf in workflow_ids.items()],
+    )
+
+
+_NOTIFICATION_COLUMNS = [c.name for c in Notification.__table__.columns if c.name != "id"]  # type: ignore[attr-defined]
 
 
 def by_idempotency_key(session: Session, key: str) -> Notification | None:
@@ -364,7 +449,7 @@ def upsert_deliveries(session: Session, items: Sequence[tuple[int, str, str]], n
     existing: dict[tuple[int, str], Delivery] = {}
     for start in range(0, len(ids), 500):
         for row in session.execute(
-            select(Delivery).where(col(Delivery.notification_id).in_(ids[start : start + 500]))
+            select(Delivery).where(one_of(session, col(Delivery.notification_id), ids[start : start + 500]))
         ).scalars():
             existing[(row.notification_id, row.channel)] = row
     for nid, channel, status in items:
@@ -397,7 +482,7 @@ def deliveries_for(session: Session, notification_ids: Sequence[int]) -> dict[in
     if not notification_ids:
         return out
     rows: Iterable[Delivery] = session.execute(
-        select(Delivery).where(col(Delivery.notification_id).in_(list(notification_ids)))
+        select(Delivery).where(one_of(session, col(Delivery.notification_id), list(notification_ids)))
     ).scalars()
     for d in rows:
         out.setdefault(d.notification_id, []).append(d)
@@ -456,7 +541,7 @@ def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: da
         col(Notification.read_at).is_(None),
     )
     if ids is not None:
-        stmt = stmt.where(col(Notification.id).in_(list(ids)))
+        stmt = stmt.where(one_of(session, col(Notification.id), list(ids)))
     rows: list[Notification] = list(session.execute(stmt).scalars())
     for row in rows:
         row.read_at = now
@@ -465,7 +550,7 @@ def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: da
         session.execute(
             update(Delivery)
             .where(
-                col(Delivery.notification_id).in_([r.id for r in rows]),
+                one_of(session, col(Delivery.notification_id), [r.id for r in rows]),
                 col(Delivery.channel) == "in_app",
             )
             .values(status="read", updated_at=now)
@@ -526,7 +611,9 @@ def workflow_ids_of(session: Session, notification_ids: Sequence[int]) -> list[s
     return [
         wf
         for (wf,) in session.execute(
-            select(Notification.workflow_id).where(col(Notification.id).in_(list(notification_ids)))
+            select(Notification.workflow_id).where(
+                one_of(session, col(Notification.id), list(notification_ids))
+            )
         )
         if wf
     ]
@@ -551,14 +638,16 @@ def apply_provider_statuses(
     key_ids: dict[str, int] = {}
     if ids:
         found: list[Any] = list(
-            session.execute(select(col(Notification.id)).where(col(Notification.id).in_(ids))).all()
+            session.execute(
+                select(col(Notification.id)).where(one_of(session, col(Notification.id), ids))
+            ).all()
         )
         known = {int(i) for (i,) in found}
     if keys:
         pairs: list[Any] = list(
             session.execute(
                 select(col(Notification.idempotency_key), col(Notification.id)).where(
-                    col(Notification.idempotency_key).in_(keys)
+                    one_of(session, col(Notification.idempotency_key), keys)
                 )
             ).all()
         )
@@ -652,7 +741,7 @@ def entity_facts(session: Session, keys: Iterable[str]) -> dict[str, EntityFacts
         _view_text("last_sale", "currency"),
         _view_text("floor"),
         _view_text("currency"),
-    ).where(col(EntityView.key).in_(wanted))
+    ).where(one_of(session, col(EntityView.key), wanted))
     out: dict[str, EntityFacts] = {}
     rows: list[Any] = list(session.execute(stmt).all())
     for key, kind, coll, owner, estimate, est_ccy, sale, sale_ccy, floor, ccy in rows:
@@ -678,7 +767,7 @@ def portfolio_wallets(session: Session, user_ids: Iterable[str]) -> dict[str, se
     rows: list[Any] = list(
         session.execute(
             select(col(Subscription.user_id), col(Subscription.wallets)).where(
-                col(Subscription.user_id).in_(users), col(Subscription.target) == "portfolio"
+                one_of(session, col(Subscription.user_id), users), col(Subscription.target) == "portfolio"
             )
         ).all()
     )
@@ -700,9 +789,9 @@ def held_counts(
         session.execute(
             select(col(EntityView.collection_key), owner, func.count())
             .where(
-                col(EntityView.collection_key).in_(colls),
+                one_of(session, col(EntityView.collection_key), colls),
                 col(EntityView.kind) == "nft",
-                owner.in_(owners),
+                one_of(session, owner, owners),
             )
             .group_by(col(EntityView.collection_key), owner)
         ).all()

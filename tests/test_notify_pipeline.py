@@ -38,6 +38,8 @@ from activities.notify import (
     NotifyActivities,
     SendDigestInput,
     entity_name,
+    inbox_text,
+    notification_workflow_id,
 )
 from channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryError
 from channels.registry import ChannelRegistry
@@ -47,6 +49,7 @@ from store import entities, keys
 from store import notify as notify_store
 from store.db import Database
 from store.models import EntityView
+from templates.renderer import render
 from tests.conftest import local_http_server, run_pulse
 from workflows.notify import NotificationOutcome, NotificationWorkflow
 
@@ -548,6 +551,42 @@ def test_detection_is_idempotent_and_only_touches_watchers(db: Database) -> None
     assert {st.subscription_id for st in states} == {"sub_alice"}  # carol's rules were never evaluated
 
 
+def test_inbox_only_notification_is_delivered_by_detection_and_rendered_when_read(db: Database) -> None:
+    """In-app only, due now, not critical: detection's commit is its delivery (no workflow), and its text
+    is rendered from the stored context when read, in the user's locale, as rendering it then would."""
+    _seed(db, "alice", COLLECTION, locale="de")
+    _seed(db, "bob", "collection:ethereum:0x" + "ef" * 20)
+    with db.write() as s:
+        bob_sub = s.get(notify_store.Subscription, "sub_bob")
+        assert bob_sub is not None
+        bob_sub.entity_key = COLLECTION
+        s.add(bob_sub)
+        notify_store.replace_subscription_keys(s, "sub_bob", [COLLECTION])
+        bob = s.get(notify_store.NotifyUser, "bob")
+        assert bob is not None
+        bob.webhooks = [{"id": "wh1", "url": "https://hooks.example.com/pulse", "secret": "whsec_x"}]
+        bob.preferences = {"default": ["webhook"]}
+        s.add(bob)
+    acts = NotifyActivities(db, ChannelRegistry([WebhookChannel(WebhookConfig(allow_private=True))]))
+    at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).isoformat()
+    result = acts.detect(DetectInput(_floor("10", "7"), at, cause="lazy@1-1"))
+    by_user = {n.user_id: n for n in result.notifications}
+    assert by_user["bob"].channels == ["webhook"]
+    with db.read() as s:
+        rows = {r.user_id: r for r in s.execute(select(notify_store.Notification)).scalars()}
+        deliveries = notify_store.deliveries_for(s, [r.id or 0 for r in rows.values()])
+    alice, bob_row = rows["alice"], rows["bob"]
+    assert alice.inbox_at is not None and alice.workflow_id is None and alice.title == ""
+    assert [(d.channel, d.status) for d in deliveries[alice.id or 0]] == [("in_app", "delivered")]
+    title, body = inbox_text(alice)
+    expected = render(alice.kind, "in_app", "de", alice.context)
+    assert (title, body) == (expected.subject, expected.text) and title.startswith("Mindestpreis")
+    # Bob's goes out on his webhook through its workflow: rendered now, not in the inbox until delivered.
+    assert bob_row.title and bob_row.inbox_at is None and deliveries[bob_row.id or 0] == []
+    assert bob_row.workflow_id == notification_workflow_id("", bob_row.id or 0)
+    assert inbox_text(bob_row) == (bob_row.title, bob_row.body)
+
+
 def test_saved_change_batches_are_detected_once_each_and_consumed(db: Database) -> None:
     """The pipeline saves each batch's changes for its workflow; detection uses them up, and a batch whose
     recalculation result was lost (a crash) is still detected the next time the workflow asks."""
@@ -871,3 +910,26 @@ def test_notifications_are_stored_in_bulk_once_per_key(db: Database) -> None:
     # The stored key and the repeat within the batch are reported as existing, with the first row's id.
     assert flags == [True, False, True, False]
     assert ids[1] == old.id and ids[3] == ids[0] and ids[0] < ids[2]
+
+
+def test_watchers_in_the_same_state_share_an_evaluation_but_not_their_outcome(db: Database) -> None:
+    """Three watchers of one collection with the same rule: two armed alike (evaluated once) are both
+    notified; the third, whose rule already fired on the first drop and is disarmed, stays silent. Each
+    keeps a state of its own."""
+    _seed(db, "cid", COLLECTION)
+    acts = NotifyActivities(db, ChannelRegistry())
+    at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+    first = acts.detect(DetectInput(_floor("10", "7"), at.isoformat(), cause="cid-only@1"))
+    assert [n.user_id for n in first.notifications] == ["cid"]
+    _seed(db, "ann", COLLECTION)
+    _seed(db, "ben", COLLECTION)
+    later = (at + timedelta(minutes=1)).isoformat()
+    result = acts.detect(DetectInput(_floor("10", "7.5"), later, cause="all@2"))
+    assert sorted(n.user_id for n in result.notifications) == ["ann", "ben"]
+    assert len({n.idempotency_key for n in result.notifications}) == 2
+    with db.read() as s:
+        states = {
+            r.subscription_id: r.state for r in s.execute(select(notify_store.RuleStateRecord)).scalars()
+        }
+    assert set(states) == {"sub_ann", "sub_ben", "sub_cid"}
+    assert states["sub_ann"] == states["sub_ben"] != states["sub_cid"]

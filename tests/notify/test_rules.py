@@ -436,3 +436,27 @@ def test_budget_slots_go_to_criticals_then_exposure() -> None:
         ("none-warn", Route.DIGEST),
     ]
     assert len(budget.sent) == 2
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        Rule(id="r", kind=RuleKind.RELATIVE_CHANGE, metric="floor", pct=0.1, window_s=3600, cooldown_s=0),
+        Rule(id="a", kind=RuleKind.ANOMALY, metric="volume", cooldown_s=0),
+    ],
+)
+def test_evaluate_leaves_the_given_state_as_it_was(rule: Rule) -> None:
+    """Detection shares one evaluation among watchers in the same state, so evaluate must not change the
+    state it is given, windows and histories included (it copies them instead of deep-copying)."""
+    state: RuleState | None = None
+    for i, value in enumerate(["10", "9.5", "12", "8", "8.5", "30"]):
+        change = MetricChange(
+            entity_key=ENTITY, metric=rule.metric, before="10", after=value, at=T0 + timedelta(minutes=i)
+        )
+        snapshot = None if state is None else state.to_dict()
+        first = evaluate(rule, state, change)
+        again = evaluate(rule, state, change)
+        assert (None if state is None else state.to_dict()) == snapshot
+        assert first.state.to_dict() == again.state.to_dict() and first.fired == again.fired
+        state = first.state
+    assert state is not None and (state.window_min or state.history)

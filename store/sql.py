@@ -1,0 +1,69 @@
+"""Dialect-aware SQL building blocks shared by the stores: set membership and bulk inserts whose statement
+text does not depend on how many values there are, and the JSON encoding of columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, Table, Text, any_, bindparam, cast, func, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
+from sqlmodel import Session
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns (event data, read models) through orjson: several times faster than ``json``."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN (values)`` whose SQL text does not depend on how many values there are.
+
+    On Postgres it is ``column = ANY(:array)``: one text for every batch size, so psycopg parses it once
+    and, after a few runs, the server keeps it prepared, where an ``IN`` list of each length is a new
+    statement to parse and plan. SQLite keeps the plain ``IN`` (callers stay under its variable limit).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(list(values))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        # bytea's hex input form: a JSON string Postgres reads back as the same bytes.
+        return "\\x" + value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def insert_many(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    complete: Callable[[Any], Any] = lambda stmt: stmt,
+) -> CursorResult[Any]:
+    """Insert many rows with one statement; ``complete`` adds the conflict clause and RETURNING to the
+    dialect's ``insert(table)``.
+
+    On Postgres the rows travel as one JSON document unpacked by ``json_populate_recordset`` into the
+    table's own row type: one parameter, so psycopg neither parses nor escapes per value, and the
+    statement text is the same for every batch size. A multi-row ``VALUES`` with thousands of
+    parameters cost the worker four times as much CPU per row. SQLite executes the statement with many
+    parameter sets instead.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return session.connection().execute(complete(sqlite.insert(table)), list(rows))
+    names = list(rows[0])
+    source = (
+        func.json_populate_recordset(
+            literal_column(f"NULL::{table.name}"), cast(bindparam("rows", type_=Text()), JSON)
+        )
+        .table_valued(*names)
+        .alias("r")
+    )
+    stmt = complete(postgresql.insert(table).from_select(names, select(*(source.c[n] for n in names))))
+    payload = orjson.dumps(
+        list(rows), default=_json_default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC
+    ).decode()
+    return session.connection().execute(stmt, {"rows": payload})

@@ -1,0 +1,86 @@
+"""The store's shared SQL building blocks, on SQLite and Postgres alike."""
+
+from __future__ import annotations
+
+import gc
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from pulse.cli import tune_gc
+from store import entities
+from store.db import Database
+from store.entities import ViewWrite
+from store.models import CollectionBookRecord, EntityView
+from store.sql import insert_many, one_of
+
+
+def test_insert_many_upserts_with_returning_and_keeps_types(db: Database) -> None:
+    """Read models written in bulk come back as written (JSON with quotes and non-ASCII, timestamps), and
+    an upsert bumps an existing row's version in the database while a new row starts at 1."""
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    view = {"owner": "0xabc", "nested": {"quote": 'say "hi"', "list": [1, 2.5, None]}, "ünïcode": "✓"}
+    with db.write() as s:
+        assert entities.write_views(s, db, [ViewWrite("nft:a", "nft", "c", view)], at) == {"nft:a": 1}
+    with db.read() as s:
+        row = s.get(EntityView, "nft:a")
+    assert row is not None and row.view == view and row.version == 1 and row.updated_at == at
+    later = at + timedelta(seconds=1)
+    with db.write() as s:
+        versions = entities.write_views(
+            s, db, [ViewWrite("nft:a", "nft", "c", {"v": 2}), ViewWrite("nft:b", "nft", "c", {"v": 1})], later
+        )
+    assert versions == {"nft:a": 2, "nft:b": 1}
+    with db.read() as s:
+        rows = s.execute(select(EntityView).order_by(EntityView.key)).scalars()  # type: ignore[arg-type]
+        assert [(r.key, r.version, r.view, r.updated_at) for r in rows] == [
+            ("nft:a", 2, {"v": 2}, later),
+            ("nft:b", 1, {"v": 1}, later),
+        ]
+
+
+def test_insert_many_carries_bytes_and_skips_conflicts(db: Database) -> None:
+    now = datetime.now(UTC)
+    book = b'{"tokens": {"1": "\\u00e9"}}\x00\xff'
+    rows = [
+        {
+            "key": "collection:x",
+            "chain": "ethereum",
+            "contract": "0x1",
+            "version": 1,
+            "book": book,
+            "updated_at": now,
+        }
+    ]
+
+    def skip(stmt: Any) -> Any:
+        return stmt.on_conflict_do_nothing(index_elements=["key"]).returning(CollectionBookRecord.key)
+
+    with db.write() as s:
+        assert [k for (k,) in insert_many(s, CollectionBookRecord.__table__, rows, skip)] == ["collection:x"]
+        # The same key again inserts nothing and returns nothing.
+        assert list(insert_many(s, CollectionBookRecord.__table__, rows, skip)) == []
+    with db.read() as s:
+        stored = s.get(CollectionBookRecord, "collection:x")
+        assert stored is not None and bytes(stored.book) == book
+        keys = [
+            k
+            for (k,) in s.execute(
+                select(CollectionBookRecord.key).where(
+                    one_of(s, CollectionBookRecord.key, ["collection:x", "nope"])
+                )
+            )
+        ]
+    assert keys == ["collection:x"]
+
+
+def test_tune_gc_sets_thresholds_and_freezes_what_is_loaded() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc((12_345, 20, 30))
+        assert gc.get_threshold() == (12_345, 20, 30)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

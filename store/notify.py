@@ -20,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
 from store.models import BigId, EntityView, Rate, UtcDateTime
@@ -297,32 +296,12 @@ def save_rule_states(
     insert_many(session, RuleStateRecord.__table__, rows, upsert)  # type: ignore[attr-defined]
 
 
-def insert_notification(session: Session, row: Notification) -> tuple[Notification, bool]:
-    """Insert ``row`` unless its idempotency key exists; returns the stored row and whether it is new.
-
-    The insert runs in a savepoint so that a concurrent duplicate (unique violation) leaves the caller's
-    transaction usable on Postgres.
-    """
-    existing = by_idempotency_key(session, row.idempotency_key)
-    if existing is not None:
-        return existing, False
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
-        existing = by_idempotency_key(session, row.idempotency_key)
-        if existing is None:
-            raise
-        return existing, False
-    return row, True
-
-
 def insert_notifications(session: Session, rows: Sequence[Notification]) -> list[tuple[Notification, bool]]:
-    """``insert_notification`` for many, in order: one query finds the keys already stored and one upsert
-    writes the new rows (``insert_many``); their ids are set on them. The rows stay detached: what the
-    caller changes afterwards it stores itself (``set_workflow_ids``). A key another transaction
-    inserted meanwhile is skipped by the upsert and read back."""
+    """Insert notifications unless their idempotency keys are stored; returns, in order, each stored row
+    and whether it is new. One query finds the keys already stored and one upsert writes the new rows
+    (``insert_many``), setting their ids on them. The rows stay detached: what the caller changes
+    afterwards it stores itself (``set_workflow_ids``). A key another transaction inserted meanwhile is
+    skipped by the upsert and read back."""
     keys = sorted({r.idempotency_key for r in rows})
     stored: dict[str, Notification] = {}
     for start in range(0, len(keys), 500):

@@ -36,17 +36,19 @@ async def test_failures_list_and_actions(pulse: RunningPulse) -> None:
         ShardWorkflow.run, ShardInput(-1), id=workflow_id, task_queue=pulse.task_queue
     )
     with pulse.db.write() as session:
-        row, _ = notify_store.insert_notification(
+        [(row, _)] = notify_store.insert_notifications(
             session,
-            notify_store.Notification(
-                idempotency_key="ntf_ops",
-                user_id="u1",
-                kind="risk_change",
-                severity="critical",
-                entity_key=f"collection:ethereum:{CONTRACT}",
-                workflow_id=workflow_id,
-                created_at=utcnow(),
-            ),
+            [
+                notify_store.Notification(
+                    idempotency_key="ntf_ops",
+                    user_id="u1",
+                    kind="risk_change",
+                    severity="critical",
+                    entity_key=f"collection:ethereum:{CONTRACT}",
+                    workflow_id=workflow_id,
+                    created_at=utcnow(),
+                )
+            ],
         )
         notify_store.upsert_delivery(
             session, row.id or 0, "sms", "failed", utcnow(), error="21211 invalid number"

@@ -444,7 +444,7 @@ class NotifyActivities:
                 return result
             # Each subscription's rules parsed once, not once per change: a busy collection has hundreds
             # of watchers and a batch several changed metrics per entity.
-            rules_of = {w.subscription_id: _parsed_rules(w.rules) for w in found}
+            rules_of = {w.subscription_id: _parsed_rules(w.rules_json) for w in found}
             states = store.rule_states(
                 s,
                 [
@@ -455,14 +455,14 @@ class NotifyActivities:
                     if ch.metric == rule.metric
                 ],
             )
-            changed_states: dict[tuple[str, str, str], dict[str, Any]] = {}
+            changed_states: dict[tuple[str, str, str], orjson.Fragment] = {}
             fired: dict[str, list[tuple[Candidate, dict[str, Any]]]] = {}
             seen: set[tuple[str, str, str]] = set()
             rule_changes: dict[tuple[str, str], RuleChange] = {}
             # Evaluation is a pure function of (rule, state, change), and the watchers of a busy entity
             # often share all three (one preset, armed and fired together): each distinct triple is
             # evaluated once. Rules with the same definition are the same object (_parsed_rules).
-            outcomes: dict[tuple[int, int, bytes], tuple[Evaluation, dict[str, Any]]] = {}
+            outcomes: dict[tuple[int, int, str], tuple[Evaluation, orjson.Fragment]] = {}
             for w in found:
                 watched = {rule.metric for rule in rules_of[w.subscription_id]}
                 for ch in by_entity[w.entity_key]:
@@ -487,18 +487,14 @@ class NotifyActivities:
                             continue
                         result.evaluated += 1
                         triple = (w.subscription_id, rule.id, ch.entity)
-                        stored_state = states.get(triple)
-                        same = (
-                            id(rule),
-                            id(change),
-                            orjson.dumps(stored_state, option=orjson.OPT_SORT_KEYS) if stored_state else b"",
-                        )
+                        stored_state = states.get(triple, "")
+                        same = (id(rule), id(change), stored_state)
                         outcome = outcomes.get(same)
                         if outcome is None:
-                            ev = evaluate(rule, RuleState.from_dict(stored_state), change)
-                            outcome = outcomes[same] = (ev, ev.state.to_dict())
-                        ev, new_state = outcome
-                        states[triple] = changed_states[triple] = new_state
+                            previous = orjson.loads(stored_state) if stored_state else None
+                            ev = evaluate(rule, RuleState.from_dict(previous), change)
+                            outcome = outcomes[same] = (ev, orjson.Fragment(orjson.dumps(ev.state.to_dict())))
+                        ev, changed_states[triple] = outcome
                         if not ev.fired or ev.severity is None or ev.explanation is None:
                             result.suppressed += ev.suppressed is not None
                             continue
@@ -1208,20 +1204,19 @@ def _positions(
     return {k: (p, reference_value(p, rates)) for k, p in out.items()}
 
 
-_RULES: dict[bytes, list[Rule]] = {}
+_RULES: dict[str, list[Rule]] = {}
 _RULES_MAX = 100_000
 
 
-def _parsed_rules(raw: list[dict[str, Any]]) -> list[Rule]:
-    """A subscription's rules, validated once per distinct definition: a busy collection's watchers are
-    read for every batch, and validating each time was a tenth of detection. Rules are frozen, so the
-    cached objects are safely shared."""
-    key = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
-    rules = _RULES.get(key)
+def _parsed_rules(rules_json: str) -> list[Rule]:
+    """A subscription's rules (their stored JSON text), validated once per distinct definition: a busy
+    collection's watchers are read for every batch, and validating each time was a tenth of detection.
+    Rules are frozen, so the cached objects are safely shared."""
+    rules = _RULES.get(rules_json)
     if rules is None:
         if len(_RULES) >= _RULES_MAX:
             _RULES.clear()
-        rules = _RULES[key] = [Rule.model_validate(item) for item in raw]
+        rules = _RULES[rules_json] = [Rule.model_validate(item) for item in orjson.loads(rules_json)]
     return rules
 
 

@@ -19,7 +19,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, func, select, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    Index,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    cast,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlmodel import Field, Session, SQLModel, col
 
 from store.models import BigId, EntityView, Rate, UtcDateTime
@@ -197,7 +209,9 @@ class WatchEntry:
     entity_key: str
     subscription_id: str
     user_id: str
-    rules: list[dict[str, Any]]
+    #: The rules as their stored JSON text: watchers of a busy entity mostly share a few definitions,
+    #: which the caller parses once each (decoding every row's JSON cost more than the query).
+    rules_json: str
 
 
 def wallets_watched(session: Session) -> bool:
@@ -224,7 +238,7 @@ def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEnt
                 col(SubscriptionKey.entity_key),
                 col(Subscription.id),
                 col(Subscription.user_id),
-                col(Subscription.rules),
+                cast(col(Subscription.rules), Text),
             )
             .join(Subscription, col(Subscription.id) == col(SubscriptionKey.subscription_id))
             .where(one_of(session, col(SubscriptionKey.entity_key), keys[start : start + 500]))
@@ -256,11 +270,10 @@ def subscriptions_by_id(session: Session, ids: Iterable[str]) -> dict[str, Subsc
     return {sub.id: sub for sub in rows}
 
 
-def rule_states(
-    session: Session, triples: Iterable[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Stored rule states (``RuleState.to_dict()``) by (subscription, rule, entity) for the given triples:
-    plain columns, as a batch reads thousands."""
+def rule_states(session: Session, triples: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+    """Stored rule states (``RuleState.to_dict()`` as JSON text) by (subscription, rule, entity) for the
+    given triples. Text, not decoded: a batch reads thousands, most of them equal, and the caller decodes
+    each distinct one once."""
     wanted = set(triples)
     if not wanted:
         return {}
@@ -270,16 +283,15 @@ def rule_states(
             col(RuleStateRecord.subscription_id),
             col(RuleStateRecord.rule_id),
             col(RuleStateRecord.entity_key),
-            col(RuleStateRecord.state),
+            cast(col(RuleStateRecord.state), Text),
         ).where(one_of(session, col(RuleStateRecord.subscription_id), subs))
     )
     return {(sub, rule, entity): state for sub, rule, entity, state in rows if (sub, rule, entity) in wanted}
 
 
-def save_rule_states(
-    session: Session, states: dict[tuple[str, str, str], dict[str, Any]], at: datetime
-) -> None:
-    """Store rule states by (subscription, rule, entity): one upsert for all of them."""
+def save_rule_states(session: Session, states: dict[tuple[str, str, str], Any], at: datetime) -> None:
+    """Store rule states by (subscription, rule, entity): one upsert for all of them. A state is its dict
+    or, encoded once for the many watchers that share it, an ``orjson.Fragment``."""
     if not states:
         return
 

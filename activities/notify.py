@@ -564,9 +564,8 @@ class NotifyActivities:
                     if new and row.id is not None:
                         NOTIFICATIONS_CREATED.labels(row.kind, row.severity).inc()
                         created.append(row.id)
-                        req = self._request(user, row)
-                        requests.append(req)
-                        if _inbox_is_enough(req):
+                        requests.append(self._request(user, row))
+                        if row.inbox_at is not None:
                             in_inbox.append(row)  # delivered by this commit: no workflow
                         elif row.workflow_id:
                             workflow_ids[row.id] = row.workflow_id
@@ -626,11 +625,11 @@ class NotifyActivities:
         context["subscription_id"] = info["subscription"].id
         context["locale"] = user.locale
         title, body, inbox_at = "", "", None
-        inbox_only = (
-            decision.route is Route.NOW
-            and decision.not_before is None
-            and c.severity is not AlertSeverity.CRITICAL
-            and _channels(user, c.kind.value, self._available(user)) == ["in_app"]
+        inbox_only = _inbox_only(
+            decision.route.value,
+            _channels(user, c.kind.value, self._available(user)),
+            critical=c.severity is AlertSeverity.CRITICAL,
+            not_before=decision.not_before,
         )
         if inbox_only:
             # Storing it is its whole delivery: it is in the inbox once this transaction commits. Its
@@ -1248,12 +1247,15 @@ def _holding(position: Position | None) -> Holding | None:
     )
 
 
+def _inbox_only(route: str, channels: list[str], *, critical: bool, not_before: object) -> bool:
+    """Whether storing a notification in the inbox is its whole delivery: due now, in-app only and not
+    critical (a critical one escalates)."""
+    return route == Route.NOW.value and channels == ["in_app"] and not critical and not_before is None
+
+
 def _inbox_is_enough(req: NotifyRequest) -> bool:
-    return (
-        req.route == Route.NOW.value
-        and req.channels == ["in_app"]
-        and req.escalation is None
-        and req.not_before is None
+    return _inbox_only(
+        req.route, req.channels, critical=req.escalation is not None, not_before=req.not_before
     )
 
 

@@ -320,7 +320,7 @@ class PipelineActivities:
                 poison += outcome.poison
             entities.save_books(session, self._db, saved)
             views_at = utcnow()
-            entities.write_views(session, self._db, writes, views_at)
+            entities.write_views(session, writes, views_at)
             events.mark_applied(session, [r.seq or 0 for r in applied])
             seqs = sorted(r.seq or 0 for r in applied)
             changes = ChangeSet.of(

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import func, select
 from temporalio.testing import ActivityEnvironment
 
 from activities.contracts import ImpactInput, InvalidateInput, RecalcInput
@@ -44,6 +45,7 @@ from store.cache import MemoryCache
 from store.db import Database
 from store.events import DispatchMark
 from store.models import Route
+from store.notify import Notification
 from workflows.pipeline import shard_of
 
 T = TypeVar("T")
@@ -229,10 +231,6 @@ def main() -> None:
 
 
 def _notifications(db: Database) -> int:
-    from sqlalchemy import func, select
-
-    from store.notify import Notification
-
     with db.read() as s:
         return int(s.execute(select(func.count()).select_from(Notification)).scalar_one())
 

@@ -9,12 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import (
-    Engine,
-    create_engine,
-    event,
-    text,
-)
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel

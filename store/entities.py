@@ -84,9 +84,7 @@ class ViewWrite:
     view: dict[str, Any]
 
 
-def write_views(
-    session: Session, db: Database, writes: Sequence[ViewWrite], at: datetime | None = None
-) -> dict[str, int]:
+def write_views(session: Session, writes: Sequence[ViewWrite], at: datetime | None = None) -> dict[str, int]:
     """Upsert read models, bumping each one's version; returns the new version per key.
 
     One upsert with RETURNING for the whole batch (``insert_many``): the version is bumped by the database

@@ -30,18 +30,11 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
     return column.in_(list(values))
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        # bytea's hex input form: a JSON string Postgres reads back as the same bytes.
-        return "\\x" + value.hex()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def insert_many(
     session: Session,
     table: Table,
     rows: Sequence[dict[str, Any]],
-    complete: Callable[[Any], Any] = lambda stmt: stmt,
+    complete: Callable[[Any], Any],
 ) -> CursorResult[Any]:
     """Insert many rows with one statement; ``complete`` adds the conflict clause and RETURNING to the
     dialect's ``insert(table)``.
@@ -63,7 +56,5 @@ def insert_many(
         .alias("r")
     )
     stmt = complete(postgresql.insert(table).from_select(names, select(*(source.c[n] for n in names))))
-    payload = orjson.dumps(
-        list(rows), default=_json_default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC
-    ).decode()
+    payload = orjson.dumps(list(rows), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC).decode()
     return session.connection().execute(stmt, {"rows": payload})

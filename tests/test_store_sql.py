@@ -12,7 +12,7 @@ from pulse.cli import tune_gc
 from store import entities
 from store.db import Database
 from store.entities import ViewWrite
-from store.models import CollectionBookRecord, EntityView
+from store.models import EntityView
 from store.sql import insert_many, one_of
 
 
@@ -22,14 +22,14 @@ def test_insert_many_upserts_with_returning_and_keeps_types(db: Database) -> Non
     at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     view = {"owner": "0xabc", "nested": {"quote": 'say "hi"', "list": [1, 2.5, None]}, "ünïcode": "✓"}
     with db.write() as s:
-        assert entities.write_views(s, db, [ViewWrite("nft:a", "nft", "c", view)], at) == {"nft:a": 1}
+        assert entities.write_views(s, [ViewWrite("nft:a", "nft", "c", view)], at) == {"nft:a": 1}
     with db.read() as s:
         row = s.get(EntityView, "nft:a")
     assert row is not None and row.view == view and row.version == 1 and row.updated_at == at
     later = at + timedelta(seconds=1)
     with db.write() as s:
         versions = entities.write_views(
-            s, db, [ViewWrite("nft:a", "nft", "c", {"v": 2}), ViewWrite("nft:b", "nft", "c", {"v": 1})], later
+            s, [ViewWrite("nft:a", "nft", "c", {"v": 2}), ViewWrite("nft:b", "nft", "c", {"v": 1})], later
         )
     assert versions == {"nft:a": 2, "nft:b": 1}
     with db.read() as s:
@@ -40,39 +40,38 @@ def test_insert_many_upserts_with_returning_and_keeps_types(db: Database) -> Non
         ]
 
 
-def test_insert_many_carries_bytes_and_skips_conflicts(db: Database) -> None:
-    now = datetime.now(UTC)
-    book = b'{"tokens": {"1": "\\u00e9"}}\x00\xff'
-    rows = [
-        {
-            "key": "collection:x",
-            "chain": "ethereum",
-            "contract": "0x1",
-            "version": 1,
-            "book": book,
-            "updated_at": now,
-        }
-    ]
+def test_insert_many_skips_conflicts_and_returns_only_new_rows(db: Database) -> None:
+    """With a do-nothing conflict clause, rows already stored are skipped and only new ones come back;
+    NULLs and timestamps arrive as given."""
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+    def rows(*keys: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "key": key,
+                "kind": "nft",
+                "collection_key": "c",
+                "version": 1,
+                "view": {"owner": None},
+                "updated_at": now,
+            }
+            for key in keys
+        ]
 
     def skip(stmt: Any) -> Any:
-        return stmt.on_conflict_do_nothing(index_elements=["key"]).returning(CollectionBookRecord.key)
+        return stmt.on_conflict_do_nothing(index_elements=["key"]).returning(EntityView.key)
 
     with db.write() as s:
-        assert [k for (k,) in insert_many(s, CollectionBookRecord.__table__, rows, skip)] == ["collection:x"]
-        # The same key again inserts nothing and returns nothing.
-        assert list(insert_many(s, CollectionBookRecord.__table__, rows, skip)) == []
+        assert [k for (k,) in insert_many(s, EntityView.__table__, rows("nft:1"), skip)] == ["nft:1"]
+        # Again with one new key: the stored one is skipped, only the new one is returned.
+        assert [k for (k,) in insert_many(s, EntityView.__table__, rows("nft:1", "nft:2"), skip)] == ["nft:2"]
     with db.read() as s:
-        stored = s.get(CollectionBookRecord, "collection:x")
-        assert stored is not None and bytes(stored.book) == book
+        stored = s.get(EntityView, "nft:1")
+        assert stored is not None and stored.view == {"owner": None} and stored.updated_at == now
         keys = [
-            k
-            for (k,) in s.execute(
-                select(CollectionBookRecord.key).where(
-                    one_of(s, CollectionBookRecord.key, ["collection:x", "nope"])
-                )
-            )
+            k for (k,) in s.execute(select(EntityView.key).where(one_of(s, EntityView.key, ["nft:2", "x"])))
         ]
-    assert keys == ["collection:x"]
+    assert keys == ["nft:2"]
 
 
 def test_tune_gc_sets_thresholds_and_freezes_what_is_loaded() -> None:

@@ -187,7 +187,11 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     dev = DevServer("127.0.0.1", free_port(), free_port(), None, workdir / "temporal.log")
     dev.start()
     procs = PulseProcesses(
-        database_url, dev.address, workdir / "logs", extra_env=dict(item.split("=", 1) for item in args.env)
+        database_url,
+        dev.address,
+        workdir / "logs",
+        extra_env=dict(item.split("=", 1) for item in args.env),
+        fast_dispatch=False,
     )
     try:
         for part in ("api", "worker", "dispatcher"):

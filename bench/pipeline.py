@@ -66,11 +66,50 @@ def machine_busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / _TICKS
 
 
+def _postmaster_pid() -> int | None:
+    """The oldest ``postgres`` process: the server whose children are the backends."""
+    candidates = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            head, rest = stat.read_text().rsplit(")", 1)
+            if head.split("(", 1)[1] == "postgres" and rest.split()[1] == "1":
+                candidates.append(int(stat.parent.name))
+    return min(candidates) if candidates else None
+
+
+class PostgresCpu:
+    """Postgres's CPU by the client that caused it: backends carry the Pulse part's ``application_name``
+    (set by ``tests.procs``); background processes (autovacuum, WAL writer, checkpointer) and backends
+    that exited within the phase (their time is in the server's reaped-children total) are ``pg_other``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._server = _postmaster_pid()
+
+    def read(self) -> dict[str, float]:
+        if self._server is None or self._db.is_sqlite:
+            return {}
+        with self._db.read_engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT pid, application_name, backend_type FROM pg_stat_activity")
+            ).all()
+        out: dict[str, float] = {"pg_total": cpu_seconds(self._server)}
+        for pid, app, kind in rows:
+            used = cpu_seconds(pid)
+            out["pg_total"] += used
+            name = app.removeprefix("pulse-") if app.startswith("pulse-") else "other"
+            key = f"pg_{name}" if kind == "client backend" else "pg_other"
+            out[key] = out.get(key, 0.0) + used
+        return out
+
+
 class CpuMeter:
     """Cores used per process over a phase: where the machine's two cores went."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], postgres: PostgresCpu | None = None) -> None:
         self._pids = pids
+        self._postgres = postgres
+        self._start_pg = postgres.read() if postgres else {}
         self._start = self._read()
 
     def _read(self) -> dict[str, float]:
@@ -81,9 +120,17 @@ class CpuMeter:
 
     def cores(self) -> dict[str, float]:
         end = self._read()
+        end_pg = self._postgres.read() if self._postgres else {}
         wall = end["wall"] - self._start["wall"]
         used = {k: (end[k] - self._start[k]) / wall for k in end if k != "wall"}
         used["other"] = used["machine"] - sum(v for k, v in used.items() if k != "machine")
+        if end_pg:
+            # Backends are pooled, so a backend's whole life is rarely inside one phase; pg_other takes
+            # what cannot be attributed, including exited backends and background work.
+            pg = {k: (end_pg[k] - self._start_pg.get(k, 0.0)) / wall for k in end_pg}
+            attributed = sum(v for k, v in pg.items() if k not in ("pg_total", "pg_other"))
+            pg["pg_other"] = pg["pg_total"] - attributed
+            used.update(pg)
         return {k: round(v, 2) for k, v in used.items()}
 
 
@@ -246,7 +293,11 @@ async def run_phases(
 
     async def with_pulse(extra_env: dict[str, str], body: Any) -> None:
         procs = PulseProcesses(
-            database_url, temporal, workdir / f"logs-{uuid.uuid4().hex[:6]}", extra_env=extra_env
+            database_url,
+            temporal,
+            workdir / f"logs-{uuid.uuid4().hex[:6]}",
+            extra_env=extra_env,
+            fast_dispatch=False,
         )
         for part in ("api", "worker", "dispatcher"):
             procs.start(part)
@@ -275,7 +326,7 @@ async def run_phases(
             source = f"bench-{name}"
             batch = relabel(events, source)
             before = actions(procs)
-            meter = CpuMeter(pids(procs))
+            meter = CpuMeter(pids(procs), PostgresCpu(db))
             took = await (post_paced(http, batch, args.rate) if paced else post_burst(http, batch))
             ok = await wait_processed(db, source, len(batch), limit_s=args.timeout)
             cores = meter.cores()

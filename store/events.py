@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, true, update
+from sqlalchemy import and_, func, or_, select, true, update
 from sqlmodel import Session
 
 from domain.events import SCHEMA_VERSION, Event, EventType, utcnow
 from store.db import Database
 from store.models import EventRecord, EventStatus, Route
-from store.sql import insert_many, one_of
+from store.sql import insert_many, one_of, update_many
 
 _PENDING = (EventStatus.RECEIVED.value, EventStatus.DISPATCHED.value, EventStatus.APPLIED.value)
 _CHUNK = 900  # stays under SQLite's bound-parameter limit for IN lists
@@ -155,36 +155,30 @@ class DispatchMark:
 
 def mark_dispatched(db: Database, marks: Sequence[DispatchMark]) -> int:
     """Record the route of each event before it is handed to Temporal (the outbox's commit point)."""
-    now = utcnow()
-    changed = 0
-    table = EventRecord.__table__  # Core: an executemany with per-row values, not an ORM bulk update
+    table = EventRecord.__table__
+    rows = [
+        {
+            "seq": m.seq,
+            "route": m.route.value,
+            "workflow_id": m.workflow_id,
+            "priority": m.priority,
+            "priority_class": m.priority_class,
+        }
+        for m in marks
+    ]
     with db.write() as session:
-        for chunk in _chunks(list(marks)):
-            result = session.connection().execute(
-                update(table)  # type: ignore[arg-type]
-                .where(table.c.seq == bindparam("b_seq"), table.c.status == EventStatus.RECEIVED.value)
-                .values(
-                    status=EventStatus.DISPATCHED.value,
-                    route=bindparam("b_route"),
-                    workflow_id=bindparam("b_wf"),
-                    priority=bindparam("b_prio"),
-                    priority_class=bindparam("b_cls"),
-                    dispatched_at=now,
-                    attempts=table.c.attempts + 1,
-                ),
-                [
-                    {
-                        "b_seq": m.seq,
-                        "b_route": m.route.value,
-                        "b_wf": m.workflow_id,
-                        "b_prio": m.priority,
-                        "b_cls": m.priority_class,
-                    }
-                    for m in chunk
-                ],
-            )
-            changed += result.rowcount or 0
-    return changed
+        return update_many(
+            session,
+            table,  # type: ignore[arg-type]
+            "seq",
+            rows,
+            same={
+                "status": EventStatus.DISPATCHED.value,
+                "dispatched_at": utcnow(),
+                "attempts": table.c.attempts + 1,  # type: ignore[attr-defined]
+            },
+            where=[table.c.status == EventStatus.RECEIVED.value],  # type: ignore[attr-defined]
+        )
 
 
 @dataclass(frozen=True)

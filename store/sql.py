@@ -1,5 +1,5 @@
-"""Dialect-aware SQL building blocks shared by the stores: set membership and bulk inserts whose statement
-text does not depend on how many values there are, and the JSON encoding of columns."""
+"""Dialect-aware SQL building blocks shared by the stores: set membership, bulk inserts and bulk updates
+whose statement text does not depend on how many values there are, and the JSON encoding of columns."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Table, Text, any_, bindparam, cast, func, literal_column, select
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlmodel import Session
@@ -48,13 +60,57 @@ def insert_many(
     if session.get_bind().dialect.name != "postgresql":
         return session.connection().execute(complete(sqlite.insert(table)), list(rows))
     names = list(rows[0])
-    source = (
+    source = _recordset(table, names)
+    stmt = complete(postgresql.insert(table).from_select(names, select(*(source.c[n] for n in names))))
+    return session.connection().execute(stmt, {"rows": _rows_json(rows)})
+
+
+def update_many(
+    session: Session,
+    table: Table,
+    key: str,
+    rows: Sequence[dict[str, Any]],
+    *,
+    same: dict[str, Any],
+    where: Sequence[ColumnElement[bool]] = (),
+) -> int:
+    """Update many rows, each matched on ``key`` and given its own values (the other keys of its dict),
+    plus the values in ``same`` for all of them; ``where`` narrows which rows change. Returns how many did.
+
+    On Postgres it is one ``UPDATE … FROM json_populate_recordset(…)``: the rows travel as one JSON
+    document, as in ``insert_many``, where an executemany costs a parse, a bind and a round of the
+    pipeline per row. SQLite executes the statement with many parameter sets.
+    """
+    if not rows:
+        return 0
+    names = list(rows[0])
+    if session.get_bind().dialect.name != "postgresql":
+        stmt = (
+            update(table)
+            .where(table.c[key] == bindparam(f"b_{key}"), *where)
+            .values({**{n: bindparam(f"b_{n}") for n in names if n != key}, **same})
+        )
+        params = [{f"b_{n}": row[n] for n in names} for row in rows]
+        return session.connection().execute(stmt, params).rowcount or 0
+    source = _recordset(table, names)
+    stmt = (
+        update(table)
+        .where(table.c[key] == source.c[key], *where)
+        .values({**{n: source.c[n] for n in names if n != key}, **same})
+    )
+    return session.connection().execute(stmt, {"rows": _rows_json(rows)}).rowcount or 0
+
+
+def _recordset(table: Table, names: list[str]) -> Any:
+    """The JSON parameter ``rows`` as a set of rows of the table's own row type (Postgres)."""
+    return (
         func.json_populate_recordset(
             literal_column(f"NULL::{table.name}"), cast(bindparam("rows", type_=Text()), JSON)
         )
         .table_valued(*names)
         .alias("r")
     )
-    stmt = complete(postgresql.insert(table).from_select(names, select(*(source.c[n] for n in names))))
-    payload = orjson.dumps(list(rows), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC).decode()
-    return session.connection().execute(stmt, {"rows": payload})
+
+
+def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
+    return orjson.dumps(list(rows), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC).decode()

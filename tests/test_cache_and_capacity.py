@@ -132,3 +132,14 @@ def test_shards_spread_partitions_stably_and_urgent_wakes_are_rate_limited() -> 
     assert len(due) == 1 and set(dispatcher._deferred) == {0}
     for job in due:
         job.close()  # the coroutine of a wake; not sent in this test
+
+
+def test_dispatcher_ticks_at_most_once_per_interval_unless_behind() -> None:
+    """Under a steady stream each tick carries an interval's worth of events; a full tick means a backlog,
+    and the next one starts at once."""
+    from pulse.dispatcher import pause_after_tick
+
+    assert pause_after_tick(moved=0, batch_max=5000, took_s=0.01, interval_s=0.2) == pytest.approx(0.19)
+    assert pause_after_tick(moved=40, batch_max=5000, took_s=0.05, interval_s=0.2) == pytest.approx(0.15)
+    assert pause_after_tick(moved=40, batch_max=5000, took_s=0.5, interval_s=0.2) == 0.0
+    assert pause_after_tick(moved=5000, batch_max=5000, took_s=0.01, interval_s=0.2) == 0.0

@@ -12,8 +12,8 @@ from pulse.cli import tune_gc
 from store import entities
 from store.db import Database
 from store.entities import ViewWrite
-from store.models import EntityView
-from store.sql import insert_many, one_of
+from store.models import EntityView, EventRecord
+from store.sql import insert_many, one_of, update_many
 
 
 def test_insert_many_upserts_with_returning_and_keeps_types(db: Database) -> None:
@@ -72,6 +72,54 @@ def test_insert_many_skips_conflicts_and_returns_only_new_rows(db: Database) -> 
             k for (k,) in s.execute(select(EntityView.key).where(one_of(s, EntityView.key, ["nft:2", "x"])))
         ]
     assert keys == ["nft:2"]
+
+
+def test_update_many_gives_each_row_its_own_values_and_only_where_allowed(db: Database) -> None:
+    """Each matched row gets its own values plus the shared ones; rows outside ``where`` stay as they
+    were, and the count says how many changed."""
+    received = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    with db.write() as s:
+        for n in range(3):
+            s.add(
+                EventRecord(
+                    source="t",
+                    external_id=f"e{n}",
+                    type="sale",
+                    occurred_at=received,
+                    received_at=received,
+                    chain="ethereum",
+                    contract="0xc",
+                    partition="collection:ethereum:0xc",
+                    data={},
+                    status="processed" if n == 2 else "received",
+                )
+            )
+        s.flush()
+        seqs = [r.seq for r in s.execute(select(EventRecord).order_by(EventRecord.seq)).scalars()]  # type: ignore[arg-type]
+    table = EventRecord.__table__
+    rows = [
+        {"seq": seqs[0], "route": "partition", "priority": 12.5, "priority_class": "low"},
+        {"seq": seqs[1], "route": "own", "priority": 90.0, "priority_class": "critical"},
+        {"seq": seqs[2], "route": "own", "priority": 99.0, "priority_class": "critical"},
+    ]
+    with db.write() as s:
+        changed = update_many(
+            s,
+            table,  # type: ignore[arg-type]
+            "seq",
+            rows,
+            same={"status": "dispatched", "attempts": table.c.attempts + 1},  # type: ignore[attr-defined]
+            where=[table.c.status == "received"],  # type: ignore[attr-defined]
+        )
+    assert changed == 2
+    with db.read() as s:
+        got = [
+            (r.route, r.priority, r.priority_class, r.status, r.attempts)
+            for r in s.execute(select(EventRecord).order_by(EventRecord.seq)).scalars()  # type: ignore[arg-type]
+        ]
+    assert got[0] == ("partition", 12.5, "low", "dispatched", 1)
+    assert got[1] == ("own", 90.0, "critical", "dispatched", 1)
+    assert got[2][3] == "processed" and got[2][4] == 0
 
 
 def test_tune_gc_sets_thresholds_and_freezes_what_is_loaded() -> None:

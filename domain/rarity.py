@@ -489,15 +489,21 @@ def _band_count(ordered: list[int], low: int, high: int) -> int:
 
 
 def _max_overlap(windows: list[tuple[int, int]]) -> int:
-    """The largest number of closed intervals covering one point: a bound on any rank shift."""
+    """The largest number of closed intervals covering one point: a bound on any rank shift.
+
+    The deepest point is a left end ``x``: the intervals starting at or before it, less those ending
+    before it. Sorting the two ends as plain ints (rather than tagged tuples) made this a third of the
+    cost of a rarity plan."""
     if not windows:
         return 0
-    points = [(lo, 0) for lo, _ in windows] + [(hi, 1) for _, hi in windows]
-    points.sort()
-    best = depth = 0
-    for _, kind in points:
-        depth += 1 if kind == 0 else -1
-        best = max(best, depth)
+    starts = sorted([lo for lo, _ in windows])
+    ends = sorted([hi for _, hi in windows])
+    best = ended = 0
+    for started, x in enumerate(starts, 1):
+        while ends[ended] < x:
+            ended += 1
+        if started - ended > best:
+            best = started - ended
     return best
 
 

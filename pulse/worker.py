@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.notify import build_notify_activities
 from activities.pipeline import PipelineActivities
@@ -51,6 +51,11 @@ def build_worker(
         max_concurrent_activities=settings.worker_activity_slots,
         max_concurrent_local_activities=settings.worker_local_activity_slots,
         max_concurrent_workflow_tasks=settings.worker_workflow_slots,
+        # The sandbox re-imports (and compiles) a workflow's module for every new workflow run: with a few
+        # significant events a second that was a fifth of the event loop's time (py-spy, bench/pipeline.py).
+        # Determinism is checked instead where it costs nothing in production: the tests replay the
+        # histories of real runs under the sandboxed runner (tests/conftest.py::replay_under_sandbox).
+        workflow_runner=UnsandboxedWorkflowRunner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
     return worker, registry

@@ -23,12 +23,13 @@ from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from api.app import create_app
 from pulse.dispatcher import Dispatcher
 from pulse.settings import Settings
 from pulse.temporal import temporal_cli
-from pulse.worker import build_worker
+from pulse.worker import WORKFLOWS, build_worker
 from store import keys
 from store.cache import MemoryCache
 from store.db import Database
@@ -232,6 +233,20 @@ async def run_pulse(
             if registry is not None:
                 await registry.aclose()
             db.dispose()
+
+
+async def replay_under_sandbox(client: Client, task_queue: str) -> set[str]:
+    """Replay the history of every workflow that ran on ``task_queue`` with the sandboxed runner: the worker
+    runs workflows without the sandbox, so this is where a non-deterministic call (the clock, randomness,
+    I/O) or a change that no longer replays its own history is caught. Returns the ids replayed."""
+    replayer = Replayer(workflows=WORKFLOWS)
+    replayed: set[str] = set()
+    async for execution in client.list_workflows(f"TaskQueue = '{task_queue}'"):
+        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{execution.id}: {result.replay_failure!r}"
+        replayed.add(execution.id)
+    return replayed
 
 
 @pytest_asyncio.fixture

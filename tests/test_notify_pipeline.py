@@ -50,7 +50,7 @@ from store import notify as notify_store
 from store.db import Database
 from store.models import EntityView
 from templates.renderer import render
-from tests.conftest import local_http_server, run_pulse
+from tests.conftest import local_http_server, replay_under_sandbox, run_pulse
 from workflows.notify import NotificationOutcome, NotificationWorkflow
 
 CONTRACT = "0x" + "cd" * 20
@@ -288,6 +288,8 @@ async def test_reading_stops_escalation(npulse: NotifyPulse, hooks: Hooks) -> No
     outcome: NotificationOutcome = await asyncio.wait_for(handle.result(), timeout=15)
     assert outcome.read and outcome.steps == 0
     assert len(hooks.requests) == 1
+    # Its history (a signal, timers, activities) replays deterministically.
+    assert handle.id in await replay_under_sandbox(npulse.client, npulse.prefix.rstrip("/"))
 
 
 async def _inbox_items(p: NotifyPulse, n: int) -> list[dict[str, Any]] | None:

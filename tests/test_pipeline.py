@@ -10,7 +10,7 @@ from temporalio.client import WorkflowExecutionStatus
 from pulse.verify import verify
 from store import events as event_store
 from store.events import ReplayFilter
-from tests.conftest import RunningPulse
+from tests.conftest import RunningPulse, replay_under_sandbox
 
 CONTRACT = "0x" + "ab" * 20
 ALICE, BOB, CAROL = ("0x" + c * 40 for c in "abc")
@@ -224,6 +224,9 @@ async def test_poison_event_is_isolated_and_replayable(pulse: RunningPulse) -> N
     assert Decimal(coll["volume"]) == Decimal("2") + Decimal("3000") * Decimal("0.0004")
     assert coll["sales_count"] == 2
     assert verify(pulse.db).ok
+    # The shards' and the isolated event's workflows replay deterministically.
+    replayed = await replay_under_sandbox(pulse.client, pulse.task_queue)
+    assert failed["workflow_id"] in replayed and any("/shard/" in w for w in replayed)
 
 
 async def test_significant_event_gets_its_own_workflow(pulse: RunningPulse) -> None:

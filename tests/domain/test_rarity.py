@@ -6,8 +6,10 @@ import math
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from domain.rarity import TRAIT_COUNT, RarityIndex, SortedInts, canonical_traits
+from domain.rarity import TRAIT_COUNT, RarityIndex, SortedInts, _max_overlap, canonical_traits
 
 # t1 {bg: red, hat: cap}, t2 {bg: red}, t3 {bg: blue, hat: cap}, t4 {bg: red, hat: crown}
 # Buckets (N = 4): bg red 3, blue 1; hat cap 2, crown 1, null 1; trait count "2" 3, "1" 1.
@@ -105,3 +107,10 @@ def test_sorted_ints() -> None:
     assert s.flat() == ref
     for probe in (0, 10, 500, 999, 1000):
         assert s.count_less(probe) == sum(1 for v in ref if v < probe)
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)).map(sorted).map(tuple), max_size=30))
+def test_max_overlap_is_the_deepest_point_of_closed_intervals(windows: list[tuple[int, int]]) -> None:
+    """Checked against its definition: count, at every integer point, the intervals covering it."""
+    deepest = max((sum(lo <= x <= hi for lo, hi in windows) for x in range(41)), default=0)
+    assert _max_overlap(windows) == deepest

@@ -77,6 +77,10 @@ def _postmaster_pid() -> int | None:
     return min(candidates) if candidates else None
 
 
+#: The server's CPU (with reaped children) and each live backend's (name, CPU seconds).
+PgReading = tuple[float, dict[int, tuple[str, float]]]
+
+
 class PostgresCpu:
     """Postgres's CPU by the client that caused it: backends carry the Pulse part's ``application_name``
     (set by ``tests.procs``); background processes (autovacuum, WAL writer, checkpointer) and backends
@@ -86,20 +90,32 @@ class PostgresCpu:
         self._db = db
         self._server = _postmaster_pid()
 
-    def read(self) -> dict[str, float]:
+    def read(self) -> PgReading:
+        """The server's CPU with its reaped children, and each live backend's name and CPU."""
         if self._server is None or self._db.is_sqlite:
-            return {}
+            return 0.0, {}
         with self._db.read_engine.connect() as conn:
             rows = conn.execute(
                 text("SELECT pid, application_name, backend_type FROM pg_stat_activity")
             ).all()
-        out: dict[str, float] = {"pg_total": cpu_seconds(self._server)}
+        backends = {}
         for pid, app, kind in rows:
-            used = cpu_seconds(pid)
-            out["pg_total"] += used
-            name = app.removeprefix("pulse-") if app.startswith("pulse-") else "other"
-            key = f"pg_{name}" if kind == "client backend" else "pg_other"
-            out[key] = out.get(key, 0.0) + used
+            named = kind == "client backend" and app.startswith("pulse-")
+            backends[pid] = (f"pg_{app.removeprefix('pulse-')}" if named else "pg_other", cpu_seconds(pid))
+        return cpu_seconds(self._server), backends
+
+    @staticmethod
+    def used(start: PgReading, end: PgReading) -> dict[str, float]:
+        """CPU seconds per part between two reads; a backend new since the start counts from zero, one gone
+        since then is in the server's reaped-children figure only (so in ``pg_other``)."""
+        (server0, before), (server1, after) = start, end
+        out: dict[str, float] = {}
+        for pid, (name, cpu) in after.items():
+            out[name] = out.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+        out["pg_total"] = server1 - server0 + sum(out.values())
+        out["pg_other"] = out["pg_total"] - sum(
+            v for k, v in out.items() if k not in ("pg_total", "pg_other")
+        )
         return out
 
 
@@ -109,7 +125,7 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int], postgres: PostgresCpu | None = None) -> None:
         self._pids = pids
         self._postgres = postgres
-        self._start_pg = postgres.read() if postgres else {}
+        self._start_pg = postgres.read() if postgres else None
         self._start = self._read()
 
     def _read(self) -> dict[str, float]:
@@ -120,17 +136,13 @@ class CpuMeter:
 
     def cores(self) -> dict[str, float]:
         end = self._read()
-        end_pg = self._postgres.read() if self._postgres else {}
         wall = end["wall"] - self._start["wall"]
         used = {k: (end[k] - self._start[k]) / wall for k in end if k != "wall"}
         used["other"] = used["machine"] - sum(v for k, v in used.items() if k != "machine")
-        if end_pg:
-            # Backends are pooled, so a backend's whole life is rarely inside one phase; pg_other takes
-            # what cannot be attributed, including exited backends and background work.
-            pg = {k: (end_pg[k] - self._start_pg.get(k, 0.0)) / wall for k in end_pg}
-            attributed = sum(v for k, v in pg.items() if k not in ("pg_total", "pg_other"))
-            pg["pg_other"] = pg["pg_total"] - attributed
-            used.update(pg)
+        if self._postgres is not None and self._start_pg is not None:
+            pg = PostgresCpu.used(self._start_pg, self._postgres.read())
+            if pg["pg_total"] > 0:
+                used.update({k: v / wall for k, v in pg.items()})
         return {k: round(v, 2) for k, v in used.items()}
 
 

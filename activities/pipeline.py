@@ -320,8 +320,12 @@ class PipelineActivities:
                 poison += outcome.poison
             entities.save_books(session, self._db, saved)
             views_at = utcnow()
-            entities.write_views(session, writes, views_at)
-            events.mark_applied(session, [r.seq or 0 for r in applied])
+            # The cache's floors rise before the commit: a reader that loads an old row until then cannot
+            # cache it afterwards, so once the events below read processed, every read shows their effect.
+            # A rollback leaves the floors ahead of the rows, which only sends reads to the database until
+            # the retry writes those versions.
+            self._cache.invalidate(entities.write_views(session, writes, views_at))
+            processed_at = events.mark_done(session, [r.seq or 0 for r in applied])
             seqs = sorted(r.seq or 0 for r in applied)
             changes = ChangeSet.of(
                 MetricChange(entity, metric, _plain(before), _plain(after))
@@ -339,6 +343,7 @@ class PipelineActivities:
         # Committed: later batches of these partitions may start from the books in memory.
         for write in saved:
             self._books.put(write.key, write.version, write.book)
+        _observe_processed(applied, processed_at)
         return RecalcResult(
             partitions=plan.partitions,
             applied=len(seqs),
@@ -419,8 +424,9 @@ class PipelineActivities:
     def invalidate_cache(self, inp: InvalidateInput) -> InvalidateResult:
         """Drop stale cached answers, then mark the partition's applied events processed.
 
-        Applied events left behind by a crash between recalculation and invalidation are picked up
-        here as well: their entities are invalidated too, so nothing stays stale.
+        Recalculation now does both in its own transaction; this step remains for workflows whose
+        history predates that (see ``workflows.pipeline.INVALIDATION_IN_RECALCULATION``) and the events
+        an older worker left applied.
         """
         _count_action()
         collections = [p for p in inp.partitions if p.startswith("collection:")]
@@ -440,12 +446,16 @@ class PipelineActivities:
                 versions |= entities.views_updated_since(session, collections, since)
             self._cache.invalidate(versions)
             processed_at = events.mark_processed(session, [r.seq for r in applied])
-        for item in applied:
-            EVENTS_PROCESSED.labels(item.type, "processed").inc()
-            PROCESSING_SECONDS.labels(item.priority_class).observe(
-                max(0.0, (processed_at - item.received_at).total_seconds())
-            )
+        _observe_processed(applied, processed_at)
         return InvalidateResult(invalidated=len(versions), processed=len(applied))
+
+
+def _observe_processed(rows: Sequence[EventRecord | events.AppliedEvent], processed_at: datetime) -> None:
+    for row in rows:
+        EVENTS_PROCESSED.labels(row.type, "processed").inc()
+        PROCESSING_SECONDS.labels(row.priority_class).observe(
+            max(0.0, (processed_at - row.received_at).total_seconds())
+        )
 
 
 #: Entities named in a plan: it travels through workflow history, where thousands of keys cost more

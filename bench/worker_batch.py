@@ -7,7 +7,7 @@ The end-to-end benchmarks (``bench.pipeline``, ``bench.notify_pipeline``) say wh
 but on a shared two-core machine their throughput moves by a fifth from run to run. This one isolates
 what code changes move: it logs a synthetic stream (``pulse.synth``), routes it as the dispatcher does,
 then drives the shard batch loop in this process, calling the real activities (impact analysis,
-recalculation, invalidation, detection) through Temporal's ``ActivityEnvironment``, and reports, per
+recalculation with invalidation, detection) through Temporal's ``ActivityEnvironment``, and reports, per
 step, this process's CPU time (all threads) and wall time per event. The database's own CPU is not in
 these figures.
 """
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from temporalio.testing import ActivityEnvironment
 
-from activities.contracts import ImpactInput, InvalidateInput, RecalcInput
+from activities.contracts import ImpactInput, RecalcInput
 from activities.notify import NotifyActivities
 from activities.pipeline import PipelineActivities
 from bench.notify_pipeline import seed_subscriptions
@@ -51,7 +51,7 @@ from workflows.pipeline import shard_of
 T = TypeVar("T")
 #: Measured steps: the API's insert and the dispatcher's routing update (database work only), then the
 #: worker's. Detection includes in-app delivery.
-STEPS = ("ingest", "dispatch", "analyze", "recalculate", "invalidate", "detect")
+STEPS = ("ingest", "dispatch", "analyze", "recalculate", "detect")
 WORKER_STEPS = STEPS[2:]
 
 
@@ -140,13 +140,11 @@ def drain(
             owner = f"bench/shard/{shard}"
             parts = pending[shard]
             plan = meter.run("analyze", env.run, pipeline.analyze_impact, ImpactInput(parts, [], limit))
-            views_at = ""
             if plan.seqs:
+                # Recalculation also moves the cache's floors and marks its events processed.
                 result = meter.run("recalculate", env.run, pipeline.recalculate, RecalcInput(plan, owner))
                 applied += result.applied
                 sizes.append(result.applied)
-                views_at = result.views_at
-            meter.run("invalidate", env.run, pipeline.invalidate_cache, InvalidateInput(parts, views_at))
             meter.run("detect", notify.detect_saved, owner)
             if not plan.has_more:
                 del pending[shard]

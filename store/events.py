@@ -278,13 +278,23 @@ def processed_events_of(session: Session, partition: str) -> list[EventRecord]:
     )
 
 
-def mark_applied(session: Session, seqs: Sequence[int]) -> None:
+def mark_done(session: Session, seqs: Sequence[int]) -> datetime:
+    """Mark events applied and processed in the transaction that applied them (their read models and
+    the cache's floors moved in it too); returns the time stamped on them."""
+    now = utcnow()
     for chunk in _chunks(list(seqs)):
         session.execute(
             update(EventRecord)
             .where(one_of(session, EventRecord.seq, chunk), EventRecord.status.in_(_PENDING))  # type: ignore[attr-defined]
-            .values(status=EventStatus.APPLIED.value, ever_applied=True, error=None, error_category=None)
+            .values(
+                status=EventStatus.PROCESSED.value,
+                processed_at=now,
+                ever_applied=True,
+                error=None,
+                error_category=None,
+            )
         )
+    return now
 
 
 def mark_failed(session: Session, seq: int, reason: str, category: str, workflow_id: str | None) -> None:
@@ -341,7 +351,8 @@ def applied_in_partitions(session: Session, partitions: Sequence[str]) -> list[A
 
 
 def mark_processed(session: Session, seqs: Sequence[int]) -> datetime:
-    """Mark applied events processed; returns the time stamped on them."""
+    """Mark applied events processed (events a worker from before ``mark_done`` left applied); returns
+    the time stamped on them."""
     now = utcnow()
     for chunk in _chunks(list(seqs)):
         session.execute(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus
+import pytest
+from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
+from temporalio.worker import Replayer
 
 from pulse.verify import verify
+from pulse.worker import WORKFLOWS
 from store import events as event_store
 from store.events import ReplayFilter
 from tests.conftest import RunningPulse, replay_under_sandbox
@@ -261,3 +266,20 @@ async def test_replay_of_processed_events_does_not_double_count(pulse: RunningPu
     ).json()
     assert coll["sales_count"] == 2 and Decimal(coll["volume"]) == 3
     assert verify(pulse.db).ok
+
+
+@pytest.mark.parametrize("kind", ["shard", "event"])
+async def test_histories_from_before_the_invalidation_fold_still_replay(kind: str) -> None:
+    """A shard's and a significant event's histories recorded by the worker that still ran invalidation as
+    a step of its own (a mint, a sale and a fraud finding) replay on today's workflows, sandboxed: the
+    step survives behind ``workflow.patched`` for them."""
+    path = Path(__file__).parent / "histories" / f"{kind}-before-invalidation-fold.json"
+    history = WorkflowHistory.from_json(f"recorded-{kind}", path.read_text())
+    steps = [
+        json.loads(event.marker_recorded_event_attributes.details["data"].payloads[0].data)["activity_type"]
+        for event in history.events
+        if event.HasField("marker_recorded_event_attributes")
+    ]
+    assert "invalidate_cache" in steps
+    result = await Replayer(workflows=WORKFLOWS).replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, repr(result.replay_failure)

@@ -56,6 +56,9 @@ SHARD_IDLE = timedelta(minutes=10)
 BATCHES_PER_RUN = 500
 #: Bounds the partition list one batch's queries carry; the rest wait for the next batch.
 PARTITIONS_PER_BATCH = 200
+#: Patch id: recalculation marks events processed and moves the cache's floors in its own transaction,
+#: so the invalidation step runs only when replaying a history from before that.
+INVALIDATION_IN_RECALCULATION = "invalidation-in-recalculation"
 #: A shard's workflow task stays open while its batches run as local activities, and the SDK renews it
 #: at 80 % of this timeout. With Temporal's default (10 s) a busy worker whose event loop waits on the
 #: interpreter lock renews too late, the task times out and the batch in flight is thrown away and
@@ -185,14 +188,14 @@ class ShardWorkflow:
             self._events += result.applied
             for poison in result.isolated:
                 await self._isolate(poison)
-        # Always run: it also finishes events a crash left applied but not yet invalidated.
-        await workflow.execute_local_activity(
-            "invalidate_cache",
-            InvalidateInput(partitions, result.views_at if result else ""),
-            result_type=InvalidateResult,
-            start_to_close_timeout=INVALIDATE_TIMEOUT,
-            retry_policy=PIPELINE_RETRY,
-        )
+        if not workflow.patched(INVALIDATION_IN_RECALCULATION):
+            await workflow.execute_local_activity(
+                "invalidate_cache",
+                InvalidateInput(partitions, result.views_at if result else ""),
+                result_type=InvalidateResult,
+                start_to_close_timeout=INVALIDATE_TIMEOUT,
+                retry_policy=PIPELINE_RETRY,
+            )
         if result is not None and result.changes:
             # After invalidation: a notification never points at a value a read could not yet show.
             await notify_changes(workflow.info().workflow_id)
@@ -246,13 +249,14 @@ class EventWorkflow:
             start_to_close_timeout=RECALC_TIMEOUT,
             retry_policy=PIPELINE_RETRY,
         )
-        await workflow.execute_local_activity(
-            "invalidate_cache",
-            InvalidateInput([inp.partition], result.views_at),
-            result_type=InvalidateResult,
-            start_to_close_timeout=INVALIDATE_TIMEOUT,
-            retry_policy=PIPELINE_RETRY,
-        )
+        if not workflow.patched(INVALIDATION_IN_RECALCULATION):
+            await workflow.execute_local_activity(
+                "invalidate_cache",
+                InvalidateInput([inp.partition], result.views_at),
+                result_type=InvalidateResult,
+                start_to_close_timeout=INVALIDATE_TIMEOUT,
+                retry_policy=PIPELINE_RETRY,
+            )
         if result.changes:
             await notify_changes(workflow.info().workflow_id)
         return EventResult(inp.seq, bool(result.applied), plan.entities, plan.severity)

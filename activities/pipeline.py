@@ -342,6 +342,7 @@ class PipelineActivities:
         )
         # Committed: later batches of these partitions may start from the books in memory.
         for write in saved:
+            write.book.history_saved()
             self._books.put(write.key, write.version, write.book)
         _observe_processed(applied, processed_at)
         return RecalcResult(

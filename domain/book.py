@@ -243,6 +243,29 @@ class _Derived:
     state_version: int = 0
 
 
+#: A book's stored history is rewritten whole once it is spread over this many saves, so that loading it
+#: reads a bounded number of rows; in between, each save stores only the entries it added.
+MAX_HISTORY_SEGMENTS = 64
+
+
+@dataclass
+class _UnsavedHistory:
+    """What of a book's grow-only history (sales, listing entries) its storage does not have yet.
+
+    The history is most of a busy collection's book (megabytes) and only grows, by a few entries per
+    batch, while the rest is small: so a save stores the rest whole and the history's new entries as a
+    segment of their own, instead of the whole book every batch (see ``store.entities.save_books``).
+    """
+
+    sales: list[SaleRecord] = field(default_factory=list)
+    listings: list[tuple[str, ListingEntry]] = field(default_factory=list)
+    #: The stored history is the book's minus the entries above. False for a book recomputed from the log
+    #: or loaded from a whole-book save: its next save rewrites the history whole.
+    stored: bool = True
+    #: Segments the stored history is spread over.
+    segments: int = 0
+
+
 @dataclass
 class CollectionBook:
     """One collection folded from its events: facts, derived indexes and the views read from them."""
@@ -272,6 +295,7 @@ class CollectionBook:
     price_params: price_engine.PriceParams = field(default_factory=price_engine.PriceParams, compare=False)
     _d: _Derived = field(default_factory=_Derived, repr=False, compare=False)
     _bulk: bool = field(default=False, repr=False, compare=False)
+    _unsaved: _UnsavedHistory = field(default_factory=_UnsavedHistory, repr=False, compare=False)
 
     @classmethod
     def empty(
@@ -305,6 +329,7 @@ class CollectionBook:
         for event in sorted(events, key=lambda e: (e.order_key, e.source, e.id)):
             book.apply(event, rates)
         book._bulk = False
+        book._unsaved = _UnsavedHistory(stored=False)
         book._rebuild()
         book.published = book._collection_headline()
         book._d.publisher.republish(book._d.rarity)
@@ -764,6 +789,7 @@ class CollectionBook:
                 return
             at += 1
         entries.insert(at, entry)
+        self._unsaved.listings.append((token_id, entry))
         if self._bulk:
             return
         # An entry's interval depends only on it and the token's next entry: inserting one changes the
@@ -871,6 +897,50 @@ class CollectionBook:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable facts plus what was last propagated (derived indexes are rebuilt on load)."""
+        return {**self.core_dict(), **self._history_dict(self.sales, self.listing_history)}
+
+    def history_to_save(self) -> tuple[dict[str, Any] | None, bool]:
+        """The history entries the next save stores (None: none) and whether they replace the stored
+        history (a rewrite) rather than add to it. :meth:`from_stored` is the inverse."""
+        unsaved = self._unsaved
+        if self._history_rewrite_due():
+            return self._history_dict(self.sales, self.listing_history), True
+        if not unsaved.sales and not unsaved.listings:
+            return None, False
+        sales: dict[str, list[SaleRecord]] = {}
+        for sale in unsaved.sales:
+            sales.setdefault(sale.token_id, []).append(sale)
+        listings: dict[str, list[ListingEntry]] = {}
+        for token_id, entry in unsaved.listings:
+            listings.setdefault(token_id, []).append(entry)
+        return {
+            "sales": {tid: [sale.to_list() for sale in rows] for tid, rows in sales.items()},
+            "listing_history": listings,
+        }, False
+
+    def history_saved(self) -> None:
+        """The save of :meth:`history_to_save`'s entries committed."""
+        unsaved = self._unsaved
+        if self._history_rewrite_due():
+            segments = 1
+        else:
+            segments = unsaved.segments + bool(unsaved.sales or unsaved.listings)
+        self._unsaved = _UnsavedHistory(segments=segments)
+
+    def _history_rewrite_due(self) -> bool:
+        return not self._unsaved.stored or self._unsaved.segments >= MAX_HISTORY_SEGMENTS
+
+    def _history_dict(
+        self, sales: dict[str, list[SaleRecord]], listings: dict[str, list[ListingEntry]]
+    ) -> dict[str, Any]:
+        return {
+            "sales": {tid: self._sale_rows(tid, rows) for tid, rows in sales.items()},
+            # orjson writes tuples as arrays: copy the lists, not every entry.
+            "listing_history": {tid: list(entries) for tid, entries in listings.items()},
+        }
+
+    def core_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the history (sales and listing entries)."""
         return {
             "chain": self.chain,
             "contract": self.contract,
@@ -894,9 +964,6 @@ class CollectionBook:
                 }
                 for tid, t in self.tokens.items()
             },
-            "sales": {tid: self._sale_rows(tid, sales) for tid, sales in self.sales.items()},
-            # orjson writes tuples as arrays: copy the lists, not every entry.
-            "listing_history": {tid: list(entries) for tid, entries in self.listing_history.items()},
             "findings": {
                 fid: {
                     "key": list(f.key),
@@ -927,6 +994,32 @@ class CollectionBook:
         if rows is None or len(rows) != len(sales):
             rows = self._d.sale_rows[token_id] = [sale.to_list() for sale in sales]
         return list(rows)
+
+    @classmethod
+    def from_stored(
+        cls,
+        core: dict[str, Any],
+        segments: Sequence[dict[str, Any]],
+        epsilons: Epsilons | None = None,
+        price_params: price_engine.PriceParams | None = None,
+    ) -> CollectionBook:
+        """A book from its stored parts: :meth:`core_dict` and the history segments of its saves
+        (:meth:`history_to_save`), oldest first. A core that still holds the history (a whole-book save
+        from before segments) is loaded as it is and has its history rewritten at its next save."""
+        if "sales" in core:
+            book = cls.from_dict(core, epsilons, price_params)
+            book._unsaved = _UnsavedHistory(stored=False)
+            return book
+        sales: dict[str, list[Any]] = {}
+        listings: dict[str, list[Any]] = {}
+        for segment in segments:
+            for tid, rows in segment["sales"].items():
+                sales.setdefault(tid, []).extend(rows)
+            for tid, entries in segment["listing_history"].items():
+                listings.setdefault(tid, []).extend(entries)
+        book = cls.from_dict({**core, "sales": sales, "listing_history": listings}, epsilons, price_params)
+        book._unsaved = _UnsavedHistory(segments=len(segments))
+        return book
 
     @classmethod
     def from_dict(
@@ -964,9 +1057,18 @@ class CollectionBook:
                 listing=t["listing"],
                 listing_key=_key(t["listing_key"]),
             )
-        book.sales = {tid: [SaleRecord.from_list(s) for s in v] for tid, v in raw.get("sales", {}).items()}
+        # Sorted (stable, so equal keys keep the order they were added in, as the live book keeps them):
+        # a history stored in segments comes back as each segment's entries in turn. Already sorted
+        # lists, a whole-book save's, cost one pass.
+        book.sales = {
+            tid: sorted((SaleRecord.from_list(s) for s in v), key=_sale_order)
+            for tid, v in raw.get("sales", {}).items()
+        }
         book.listing_history = {
-            tid: [(tuple(k), kind, price, expires) for k, kind, price, expires in entries]  # type: ignore[misc]
+            tid: sorted(
+                ((tuple(k), kind, price, expires) for k, kind, price, expires in entries),  # type: ignore[misc]
+                key=_entry_sort_key,
+            )
             for tid, entries in raw.get("listing_history", {}).items()
         }
         for fid, f in raw.get("findings", {}).items():
@@ -1192,6 +1294,7 @@ def _sale(book: CollectionBook, event: Event, prepared: tuple[SaleRecord, dict[s
     sales = book.sales.setdefault(token.token_id, [])
     at = bisect_right(sales, record.sort_key, key=_sale_order)
     sales.insert(at, record)
+    book._unsaved.sales.append(record)
     rows = book._d.sale_rows.get(token.token_id)
     if rows is not None:
         rows.insert(at, record.to_list())

@@ -9,22 +9,44 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select
+from sqlalchemy import delete, literal, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from domain.book import CollectionBook
 from domain.events import utcnow
 from store.db import Database
-from store.models import ChangeBatchRecord, CollectionBookRecord, EntityView, Rate
+from store.models import BookHistoryRecord, ChangeBatchRecord, CollectionBookRecord, EntityView, Rate
 from store.sql import insert_many, one_of
 
 
 def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[CollectionBook, int]:
-    row = session.get(CollectionBookRecord, key)
-    if row is None:
+    """The book and its version (0: never saved).
+
+    Its row and its history segments are read in one statement, so from one snapshot: read apart, a save
+    committing in between could pair a row with history it does not have yet, or has replaced."""
+    parts = union_all(
+        select(
+            literal(0).label("part"),
+            literal(0).label("id"),
+            CollectionBookRecord.version,
+            CollectionBookRecord.book.label("blob"),  # type: ignore[attr-defined]
+        ).where(CollectionBookRecord.key == key),
+        select(
+            literal(1),
+            BookHistoryRecord.id,
+            BookHistoryRecord.version,
+            BookHistoryRecord.entries,
+        ).where(BookHistoryRecord.book_key == key),
+    ).subquery()
+    rows = session.execute(
+        select(parts.c.part, parts.c.version, parts.c.blob).order_by(parts.c.part, parts.c.id)
+    ).all()
+    if not rows or rows[0].part != 0:
         return CollectionBook.empty(chain, contract), 0
-    return CollectionBook.from_dict(orjson.loads(row.book)), row.version
+    core, *segments = rows
+    book = CollectionBook.from_stored(orjson.loads(core.blob), [orjson.loads(s.blob) for s in segments])
+    return book, core.version
 
 
 def book_versions(session: Session, keys: Sequence[str]) -> dict[str, int]:
@@ -46,7 +68,10 @@ class BookWrite:
 
 
 def save_books(session: Session, db: Database, writes: Sequence[BookWrite]) -> None:
-    """Save books with their new versions: one upsert executed with many parameter sets."""
+    """Save books with their new versions: each book's row (one upsert executed with many parameter
+    sets) and the history entries it added since its last save, as one new segment, or, when its history
+    is due to be rewritten, as the one segment that replaces the others. Call each book's
+    ``history_saved()`` once the transaction has committed."""
     if not writes:
         return
     now = utcnow()
@@ -60,7 +85,8 @@ def save_books(session: Session, db: Database, writes: Sequence[BookWrite]) -> N
             "updated_at": stmt.excluded.updated_at,
         },
     )
-    session.connection().execute(
+    conn = session.connection()
+    conn.execute(
         stmt,
         [
             {
@@ -68,12 +94,26 @@ def save_books(session: Session, db: Database, writes: Sequence[BookWrite]) -> N
                 "chain": w.book.chain,
                 "contract": w.book.contract,
                 "version": w.version,
-                "book": orjson.dumps(w.book.to_dict()),
+                "book": orjson.dumps(w.book.core_dict()),
                 "updated_at": now,
             }
             for w in writes
         ],
     )
+    segments: list[dict[str, Any]] = []
+    rewritten: list[str] = []
+    for w in writes:
+        entries, rewrite = w.book.history_to_save()
+        if rewrite:
+            rewritten.append(w.key)
+        if entries is not None:
+            segments.append({"book_key": w.key, "version": w.version, "entries": orjson.dumps(entries)})
+    if rewritten:
+        session.execute(
+            delete(BookHistoryRecord).where(one_of(session, BookHistoryRecord.book_key, rewritten))  # type: ignore[arg-type]
+        )
+    if segments:
+        conn.execute(BookHistoryRecord.__table__.insert(), segments)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,8 @@ class ApiKey(SQLModel, table=True):
 
 
 class CollectionBookRecord(SQLModel, table=True):
-    """The engine state of one collection, saved once per applied batch."""
+    """The engine state of one collection but its history (``BookHistoryRecord``), saved once per
+    applied batch."""
 
     __tablename__ = "collection_books"
 
@@ -132,6 +133,20 @@ class CollectionBookRecord(SQLModel, table=True):
     version: int = 0
     book: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     updated_at: datetime = Field(sa_type=_tz())
+
+
+class BookHistoryRecord(SQLModel, table=True):
+    """History entries (sales, listing entries) one save of a collection book added. The book is its row
+    in ``collection_books`` plus all of these, oldest first (``domain.book.CollectionBook.from_stored``);
+    a save that rewrites the history replaces them."""
+
+    __tablename__ = "collection_book_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    book_key: str = Field(max_length=120, index=True)
+    #: The book version whose save wrote it.
+    version: int
+    entries: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class EntityView(SQLModel, table=True):

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import gc
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
+from domain.book import CollectionBook
+from domain.events import Event
 from pulse.cli import tune_gc
+from pulse.synth import Stream
 from store import entities
 from store.db import Database
 from store.entities import ViewWrite
-from store.models import EntityView, EventRecord
+from store.models import BookHistoryRecord, EntityView, EventRecord
 from store.sql import insert_many, one_of, update_many
 
 
@@ -131,3 +136,28 @@ def test_tune_gc_sets_thresholds_and_freezes_what_is_loaded() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_books_are_saved_as_a_row_and_history_segments(db: Database, monkeypatch: Any) -> None:
+    """Each save adds one segment with only the history it added; the segment count is bounded by a
+    rewrite; a book loads back equal to the live one, in one snapshot, with its version."""
+    monkeypatch.setattr("domain.book.MAX_HISTORY_SEGMENTS", 3)
+    stream = Stream(collections=1, tokens_per_collection=20, seed=2)
+    events = [Event.model_validate(e) for e in [*stream.mints(), *stream.take(400)]]
+    contract = events[0].contract
+    key = f"collection:{events[0].chain}:{contract}"
+    book = CollectionBook.empty(events[0].chain, contract)
+    sizes = []
+    for version, start in enumerate(range(0, len(events), 60), start=1):
+        book.apply_batch(events[start : start + 60], lambda base, quote, at: Decimal(1))
+        with db.write() as s:
+            entities.save_books(s, db, [entities.BookWrite(key, version, book)])
+        book.history_saved()
+        with db.read() as s:
+            loaded, loaded_version = entities.load_book(s, key, book.chain, contract)
+            sizes.append(len(s.execute(select(BookHistoryRecord.entries)).scalars().all()))
+        assert loaded_version == version
+        assert orjson.dumps(loaded.to_dict()) == orjson.dumps(book.to_dict())
+    assert max(sizes) == 3 and sizes[:4] == [1, 2, 3, 1]
+    with db.read() as s:
+        assert entities.load_book(s, "collection:ethereum:0xnone", "ethereum", "0xnone")[1] == 0

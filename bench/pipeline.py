@@ -24,6 +24,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +62,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / _TICKS
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds spent not idle by the whole machine, all cores."""
+def machine_seconds() -> tuple[float, float]:
+    """CPU seconds the whole machine (all cores) spent busy, and those the hypervisor gave to other
+    guests while this one had work (steal): a run with much steal measured a slower machine."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values) - values[3] - values[4]) / _TICKS
+    idle, iowait, steal = values[3], values[4], values[7]
+    return (sum(values[:8]) - idle - iowait - steal) / _TICKS, steal / _TICKS
 
 
 def _postmaster_pid() -> int | None:
@@ -130,7 +134,7 @@ class CpuMeter:
 
     def _read(self) -> dict[str, float]:
         out = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
-        out["machine"] = machine_busy_seconds()
+        out["machine"], out["steal"] = machine_seconds()
         out["wall"] = time.monotonic()
         return out
 
@@ -138,7 +142,7 @@ class CpuMeter:
         end = self._read()
         wall = end["wall"] - self._start["wall"]
         used = {k: (end[k] - self._start[k]) / wall for k in end if k != "wall"}
-        used["other"] = used["machine"] - sum(v for k, v in used.items() if k != "machine")
+        used["other"] = used["machine"] - sum(v for k, v in used.items() if k not in ("machine", "steal"))
         if self._postgres is not None and self._start_pg is not None:
             pg = PostgresCpu.used(self._start_pg, self._postgres.read())
             if pg["pg_total"] > 0:
@@ -215,20 +219,55 @@ async def post_burst(http: httpx.AsyncClient, events: list[dict[str, Any]], conc
     return time.perf_counter() - started
 
 
-def latencies(db: Database, source: str) -> tuple[list[float], float, int]:
-    """Seconds from received_at to processed_at of a source's events, processed events/s, and count."""
+@dataclass
+class Outcome:
+    """What became of one phase's events, read back from the log."""
+
+    latencies: list[float]
+    #: All processed events over the span from the first receipt to the last processing.
+    processed_per_s: float
+    #: Events processed while the load was offered (after its first 10 s), per second. Unlike the span
+    #: rate, one straggler does not stretch it: it says whether processing kept up with the offered rate.
+    processed_per_s_under_load: float | None
+    total: int
+    #: The slowest events: what they were and how they were routed, to tell a backlog from one straggler.
+    slowest: list[dict[str, Any]]
+
+
+def outcome(db: Database, source: str, offered_s: float) -> Outcome:
     with db.read() as session:
         rows = session.execute(
-            select(EventRecord.received_at, EventRecord.processed_at, EventRecord.status).where(
-                EventRecord.source == source
-            )
+            select(
+                EventRecord.received_at,
+                EventRecord.processed_at,
+                EventRecord.status,
+                EventRecord.type,
+                EventRecord.route,
+                EventRecord.partition,
+            ).where(EventRecord.source == source)
         ).all()
-    done = [(r[0], r[1]) for r in rows if r[2] == "processed"]
-    lat = [(p - r).total_seconds() for r, p in done if r and p]
+    done = [r for r in rows if r.status == "processed" and r.received_at and r.processed_at]
     if not done:
-        return [], 0.0, len(rows)
-    span = (max(p for _, p in done if p) - min(r for r, _ in done if r)).total_seconds()  # type: ignore[operator]
-    return lat, len(done) / span if span > 0 else float("nan"), len(rows)
+        return Outcome([], 0.0, None, len(rows), [])
+    lat = [(r.processed_at - r.received_at).total_seconds() for r in done]
+    start = min(r.received_at for r in done)
+    span = (max(r.processed_at for r in done) - start).total_seconds()
+    under_load = None
+    if offered_s > 20:
+        window = (start + timedelta(seconds=10), start + timedelta(seconds=offered_s))
+        inside = sum(1 for r in done if window[0] <= r.processed_at < window[1])
+        under_load = inside / (offered_s - 10)
+    slowest = sorted(zip(lat, done, strict=True), key=lambda pair: pair[0], reverse=True)[:5]
+    return Outcome(
+        lat,
+        len(done) / span if span > 0 else float("nan"),
+        under_load,
+        len(rows),
+        [
+            {"latency_s": round(s, 3), "type": r.type, "route": r.route, "partition": r.partition}
+            for s, r in slowest
+        ],
+    )
 
 
 async def wait_processed(db: Database, source: str, expected: int, limit_s: float) -> bool:
@@ -265,13 +304,17 @@ def summarise(
     before: dict[str, float],
     after: dict[str, float],
 ) -> dict[str, Any]:
-    lat, processed_per_s, total = latencies(db, source)
+    result = outcome(db, source, offered_s)
+    lat, total = result.latencies, result.total
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
     return {
         "phase": name,
         "events": n,
         "accepted_per_s": round(n / offered_s, 1),
-        "processed_per_s": round(processed_per_s, 1),
+        "processed_per_s": round(result.processed_per_s, 1),
+        "processed_per_s_under_load": None
+        if result.processed_per_s_under_load is None
+        else round(result.processed_per_s_under_load, 1),
         "processed": len(lat),
         "lost": total - len(lat) if total == n else n - total,
         "latency_s": {
@@ -280,9 +323,21 @@ def summarise(
             "p99": round(percentile(lat, 0.99), 3),
             "max": round(max(lat), 3) if lat else None,
         },
+        "slowest": result.slowest,
         "temporal_actions_per_event": {k: round(v / n, 4) for k, v in sorted(delta.items())},
         "temporal_actions_total_per_event": round(sum(delta.values()) / n, 4),
     }
+
+
+def start_parts(procs: PulseProcesses, workers: int, detection_worker: bool) -> None:
+    """The API, the dispatcher and ``workers`` worker processes, plus one for detection alone if asked."""
+    role = ["--role", "pipeline"] if detection_worker else []
+    for part in ("api", "worker", "dispatcher"):
+        procs.start(part, args=role if part == "worker" else ())
+    for n in range(1, workers):
+        procs.start("worker", f"worker{n + 1}", role)
+    if detection_worker:
+        procs.start("worker", "detector", ["--role", "detection"])
 
 
 async def run_phases(
@@ -311,10 +366,7 @@ async def run_phases(
             extra_env=extra_env,
             fast_dispatch=False,
         )
-        for part in ("api", "worker", "dispatcher"):
-            procs.start(part)
-        for n in range(1, args.workers):
-            procs.start("worker", f"worker{n + 1}")
+        start_parts(procs, args.workers, args.detection_worker)
         try:
             await asyncio.to_thread(procs.wait_ready)
             async with httpx.AsyncClient(
@@ -381,6 +433,11 @@ async def main() -> None:
     parser.add_argument("--burst", type=int, default=20000)
     parser.add_argument("--baseline-events", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--detection-worker",
+        action="store_true",
+        help="detection in a worker process of its own (`pulse worker --role detection`)",
+    )
     parser.add_argument("--collections", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=600)
@@ -398,6 +455,7 @@ async def main() -> None:
             "temporal": "dev server, file" if args.temporal_file else "dev server, in memory",
             "rate": args.rate,
             "workers": args.workers,
+            "detection_worker": args.detection_worker,
             "duration_s": args.duration,
             "collections": args.collections,
             "tokens": args.tokens,

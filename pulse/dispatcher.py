@@ -242,7 +242,11 @@ class Dispatcher:
     async def _signal_shard(self, shard: int, partitions: list[str]) -> None:
         await self._client.start_workflow(
             ShardWorkflow.run,
-            ShardInput(shard, batch_limit=self._settings.partition_batch_max),
+            ShardInput(
+                shard,
+                batch_limit=self._settings.partition_batch_max,
+                detection_queue=self._settings.detection_task_queue,
+            ),
             id=shard_workflow_id(self._settings.workflow_id_prefix, shard),
             task_queue=self._settings.task_queue,
             start_signal="wake",
@@ -264,9 +268,16 @@ class Dispatcher:
     async def _start_event_workflow(self, row: EventRecord, priority_class: str, severity: str) -> None:
         await self._client.start_workflow(
             EventWorkflow.run,
-            EventInput(row.partition, row.seq or 0, row.source, row.external_id, row.type),
+            EventInput(
+                row.partition,
+                row.seq or 0,
+                row.source,
+                row.external_id,
+                row.type,
+                self._settings.detection_task_queue,
+            ),
             id=event_workflow_id(self._settings.workflow_id_prefix, row.source, row.external_id),
-            task_queue=self._settings.task_queue,
+            task_queue=self._settings.event_task_queue,
             search_attributes=event_search_attributes(row.type, _entity(row), priority_class, severity),
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -278,22 +289,23 @@ class Dispatcher:
         self._backlog = sum(counts.values())
         for cls in ("critical", "high", "normal", "low"):
             BACKLOG.labels(cls).set(counts.get(cls, 0))
-        for kind, queue_type in _QUEUE_KINDS.items():
-            try:
-                described = await self._client.workflow_service.describe_task_queue(
-                    DescribeTaskQueueRequest(
-                        namespace=self._client.namespace,
-                        task_queue=TaskQueue(name=self._settings.task_queue),
-                        task_queue_type=queue_type,
-                        include_task_queue_status=True,
+        settings = self._settings
+        queues = (settings.task_queue, settings.event_task_queue, settings.detection_task_queue)
+        for queue in queues:
+            for kind, queue_type in _QUEUE_KINDS.items():
+                try:
+                    described = await self._client.workflow_service.describe_task_queue(
+                        DescribeTaskQueueRequest(
+                            namespace=self._client.namespace,
+                            task_queue=TaskQueue(name=queue),
+                            task_queue_type=queue_type,
+                            include_task_queue_status=True,
+                        )
                     )
-                )
-            except RPCError:
-                log.warning("dispatcher.describe_task_queue_failed", exc_info=True)
-                continue
-            TASK_QUEUE_BACKLOG.labels(self._settings.task_queue, kind).set(
-                described.task_queue_status.backlog_count_hint
-            )
+                except RPCError:
+                    log.warning("dispatcher.describe_task_queue_failed", exc_info=True)
+                    continue
+                TASK_QUEUE_BACKLOG.labels(queue, kind).set(described.task_queue_status.backlog_count_hint)
 
     async def sweep(self) -> None:
         """Hand off again what was dispatched long ago and is still unfinished (lost signal or start)."""

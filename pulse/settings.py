@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +25,16 @@ class Settings(BaseSettings):
         default=None, description="host:port of a Temporal frontend; unset: `pulse up` starts a dev server"
     )
     temporal_namespace: str = "default"
-    task_queue: str = "pulse"
+    task_queue: str = Field(
+        default="pulse",
+        description="the shards' and notifications' task queue; significant events run on "
+        "`<task_queue>.events` and detection on `<task_queue>.detection`",
+    )
+    worker_role: Literal["all", "pipeline", "detection"] = Field(
+        default="all",
+        description="which task queues `pulse worker` serves: `pipeline` (shards, significant events, "
+        "delivery), `detection`, or both. Separate processes give detection an interpreter of its own",
+    )
     workflow_id_prefix: str = Field(
         default="", description="prepended to workflow ids, so that several Pulses can share a namespace"
     )
@@ -61,6 +71,11 @@ class Settings(BaseSettings):
     )
     worker_local_activity_slots: int = Field(
         default=4, description="local activities (the pipeline's steps) one worker runs at once"
+    )
+    worker_event_local_activity_slots: int = Field(
+        default=2,
+        description="local activities kept for significant events' workflows, so they never queue behind "
+        "the shards' batches",
     )
     worker_activity_slots: int = Field(default=16, description="regular activities one worker runs at once")
     gc_thresholds: tuple[int, int, int] = Field(
@@ -120,6 +135,14 @@ class Settings(BaseSettings):
     @property
     def effective_temporal_address(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def event_task_queue(self) -> str:
+        return f"{self.task_queue}.events"
+
+    @property
+    def detection_task_queue(self) -> str:
+        return f"{self.task_queue}.detection"
 
 
 @lru_cache(maxsize=1)

@@ -241,7 +241,9 @@ async def replay_under_sandbox(client: Client, task_queue: str) -> set[str]:
     I/O) or a change that no longer replays its own history is caught. Returns the ids replayed."""
     replayer = Replayer(workflows=WORKFLOWS)
     replayed: set[str] = set()
-    async for execution in client.list_workflows(f"TaskQueue = '{task_queue}'"):
+    # Significant events' workflows run on the events queue (pulse/worker.py).
+    query = f"TaskQueue = '{task_queue}' OR TaskQueue = '{task_queue}.events'"
+    async for execution in client.list_workflows(query):
         history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{execution.id}: {result.replay_failure!r}"

@@ -329,17 +329,6 @@ def summarise(
     }
 
 
-def start_parts(procs: PulseProcesses, workers: int, detection_worker: bool) -> None:
-    """The API, the dispatcher and ``workers`` worker processes, plus one for detection alone if asked."""
-    role = ["--role", "pipeline"] if detection_worker else []
-    for part in ("api", "worker", "dispatcher"):
-        procs.start(part, args=role if part == "worker" else ())
-    for n in range(1, workers):
-        procs.start("worker", f"worker{n + 1}", role)
-    if detection_worker:
-        procs.start("worker", "detector", ["--role", "detection"])
-
-
 async def run_phases(
     args: argparse.Namespace, database_url: str, temporal: str, temporal_pid: int, workdir: Path
 ) -> dict[str, Any]:
@@ -366,7 +355,10 @@ async def run_phases(
             extra_env=extra_env,
             fast_dispatch=False,
         )
-        start_parts(procs, args.workers, args.detection_worker)
+        for part in ("api", "worker", "dispatcher"):
+            procs.start(part)
+        for n in range(1, args.workers):
+            procs.start("worker", f"worker{n + 1}")
         try:
             await asyncio.to_thread(procs.wait_ready)
             async with httpx.AsyncClient(
@@ -433,11 +425,6 @@ async def main() -> None:
     parser.add_argument("--burst", type=int, default=20000)
     parser.add_argument("--baseline-events", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
-    parser.add_argument(
-        "--detection-worker",
-        action="store_true",
-        help="detection in a worker process of its own (`pulse worker --role detection`)",
-    )
     parser.add_argument("--collections", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=600)
@@ -455,7 +442,6 @@ async def main() -> None:
             "temporal": "dev server, file" if args.temporal_file else "dev server, in memory",
             "rate": args.rate,
             "workers": args.workers,
-            "detection_worker": args.detection_worker,
             "duration_s": args.duration,
             "collections": args.collections,
             "tokens": args.tokens,

@@ -170,19 +170,9 @@ def api() -> None:
 
 
 @app.command()
-def worker(
-    role: Annotated[
-        str | None,
-        typer.Option(help="all, pipeline or detection (default: PULSE_WORKER_ROLE, else all)"),
-    ] = None,
-) -> None:
+def worker() -> None:
     """Run a Temporal worker alone (production; run as many as the load needs)."""
-    settings = _settings()
-    if role is not None:
-        if role not in ("all", "pipeline", "detection"):
-            raise typer.BadParameter("all, pipeline or detection", param_hint="--role")
-        settings = settings.model_copy(update={"worker_role": role})
-    asyncio.run(_serve(settings, api=False, worker=True, dispatcher=False, embedded=False))
+    asyncio.run(_serve(_settings(), api=False, worker=True, dispatcher=False, embedded=False))
 
 
 @app.command()

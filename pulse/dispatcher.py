@@ -242,11 +242,7 @@ class Dispatcher:
     async def _signal_shard(self, shard: int, partitions: list[str]) -> None:
         await self._client.start_workflow(
             ShardWorkflow.run,
-            ShardInput(
-                shard,
-                batch_limit=self._settings.partition_batch_max,
-                detection_queue=self._settings.detection_task_queue,
-            ),
+            ShardInput(shard, batch_limit=self._settings.partition_batch_max),
             id=shard_workflow_id(self._settings.workflow_id_prefix, shard),
             task_queue=self._settings.task_queue,
             start_signal="wake",
@@ -268,14 +264,7 @@ class Dispatcher:
     async def _start_event_workflow(self, row: EventRecord, priority_class: str, severity: str) -> None:
         await self._client.start_workflow(
             EventWorkflow.run,
-            EventInput(
-                row.partition,
-                row.seq or 0,
-                row.source,
-                row.external_id,
-                row.type,
-                self._settings.detection_task_queue,
-            ),
+            EventInput(row.partition, row.seq or 0, row.source, row.external_id, row.type),
             id=event_workflow_id(self._settings.workflow_id_prefix, row.source, row.external_id),
             task_queue=self._settings.event_task_queue,
             search_attributes=event_search_attributes(row.type, _entity(row), priority_class, severity),
@@ -290,7 +279,7 @@ class Dispatcher:
         for cls in ("critical", "high", "normal", "low"):
             BACKLOG.labels(cls).set(counts.get(cls, 0))
         settings = self._settings
-        queues = (settings.task_queue, settings.event_task_queue, settings.detection_task_queue)
+        queues = (settings.task_queue, settings.event_task_queue)
         for queue in queues:
             for kind, queue_type in _QUEUE_KINDS.items():
                 try:

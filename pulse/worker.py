@@ -1,13 +1,10 @@
-"""The Temporal workers: one per task queue this process serves.
+"""The Temporal workers: one per task queue, in one process.
 
-- ``<task_queue>``: the shard workflows (routine events in batches) and the notifications' workflows and
-  their delivery activities;
+- ``<task_queue>``: the shard workflows (routine events in batches), poison events isolated out of a
+  batch, and the notifications' workflows and their delivery activities;
 - ``<task_queue>.events``: significant events' workflows. A queue of their own gives them local-activity
-  slots of their own: on the shards' queue a fraud finding waited for a slot behind every shard's batch
-  and was the slowest event of all (bench/pipeline.py's ``slowest``);
-- ``<task_queue>.detection``: detection, which the shards start without waiting for it, so that their next
-  batch does not wait for it either. In a process of its own (``PULSE_WORKER_ROLE=detection``) it does not
-  share the pipeline's interpreter lock.
+  slots of their own: on the shards' queue a fraud finding waited for a slot behind the shards' batches,
+  and was among the slowest events of all (``slowest`` in bench/pipeline.py's output).
 """
 
 from __future__ import annotations
@@ -40,10 +37,6 @@ class Workers:
 
     workers: Sequence[Worker]
 
-    @property
-    def task_queues(self) -> list[str]:
-        return [w.task_queue for w in self.workers]
-
     async def run(self) -> None:
         await asyncio.gather(*(w.run() for w in self.workers))
 
@@ -54,29 +47,30 @@ class Workers:
 def build_worker(
     client: Client, settings: Settings, db: Database, cache: EntityCache
 ) -> tuple[Workers, ChannelRegistry]:
-    """The workers ``settings.worker_role`` asks for, and the channel registry whose connections the
-    caller closes after shutdown."""
+    """The workers, and the channel registry whose connections the caller closes after shutdown."""
     pipeline = PipelineActivities(db, cache, settings.workflow_id_prefix)
     notify, registry = build_notify_activities(
         settings, db, client, settings.task_queue, settings.workflow_id_prefix
     )
-    pipeline_steps: list[Callable[..., Any]] = [
+    steps: list[Callable[..., Any]] = [
         pipeline.analyze_impact,
         pipeline.recalculate,
         pipeline.invalidate_cache,
-        # Still a local activity of workflows that started before detection had its queue.
         notify.detect_significant_changes,
     ]
     # Few slots on purpose: the pipeline's steps are CPU-bound Python, and a worker that runs more of them
     # than it has cores only makes each workflow task wait longer for the interpreter lock, until tasks
     # outlive their timeout and their work is thrown away. More throughput comes from more processes.
-    slots = settings.worker_local_activity_slots + settings.worker_event_local_activity_slots
+    local_slots = settings.worker_local_activity_slots + settings.worker_event_local_activity_slots
     executor = ThreadPoolExecutor(
-        max_workers=slots + settings.worker_activity_slots, thread_name_prefix="pulse-activity"
+        max_workers=local_slots + settings.worker_activity_slots, thread_name_prefix="pulse-activity"
     )
 
     def worker(
-        task_queue: str, workflows: list[type], activities: list[Callable[..., Any]], **kw: Any
+        task_queue: str,
+        workflows: list[type],
+        activities: list[Callable[..., Any]],
+        local_activity_slots: int,
     ) -> Worker:
         return Worker(
             client,
@@ -86,6 +80,7 @@ def build_worker(
             activity_executor=executor,
             max_concurrent_workflow_tasks=settings.worker_workflow_slots,
             max_concurrent_activities=settings.worker_activity_slots,
+            max_concurrent_local_activities=local_activity_slots,
             # The sandbox re-imports (and compiles) a workflow's module for every new workflow run: with a
             # few significant events a second that was a fifth of the event loop's time (py-spy,
             # bench/pipeline.py). Determinism is checked instead where it costs nothing in production: the
@@ -93,28 +88,18 @@ def build_worker(
             # (tests/conftest.py::replay_under_sandbox).
             workflow_runner=UnsandboxedWorkflowRunner(),
             graceful_shutdown_timeout=timedelta(seconds=10),
-            **kw,
         )
 
-    workers: list[Worker] = []
-    if settings.worker_role in ("all", "pipeline"):
-        workers.append(
+    return Workers(
+        [
             worker(
                 settings.task_queue,
-                # Event workflows too: those isolated out of a shard's batch run on the shard's queue.
                 WORKFLOWS,
-                [*pipeline_steps, notify.deliver, notify.send_digest],
-                max_concurrent_local_activities=settings.worker_local_activity_slots,
-            )
-        )
-        workers.append(
+                [*steps, notify.deliver, notify.send_digest],
+                settings.worker_local_activity_slots,
+            ),
             worker(
-                settings.event_task_queue,
-                [EventWorkflow],
-                pipeline_steps,
-                max_concurrent_local_activities=settings.worker_event_local_activity_slots,
-            )
-        )
-    if settings.worker_role in ("all", "detection"):
-        workers.append(worker(settings.detection_task_queue, [], [notify.detect_significant_changes]))
-    return Workers(workers), registry
+                settings.event_task_queue, [EventWorkflow], steps, settings.worker_event_local_activity_slots
+            ),
+        ]
+    ), registry

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -46,16 +45,13 @@ from channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryErr
 from channels.registry import ChannelRegistry
 from channels.sms import twilio_callback_signature
 from channels.webhook import WebhookChannel, WebhookConfig
-from pulse.worker import build_worker
 from store import entities, keys
 from store import notify as notify_store
-from store.cache import MemoryCache
 from store.db import Database
 from store.models import EntityView
 from templates.renderer import render
-from tests.conftest import RunningPulse, local_http_server, replay_under_sandbox, run_pulse
+from tests.conftest import local_http_server, replay_under_sandbox, run_pulse
 from workflows.notify import NotificationOutcome, NotificationWorkflow
-from workflows.pipeline import shard_of
 
 CONTRACT = "0x" + "cd" * 20
 COLLECTION = f"collection:ethereum:{CONTRACT}"
@@ -119,12 +115,10 @@ class NotifyPulse:
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
 
-@contextlib.asynccontextmanager
-async def notify_pulse(
-    database_url: str, temporal_client: Client, **overrides: Any
-) -> AsyncIterator[tuple[NotifyPulse, RunningPulse]]:
-    """A running Pulse (``tests.conftest.run_pulse``) with two users' keys, signed Twilio callbacks and
-    webhooks to 127.0.0.1 allowed."""
+@pytest_asyncio.fixture
+async def npulse(database_url: str, temporal_client: Client) -> AsyncIterator[NotifyPulse]:
+    """The shared running Pulse (``tests.conftest.run_pulse``) with two users' keys, signed Twilio callbacks
+    and webhooks to 127.0.0.1 allowed."""
     async with run_pulse(
         database_url,
         temporal_client,
@@ -132,7 +126,6 @@ async def notify_pulse(
         twilio_auth_token="twilio-test-token",
         public_base_url="https://pulse.example",
         sendgrid_webhook_public_key=SENDGRID_PUBLIC_KEY,
-        **overrides,
     ) as running:
         test_keys = {
             "admin": running.keys.admin,
@@ -141,18 +134,9 @@ async def notify_pulse(
             "alice": keys.create(running.db, "alice", ["user:alice"]),
             "bob": keys.create(running.db, "bob", ["user:bob"]),
         }
-        yield (
-            NotifyPulse(
-                running.http, running.db, running.client, running.settings.workflow_id_prefix, test_keys
-            ),
-            running,
+        yield NotifyPulse(
+            running.http, running.db, running.client, running.settings.workflow_id_prefix, test_keys
         )
-
-
-@pytest_asyncio.fixture
-async def npulse(database_url: str, temporal_client: Client) -> AsyncIterator[NotifyPulse]:
-    async with notify_pulse(database_url, temporal_client) as (running, _):
-        yield running
 
 
 _CLOCK = itertools.count()
@@ -315,44 +299,6 @@ async def _inbox_items(p: NotifyPulse, n: int) -> list[dict[str, Any]] | None:
 
 async def _async(value: bool) -> bool:
     return value
-
-
-async def test_detection_runs_on_its_own_workers_and_waits_for_them(
-    database_url: str, temporal_client: Client, hooks: Hooks
-) -> None:
-    """Pipeline workers alone process events and save what changed; a detection worker started later finds
-    the saved changes and notifies exactly once: the shards never wait for detection, and nothing is lost
-    while no detection worker runs."""
-    async with notify_pulse(database_url, temporal_client, worker_role="pipeline") as (p, running):
-        await _setup_alice(p, hooks, critical_pct=None)
-        await _mint(p, "d")
-        await _ingest(p, [_listing("dl1", "1", "10")])
-        await _ingest(p, [_listing("dl2", "2", "7.5")])  # -25 %: past the rule, all events processed
-        await asyncio.sleep(1.0)
-        assert (await _inbox(p))["items"] == []
-        with p.db.read() as session:
-            waiting = entities.change_batches(session, f"{p.prefix}shard/{_shard_of_collection(running)}")
-        assert waiting, "the shard saved its changes for detection"
-
-        detection = running.settings.model_copy(update={"worker_role": "detection"})
-        workers, registry = build_worker(p.client, detection, p.db, MemoryCache())
-        assert workers.task_queues == [running.settings.detection_task_queue]
-        task = asyncio.create_task(workers.run())
-        try:
-            items = await _eventually(lambda: _inbox_items(p, 1))
-            assert items[0]["rule_id"] == "floor-20" and items[0]["evidence"]["after"] == "7.5"
-            await _eventually(lambda: _async(len(hooks.requests) == 1))
-            await _ingest(p, [_listing("dl3", "3", "7.4")])  # small move: no second notification
-            await asyncio.sleep(1.0)
-            assert len((await _inbox(p))["items"]) == 1
-        finally:
-            await workers.shutdown()
-            await asyncio.gather(task, return_exceptions=True)
-            await registry.aclose()
-
-
-def _shard_of_collection(running: RunningPulse) -> int:
-    return shard_of(COLLECTION, running.settings.shards)
 
 
 # -- the API on its own ---------------------------------------------------------------------------------

@@ -248,6 +248,9 @@ async def test_significant_event_gets_its_own_workflow(pulse: RunningPulse) -> N
         )
     ]
     assert status["workflow_id"] in found
+    # On the events queue, whose local-activity slots the shards' batches never hold.
+    desc = await pulse.client.get_workflow_handle(status["workflow_id"]).describe()
+    assert desc.task_queue == pulse.settings.event_task_queue != pulse.settings.task_queue
 
 
 async def test_replay_of_processed_events_does_not_double_count(pulse: RunningPulse) -> None:

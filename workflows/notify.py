@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -95,19 +94,6 @@ async def notify_changes(owner: str) -> int:
         retry_policy=DETECT_RETRY,
     )
     return len(raw.get("notifications", [])) if isinstance(raw, dict) else 0
-
-
-def start_detection(owner: str, task_queue: str) -> workflow.ActivityHandle[Any]:
-    """Detection for the changes the calling workflow saved, as an activity on ``task_queue`` (the
-    detection workers'), not waited for here: the caller decides whether to. Unlike
-    :func:`notify_changes` it does not hold the caller's local-activity slot or interpreter while it runs."""
-    return workflow.start_activity(
-        "detect_significant_changes",
-        DetectInput(changes=ChangeSet(), at="", outbox=owner),
-        task_queue=task_queue,
-        start_to_close_timeout=DETECT_TIMEOUT,
-        retry_policy=DETECT_RETRY,
-    )
 
 
 @dataclass

@@ -4,21 +4,17 @@ significant event.
 Routine events are conflated per collection (a *partition*: ``collection:<chain>:<contract>``, or
 ``rates:<chain>``) and partitions are spread over a fixed number of *shards* (``PULSE_SHARDS``). The
 dispatcher sends a shard at most one ``wake`` signal per wake interval, naming its partitions with new
-events, and the shard workflow drains them in batches of local activities (impact analysis, then
-recalculation with invalidation), each batch spanning many collections in one transaction. So a thousand
-events cost a handful of Temporal actions and database round trips, and the shards bound how many batches
-run at once. Detection of what the batches changed runs as an activity on the detection queue, at most one
-per shard at a time, which the shard does not wait for before its next batch. Significant events (fraud
-findings, large moves) get a workflow of their own on the events queue, so each has its own page and
-search attributes in the Web UI and never waits for a shard's batch to free a slot; poison events isolated
-out of a batch get one too, on the shard's queue.
+events, and the shard workflow drains them in batches of local activities (impact → recalculation →
+invalidation → detection), each batch spanning many collections in one transaction. So a thousand events
+cost a handful of Temporal actions and database round trips, and the shards bound how many batches run at
+once. Significant events (fraud findings, large moves) and poison events isolated out of a batch get a
+workflow of their own, so each has its own page and search attributes in the Web UI.
 """
 
 # No ``from __future__ import annotations``: see activities/contracts.py.
 import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
@@ -35,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         RecalcInput,
         RecalcResult,
     )
-    from workflows.notify import notify_changes, start_detection
+    from workflows.notify import notify_changes
 
 EVENT_TYPE = SearchAttributeKey.for_keyword("EventType")
 ENTITY_KEY = SearchAttributeKey.for_keyword("EntityKey")
@@ -76,9 +72,6 @@ class ShardInput:
     #: Carried across continue-as-new: partitions woken while the last run was finishing.
     dirty: list[str] = field(default_factory=list)
     batch_limit: int = 2000
-    #: Where detection runs, started without waiting for it. Empty (shards started before detection had a
-    #: queue of its own): as a local activity after each batch, as those histories recorded.
-    detection_queue: str = ""
 
 
 @dataclass
@@ -102,8 +95,6 @@ class EventInput:
     source: str
     external_id: str
     type: str
-    #: Where detection runs; empty: as a local activity (workflows started before it had a queue).
-    detection_queue: str = ""
 
 
 @dataclass
@@ -147,10 +138,6 @@ class ShardWorkflow:
         self._dirty: set[str] = set(inp.dirty)
         self._batches = 0
         self._events = 0
-        self._detection_queue = inp.detection_queue
-        self._detection: workflow.ActivityHandle[Any] | None = None
-        #: A batch saved changes since the detection in flight started.
-        self._detection_wanted = False
 
     @workflow.signal(name="wake")
     def wake(self, signal: Wake) -> None:
@@ -164,15 +151,9 @@ class ShardWorkflow:
     async def run(self, inp: ShardInput) -> ShardResult:
         while True:
             try:
-                await workflow.wait_condition(
-                    lambda: bool(self._dirty) or self._detection_due(), timeout=SHARD_IDLE
-                )
+                await workflow.wait_condition(lambda: bool(self._dirty), timeout=SHARD_IDLE)
             except TimeoutError:
-                await self._detection_settled()
-                if not self._dirty:  # a wake may have come while detection finished
-                    return ShardResult(self._shard, self._batches, self._events)
-            if self._detection_due():
-                self._start_detection()
+                return ShardResult(self._shard, self._batches, self._events)
             while self._dirty:
                 # Taken out before the batch: a wake during it marks its partitions dirty again.
                 take = sorted(self._dirty)[:PARTITIONS_PER_BATCH]
@@ -181,37 +162,11 @@ class ShardWorkflow:
                 if plan.has_more:
                     self._dirty.update(take)
             if self._batches >= BATCHES_PER_RUN or workflow.info().is_continue_as_new_suggested():
-                await self._detection_settled()
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
-                    ShardInput(self._shard, sorted(self._dirty), inp.batch_limit, inp.detection_queue),
+                    ShardInput(self._shard, sorted(self._dirty), inp.batch_limit),
                     task_timeout=SHARD_TASK_TIMEOUT,
                 )
-
-    # -- detection ---------------------------------------------------------------------------------------
-    # One detection in flight per shard: it consumes every change batch the shard saved, so a batch that
-    # commits meanwhile only asks for one more run after it. Detection is idempotent per change batch, so
-    # the overlap of a timed-out attempt with its retry notifies nobody twice.
-
-    def _request_detection(self) -> None:
-        self._detection_wanted = True
-        if self._detection_due():
-            self._start_detection()
-
-    def _detection_due(self) -> bool:
-        return self._detection_wanted and (self._detection is None or self._detection.done())
-
-    def _start_detection(self) -> None:
-        self._detection_wanted = False
-        self._detection = start_detection(workflow.info().workflow_id, self._detection_queue)
-
-    async def _detection_settled(self) -> None:
-        """Before this run ends: the detection in flight and the one still wanted have finished."""
-        while self._detection is not None:
-            await self._detection
-            self._detection = None
-            if self._detection_wanted:
-                self._start_detection()
 
     async def _drain_once(self, partitions: list[str], limit: int) -> ImpactPlan:
         plan: ImpactPlan = await workflow.execute_local_activity(
@@ -243,10 +198,7 @@ class ShardWorkflow:
             )
         if result is not None and result.changes:
             # After invalidation: a notification never points at a value a read could not yet show.
-            if self._detection_queue:
-                self._request_detection()
-            else:
-                await notify_changes(workflow.info().workflow_id)
+            await notify_changes(workflow.info().workflow_id)
         self._batches += 1
         return plan
 
@@ -254,14 +206,7 @@ class ShardWorkflow:
         try:
             child = await workflow.start_child_workflow(
                 EventWorkflow.run,
-                EventInput(
-                    poison.entity,
-                    poison.seq,
-                    poison.source,
-                    poison.external_id,
-                    poison.type,
-                    self._detection_queue,
-                ),
+                EventInput(poison.entity, poison.seq, poison.source, poison.external_id, poison.type),
                 id=poison.workflow_id,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                 search_attributes=event_search_attributes(
@@ -313,8 +258,5 @@ class EventWorkflow:
                 retry_policy=PIPELINE_RETRY,
             )
         if result.changes:
-            if inp.detection_queue:
-                await start_detection(workflow.info().workflow_id, inp.detection_queue)
-            else:
-                await notify_changes(workflow.info().workflow_id)
+            await notify_changes(workflow.info().workflow_id)
         return EventResult(inp.seq, bool(result.applied), plan.entities, plan.severity)

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from sqlalchemy import insert, select
 
-from bench.pipeline import bench_database, percentile, post_paced, wait_processed
+from bench.pipeline import bench_database, percentile, post_paced, start_parts, wait_processed
 from pulse.synth import Stream
 from pulse.temporal import DevServer
 from store import notify as notify_store
@@ -165,6 +165,11 @@ async def main() -> None:
         "of first firings is then over and cooldowns hold, as in steady operation",
     )
     parser.add_argument(
+        "--events-worker",
+        action="store_true",
+        help="significant events in a worker process of their own (`pulse worker --role events`)",
+    )
+    parser.add_argument(
         "--env", action="append", default=[], metavar="PULSE_X=V", help="a setting for the Pulse processes"
     )
     args = parser.parse_args()
@@ -194,8 +199,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         fast_dispatch=False,
     )
     try:
-        for part in ("api", "worker", "dispatcher"):
-            procs.start(part)
+        start_parts(procs, 1, args.events_worker)
         await asyncio.to_thread(procs.wait_ready)
         async with httpx.AsyncClient(
             base_url=procs.api_url, headers={"Authorization": f"Bearer {procs.admin_key}"}, timeout=120
@@ -224,6 +228,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
                 "collections": args.collections,
                 "tokens": args.tokens,
                 "env": args.env,
+                "events_worker": args.events_worker,
             },
             "events": len(load),
             "accepted_per_s": round(len(load) / took, 1),

@@ -329,6 +329,18 @@ def summarise(
     }
 
 
+def start_parts(procs: PulseProcesses, workers: int, events_worker: bool) -> None:
+    """The API, the dispatcher and ``workers`` worker processes; with ``events_worker``, those serve the
+    shards only and one more serves the significant events."""
+    role = ["--role", "shards"] if events_worker else []
+    for part in ("api", "worker", "dispatcher"):
+        procs.start(part, args=role if part == "worker" else ())
+    for n in range(1, workers):
+        procs.start("worker", f"worker{n + 1}", role)
+    if events_worker:
+        procs.start("worker", "events-worker", ["--role", "events"])
+
+
 async def run_phases(
     args: argparse.Namespace, database_url: str, temporal: str, temporal_pid: int, workdir: Path
 ) -> dict[str, Any]:
@@ -355,10 +367,7 @@ async def run_phases(
             extra_env=extra_env,
             fast_dispatch=False,
         )
-        for part in ("api", "worker", "dispatcher"):
-            procs.start(part)
-        for n in range(1, args.workers):
-            procs.start("worker", f"worker{n + 1}")
+        start_parts(procs, args.workers, args.events_worker)
         try:
             await asyncio.to_thread(procs.wait_ready)
             async with httpx.AsyncClient(
@@ -425,6 +434,11 @@ async def main() -> None:
     parser.add_argument("--burst", type=int, default=20000)
     parser.add_argument("--baseline-events", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--events-worker",
+        action="store_true",
+        help="significant events in a worker process of their own (`pulse worker --role events`)",
+    )
     parser.add_argument("--collections", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=600)
@@ -442,6 +456,7 @@ async def main() -> None:
             "temporal": "dev server, file" if args.temporal_file else "dev server, in memory",
             "rate": args.rate,
             "workers": args.workers,
+            "events_worker": args.events_worker,
             "duration_s": args.duration,
             "collections": args.collections,
             "tokens": args.tokens,

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pulse import logs, tracing
-from pulse.settings import Settings, get_settings
+from pulse.settings import WORKER_ROLES, Settings, get_settings
 
 app = typer.Typer(
     help="Pulse: real-time updates and alerts for NFT trust and market data.", no_args_is_help=True
@@ -170,9 +170,19 @@ def api() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    role: Annotated[
+        str | None,
+        typer.Option(help="all, shards or events: the task queues served (default: PULSE_WORKER_ROLE)"),
+    ] = None,
+) -> None:
     """Run a Temporal worker alone (production; run as many as the load needs)."""
-    asyncio.run(_serve(_settings(), api=False, worker=True, dispatcher=False, embedded=False))
+    settings = _settings()
+    if role is not None:
+        if role not in WORKER_ROLES:
+            raise typer.BadParameter(", ".join(WORKER_ROLES), param_hint="--role")
+        settings = settings.model_copy(update={"worker_role": role})
+    asyncio.run(_serve(settings, api=False, worker=True, dispatcher=False, embedded=False))
 
 
 @app.command()

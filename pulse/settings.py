@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.classify import Thresholds
+
+WorkerRole = Literal["all", "shards", "events"]
+WORKER_ROLES: tuple[str, ...] = get_args(WorkerRole)
 
 
 class Settings(BaseSettings):
@@ -28,6 +32,12 @@ class Settings(BaseSettings):
         default="pulse",
         description="the shards' and notifications' task queue; significant events run on "
         "`<task_queue>.events`",
+    )
+    worker_role: WorkerRole = Field(
+        default="all",
+        description="the task queues `pulse worker` serves: `shards` (routine events, poison events, "
+        "notifications), `events` (significant events) or `all`. Apart, significant events do not share "
+        "the shards' interpreter lock",
     )
     workflow_id_prefix: str = Field(
         default="", description="prepended to workflow ids, so that several Pulses can share a namespace"

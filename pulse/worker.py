@@ -1,10 +1,13 @@
-"""The Temporal workers: one per task queue, in one process.
+"""The Temporal workers: one per task queue this process serves (``PULSE_WORKER_ROLE``, ``pulse worker
+--role``; all of them by default).
 
 - ``<task_queue>``: the shard workflows (routine events in batches), poison events isolated out of a
   batch, and the notifications' workflows and their delivery activities;
 - ``<task_queue>.events``: significant events' workflows. A queue of their own gives them local-activity
   slots of their own: on the shards' queue a fraud finding waited for a slot behind the shards' batches,
-  and was among the slowest events of all (``slowest`` in bench/pipeline.py's output).
+  and was among the slowest events of all (``slowest`` in bench/pipeline.py's output). In a process of
+  its own (``--role events`` beside ``--role shards``) it does not share the shards' interpreter lock
+  either: on a busy worker each step waits for it longer than it computes.
 """
 
 from __future__ import annotations
@@ -90,16 +93,17 @@ def build_worker(
             graceful_shutdown_timeout=timedelta(seconds=10),
         )
 
-    return Workers(
-        [
+    workers = []
+    if settings.worker_role in ("all", "shards"):
+        workers.append(
             worker(
                 settings.task_queue,
                 WORKFLOWS,
                 [*steps, notify.deliver, notify.send_digest],
                 settings.worker_local_activity_slots,
-            ),
-            worker(
-                settings.event_task_queue, [EventWorkflow], steps, settings.worker_event_local_activity_slots
-            ),
-        ]
-    ), registry
+            )
+        )
+    if settings.worker_role in ("all", "events"):
+        event_slots = settings.worker_event_local_activity_slots
+        workers.append(worker(settings.event_task_queue, [EventWorkflow], steps, event_slots))
+    return Workers(workers), registry

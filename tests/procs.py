@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +56,9 @@ class PulseProcesses:
         env.update(self.extra_env)
         return env
 
-    def start(self, part: str, name: str | None = None) -> None:
-        """Start ``pulse <part>``; a second worker needs a ``name`` and gets metrics ports of its own."""
+    def start(self, part: str, name: str | None = None, args: Sequence[str] = ()) -> None:
+        """Start ``pulse <part> [args]``; a second worker needs a ``name`` and gets metrics ports of its
+        own."""
         name = name or part
         env = self.env
         if not self.database_url.startswith("sqlite"):
@@ -72,7 +74,7 @@ class PulseProcesses:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "pulse.cli", part],
+            [sys.executable, "-m", "pulse.cli", part, *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

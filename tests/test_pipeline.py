@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.worker import Replayer
 
 from pulse.verify import verify
-from pulse.worker import WORKFLOWS
+from pulse.worker import WORKFLOWS, build_worker
 from store import events as event_store
+from store.cache import MemoryCache
 from store.events import ReplayFilter
-from tests.conftest import RunningPulse, replay_under_sandbox
+from tests.conftest import RunningPulse, replay_under_sandbox, run_pulse
 
 CONTRACT = "0x" + "ab" * 20
 ALICE, BOB, CAROL = ("0x" + c * 40 for c in "abc")
@@ -251,6 +253,31 @@ async def test_significant_event_gets_its_own_workflow(pulse: RunningPulse) -> N
     # On the events queue, whose local-activity slots the shards' batches never hold.
     desc = await pulse.client.get_workflow_handle(status["workflow_id"]).describe()
     assert desc.task_queue == pulse.settings.event_task_queue != pulse.settings.task_queue
+
+
+async def test_worker_roles_split_the_task_queues(database_url: str, temporal_client: Client) -> None:
+    """`--role shards` and `--role events` serve one queue each: with the shards' worker alone a routine
+    event is processed and a fraud finding waits; an events worker started later processes it."""
+    async with run_pulse(database_url, temporal_client, worker_role="shards") as pulse:
+        finding = {"finding_id": "F-9", "kind": "stolen", "severity": "critical"}
+        await pulse.post([ev("rm", "mint", {"from": ZERO, "to": ALICE}, "1")])
+        await pulse.wait_final([("test", "rm")])
+        await pulse.post([ev("rf", "fraud_finding", finding, "1")])
+        await asyncio.sleep(1.5)
+        assert (await pulse.status("test", "rf"))["status"] == "dispatched"
+
+        events_settings = pulse.settings.model_copy(update={"worker_role": "events"})
+        events_only, registry = build_worker(temporal_client, events_settings, pulse.db, MemoryCache())
+        assert [w.task_queue for w in events_only.workers] == [pulse.settings.event_task_queue]
+        task = asyncio.create_task(events_only.run())
+        try:
+            await pulse.wait_final([("test", "rf")])
+            status = await pulse.status("test", "rf")
+            assert status["status"] == "processed" and "/event/" in status["workflow_id"]
+        finally:
+            await events_only.shutdown()
+            await asyncio.gather(task, return_exceptions=True)
+            await registry.aclose()
 
 
 async def test_replay_of_processed_events_does_not_double_count(pulse: RunningPulse) -> None:

@@ -139,15 +139,20 @@ def test_ports_match_the_settings_defaults(compose: dict[str, Any]) -> None:
     }
     assert scraped["pulse-api"] == [f"api:{defaults.api_port}"]
     assert scraped["pulse-dispatcher"] == [f"dispatcher:{defaults.dispatcher_metrics_port}"]
-    assert scraped["pulse-worker"] == [f"worker:{defaults.worker_metrics_port}"]
-    assert scraped["pulse-worker-temporal-sdk"] == [f"worker:{defaults.temporal_sdk_metrics_port}"]
+    workers = ("worker", "event-worker")
+    assert scraped["pulse-worker"] == [f"{w}:{defaults.worker_metrics_port}" for w in workers]
+    assert scraped["pulse-worker-temporal-sdk"] == [
+        f"{w}:{defaults.temporal_sdk_metrics_port}" for w in workers
+    ]
 
 
 def test_workers_can_be_scaled(compose: dict[str, Any]) -> None:
-    """`--scale worker=N` needs no fixed container name and no published host port on the service."""
-    worker = compose["services"]["worker"]
-    assert "container_name" not in worker
-    assert "ports" not in worker
+    """`--scale worker=N` needs no fixed container name and no published host port on the service; the
+    shards' workers and the significant events' workers split the task queues between them."""
+    for name, role in (("worker", "shards"), ("event-worker", "events")):
+        service = compose["services"][name]
+        assert "container_name" not in service and "ports" not in service, name
+        assert _environment(service)["PULSE_WORKER_ROLE"] == role
 
 
 def test_every_volume_is_declared_or_exists(compose: dict[str, Any]) -> None:

@@ -77,11 +77,10 @@ class Settings(BaseSettings):
         default=4, description="local activities (the pipeline's steps) one worker runs at once"
     )
     worker_event_local_activity_slots: int = Field(
-        default=8,
+        default=2,
         description="local activities of significant events' workflows (their own task queue), so they never "
-        "queue behind the shards' batches. Each step waits for the interpreter the shards keep busy, so a "
-        "step takes ~0.5 s and a few events a second need several at once: with 2, fraud findings waited up "
-        "to 8 s at 1,000 events/s; with 8, none was among the slowest events",
+        "queue behind the shards' batches. In a worker that serves both queues more of them make "
+        "significant events quicker and the shards' steps slower: they share one interpreter lock",
     )
     worker_activity_slots: int = Field(default=16, description="regular activities one worker runs at once")
     gc_thresholds: tuple[int, int, int] = Field(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlmodel import col
+from sqlmodel import Session, col
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -353,6 +354,43 @@ def destinations(user: store.NotifyUser) -> set[str]:
     return out
 
 
+class WatcherCache:
+    """Who watches each entity (``store.watch_entries``), kept in memory while the watch generation stands
+    still: subscriptions change rarely, detection asks for thousands of entities per batch (most of them
+    watched by nobody), and the query was a fifth of a busy worker's time. Every subscription change
+    moves the generation in its own transaction (``store.replace_subscription_keys``), and the generation
+    is read before the watchers, so a detection never keeps watchers older than the generation it saw."""
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._by_key: dict[str, tuple[store.WatchEntry, ...]] = {}
+        self._max = max_keys
+
+    def lookup(self, session: Session, entity_keys: Iterable[str]) -> list[store.WatchEntry]:
+        """Like ``store.watch_entries``: by user, then subscription, then entity."""
+        keys = set(entity_keys)
+        generation = store.watch_generation(session)
+        with self._lock:
+            if generation != self._generation:
+                self._by_key, self._generation = {}, generation
+            known = {key: self._by_key[key] for key in keys if key in self._by_key}
+        missing = keys - known.keys()
+        if missing:
+            loaded: dict[str, list[store.WatchEntry]] = {key: [] for key in missing}
+            for entry in store.watch_entries(session, missing):
+                loaded[entry.entity_key].append(entry)
+            fresh = {key: tuple(entries) for key, entries in loaded.items()}
+            with self._lock:
+                if self._generation == generation:
+                    if len(self._by_key) + len(fresh) > self._max:
+                        self._by_key = {}
+                    self._by_key.update(fresh)
+            known.update(fresh)
+        found = [entry for entries in known.values() for entry in entries]
+        return sorted(found, key=lambda w: (w.user_id, w.subscription_id, w.entity_key))
+
+
 # -- the activities --------------------------------------------------------------------------------------
 
 
@@ -376,6 +414,7 @@ class NotifyActivities:
     ) -> None:
         self._db = db
         self._registry = registry
+        self._watchers = WatcherCache()
         self._client = client
         self._task_queue = task_queue
         self._prefix = workflow_id_prefix
@@ -438,7 +477,7 @@ class NotifyActivities:
                     wallets.add(held.owner)
                 for wallet in sorted(wallets):
                     by_entity.setdefault(wallet_key(wallet), []).append(ch)
-            found = store.watch_entries(s, by_entity)
+            found = self._watchers.lookup(s, by_entity)
             result = DetectResult()
             if not found:
                 return result

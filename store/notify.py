@@ -32,6 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col
 
 from store.models import BigId, EntityView, Rate, UtcDateTime
@@ -212,6 +213,32 @@ class WatchEntry:
     #: The rules as their stored JSON text: watchers of a busy entity mostly share a few definitions,
     #: which the caller parses once each (decoding every row's JSON cost more than the query).
     rules_json: str
+
+
+class WatchGeneration(SQLModel, table=True):
+    """One row, moved by every change of who watches what and with which rules, in the transaction of the
+    change: detection keeps the watchers of each entity in memory while it stands still."""
+
+    __tablename__ = "notify_watch_generation"
+
+    id: int = Field(default=1, primary_key=True)
+    generation: int = 0
+
+
+def watch_generation(session: Session) -> int:
+    stmt = select(col(WatchGeneration.generation)).where(col(WatchGeneration.id) == 1)
+    value = session.execute(stmt).scalar()
+    return int(value or 0)
+
+
+def bump_watch_generation(session: Session) -> None:
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(WatchGeneration).values(id=1, generation=1)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"], set_={"generation": col(WatchGeneration.generation) + 1}
+        )
+    )
 
 
 def wallets_watched(session: Session) -> bool:
@@ -550,7 +577,9 @@ def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: da
 
 
 def replace_subscription_keys(session: Session, subscription_id: str, keys: Iterable[str]) -> None:
-    """Make the index rows of a subscription exactly ``keys``."""
+    """Make the index rows of a subscription exactly ``keys``. Every change of a subscription (create,
+    update, delete) goes through here, and so moves the watch generation."""
+    bump_watch_generation(session)
     session.execute(delete(SubscriptionKey).where(col(SubscriptionKey.subscription_id) == subscription_id))
     for key in sorted(set(keys)):
         session.add(SubscriptionKey(entity_key=key, subscription_id=subscription_id))

@@ -553,6 +553,40 @@ def test_detection_is_idempotent_and_only_touches_watchers(db: Database) -> None
     assert {st.subscription_id for st in states} == {"sub_alice"}  # carol's rules were never evaluated
 
 
+def test_detection_keeps_watchers_until_a_subscription_changes(db: Database) -> None:
+    """Watchers are read from the database once per entity while no subscription changes; a new, changed
+    or deleted subscription (each through ``replace_subscription_keys``) is seen by the next detection."""
+    _seed(db, "alice", COLLECTION)
+    acts = NotifyActivities(db, ChannelRegistry())
+    lookups: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "notify_subscription_keys" in statement and "JOIN" in statement:  # watch_entries
+            lookups.append(statement)
+
+    def users_notified(cause: str, before: str, after: str) -> list[str]:
+        at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).isoformat()
+        result = acts.detect(DetectInput(_floor(before, after), at, cause=cause))
+        return sorted(n.user_id for n in result.notifications)
+
+    engines = {db.read_engine, db.write_engine}
+    for engine in engines:
+        sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert users_notified("p@1-1", "10", "7") == ["alice"]
+        assert users_notified("p@2-2", "7", "10") == ["alice"]
+        assert len(lookups) == 1, "the second detection used the watchers it had"
+        _seed(db, "bob", COLLECTION)
+        assert users_notified("p@3-3", "10", "7") == ["alice", "bob"]
+        with db.write() as s:
+            notify_store.delete_subscription(s, "sub_alice")
+        assert users_notified("p@4-4", "7", "10") == ["bob"]
+        assert len(lookups) == 3
+    finally:
+        for engine in engines:
+            sa_event.remove(engine, "before_cursor_execute", count)
+
+
 def test_inbox_only_notification_is_delivered_by_detection_and_rendered_when_read(db: Database) -> None:
     """In-app only, due now, not critical: detection's commit is its delivery (no workflow), and its text
     is rendered from the stored context when read, in the user's locale, as rendering it then would."""

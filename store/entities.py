@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import delete, literal, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from domain.book import CollectionBook
 from domain.events import utcnow
@@ -29,15 +29,15 @@ def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[Co
         select(
             literal(0).label("part"),
             literal(0).label("id"),
-            CollectionBookRecord.version,
-            CollectionBookRecord.book.label("blob"),  # type: ignore[attr-defined]
-        ).where(CollectionBookRecord.key == key),
+            col(CollectionBookRecord.version),
+            col(CollectionBookRecord.book).label("blob"),
+        ).where(col(CollectionBookRecord.key) == key),
         select(
             literal(1),
-            BookHistoryRecord.id,
-            BookHistoryRecord.version,
-            BookHistoryRecord.entries,
-        ).where(BookHistoryRecord.book_key == key),
+            col(BookHistoryRecord.id),
+            col(BookHistoryRecord.version),
+            col(BookHistoryRecord.entries),
+        ).where(col(BookHistoryRecord.book_key) == key),
     ).subquery()
     rows = session.execute(
         select(parts.c.part, parts.c.version, parts.c.blob).order_by(parts.c.part, parts.c.id)

@@ -1007,9 +1007,7 @@ class CollectionBook:
         (:meth:`history_to_save`), oldest first. A core that still holds the history (a whole-book save
         from before segments) is loaded as it is and has its history rewritten at its next save."""
         if "sales" in core:
-            book = cls.from_dict(core, epsilons, price_params)
-            book._unsaved = _UnsavedHistory(stored=False)
-            return book
+            return cls.from_dict(core, epsilons, price_params)
         sales: dict[str, list[Any]] = {}
         listings: dict[str, list[Any]] = {}
         for segment in segments:
@@ -1089,6 +1087,8 @@ class CollectionBook:
         book.creator_at = stamp(raw.get("creator_at"))
         book.daily_volume = {int(day): Decimal(v) for day, v in raw.get("daily_volume", {}).items()}
         book.published = dict(raw.get("published", {}))
+        # Built from a whole dict, it cannot know what storage has: its first save rewrites the history.
+        book._unsaved = _UnsavedHistory(stored=False)
         book._rebuild()
         book._d.publisher.reset(
             book._d.rarity,

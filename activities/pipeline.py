@@ -360,7 +360,7 @@ class PipelineActivities:
                 change.merge(outcome.change)
                 applied += outcome.applied
                 poison += outcome.poison
-            entities.save_books(session, self._db, saved)
+            entities.save_books(session, saved)
             views_at = utcnow()
             # The cache's floors rise before the commit: a reader that loads an old row until then cannot
             # cache it afterwards, so once the events below read processed, every read shows their effect.
@@ -458,7 +458,7 @@ class PipelineActivities:
     def _apply_rates(self, session: Session, rows: list[EventRecord]) -> None:
         for row in rows:
             base, quote = row.data["pair"].split("/")
-            entities.add_rate(session, self._db, base, quote, row.occurred_at, row.data["rate"], row.seq or 0)
+            entities.add_rate(session, base, quote, row.occurred_at, row.data["rate"], row.seq or 0)
 
     # -- cache invalidation -------------------------------------------------------------------------
 

@@ -10,14 +10,13 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, literal, select, union_all
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from domain.book import CollectionBook
 from domain.events import utcnow
 from store.db import Database
 from store.models import BookHistoryRecord, ChangeBatchRecord, CollectionBookRecord, EntityView, Rate
-from store.sql import insert_many, one_of
+from store.sql import insert_many, one_of, upsert_insert
 
 
 def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[CollectionBook, int]:
@@ -67,7 +66,7 @@ class BookWrite:
     book: CollectionBook
 
 
-def save_books(session: Session, db: Database, writes: Sequence[BookWrite]) -> None:
+def save_books(session: Session, writes: Sequence[BookWrite]) -> None:
     """Save books with their new versions: each book's row (one upsert executed with many parameter
     sets) and the history entries it added since its last save, as one new segment, or, when its history
     is due to be rewritten, as the one segment that replaces the others. Call each book's
@@ -75,8 +74,7 @@ def save_books(session: Session, db: Database, writes: Sequence[BookWrite]) -> N
     if not writes:
         return
     now = utcnow()
-    insert = sqlite.insert if db.is_sqlite else postgresql.insert
-    stmt = insert(CollectionBookRecord)
+    stmt = upsert_insert(session)(CollectionBookRecord)
     stmt = stmt.on_conflict_do_update(
         index_elements=["key"],
         set_={
@@ -237,12 +235,9 @@ def collection_floors(db: Database) -> dict[str, Decimal]:
 # -- rates ------------------------------------------------------------------------------------------
 
 
-def add_rate(
-    session: Session, db: Database, base: str, quote: str, at: datetime, rate: str, seq: int
-) -> None:
-    insert = sqlite.insert if db.is_sqlite else postgresql.insert
+def add_rate(session: Session, base: str, quote: str, at: datetime, rate: str, seq: int) -> None:
     session.execute(
-        insert(Rate)
+        upsert_insert(session)(Rate)
         .values(base=base, quote=quote, at=at, rate=rate, event_seq=seq)
         .on_conflict_do_nothing(index_elements=["event_seq"])
     )

@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from domain.events import utcnow
 from store.db import Database
 from store.models import ApiKey
+from store.sql import upsert_insert
 
 KEY_PREFIX = "pk_"
 
@@ -46,13 +46,12 @@ def create(db: Database, name: str, scopes: list[str], key: str | None = None) -
         "created_at": utcnow(),
         "revoked_at": None,
     }
-    insert = sqlite.insert if db.is_sqlite else postgresql.insert
-    # An upsert: processes that start together (api, worker, dispatcher) all ensure the same bootstrap key.
-    stmt = insert(ApiKey).values(row)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["digest"], set_={"scopes": stmt.excluded.scopes, "revoked_at": None}
-    )
     with db.write() as session:
+        # An upsert: processes starting together (api, worker, dispatcher) all ensure the bootstrap key.
+        stmt = upsert_insert(session)(ApiKey).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["digest"], set_={"scopes": stmt.excluded.scopes, "revoked_at": None}
+        )
         session.execute(stmt)
     return key
 

@@ -32,11 +32,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col
 
 from store.models import BigId, EntityView, Rate, UtcDateTime
-from store.sql import insert_many, one_of
+from store.sql import insert_many, one_of, upsert_insert
 
 #: Order of delivery statuses: a late "sent" callback must not undo "delivered"; ``read`` is final.
 STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
@@ -232,8 +231,7 @@ def watch_generation(session: Session) -> int:
 
 
 def bump_watch_generation(session: Session) -> None:
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(WatchGeneration).values(id=1, generation=1)
+    stmt = upsert_insert(session)(WatchGeneration).values(id=1, generation=1)
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=["id"], set_={"generation": col(WatchGeneration.generation) + 1}

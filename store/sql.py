@@ -30,6 +30,11 @@ def json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def upsert_insert(session: Session) -> Any:
+    """The ``insert`` construct of the session's dialect, the one with ``on_conflict_do_…`` clauses."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
     """``column IN (values)`` whose SQL text does not depend on how many values there are.
 

@@ -151,7 +151,7 @@ def test_books_are_saved_as_a_row_and_history_segments(db: Database, monkeypatch
     for version, start in enumerate(range(0, len(events), 60), start=1):
         book.apply_batch(events[start : start + 60], lambda base, quote, at: Decimal(1))
         with db.write() as s:
-            entities.save_books(s, db, [entities.BookWrite(key, version, book)])
+            entities.save_books(s, [entities.BookWrite(key, version, book)])
         book.history_saved()
         with db.read() as s:
             loaded, loaded_version = entities.load_book(s, key, book.chain, contract)

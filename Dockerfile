@@ -7,7 +7,7 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- build: install Pulse and its pinned dependencies into a virtualenv that the runtime stage copies, so
-# build tooling (hatchling, pip caches) never reaches the final image.
+# build tooling (setuptools, pip caches) never reaches the final image.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -16,7 +16,8 @@ RUN python -m venv /opt/pulse
 ENV PATH=/opt/pulse/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
-COPY pulse ./pulse
+COPY nftpulse ./nftpulse
+COPY core ./core
 COPY domain ./domain
 COPY store ./store
 COPY workflows ./workflows
@@ -39,7 +40,7 @@ RUN groupadd --system pulse \
 COPY --from=build /opt/pulse /opt/pulse
 USER pulse
 WORKDIR /var/lib/pulse
-# API, worker metrics, dispatcher metrics, Temporal SDK metrics (pulse/settings.py defaults).
+# API, worker metrics, dispatcher metrics, Temporal SDK metrics (core/settings.py defaults).
 EXPOSE 8000 9464 9465 9466
 ENTRYPOINT ["pulse"]
 CMD ["api"]

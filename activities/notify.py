@@ -31,8 +31,8 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
-from activities.contracts import ChangeSet, MetricChange
-from channels.base import (
+from nftpulse.activities.contracts.pipeline import ChangeSet, MetricChange
+from nftpulse.channels.base import (
     DeliveryReceipt,
     OutboundMessage,
     PermanentDeliveryError,
@@ -40,19 +40,20 @@ from channels.base import (
     Reconciling,
     TransientDeliveryError,
 )
-from channels.email import SendGridConfig, SmtpConfig
-from channels.push import WebPushConfig
-from channels.registry import ChannelRegistry, ChannelsConfig, UnknownChannelError, build_registry
-from channels.sms import TwilioConfig
-from channels.webhook import WebhookConfig, next_retry_delay
-from domain.exposure import (
+from nftpulse.channels.email import SendGridConfig, SmtpConfig
+from nftpulse.channels.push import WebPushConfig
+from nftpulse.channels.registry import ChannelRegistry, ChannelsConfig, UnknownChannelError, build_registry
+from nftpulse.channels.sms import TwilioConfig
+from nftpulse.channels.webhook import WebhookConfig, next_retry_delay
+from nftpulse.core.metrics import DELIVERIES, DELIVERY_SECONDS, NOTIFICATIONS_CREATED
+from nftpulse.domain.exposure import (
     REFERENCE_CURRENCY,
     Position,
     collection_position,
     nft_position,
     reference_value,
 )
-from domain.rules import (
+from nftpulse.domain.rules import (
     AlertSeverity,
     BudgetState,
     Candidate,
@@ -67,12 +68,11 @@ from domain.rules import (
     idempotency_key,
     route_candidates,
 )
-from domain.rules import MetricChange as RuleChange
-from pulse.metrics import DELIVERIES, DELIVERY_SECONDS, NOTIFICATIONS_CREATED
-from store import entities
-from store import notify as store
-from store.db import Database
-from templates.renderer import (
+from nftpulse.domain.rules import MetricChange as RuleChange
+from nftpulse.store import entities
+from nftpulse.store import notify as store
+from nftpulse.store.db import Database
+from nftpulse.templates.renderer import (
     DigestContext,
     DigestGroupContext,
     DigestItemContext,
@@ -1311,7 +1311,7 @@ def channels_config(settings: Any) -> ChannelsConfig:
     """Provider configuration from settings.
 
     Read with ``getattr`` so that it works before (and after) the proposed ``PULSE_*`` fields exist in
-    ``pulse/settings.py``; a provider whose fields are unset is simply absent from the registry.
+    ``core/settings.py``; a provider whose fields are unset is simply absent from the registry.
     """
 
     def get(name: str, default: Any = None) -> Any:

@@ -21,7 +21,8 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import (
+from nftpulse.activities.contracts.base import PermanentProcessingError
+from nftpulse.activities.contracts.pipeline import (
     ChangeSet,
     ImpactInput,
     ImpactPlan,
@@ -29,25 +30,24 @@ from activities.contracts import (
     InvalidateResult,
     IsolatedEvent,
     MetricChange,
-    PermanentProcessingError,
     RecalcInput,
     RecalcResult,
 )
-from domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
-from domain.events import Event, EventType, utcnow
-from domain.impact import SEVERITIES, analyze_each
-from pulse.metrics import (
+from nftpulse.core.metrics import (
     EVENTS_FAILED,
     EVENTS_PROCESSED,
     PROCESSING_SECONDS,
     RECALC_SECONDS,
     TEMPORAL_ACTIONS,
 )
-from store import entities, events
-from store.cache import EntityCache
-from store.db import Database, TransientStoreError
-from store.entities import BookWrite, RateBook, ViewWrite
-from store.models import EventRecord, EventStatus, Route
+from nftpulse.domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
+from nftpulse.domain.events import Event, EventType, utcnow
+from nftpulse.domain.impact import SEVERITIES, analyze_each
+from nftpulse.store import entities, events
+from nftpulse.store.cache import EntityCache
+from nftpulse.store.db import Database, TransientStoreError
+from nftpulse.store.entities import BookWrite, RateBook, ViewWrite
+from nftpulse.store.models import EventRecord, EventStatus, Route
 
 log = logging.getLogger("pulse.activities")
 

@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
-from api import entities, errors, events, health, ops, users
-from api.deps import Services
-from pulse.settings import Settings
-from store import events as event_store
-from store.cache import EntityCache
-from store.db import Database
-from store.keys import KeyCache
+from nftpulse.api import entities, errors, events, health, ops, users
+from nftpulse.api.deps import Services
+from nftpulse.core.settings import Settings
+from nftpulse.store import events as event_store
+from nftpulse.store.cache import EntityCache
+from nftpulse.store.db import Database
+from nftpulse.store.keys import KeyCache
 
 log = logging.getLogger("pulse.api")
 

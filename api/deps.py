@@ -10,13 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 if TYPE_CHECKING:
-    from api.app import BacklogMonitor
+    from nftpulse.api.app import BacklogMonitor
 
-from pulse.settings import Settings
-from store import keys
-from store.cache import EntityCache
-from store.db import Database
-from store.keys import Principal
+from nftpulse.core.settings import Settings
+from nftpulse.store import keys
+from nftpulse.store.cache import EntityCache
+from nftpulse.store.db import Database
+from nftpulse.store.keys import Principal
 
 
 @dataclass

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ReadKey, ServicesDep
-from api.errors import InvalidInput
-from domain.events import collection_key, nft_key
-from store import entities
+from nftpulse.api.deps import ReadKey, ServicesDep
+from nftpulse.api.errors import InvalidInput
+from nftpulse.domain.events import collection_key, nft_key
+from nftpulse.store import entities
 
 router = APIRouter(prefix="/v1", tags=["entities"])
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from store.db import TransientStoreError
+from nftpulse.store.db import TransientStoreError
 
 log = logging.getLogger("pulse.api")
 

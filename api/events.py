@@ -12,14 +12,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import IngestKey, ReadKey, ServicesDep
-from api.errors import InvalidInput
-from domain.classify import ClassifyContext, classify
-from domain.events import MAX_BATCH, Event, field_errors
-from pulse import tracing
-from pulse.metrics import EVENTS_INGESTED, INGEST_SECONDS, SHED
-from store import events
-from store.models import EventStatus
+from nftpulse.api.deps import IngestKey, ReadKey, ServicesDep
+from nftpulse.api.errors import InvalidInput
+from nftpulse.core import tracing
+from nftpulse.core.metrics import EVENTS_INGESTED, INGEST_SECONDS, SHED
+from nftpulse.domain.classify import ClassifyContext, classify
+from nftpulse.domain.events import MAX_BATCH, Event, field_errors
+from nftpulse.store import events
+from nftpulse.store.models import EventStatus
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ServicesDep
-from pulse.metrics import DEPENDENCY_UP
+from nftpulse.api.deps import ServicesDep
+from nftpulse.core.metrics import DEPENDENCY_UP
 
 router = APIRouter(tags=["health"])
 

@@ -10,10 +10,10 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
-from api.deps import AdminKey, Services, ServicesDep
-from store import events
-from store import notify as notify_store
-from store.events import ReplayFilter
+from nftpulse.api.deps import AdminKey, Services, ServicesDep
+from nftpulse.store import events
+from nftpulse.store import notify as notify_store
+from nftpulse.store.events import ReplayFilter
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
 

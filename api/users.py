@@ -26,21 +26,21 @@ from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
-from activities.notify import inbox_text, wallet_key
-from api.deps import PrincipalDep, Services, ServicesDep
-from api.errors import InvalidInput
-from channels.email import (
+from nftpulse.activities.notify import inbox_text, wallet_key
+from nftpulse.api.deps import PrincipalDep, Services, ServicesDep
+from nftpulse.api.errors import InvalidInput
+from nftpulse.channels.email import (
     SendGridEventError,
     SendGridStatus,
     parse_sendgrid_events,
     verify_sendgrid_event_signature,
 )
-from channels.sms import is_e164, map_twilio_status, validate_status_callback
-from channels.webhook import InvalidWebhookUrl, generate_secret, validate_webhook_url
-from domain.rules import NotificationKind, Rule
-from pulse.metrics import DELIVERIES, NOTIFICATIONS_READ
-from store import notify as store
-from store.keys import Principal
+from nftpulse.channels.sms import is_e164, map_twilio_status, validate_status_callback
+from nftpulse.channels.webhook import InvalidWebhookUrl, generate_secret, validate_webhook_url
+from nftpulse.core.metrics import DELIVERIES, NOTIFICATIONS_READ
+from nftpulse.domain.rules import NotificationKind, Rule
+from nftpulse.store import notify as store
+from nftpulse.store.keys import Principal
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
 

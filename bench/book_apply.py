@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
-from domain.book import Change, CollectionBook
-from domain.events import Event
-from pulse.synth import Stream
+from nftpulse.domain.book import Change, CollectionBook
+from nftpulse.domain.events import Event
+from nftpulse.synth import Stream
 
 HISTORIES = (2_000, 10_000, 30_000)
 SIZES = (40, 200)

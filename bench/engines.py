@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from domain.book import CollectionBook
-from domain.events import Event
+from nftpulse.domain.book import CollectionBook
+from nftpulse.domain.events import Event
 
 CHAIN = "ethereum"
 CONTRACT = "0x" + "b" * 40

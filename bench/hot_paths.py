@@ -17,9 +17,9 @@ import timeit
 from decimal import Decimal
 from typing import Any
 
-from domain.price import estimate
-from domain.rarity import RarityIndex
-from pulse.synth import Stream
+from nftpulse.domain.price import estimate
+from nftpulse.domain.rarity import RarityIndex
+from nftpulse.synth import Stream
 
 
 def price_estimate_us(repeat: int = 5, number: int = 20_000) -> float:

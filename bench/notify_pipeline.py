@@ -23,11 +23,11 @@ import httpx
 from sqlalchemy import insert, select
 
 from bench.pipeline import bench_database, percentile, post_paced, start_parts, wait_processed
-from pulse.synth import Stream
-from pulse.temporal import DevServer
-from store import notify as notify_store
-from store.db import Database
-from store.models import EventRecord
+from nftpulse.store import notify as notify_store
+from nftpulse.store.db import Database
+from nftpulse.store.models import EventRecord
+from nftpulse.synth import Stream
+from nftpulse.temporal import DevServer
 from tests.conftest import free_port
 from tests.procs import PulseProcesses
 

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from channels.base import OutboundMessage
-from channels.in_app import InAppChannel
-from channels.webhook import WebhookChannel, WebhookConfig, generate_secret
-from templates.renderer import CHANNELS, KINDS, LOCALES, render
+from nftpulse.channels.base import OutboundMessage
+from nftpulse.channels.in_app import InAppChannel
+from nftpulse.channels.webhook import WebhookChannel, WebhookConfig, generate_secret
+from nftpulse.templates.renderer import CHANNELS, KINDS, LOCALES, render
 
 SECRET = generate_secret()
 

@@ -32,10 +32,10 @@ from typing import Any
 import httpx
 from sqlalchemy import select, text
 
-from pulse.synth import Stream
-from pulse.temporal import DevServer
-from store.db import Database
-from store.models import EventRecord
+from nftpulse.store.db import Database
+from nftpulse.store.models import EventRecord
+from nftpulse.synth import Stream
+from nftpulse.temporal import DevServer
 from tests.conftest import free_port, postgres_schema
 from tests.procs import PulseProcesses
 

@@ -29,24 +29,24 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from temporalio.testing import ActivityEnvironment
 
-from activities.contracts import ImpactInput, RecalcInput
-from activities.notify import NotifyActivities
-from activities.pipeline import PipelineActivities
 from bench.notify_pipeline import seed_subscriptions
 from bench.pipeline import bench_database
-from channels.registry import ChannelRegistry
-from domain.classify import ClassifyContext, classify
-from domain.events import Event
-from pulse.cli import tune_gc
-from pulse.settings import get_settings
-from pulse.synth import Stream
-from store import events
-from store.cache import MemoryCache
-from store.db import Database
-from store.events import DispatchMark
-from store.models import Route
-from store.notify import Notification
-from workflows.pipeline import shard_of
+from nftpulse.activities.contracts.pipeline import ImpactInput, RecalcInput
+from nftpulse.activities.notify import NotifyActivities
+from nftpulse.activities.pipeline import PipelineActivities
+from nftpulse.channels.registry import ChannelRegistry
+from nftpulse.cli import tune_gc
+from nftpulse.core.settings import get_settings
+from nftpulse.domain.classify import ClassifyContext, classify
+from nftpulse.domain.events import Event
+from nftpulse.store import events
+from nftpulse.store.cache import MemoryCache
+from nftpulse.store.db import Database
+from nftpulse.store.events import DispatchMark
+from nftpulse.store.models import Route
+from nftpulse.store.notify import Notification
+from nftpulse.synth import Stream
+from nftpulse.workflows.pipeline import shard_of
 
 T = TypeVar("T")
 #: Measured steps: the API's insert and the dispatcher's routing update (database work only), then the

@@ -1,7 +1,7 @@
 """Delivery channels behind one interface (:class:`channels.base.Channel`), chosen from an explicit
 registry (:func:`channels.registry.build_registry`). Importing this package registers nothing."""
 
-from channels.base import (
+from nftpulse.channels.base import (
     Channel,
     DeliveryError,
     DeliveryReceipt,

@@ -20,7 +20,7 @@ from python_http_client.exceptions import HTTPError as SendGridHTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook
 
-from channels.base import (
+from nftpulse.channels.base import (
     DeliveryReceipt,
     DeliveryStatus,
     OutboundMessage,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from channels.base import DeliveryReceipt, OutboundMessage, PermanentDeliveryError
+from nftpulse.channels.base import DeliveryReceipt, OutboundMessage, PermanentDeliveryError
 
 
 class InboxWriter(Protocol):

@@ -17,7 +17,7 @@ import requests
 from py_vapid import Vapid, Vapid01
 from pywebpush import WebPushException, webpush
 
-from channels.base import (
+from nftpulse.channels.base import (
     DeliveryReceipt,
     OutboundMessage,
     PermanentDeliveryError,

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from channels.base import Channel
-from channels.email import SendGridConfig, SendGridEmailChannel, SmtpConfig, SmtpEmailChannel
-from channels.in_app import InAppChannel, InboxWriter
-from channels.push import WebPushChannel, WebPushConfig
-from channels.sms import TwilioConfig, TwilioSmsChannel
-from channels.webhook import WebhookChannel, WebhookConfig
+from nftpulse.channels.base import Channel
+from nftpulse.channels.email import SendGridConfig, SendGridEmailChannel, SmtpConfig, SmtpEmailChannel
+from nftpulse.channels.in_app import InAppChannel, InboxWriter
+from nftpulse.channels.push import WebPushChannel, WebPushConfig
+from nftpulse.channels.sms import TwilioConfig, TwilioSmsChannel
+from nftpulse.channels.webhook import WebhookChannel, WebhookConfig
 
 
 @dataclass(frozen=True)

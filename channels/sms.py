@@ -23,7 +23,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from channels.base import (
+from nftpulse.channels.base import (
     DeliveryReceipt,
     DeliveryStatus,
     OutboundMessage,

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from channels.base import (
+from nftpulse.channels.base import (
     DeliveryReceipt,
     OutboundMessage,
     PermanentDeliveryError,

@@ -1,13 +1,14 @@
 """Pulse's Grafana dashboards as code, built with ``grafana-foundation-sdk`` (Grafana 11 schema).
 
-``python -m dashboards.build`` writes one JSON file per dashboard into ``dashboards/generated/``, which
-Grafana loads through ``dashboards/provisioning/dashboards/pulse.yml``. ``--check`` regenerates in memory
-and exits 1 when the committed files differ, so CI catches a builder change whose JSON was not committed.
+``python -m nftpulse.dashboards.build`` writes one JSON file per dashboard into
+``dashboards/generated/``, which Grafana loads through ``dashboards/provisioning/dashboards/pulse.yml``.
+``--check`` regenerates in memory and exits 1 when the committed files differ, so CI catches a builder
+change whose JSON was not committed.
 
-Every query is written against the names in :mod:`pulse.metrics` (application metrics) and the Temporal
-SDK's own Prometheus exporter (``temporal_*``: histograms in milliseconds, counters without ``_total``).
-The Prometheus job names below are the ones ``dashboards/prometheus/prometheus.yml`` scrapes; a test keeps
-the two in step.
+Every query is written against the names in :mod:`nftpulse.core.metrics` (application metrics) and the
+Temporal SDK's own Prometheus exporter (``temporal_*``: histograms in milliseconds, counters without
+``_total``). The Prometheus job names below are the ones ``dashboards/prometheus/prometheus.yml``
+scrapes; a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -942,7 +943,9 @@ def check(out_dir: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: write the dashboards, or with ``--check`` exit 1 when the committed JSON is out of date."""
-    parser = argparse.ArgumentParser(prog="python -m dashboards.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m nftpulse.dashboards.build", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if regenerating would change a file")
     parser.add_argument(
         "--out", type=Path, default=GENERATED_DIR, help="output folder (default: %(default)s)"
@@ -953,7 +956,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in problems:
             print(f"dashboards: {problem}", file=sys.stderr)
         if problems:
-            print("dashboards: run `python -m dashboards.build` and commit the result", file=sys.stderr)
+            print(
+                "dashboards: run `python -m nftpulse.dashboards.build` and commit the result", file=sys.stderr
+            )
             return 1
         print(f"dashboards: {len(DASHBOARDS)} dashboards up to date in {args.out}")
         return 0

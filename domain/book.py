@@ -37,14 +37,14 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 from typing import Any
 
-from domain import market as market_engine
-from domain import price as price_engine
-from domain import risk as risk_engine
-from domain import trust as trust_engine
-from domain.events import ZERO_ADDRESS, Event, EventType
-from domain.rarity import RarityIndex, RarityPlan, RarityPublisher
-from domain.significance import Epsilons, moved
-from domain.stats import (
+from nftpulse.domain import market as market_engine
+from nftpulse.domain import price as price_engine
+from nftpulse.domain import risk as risk_engine
+from nftpulse.domain import trust as trust_engine
+from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType
+from nftpulse.domain.rarity import RarityIndex, RarityPlan, RarityPublisher
+from nftpulse.domain.significance import Epsilons, moved
+from nftpulse.domain.stats import (
     DAY_US,
     OPEN,
     FloorSeries,
@@ -60,7 +60,7 @@ from domain.stats import (
     top_share,
     utc_iso,
 )
-from domain.trust import Finding, SaleRecord, TrustResult, WashIndex
+from nftpulse.domain.trust import Finding, SaleRecord, TrustResult, WashIndex
 
 OrderKey = tuple[int, int, str]
 RateLookup = Callable[[str, str, datetime], Decimal | None]

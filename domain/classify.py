@@ -29,8 +29,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from domain.book import normalise_currency, quote_currency
-from domain.events import ZERO_ADDRESS, Event, EventType, collection_key, nft_key, wallet_key
+from nftpulse.domain.book import normalise_currency, quote_currency
+from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType, collection_key, nft_key, wallet_key
 
 URGENCY: dict[EventType, float] = {
     EventType.FRAUD_FINDING: 0.9,

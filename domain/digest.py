@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from domain.rules import AlertSeverity, NotificationKind, local_instant, max_severity
+from nftpulse.domain.rules import AlertSeverity, NotificationKind, local_instant, max_severity
 
 
 class DigestSchedule(BaseModel):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from domain.rules import AlertSeverity, QuietHours
+from nftpulse.domain.rules import AlertSeverity, QuietHours
 
 
 class EscalationPolicy(BaseModel):

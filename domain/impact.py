@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.book import NFT_DRIVERS, CollectionBook, Token
-from domain.events import ZERO_ADDRESS, Event, EventType, wallet_key
+from nftpulse.domain.book import NFT_DRIVERS, CollectionBook, Token
+from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType, wallet_key
 
 SEVERITIES = ("low", "medium", "high", "critical")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from domain.trust import Finding
+from nftpulse.domain.trust import Finding
 
 LEVELS = ("low", "medium", "high", "critical")
 

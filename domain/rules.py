@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from domain.exposure import exposure_order
+from nftpulse.domain.exposure import exposure_order
 
 # -- vocabulary -------------------------------------------------------------------------------------
 

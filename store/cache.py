@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from pulse.metrics import CACHE_INVALIDATIONS, CACHE_REQUESTS
+from nftpulse.core.metrics import CACHE_INVALIDATIONS, CACHE_REQUESTS
 
 
 class EntityCache(Protocol):

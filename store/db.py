@@ -14,8 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel
 
-from store import models, notify  # noqa: F401  (registers the tables on SQLModel.metadata)
-from store.sql import json_dumps
+from nftpulse.store import models, notify  # noqa: F401  (registers the tables on SQLModel.metadata)
+from nftpulse.store.sql import json_dumps
 
 #: Advisory lock key under which schema changes run (any constant unlikely to collide).
 _SCHEMA_LOCK = 0x50554C5345

@@ -12,11 +12,11 @@ import orjson
 from sqlalchemy import delete, literal, select, union_all
 from sqlmodel import Session, col
 
-from domain.book import CollectionBook
-from domain.events import utcnow
-from store.db import Database
-from store.models import BookHistoryRecord, ChangeBatchRecord, CollectionBookRecord, EntityView, Rate
-from store.sql import insert_many, one_of, upsert_insert
+from nftpulse.domain.book import CollectionBook
+from nftpulse.domain.events import utcnow
+from nftpulse.store.db import Database
+from nftpulse.store.models import BookHistoryRecord, ChangeBatchRecord, CollectionBookRecord, EntityView, Rate
+from nftpulse.store.sql import insert_many, one_of, upsert_insert
 
 
 def load_book(session: Session, key: str, chain: str, contract: str) -> tuple[CollectionBook, int]:

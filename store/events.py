@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, true, update
 from sqlmodel import Session
 
-from domain.events import SCHEMA_VERSION, Event, EventType, utcnow
-from store.db import Database
-from store.models import EventRecord, EventStatus, Route
-from store.sql import insert_many, one_of, update_many
+from nftpulse.domain.events import SCHEMA_VERSION, Event, EventType, utcnow
+from nftpulse.store.db import Database
+from nftpulse.store.models import EventRecord, EventStatus, Route
+from nftpulse.store.sql import insert_many, one_of, update_many
 
 _PENDING = (EventStatus.RECEIVED.value, EventStatus.DISPATCHED.value, EventStatus.APPLIED.value)
 _CHUNK = 900  # stays under SQLite's bound-parameter limit for IN lists

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from domain.events import utcnow
-from store.db import Database
-from store.models import ApiKey
-from store.sql import upsert_insert
+from nftpulse.domain.events import utcnow
+from nftpulse.store.db import Database
+from nftpulse.store.models import ApiKey
+from nftpulse.store.sql import upsert_insert
 
 KEY_PREFIX = "pk_"
 

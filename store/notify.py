@@ -34,8 +34,8 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, Session, SQLModel, col
 
-from store.models import BigId, EntityView, Rate, UtcDateTime
-from store.sql import insert_many, one_of, upsert_insert
+from nftpulse.store.models import BigId, EntityView, Rate, UtcDateTime
+from nftpulse.store.sql import insert_many, one_of, upsert_insert
 
 #: Order of delivery statuses: a late "sent" callback must not undo "delivered"; ``read`` is final.
 STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}

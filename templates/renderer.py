@@ -32,7 +32,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from templates.gsm import SmsSegments, segment, to_gsm_friendly
+from nftpulse.templates.gsm import SmsSegments, segment, to_gsm_friendly
 
 SOURCES = Path(__file__).parent / "sources"
 

@@ -25,15 +25,15 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from api.app import create_app
-from pulse.dispatcher import Dispatcher
-from pulse.settings import Settings
-from pulse.temporal import temporal_cli
-from pulse.worker import WORKFLOWS, build_worker
-from store import keys
-from store.cache import MemoryCache
-from store.db import Database
-from workflows.pipeline import SEARCH_ATTRIBUTES
+from nftpulse.api.app import create_app
+from nftpulse.core.settings import Settings
+from nftpulse.dispatcher import Dispatcher
+from nftpulse.store import keys
+from nftpulse.store.cache import MemoryCache
+from nftpulse.store.db import Database
+from nftpulse.temporal import temporal_cli
+from nftpulse.worker import WORKFLOWS, build_worker
+from nftpulse.workflows.pipeline import SEARCH_ATTRIBUTES
 
 POSTGRES_URL = os.environ.get("PULSE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -74,7 +74,7 @@ class PulseProcesses:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "pulse.cli", part, *args],
+            [sys.executable, "-m", "nftpulse.cli", part, *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

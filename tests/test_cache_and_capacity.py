@@ -8,7 +8,7 @@ import pytest
 import redis
 from temporalio.client import Client
 
-from store.cache import MemoryCache, RedisCache
+from nftpulse.store.cache import MemoryCache, RedisCache
 from tests.conftest import run_pulse
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -101,8 +101,8 @@ async def test_shedding_refuses_low_priority_and_keeps_critical(
 
 
 def test_dispatcher_adapts_wakes_and_concurrency_to_the_backlog() -> None:
-    from pulse.dispatcher import BACKLOG_PER_STEP, MAX_HANDOFF_CONCURRENCY, Dispatcher
-    from pulse.settings import Settings
+    from nftpulse.core.settings import Settings
+    from nftpulse.dispatcher import BACKLOG_PER_STEP, MAX_HANDOFF_CONCURRENCY, Dispatcher
 
     dispatcher = Dispatcher(Settings(partition_wake_interval_s=0.5), db=None, client=None)  # type: ignore[arg-type]
     assert dispatcher.wake_interval() == 0.5 and dispatcher.handoff_concurrency() == 8
@@ -113,9 +113,9 @@ def test_dispatcher_adapts_wakes_and_concurrency_to_the_backlog() -> None:
 
 
 def test_shards_spread_partitions_stably_and_urgent_wakes_are_rate_limited() -> None:
-    from pulse.dispatcher import URGENT_WAKE_INTERVAL_S, Deferred, Dispatcher
-    from pulse.settings import Settings
-    from workflows.pipeline import shard_of
+    from nftpulse.core.settings import Settings
+    from nftpulse.dispatcher import URGENT_WAKE_INTERVAL_S, Deferred, Dispatcher
+    from nftpulse.workflows.pipeline import shard_of
 
     partitions = [f"collection:ethereum:0x{i:040x}" for i in range(400)]
     spread = [shard_of(p, 4) for p in partitions]
@@ -137,7 +137,7 @@ def test_shards_spread_partitions_stably_and_urgent_wakes_are_rate_limited() -> 
 def test_dispatcher_ticks_at_most_once_per_interval_unless_behind() -> None:
     """Under a steady stream each tick carries an interval's worth of events; a full tick means a backlog,
     and the next one starts at once."""
-    from pulse.dispatcher import pause_after_tick
+    from nftpulse.dispatcher import pause_after_tick
 
     assert pause_after_tick(moved=0, batch_max=5000, took_s=0.01, interval_s=0.2) == pytest.approx(0.19)
     assert pause_after_tick(moved=40, batch_max=5000, took_s=0.05, interval_s=0.2) == pytest.approx(0.15)

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-from pulse.synth import Stream
-from pulse.verify import verify
-from store import events as event_store
-from store.db import Database
+from nftpulse.store import events as event_store
+from nftpulse.store.db import Database
+from nftpulse.synth import Stream
+from nftpulse.verify import verify
 from tests.procs import PulseProcesses
 
 

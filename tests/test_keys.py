@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from domain.events import utcnow
-from store import keys
-from store.db import Database
-from store.models import ApiKey
+from nftpulse.domain.events import utcnow
+from nftpulse.store import keys
+from nftpulse.store.db import Database
+from nftpulse.store.models import ApiKey
 
 
 def test_key_cache_remembers_hits_only_for_its_ttl(db: Database) -> None:

@@ -30,8 +30,8 @@ from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import ChangeSet, MetricChange
-from activities.notify import (
+from nftpulse.activities.contracts.pipeline import ChangeSet, MetricChange
+from nftpulse.activities.notify import (
     DeliverInput,
     DetectInput,
     DigestGroupOut,
@@ -41,17 +41,17 @@ from activities.notify import (
     inbox_text,
     notification_workflow_id,
 )
-from channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryError
-from channels.registry import ChannelRegistry
-from channels.sms import twilio_callback_signature
-from channels.webhook import WebhookChannel, WebhookConfig
-from store import entities, keys
-from store import notify as notify_store
-from store.db import Database
-from store.models import EntityView
-from templates.renderer import render
+from nftpulse.channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryError
+from nftpulse.channels.registry import ChannelRegistry
+from nftpulse.channels.sms import twilio_callback_signature
+from nftpulse.channels.webhook import WebhookChannel, WebhookConfig
+from nftpulse.store import entities, keys
+from nftpulse.store import notify as notify_store
+from nftpulse.store.db import Database
+from nftpulse.store.models import EntityView
+from nftpulse.templates.renderer import render
+from nftpulse.workflows.notify import NotificationOutcome, NotificationWorkflow
 from tests.conftest import local_http_server, replay_under_sandbox, run_pulse
-from workflows.notify import NotificationOutcome, NotificationWorkflow
 
 CONTRACT = "0x" + "cd" * 20
 COLLECTION = f"collection:ethereum:{CONTRACT}"

@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.notify import (
+from nftpulse.activities.notify import (
     DeliverInput,
     DeliverResult,
     DigestEntry,
@@ -34,7 +34,7 @@ from activities.notify import (
     SendDigestInput,
     SendDigestResult,
 )
-from workflows.notify import DigestWorkflow, NotificationOutcome, NotificationWorkflow
+from nftpulse.workflows.notify import DigestWorkflow, NotificationOutcome, NotificationWorkflow
 
 
 def _test_server() -> str | None:

@@ -7,10 +7,10 @@ import asyncio
 
 from temporalio.client import WorkflowExecutionStatus
 
-from domain.events import utcnow
-from store import notify as notify_store
+from nftpulse.domain.events import utcnow
+from nftpulse.store import notify as notify_store
+from nftpulse.workflows.pipeline import ShardInput, ShardWorkflow
 from tests.conftest import RunningPulse
-from workflows.pipeline import ShardInput, ShardWorkflow
 
 CONTRACT = "0x" + "3c" * 20
 

@@ -12,11 +12,11 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.worker import Replayer
 
-from pulse.verify import verify
-from pulse.worker import WORKFLOWS, build_worker
-from store import events as event_store
-from store.cache import MemoryCache
-from store.events import ReplayFilter
+from nftpulse.store import events as event_store
+from nftpulse.store.cache import MemoryCache
+from nftpulse.store.events import ReplayFilter
+from nftpulse.verify import verify
+from nftpulse.worker import WORKFLOWS, build_worker
 from tests.conftest import RunningPulse, replay_under_sandbox, run_pulse
 
 CONTRACT = "0x" + "ab" * 20

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 
-from pulse.synth import Stream
-from pulse.temporal import DevServer
-from pulse.verify import verify
-from store import events as event_store
-from store.db import Database
+from nftpulse.store import events as event_store
+from nftpulse.store.db import Database
+from nftpulse.synth import Stream
+from nftpulse.temporal import DevServer
+from nftpulse.verify import verify
 from tests.conftest import free_port
 from tests.procs import PulseProcesses
 

@@ -10,15 +10,15 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from domain.book import CollectionBook
-from domain.events import Event
-from pulse.cli import tune_gc
-from pulse.synth import Stream
-from store import entities
-from store.db import Database
-from store.entities import ViewWrite
-from store.models import BookHistoryRecord, EntityView, EventRecord
-from store.sql import insert_many, one_of, update_many
+from nftpulse.cli import tune_gc
+from nftpulse.domain.book import CollectionBook
+from nftpulse.domain.events import Event
+from nftpulse.store import entities
+from nftpulse.store.db import Database
+from nftpulse.store.entities import ViewWrite
+from nftpulse.store.models import BookHistoryRecord, EntityView, EventRecord
+from nftpulse.store.sql import insert_many, one_of, update_many
+from nftpulse.synth import Stream
 
 
 def test_insert_many_upserts_with_returning_and_keeps_types(db: Database) -> None:
@@ -141,7 +141,7 @@ def test_tune_gc_sets_thresholds_and_freezes_what_is_loaded() -> None:
 def test_books_are_saved_as_a_row_and_history_segments(db: Database, monkeypatch: Any) -> None:
     """Each save adds one segment with only the history it added; the segment count is bounded by a
     rewrite; a book loads back equal to the live one, in one snapshot, with its version."""
-    monkeypatch.setattr("domain.book.MAX_HISTORY_SEGMENTS", 3)
+    monkeypatch.setattr("nftpulse.domain.book.MAX_HISTORY_SEGMENTS", 3)
     stream = Stream(collections=1, tokens_per_collection=20, seed=2)
     events = [Event.model_validate(e) for e in [*stream.mints(), *stream.take(400)]]
     contract = events[0].contract

@@ -10,8 +10,8 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 
-from pulse import tracing
-from pulse.settings import Settings
+from nftpulse.core import tracing
+from nftpulse.core.settings import Settings
 from tests.conftest import run_pulse
 
 CONTRACT = "0x" + "7a" * 20

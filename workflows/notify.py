@@ -26,8 +26,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.contracts import ChangeSet
-    from activities.notify import (
+    from nftpulse.activities.contracts.pipeline import ChangeSet
+    from nftpulse.activities.notify import (
         DeliverInput,
         DeliverResult,
         DetectInput,
@@ -40,9 +40,16 @@ with workflow.unsafe.imports_passed_through():
         SendDigestResult,
         parse_time,
     )
-    from domain.digest import DigestItem, DigestSchedule, build_digest, flush_reason, next_send_at, retract
-    from domain.escalation import EscalationPolicy, EscalationState, mark_dead, next_step
-    from domain.rules import AlertSeverity, NotificationKind, QuietHours
+    from nftpulse.domain.digest import (
+        DigestItem,
+        DigestSchedule,
+        build_digest,
+        flush_reason,
+        next_send_at,
+        retract,
+    )
+    from nftpulse.domain.escalation import EscalationPolicy, EscalationState, mark_dead, next_step
+    from nftpulse.domain.rules import AlertSeverity, NotificationKind, QuietHours
 
 DETECT_TIMEOUT = timedelta(seconds=30)
 DELIVER_TIMEOUT = timedelta(seconds=30)

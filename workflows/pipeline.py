@@ -11,7 +11,7 @@ once. Significant events (fraud findings, large moves) and poison events isolate
 workflow of their own, so each has its own page and search attributes in the Web UI.
 """
 
-# No ``from __future__ import annotations``: see activities/contracts.py.
+# No ``from __future__ import annotations``: see activities/contracts/base.py.
 import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,17 +21,17 @@ from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePa
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.contracts import (
+    from nftpulse.activities.contracts.base import PermanentProcessingError
+    from nftpulse.activities.contracts.pipeline import (
         ImpactInput,
         ImpactPlan,
         InvalidateInput,
         InvalidateResult,
         IsolatedEvent,
-        PermanentProcessingError,
         RecalcInput,
         RecalcResult,
     )
-    from workflows.notify import notify_changes
+    from nftpulse.workflows.notify import notify_changes
 
 EVENT_TYPE = SearchAttributeKey.for_keyword("EventType")
 ENTITY_KEY = SearchAttributeKey.for_keyword("EntityKey")

@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from domain.events import ZERO_ADDRESS, Event
+from nftpulse.domain.events import ZERO_ADDRESS, Event
 
 CHAIN = "ethereum"
 CONTRACT = "0x" + "c" * 40

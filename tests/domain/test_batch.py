@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.book import CollectionBook, InconsistentEventError, UnpricedEventError
-from domain.events import Event
-from domain.stats import OPEN, FloorSeries, ListingIndex
-from domain.trust import SaleRecord, WashIndex, wash_flags
+from nftpulse.domain.book import CollectionBook, InconsistentEventError, UnpricedEventError
+from nftpulse.domain.events import Event
+from nftpulse.domain.stats import OPEN, FloorSeries, ListingIndex
+from nftpulse.domain.trust import SaleRecord, WashIndex, wash_flags
 from tests.domain.eventgen import CHAIN, CONTRACT, assert_close, rates, streams
 from tests.domain.test_properties import SETTINGS, ZERO, arrival, views
 
@@ -230,7 +230,7 @@ def test_a_book_saved_in_history_segments_loads_back_whole(events: list[Event], 
     unique, shuffled = arrival(events, rnd)
     storage = _Storage()
     book = CollectionBook.empty(CHAIN, CONTRACT)
-    with mock.patch("domain.book.MAX_HISTORY_SEGMENTS", 3):
+    with mock.patch("nftpulse.domain.book.MAX_HISTORY_SEGMENTS", 3):
         for batch in _batches(shuffled, rnd):
             book.apply_batch(batch, rates)
             storage.save(book)

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from domain.book import CollectionBook
-from domain.classify import ClassifyContext, Thresholds, classify, priority_class
-from domain.events import Event
-from domain.impact import DependencyGraph, analyze
+from nftpulse.domain.book import CollectionBook
+from nftpulse.domain.classify import ClassifyContext, Thresholds, classify, priority_class
+from nftpulse.domain.events import Event
+from nftpulse.domain.impact import DependencyGraph, analyze
 
 CHAIN, CONTRACT = "ethereum", "0x" + "d" * 40
 A, B, C = ("0x" + c * 40 for c in "abc")

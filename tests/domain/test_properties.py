@@ -15,11 +15,11 @@ import orjson
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from domain.book import NFT_DRIVERS, CollectionBook
-from domain.events import Event
-from domain.impact import analyze
-from domain.rarity import TRAIT_COUNT, canonical_traits
-from domain.significance import Epsilons
+from nftpulse.domain.book import NFT_DRIVERS, CollectionBook
+from nftpulse.domain.events import Event
+from nftpulse.domain.impact import analyze
+from nftpulse.domain.rarity import TRAIT_COUNT, canonical_traits
+from nftpulse.domain.significance import Epsilons
 from tests.domain.eventgen import CHAIN, CONTRACT, TRAITS, assert_close, dedupe, rates, streams
 
 #: ``PULSE_EXAMPLES=2000`` for a longer hunt; the default keeps the suite well under a minute.

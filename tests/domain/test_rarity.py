@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.rarity import TRAIT_COUNT, RarityIndex, SortedInts, _max_overlap, canonical_traits
+from nftpulse.domain.rarity import TRAIT_COUNT, RarityIndex, SortedInts, _max_overlap, canonical_traits
 
 # t1 {bg: red, hat: cap}, t2 {bg: red}, t3 {bg: blue, hat: cap}, t4 {bg: red, hat: crown}
 # Buckets (N = 4): bg red 3, blue 1; hat cap 2, crown 1, null 1; trait count "2" 3, "1" 1.

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from domain.market import condition, ewma, modified_z
-from domain.stats import OPEN, FloorSeries, ListingIndex, gini, holding_hist, top_share
+from nftpulse.domain.market import condition, ewma, modified_z
+from nftpulse.domain.stats import OPEN, FloorSeries, ListingIndex, gini, holding_hist, top_share
 
 H = 3_600_000_000  # one hour in microseconds
 

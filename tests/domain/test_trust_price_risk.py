@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from domain.price import estimate
-from domain.risk import collection_risk, nft_risk
-from domain.trust import Finding, SaleRecord, collection_trust, nft_trust, wash_flags
+from nftpulse.domain.price import estimate
+from nftpulse.domain.risk import collection_risk, nft_risk
+from nftpulse.domain.trust import Finding, SaleRecord, collection_trust, nft_trust, wash_flags
 
 DAY = 86_400_000_000
 A, B, C, F = ("0x" + c * 40 for c in "abcf")

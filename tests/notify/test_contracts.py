@@ -16,9 +16,9 @@ import pytest
 from python_http_client.exceptions import BadRequestsError
 from sendgrid import SendGridAPIClient
 
-from channels.base import OutboundMessage
-from channels.email import SendGridConfig, SendGridEmailChannel
-from channels.sms import TwilioConfig, TwilioSmsChannel
+from nftpulse.channels.base import OutboundMessage
+from nftpulse.channels.email import SendGridConfig, SendGridEmailChannel
+from nftpulse.channels.sms import TwilioConfig, TwilioSmsChannel
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISM = ROOT / "scripts" / "prism.sh"

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.digest import (
+from nftpulse.domain.digest import (
     DigestItem,
     DigestSchedule,
     build_digest,
@@ -20,7 +20,7 @@ from domain.digest import (
     next_send_at,
     retract,
 )
-from domain.escalation import (
+from nftpulse.domain.escalation import (
     EscalationPolicy,
     EscalationState,
     advance,
@@ -29,7 +29,7 @@ from domain.escalation import (
     next_step,
     plan,
 )
-from domain.rules import AlertSeverity, NotificationKind, QuietHours
+from nftpulse.domain.rules import AlertSeverity, NotificationKind, QuietHours
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NY = ZoneInfo("America/New_York")

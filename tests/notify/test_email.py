@@ -13,8 +13,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
-from channels.email import (
+from nftpulse.channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
+from nftpulse.channels.email import (
     SendGridConfig,
     SendGridEmailChannel,
     SmtpConfig,

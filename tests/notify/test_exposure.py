@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from domain.exposure import (
+from nftpulse.domain.exposure import (
     Position,
     collection_position,
     decimal_or_none,

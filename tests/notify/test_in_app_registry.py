@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from py_vapid import Vapid
 
-from channels.base import Channel, OutboundMessage, PermanentDeliveryError, parse_retry_after
-from channels.email import SendGridConfig, SmtpConfig
-from channels.in_app import InAppChannel
-from channels.push import WebPushConfig
-from channels.registry import ChannelRegistry, ChannelsConfig, UnknownChannelError, build_registry
-from channels.sms import TwilioConfig
+from nftpulse.channels.base import Channel, OutboundMessage, PermanentDeliveryError, parse_retry_after
+from nftpulse.channels.email import SendGridConfig, SmtpConfig
+from nftpulse.channels.in_app import InAppChannel
+from nftpulse.channels.push import WebPushConfig
+from nftpulse.channels.registry import ChannelRegistry, ChannelsConfig, UnknownChannelError, build_registry
+from nftpulse.channels.sms import TwilioConfig
 
 
 class Inbox:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.rules import (
+from nftpulse.domain.rules import (
     AlertSeverity,
     BudgetState,
     Candidate,

@@ -14,11 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import ChangeSet, MetricChange
-from activities.notify import DeliverInput, DetectInput, NotifyActivities
-from channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
-from channels.registry import ChannelRegistry
-from channels.sms import (
+from nftpulse.activities.contracts.pipeline import ChangeSet, MetricChange
+from nftpulse.activities.notify import DeliverInput, DetectInput, NotifyActivities
+from nftpulse.channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
+from nftpulse.channels.registry import ChannelRegistry
+from nftpulse.channels.sms import (
     TwilioConfig,
     TwilioSmsChannel,
     is_e164,
@@ -26,8 +26,8 @@ from channels.sms import (
     twilio_callback_signature,
     validate_status_callback,
 )
-from store import notify as notify_store
-from store.db import Database
+from nftpulse.store import notify as notify_store
+from nftpulse.store.db import Database
 from tests.notify.conftest import Receiver, Recorded
 
 SID = "AC" + "0" * 32

@@ -16,8 +16,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from templates.gsm import segment, to_gsm_friendly
-from templates.renderer import CHANNELS, KINDS, LOCALES, Rendered, render, render_digest, resolve_locale
+from nftpulse.templates.gsm import segment, to_gsm_friendly
+from nftpulse.templates.renderer import (
+    CHANNELS,
+    KINDS,
+    LOCALES,
+    Rendered,
+    render,
+    render_digest,
+    resolve_locale,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("PULSE_UPDATE_GOLDEN") == "1"

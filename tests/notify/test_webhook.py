@@ -7,8 +7,8 @@ import base64
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
-from channels.webhook import (
+from nftpulse.channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
+from nftpulse.channels.webhook import (
     RETRY_SCHEDULE,
     InvalidWebhookUrl,
     WebhookChannel,

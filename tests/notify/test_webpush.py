@@ -12,8 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid, Vapid02
 
-from channels.base import OutboundMessage, PermanentDeliveryError, PushSubscription, TransientDeliveryError
-from channels.push import WebPushChannel, WebPushConfig, topic_for, vapid_public_key
+from nftpulse.channels.base import (
+    OutboundMessage,
+    PermanentDeliveryError,
+    PushSubscription,
+    TransientDeliveryError,
+)
+from nftpulse.channels.push import WebPushChannel, WebPushConfig, topic_for, vapid_public_key
 from tests.notify.conftest import Receiver, Recorded
 
 

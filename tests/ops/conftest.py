@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.build import JOB_API, JOB_DISPATCHER, JOB_TEMPORAL_SDK, JOB_WORKER
+from nftpulse.dashboards.build import JOB_API, JOB_DISPATCHER, JOB_TEMPORAL_SDK, JOB_WORKER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "run scripts/install-debian-deps.sh (installs Debian's prometheus, which ships promtool)"
@@ -73,7 +73,7 @@ class PulseLoad:
     a small backlog bound so that shedding shows."""
 
     def __init__(self, api_url: str, key: str, webhook_url: str, tick_s: float = 0.25) -> None:
-        from pulse.synth import Stream
+        from nftpulse.synth import Stream
 
         self.webhook_url = webhook_url
         self.api_url = api_url

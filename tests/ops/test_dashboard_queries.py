@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from dashboards import build
+from nftpulse.dashboards import build
 from tests.ops.conftest import free_port
 
 PROM_DIR = build.GENERATED_DIR.parent / "prometheus"

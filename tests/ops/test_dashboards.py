@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards import build
+from nftpulse.dashboards import build
 
 GENERATED = build.GENERATED_DIR
 EXPECTED_UIDS = {"pulse-overview", "pulse-pipeline", "pulse-notifications", "pulse-temporal-workers"}
@@ -39,12 +39,14 @@ def test_regenerating_gives_byte_identical_json() -> None:
     committed = {p.name: p.read_text(encoding="utf-8") for p in GENERATED.glob("*.json")}
     assert set(committed) == set(first), "generated/ and the builder disagree on which dashboards exist"
     for name, text in first.items():
-        assert committed[name] == text, f"{name} is stale: run `python -m dashboards.build` and commit"
+        assert committed[name] == text, (
+            f"{name} is stale: run `python -m nftpulse.dashboards.build` and commit"
+        )
 
 
 def test_cli_check_passes_on_committed_json() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dashboards.build", "--check"],
+        [sys.executable, "-m", "nftpulse.dashboards.build", "--check"],
         capture_output=True,
         text=True,
         cwd=build.GENERATED_DIR.parents[1],
@@ -132,15 +134,15 @@ def _metric_names(expr: str) -> set[str]:
 
 
 def test_queries_use_only_known_metrics() -> None:
-    """Every metric a panel reads is exported by pulse.metrics, the Temporal SDK, the client library's
+    """Every metric a panel reads is exported by nftpulse.core.metrics, the Temporal SDK, the client library's
     process collector, Prometheus itself (``up``) or a recording rule in pulse.rules.yml."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    import pulse.metrics
+    from nftpulse.core import metrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
     known: set[str] = set()
-    for value in vars(pulse.metrics).values():
+    for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             # describe() gives the family (name without samples' suffixes) even before any label is used
             for family in value.describe():

@@ -22,14 +22,14 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.notify import build_notify_activities
-from activities.pipeline import PipelineActivities
-from channels.registry import ChannelRegistry
-from pulse.settings import Settings
-from store.cache import EntityCache
-from store.db import Database
-from workflows.notify import DigestWorkflow, NotificationWorkflow
-from workflows.pipeline import EventWorkflow, ShardWorkflow
+from nftpulse.activities.notify import build_notify_activities
+from nftpulse.activities.pipeline import PipelineActivities
+from nftpulse.channels.registry import ChannelRegistry
+from nftpulse.core.settings import Settings
+from nftpulse.store.cache import EntityCache
+from nftpulse.store.db import Database
+from nftpulse.workflows.notify import DigestWorkflow, NotificationWorkflow
+from nftpulse.workflows.pipeline import EventWorkflow, ShardWorkflow
 
 WORKFLOWS = [ShardWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow]
 

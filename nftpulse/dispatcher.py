@@ -25,16 +25,22 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
-from activities.pipeline import event_workflow_id
-from domain.classify import ClassifyContext, classify
-from pulse import tracing
-from pulse.metrics import BACKLOG, DISPATCH_BATCH, EVENTS_DISPATCHED, TASK_QUEUE_BACKLOG, TEMPORAL_ACTIONS
-from pulse.settings import Settings
-from store import entities, events
-from store.db import Database
-from store.events import DispatchMark
-from store.models import EventRecord, Route
-from workflows.pipeline import (
+from nftpulse.activities.pipeline import event_workflow_id
+from nftpulse.core import tracing
+from nftpulse.core.metrics import (
+    BACKLOG,
+    DISPATCH_BATCH,
+    EVENTS_DISPATCHED,
+    TASK_QUEUE_BACKLOG,
+    TEMPORAL_ACTIONS,
+)
+from nftpulse.core.settings import Settings
+from nftpulse.domain.classify import ClassifyContext, classify
+from nftpulse.store import entities, events
+from nftpulse.store.db import Database
+from nftpulse.store.events import DispatchMark
+from nftpulse.store.models import EventRecord, Route
+from nftpulse.workflows.pipeline import (
     SHARD_TASK_TIMEOUT,
     EventInput,
     EventWorkflow,

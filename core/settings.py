@@ -9,7 +9,7 @@ from typing import Literal, get_args
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.classify import Thresholds
+from nftpulse.domain.classify import Thresholds
 
 WorkerRole = Literal["all", "shards", "events"]
 WORKER_ROLES: tuple[str, ...] = get_args(WorkerRole)

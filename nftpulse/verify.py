@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.book import CollectionBook
-from store import entities, events
-from store.db import Database
-from store.entities import RateBook
+from nftpulse.domain.book import CollectionBook
+from nftpulse.store import entities, events
+from nftpulse.store.db import Database
+from nftpulse.store.entities import RateBook
 
 REL_TOLERANCE = 1e-9
 

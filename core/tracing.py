@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, Span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from temporalio.client import Interceptor
 
-from pulse.settings import Settings
+from nftpulse.core.settings import Settings
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _enabled = False

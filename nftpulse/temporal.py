@@ -17,7 +17,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client, Interceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from workflows.pipeline import SEARCH_ATTRIBUTES
+from nftpulse.workflows.pipeline import SEARCH_ATTRIBUTES
 
 log = logging.getLogger("pulse.temporal")
 

@@ -7,10 +7,10 @@ import os
 import stat
 from pathlib import Path
 
-from pulse.settings import Settings
-from store import keys
-from store.cache import EntityCache, MemoryCache, NoCache, RedisCache
-from store.db import Database
+from nftpulse.core.settings import Settings
+from nftpulse.store import keys
+from nftpulse.store.cache import EntityCache, MemoryCache, NoCache, RedisCache
+from nftpulse.store.db import Database
 
 log = logging.getLogger("pulse.services")
 

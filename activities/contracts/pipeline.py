@@ -1,19 +1,11 @@
 """Inputs and results of the pipeline's activities: plain dataclasses, safe inside the workflow sandbox.
 
-No ``from __future__ import annotations`` here: Temporal's converter calls ``typing.get_type_hints`` on every
-dataclass it decodes, and string annotations would be parsed and evaluated again each time.
+No ``from __future__ import annotations``: see ``base.py``.
 """
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-
-class PermanentProcessingError(Exception):
-    """An event that can never be applied as it is (bad data, unknown rate): retrying will not help.
-
-    Raised as the ``type`` of a non-retryable ``ApplicationError`` so workflows and the Web UI show it.
-    """
 
 
 @dataclass

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pulse import logs, tracing
-from pulse.settings import WORKER_ROLES, Settings, get_settings
+from nftpulse.core import logs, tracing
+from nftpulse.core.settings import WORKER_ROLES, Settings, get_settings
 
 app = typer.Typer(
     help="Pulse: real-time updates and alerts for NFT trust and market data.", no_args_is_help=True
@@ -53,11 +53,11 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
 
 
 async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: bool, embedded: bool) -> None:
-    from api.app import create_app
-    from pulse.dispatcher import Dispatcher
-    from pulse.services import bootstrap_admin_key, open_cache
-    from pulse.temporal import DevServer, connect, ensure_search_attributes
-    from pulse.worker import build_worker
+    from nftpulse.api.app import create_app
+    from nftpulse.dispatcher import Dispatcher
+    from nftpulse.services import bootstrap_admin_key, open_cache
+    from nftpulse.temporal import DevServer, connect, ensure_search_attributes
+    from nftpulse.worker import build_worker
 
     tracing.configure(settings, _service_name(api=api, worker=worker, dispatcher=dispatcher))
     dev: DevServer | None = None
@@ -135,7 +135,7 @@ def _service_name(*, api: bool, worker: bool, dispatcher: bool) -> str:
 
 
 def _open_db(settings: Settings):  # type: ignore[no-untyped-def]
-    from pulse.services import open_database
+    from nftpulse.services import open_database
 
     return open_database(settings)
 
@@ -200,7 +200,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="what the key is for")] = "cli",
 ) -> None:
     """Create an API key and print it (it is shown only once)."""
-    from pulse.services import open_database
+    from nftpulse.services import open_database
 
     allowed = {"ingest", "read", "admin"}
     for s in scope:
@@ -209,7 +209,7 @@ def keys_create(
                 f"unknown scope {s!r}: use ingest, read, admin or user:<id>", param_hint="--scope"
             )
     db = open_database(_settings())
-    from store import keys
+    from nftpulse.store import keys
 
     typer.echo(keys.create(db, name, list(scope)))
 
@@ -251,9 +251,9 @@ def replay(
     ] = False,
 ) -> None:
     """Send events back through the pipeline: one event, or a range by time, type or source."""
-    from pulse.services import open_database
-    from store import events
-    from store.events import ReplayFilter
+    from nftpulse.services import open_database
+    from nftpulse.store import events
+    from nftpulse.store.events import ReplayFilter
 
     if event_id and not source:
         raise typer.BadParameter("--id needs --source: ids are unique within a source", param_hint="--id")
@@ -292,8 +292,8 @@ def verify(
     examples: Annotated[int, typer.Option(help="how many differences to print")] = 10,
 ) -> None:
     """Recompute every entity from the event log and report each difference from the stored state."""
-    from pulse.services import open_database
-    from pulse.verify import verify as run_verify
+    from nftpulse.services import open_database
+    from nftpulse.verify import verify as run_verify
 
     db = open_database(_settings())
     with Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), console=console) as bar:

@@ -1,1 +1,0 @@
-"""Pulse: the wiring package (settings, entry points, CLI) around the other top-level packages."""

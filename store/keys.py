@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from nftpulse.domain.events import utcnow
 from nftpulse.store.db import Database
@@ -59,7 +60,7 @@ def create(db: Database, name: str, scopes: list[str], key: str | None = None) -
 def authenticate(db: Database, key: str) -> Principal | None:
     with db.read() as session:
         row = session.execute(
-            select(ApiKey).where(ApiKey.digest == digest(key), ApiKey.revoked_at.is_(None))  # type: ignore[union-attr]
+            select(ApiKey).where(col(ApiKey.digest) == digest(key), col(ApiKey.revoked_at).is_(None))
         ).scalar_one_or_none()
     if row is None or row.id is None:
         return None

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
-from nftpulse.api import entities, errors, events, health, ops, users
+from nftpulse.api import docs, entities, errors, events, health, ops, users
 from nftpulse.api.deps import Services
 from nftpulse.core.settings import Settings
 from nftpulse.store import events as event_store
@@ -72,11 +72,14 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
         version="1",
         summary="Real-time updates and alerts for NFT trust and market data",
         lifespan=lifespan,
+        docs_url=None,  # served by api/docs.py from local assets
+        redoc_url=None,
     )
     app.state.services = Services(
         settings=settings, db=db, cache=cache, temporal=temporal, backlog=backlog, keys=KeyCache(db)
     )
     errors.install(app)
+    docs.install(app)
 
     for module in (health, events, entities, ops, users):
         app.include_router(module.router)

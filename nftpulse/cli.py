@@ -14,6 +14,7 @@ import typer
 import uvicorn
 from prometheus_client import start_http_server
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -193,7 +194,7 @@ def up() -> None:
         try:
             temporal_cli()
         except RuntimeError:
-            console.print(f"[bold red]error:[/bold red] {EMBEDDED_HINT}")
+            console.print("[bold red]error:[/bold red]", escape(EMBEDDED_HINT))
             raise typer.Exit(1) from None
     asyncio.run(_serve(settings, api=True, worker=True, dispatcher=True, embedded=True))
 

@@ -31,7 +31,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
-from nftpulse.activities.contracts.pipeline import ChangeSet, MetricChange
+from nftpulse.activities.contracts.pipeline import ChangeSet
 from nftpulse.channels.base import (
     DeliveryReceipt,
     OutboundMessage,
@@ -46,6 +46,7 @@ from nftpulse.channels.registry import ChannelRegistry, ChannelsConfig, UnknownC
 from nftpulse.channels.sms import TwilioConfig
 from nftpulse.channels.webhook import WebhookConfig, next_retry_delay
 from nftpulse.core.metrics import DELIVERIES, DELIVERY_SECONDS, NOTIFICATIONS_CREATED
+from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.exposure import (
     REFERENCE_CURRENCY,
     Position,
@@ -58,9 +59,9 @@ from nftpulse.domain.rules import (
     BudgetState,
     Candidate,
     DeliveryPreferences,
+    DeliveryRoute,
     Evaluation,
     QuietHours,
-    Route,
     Rule,
     RuleState,
     evaluate,
@@ -68,7 +69,6 @@ from nftpulse.domain.rules import (
     idempotency_key,
     route_candidates,
 )
-from nftpulse.domain.rules import MetricChange as RuleChange
 from nftpulse.store import entities
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
@@ -461,17 +461,19 @@ class NotifyActivities:
             # The current owner of every changed NFT routes its changes to the wallet holding it, and
             # values rank: one query, made up front only while someone watches a wallet (wallet and
             # portfolio subscriptions); otherwise only for what fired, below.
-            facts = store.entity_facts(s, {ch.entity for ch in changes}) if store.wallets_watched(s) else {}
+            facts = (
+                store.entity_facts(s, {ch.entity_key for ch in changes}) if store.wallets_watched(s) else {}
+            )
             by_entity: dict[str, list[MetricChange]] = {}
             for ch in changes:
-                by_entity.setdefault(ch.entity, []).append(ch)
+                by_entity.setdefault(ch.entity_key, []).append(ch)
                 wallets: set[str] = set()
                 if ch.metric == "owner":
                     # A transfer concerns the wallets on both sides: wallet and portfolio watchers.
                     wallets |= {
                         side.lower() for side in (ch.before, ch.after) if isinstance(side, str) and side
                     }
-                held = facts.get(ch.entity)
+                held = facts.get(ch.entity_key)
                 if held is not None and held.owner:
                     # Any change of a held NFT (trust, price estimate, risk …) concerns its holder's wallet.
                     wallets.add(held.owner)
@@ -487,7 +489,7 @@ class NotifyActivities:
             states = store.rule_states(
                 s,
                 [
-                    (w.subscription_id, rule.id, ch.entity)
+                    (w.subscription_id, rule.id, ch.entity_key)
                     for w in found
                     for rule in rules_of[w.subscription_id]
                     for ch in by_entity[w.entity_key]
@@ -497,7 +499,7 @@ class NotifyActivities:
             changed_states: dict[tuple[str, str, str], orjson.Fragment] = {}
             fired: dict[str, list[tuple[Candidate, dict[str, Any]]]] = {}
             seen: set[tuple[str, str, str]] = set()
-            rule_changes: dict[tuple[str, str], RuleChange] = {}
+            rule_changes: dict[tuple[str, str], MetricChange] = {}
             # Evaluation is a pure function of (rule, state, change), and the watchers of a busy entity
             # often share all three (one preset, armed and fired together): each distinct triple is
             # evaluated once. Rules with the same definition are the same object (_parsed_rules).
@@ -508,24 +510,24 @@ class NotifyActivities:
                     if ch.metric not in watched:
                         continue
                     # A portfolio holding both sides of a transfer meets the change under two wallet keys.
-                    if (w.subscription_id, ch.entity, ch.metric) in seen:
+                    if (w.subscription_id, ch.entity_key, ch.metric) in seen:
                         continue
-                    seen.add((w.subscription_id, ch.entity, ch.metric))
-                    change = rule_changes.get((ch.entity, ch.metric))
+                    seen.add((w.subscription_id, ch.entity_key, ch.metric))
+                    change = rule_changes.get((ch.entity_key, ch.metric))
                     if change is None:
-                        change = rule_changes[(ch.entity, ch.metric)] = RuleChange(
-                            entity_key=ch.entity,
+                        change = rule_changes[(ch.entity_key, ch.metric)] = MetricChange(
+                            entity_key=ch.entity_key,
                             metric=ch.metric,
                             before=ch.before,
                             after=ch.after,
                             at=at,
-                            cause=f"{inp.cause}:{ch.entity}:{ch.metric}" if inp.cause else None,
+                            cause=f"{inp.cause}:{ch.entity_key}:{ch.metric}" if inp.cause else None,
                         )
                     for rule in rules_of[w.subscription_id]:
                         if not rule.applies_to(change):
                             continue
                         result.evaluated += 1
-                        triple = (w.subscription_id, rule.id, ch.entity)
+                        triple = (w.subscription_id, rule.id, ch.entity_key)
                         stored_state = states.get(triple, "")
                         same = (id(rule), id(change), stored_state)
                         outcome = outcomes.get(same)
@@ -537,12 +539,12 @@ class NotifyActivities:
                         if not ev.fired or ev.severity is None or ev.explanation is None:
                             result.suppressed += ev.suppressed is not None
                             continue
-                        key = idempotency_key(w.user_id, rule.id, ch.entity, event_cause(change))
+                        key = idempotency_key(w.user_id, rule.id, ch.entity_key, event_cause(change))
                         candidate = Candidate(
                             idempotency_key=key,
                             kind=ev.kind,
                             severity=ev.severity,
-                            entity_key=ch.entity,
+                            entity_key=ch.entity_key,
                             at=at,
                             magnitude=ev.magnitude,
                         )
@@ -696,7 +698,9 @@ class NotifyActivities:
             magnitude=c.magnitude,
             cause=info["cause"],
             # Notification workflows are named after the row id, known only after the insert (_request).
-            workflow_id=digest_workflow_id(self._prefix, user.id) if decision.route is Route.DIGEST else None,
+            workflow_id=digest_workflow_id(self._prefix, user.id)
+            if decision.route is DeliveryRoute.DIGEST
+            else None,
             created_at=at,
         )
 
@@ -706,7 +710,7 @@ class NotifyActivities:
 
     def _request(self, user: store.NotifyUser, row: store.Notification) -> NotifyRequest:
         assert row.id is not None
-        if row.route != Route.DIGEST.value and row.workflow_id != notification_workflow_id(
+        if row.route != DeliveryRoute.DIGEST.value and row.workflow_id != notification_workflow_id(
             self._prefix, row.id
         ):
             # The id exists only after the insert: point the row at its workflow for the read signal.
@@ -763,7 +767,7 @@ class NotifyActivities:
 
     async def _hand_off(self, req: NotifyRequest) -> None:
         assert self._client is not None and self._task_queue is not None
-        if req.route == Route.DIGEST.value and req.digest is not None:
+        if req.route == DeliveryRoute.DIGEST.value and req.digest is not None:
             await self._client.start_workflow(
                 "Digest",
                 DigestInput(req.user_id, req.digest),
@@ -1289,7 +1293,7 @@ def _holding(position: Position | None) -> Holding | None:
 def _inbox_only(route: str, channels: list[str], *, critical: bool, not_before: object) -> bool:
     """Whether storing a notification in the inbox is its whole delivery: due now, in-app only and not
     critical (a critical one escalates)."""
-    return route == Route.NOW.value and channels == ["in_app"] and not critical and not_before is None
+    return route == DeliveryRoute.NOW.value and channels == ["in_app"] and not critical and not_before is None
 
 
 def _inbox_is_enough(req: NotifyRequest) -> bool:

@@ -15,7 +15,14 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nftpulse.domain.rules import AlertSeverity, QuietHours
+from nftpulse.domain.rules import AlertSeverity, ChannelName, QuietHours
+
+#: A user's escalation unless they set their own: the inbox, then push, then SMS, 15 minutes apart,
+#: the escalated part (push, SMS) repeated once. The API's profile defaults and detection's fallback for
+#: a stored profile without these fields both read them from here.
+DEFAULT_CHAIN: tuple[ChannelName, ...] = ("in_app", "push", "sms")
+DEFAULT_DELAY_S = 900.0
+DEFAULT_MAX_REPEATS = 1
 
 
 class EscalationPolicy(BaseModel):
@@ -23,9 +30,11 @@ class EscalationPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    chain: tuple[str, ...] = ("in_app", "push", "sms")
-    delay_s: float = Field(default=900.0, gt=0, description="wait for a read before the next step")
-    max_repeats: int = Field(default=1, ge=0, description="extra passes over the escalated channels")
+    chain: tuple[str, ...] = DEFAULT_CHAIN
+    delay_s: float = Field(default=DEFAULT_DELAY_S, gt=0, description="wait for a read before the next step")
+    max_repeats: int = Field(
+        default=DEFAULT_MAX_REPEATS, ge=0, description="extra passes over the escalated channels"
+    )
     severity: AlertSeverity = AlertSeverity.CRITICAL
 
     @field_validator("chain")

@@ -39,11 +39,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.exposure import exposure_order
 
 # -- vocabulary -------------------------------------------------------------------------------------
@@ -78,6 +79,11 @@ class RuleKind(StrEnum):
     TREND_REVERSAL = "trend_reversal"
     ANOMALY = "anomaly"
     NEW_RISK = "new_risk"
+
+
+#: The channels a notification can go out on; ``channels/`` implements one provider for each.
+ChannelName = Literal["in_app", "email", "sms", "push", "webhook"]
+CHANNEL_NAMES: tuple[ChannelName, ...] = get_args(ChannelName)
 
 
 class NotificationKind(StrEnum):
@@ -149,24 +155,12 @@ def risk_rank(value: Any) -> int | None:
 # -- inputs -----------------------------------------------------------------------------------------
 
 
-class MetricChange(BaseModel):
-    """One metric of one entity moved: what the collection engine reports after applying events."""
-
-    model_config = ConfigDict(frozen=True)
-
-    entity_key: str = Field(description="e.g. collection:ethereum:0xabc… or nft:ethereum:0xabc…:42")
-    metric: str = Field(description="floor, volume, trust, risk, trend, anomaly, owner, price_estimate, …")
-    before: Any = None
-    after: Any = None
-    at: datetime = Field(description="data time of the new value (timezone-aware)")
-    cause: str | None = Field(default=None, description="event id (or ids) that caused the move")
-
-    @field_validator("at")
-    @classmethod
-    def _aware(cls, v: datetime) -> datetime:
-        if v.tzinfo is None:
-            raise ValueError("must be timezone-aware")
-        return v.astimezone(UTC)
+def change_time(change: MetricChange) -> datetime:
+    """The change's data time in UTC: rules order, window and cool down by it, so a change without an
+    aware time cannot be evaluated."""
+    if change.at is None or change.at.tzinfo is None:
+        raise ValueError(f"the change of {change.metric} on {change.entity_key} needs a timezone-aware time")
+    return change.at.astimezone(UTC)
 
 
 class Rule(BaseModel):
@@ -319,7 +313,7 @@ def event_cause(change: MetricChange) -> str:
     """The cause that makes one firing distinct: the event id(s) if known, else metric, value and time."""
     if change.cause:
         return change.cause
-    return f"{change.metric}:{change.after!s}:{change.at.isoformat()}"
+    return f"{change.metric}:{change.after!s}:{change_time(change).isoformat()}"
 
 
 def idempotency_key(user_id: str, rule_id: str, entity_key: str, cause: str) -> str:
@@ -346,13 +340,14 @@ def evaluate(rule: Rule, state: RuleState | None, change: MetricChange) -> Evalu
     """
     if not rule.applies_to(change):
         raise ValueError(f"rule {rule.id} watches {rule.metric!r}, not {change.metric!r}")
+    at = change_time(change)
     prev = state.copy_for_update() if state is not None else RuleState()
     kind = notification_kind(rule, change.metric)
-    if prev.last_at is not None and change.at < prev.last_at:
+    if prev.last_at is not None and at < prev.last_at:
         return Evaluation(fired=False, kind=kind, state=prev, suppressed="stale")
     detector = _DETECTORS[rule.kind]
     hit = detector(rule, prev, change)
-    prev.last_at = change.at
+    prev.last_at = at
     if hit is None:
         return Evaluation(fired=False, kind=kind, state=prev, suppressed=_quiet_reason(prev, change))
     reason, severity, details, magnitude, commit = hit
@@ -363,11 +358,11 @@ def evaluate(rule: Rule, state: RuleState | None, change: MetricChange) -> Evalu
         metric=change.metric,
         before=change.before,
         after=change.after,
-        at=change.at,
+        at=at,
         reason=reason,
         details=details,
     )
-    if prev.last_fired_at is not None and change.at - prev.last_fired_at < timedelta(seconds=rule.cooldown_s):
+    if prev.last_fired_at is not None and at - prev.last_fired_at < timedelta(seconds=rule.cooldown_s):
         # The condition holds but the user heard about this rule moments ago. The detector's
         # disarming is not applied, so the rule fires once the cooldown is over if the condition holds.
         return Evaluation(
@@ -379,7 +374,7 @@ def evaluate(rule: Rule, state: RuleState | None, change: MetricChange) -> Evalu
             magnitude=magnitude,
         )
     commit(prev)
-    prev.last_fired_at = change.at
+    prev.last_fired_at = at
     prev.fired_count += 1
     return Evaluation(
         fired=True, severity=severity, kind=kind, state=prev, explanation=explanation, magnitude=magnitude
@@ -463,7 +458,7 @@ def _relative_change(rule: Rule, st: RuleState, ch: MetricChange) -> _Hit | None
     if value_d is None:
         return None
     value = float(value_d)
-    ts = ch.at.timestamp()
+    ts = change_time(ch).timestamp()
     before = to_decimal(ch.before)
     if not st.window_min and before is not None:
         # First sight of this metric: the before value is the reference for this very move.
@@ -774,8 +769,9 @@ class Candidate(BaseModel):
     magnitude: float = 1.0
 
 
-class Route(StrEnum):
-    """Where a candidate goes."""
+class DeliveryRoute(StrEnum):
+    """Where a candidate goes: out now, into the user's digest, or held until quiet hours end. (Not the
+    dispatcher's ``store.models.Route``, which says which workflow applies an event.)"""
 
     NOW = "now"
     DIGEST = "digest"
@@ -788,7 +784,7 @@ class RoutingDecision(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     candidate: Candidate
-    route: Route
+    route: DeliveryRoute
     reason: Literal["ok", "quiet_hours", "budget", "critical_breakthrough"]
     not_before: datetime | None = None
 
@@ -826,21 +822,26 @@ def route_candidates(
         if quiet is not None and quiet.is_quiet(now):
             if critical and quiet.allow_critical:
                 decided[c.idempotency_key] = RoutingDecision(
-                    candidate=c, route=Route.NOW, reason="critical_breakthrough"
+                    candidate=c, route=DeliveryRoute.NOW, reason="critical_breakthrough"
                 )
                 sent.append(ts)
             elif critical or not prefs.has_digest:
                 decided[c.idempotency_key] = RoutingDecision(
-                    candidate=c, route=Route.DEFER, reason="quiet_hours", not_before=quiet.ends_at(now)
+                    candidate=c,
+                    route=DeliveryRoute.DEFER,
+                    reason="quiet_hours",
+                    not_before=quiet.ends_at(now),
                 )
             else:
                 decided[c.idempotency_key] = RoutingDecision(
-                    candidate=c, route=Route.DIGEST, reason="quiet_hours"
+                    candidate=c, route=DeliveryRoute.DIGEST, reason="quiet_hours"
                 )
             continue
         if critical or len(sent) < prefs.hourly_budget:
-            decided[c.idempotency_key] = RoutingDecision(candidate=c, route=Route.NOW, reason="ok")
+            decided[c.idempotency_key] = RoutingDecision(candidate=c, route=DeliveryRoute.NOW, reason="ok")
             sent.append(ts)
         else:
-            decided[c.idempotency_key] = RoutingDecision(candidate=c, route=Route.DIGEST, reason="budget")
+            decided[c.idempotency_key] = RoutingDecision(
+                candidate=c, route=DeliveryRoute.DIGEST, reason="budget"
+            )
     return [decided[c.idempotency_key] for c in ranked], BudgetState(sent=sent)

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nftpulse.domain.changes import MetricChange
+
 
 @dataclass
 class ImpactInput:
@@ -39,17 +41,6 @@ class RecalcInput:
     single: bool = False
 
 
-Scalar = str | float | int | bool | None
-
-
-@dataclass
-class MetricChange:
-    entity: str
-    metric: str
-    before: Scalar
-    after: Scalar
-
-
 @dataclass
 class ChangeSet:
     """The metric changes of one batch, as columns: how detection receives them and how the pipeline saves
@@ -67,7 +58,7 @@ class ChangeSet:
     def of(cls, changes: Iterable[MetricChange]) -> "ChangeSet":
         out = cls()
         for change in changes:
-            out.entities.append(change.entity)
+            out.entities.append(change.entity_key)
             out.metrics.append(change.metric)
             out.before.append(change.before)
             out.after.append(change.after)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from itertools import pairwise
@@ -11,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.rules import (
     AlertSeverity,
     BudgetState,
     Candidate,
     DeliveryPreferences,
-    MetricChange,
+    DeliveryRoute,
     NotificationKind,
     QuietHours,
-    Route,
     Rule,
     RuleKind,
     RuleState,
@@ -244,8 +245,15 @@ def test_idempotency_key_is_stable_and_unambiguous() -> None:
     assert a != idempotency_key("u1", "r1", ENTITY, "evt-2")
     assert idempotency_key("a:b", "c", "e", "x") != idempotency_key("a", "b:c", "e", "x")
     change = MetricChange(entity_key=ENTITY, metric="floor", before="1", after="2", at=T0)
-    assert event_cause(change) == event_cause(change.model_copy())
-    assert event_cause(change.model_copy(update={"cause": "evt-9"})) == "evt-9"
+    assert event_cause(change) == event_cause(replace(change))
+    assert event_cause(replace(change, cause="evt-9")) == "evt-9"
+
+
+def test_a_change_without_an_aware_time_is_refused() -> None:
+    rule = Rule(id="r", kind=RuleKind.THRESHOLD, metric="trust", level=Decimal(50))
+    for at in (None, datetime(2025, 3, 1, 12, 0)):
+        with pytest.raises(ValueError, match="timezone-aware"):
+            evaluate(rule, None, MetricChange(ENTITY, "trust", "60", "40", at=at))
 
 
 @settings(max_examples=150, deadline=None)
@@ -357,22 +365,22 @@ def test_budget_spans_kinds_and_ranks_by_exposure() -> None:
     routes = {d.candidate.idempotency_key: d.route for d in decisions}
     # Critical first (never held back), then the largest exposure takes the last slot; the rest digest.
     assert routes == {
-        "crit": Route.NOW,
-        "big": Route.NOW,
-        "big2": Route.DIGEST,
-        "small": Route.DIGEST,
-        "mid": Route.DIGEST,
+        "crit": DeliveryRoute.NOW,
+        "big": DeliveryRoute.NOW,
+        "big2": DeliveryRoute.DIGEST,
+        "small": DeliveryRoute.DIGEST,
+        "mid": DeliveryRoute.DIGEST,
     }
     assert len(budget.sent) == 2
     # Later within the hour the budget is still used up; after an hour it is free again.
     again, _ = route_candidates(
         [_cand("x", AlertSeverity.WARNING)], prefs, budget, T0 + timedelta(minutes=30)
     )
-    assert again[0].route is Route.DIGEST and again[0].reason == "budget"
+    assert again[0].route is DeliveryRoute.DIGEST and again[0].reason == "budget"
     later, _ = route_candidates(
         [_cand("x", AlertSeverity.WARNING)], prefs, budget, T0 + timedelta(minutes=61)
     )
-    assert later[0].route is Route.NOW
+    assert later[0].route is DeliveryRoute.NOW
 
 
 def test_routing_in_quiet_hours() -> None:
@@ -385,15 +393,17 @@ def test_routing_in_quiet_hours() -> None:
         night,
     )
     by = {d.candidate.idempotency_key: d for d in decisions}
-    assert by["c"].route is Route.DEFER and by["c"].not_before == datetime(2025, 3, 2, 7, 0, tzinfo=UTC)
-    assert by["w"].route is Route.DIGEST
+    assert by["c"].route is DeliveryRoute.DEFER and by["c"].not_before == datetime(
+        2025, 3, 2, 7, 0, tzinfo=UTC
+    )
+    assert by["w"].route is DeliveryRoute.DIGEST
     allowed = DeliveryPreferences(quiet_hours=q.model_copy(update={"allow_critical": True}), has_digest=False)
     decisions, _ = route_candidates(
         [_cand("c", AlertSeverity.CRITICAL), _cand("w", AlertSeverity.WARNING)], allowed, None, night
     )
     by = {d.candidate.idempotency_key: d for d in decisions}
-    assert by["c"].route is Route.NOW and by["c"].reason == "critical_breakthrough"
-    assert by["w"].route is Route.DEFER
+    assert by["c"].route is DeliveryRoute.NOW and by["c"].reason == "critical_breakthrough"
+    assert by["w"].route is DeliveryRoute.DEFER
 
 
 def test_rank_order() -> None:
@@ -430,10 +440,10 @@ def test_budget_slots_go_to_criticals_then_exposure() -> None:
     ]
     decisions, budget = route_candidates(cands, prefs, None, T0)
     assert [(d.candidate.idempotency_key, d.route) for d in decisions] == [
-        ("big-info", Route.NOW),
-        ("mid-warn", Route.DIGEST),
-        ("crit", Route.NOW),
-        ("none-warn", Route.DIGEST),
+        ("big-info", DeliveryRoute.NOW),
+        ("mid-warn", DeliveryRoute.DIGEST),
+        ("crit", DeliveryRoute.NOW),
+        ("none-warn", DeliveryRoute.DIGEST),
     ]
     assert len(budget.sent) == 2
 

@@ -349,5 +349,52 @@ def verify(
         raise typer.Exit(1)
 
 
+# -- demo -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    url: Annotated[str | None, typer.Option(help="Pulse's API (default: where `pulse up` serves it)")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="an admin key (default: the one `pulse up` printed and saved)")
+    ] = None,
+    duration: Annotated[float, typer.Option(help="seconds to stream; 0 streams until Ctrl-C")] = 60,
+    rate: Annotated[float, typer.Option(min=0.5, max=500, help="events per second")] = 20,
+    user: Annotated[str, typer.Option(help="the demo user's id")] = "demo",
+) -> None:
+    """Stream a small synthetic market into a running Pulse, with a demo user whose inbox fills."""
+    from nftpulse.demo import DemoConfig, DemoError, admin_key, create_user_key, default_url, run_demo
+
+    settings = _settings()
+    key = api_key or admin_key(settings)
+    if not key:
+        raise typer.BadParameter(
+            f"no admin key: start Pulse with `pulse up` (it saves one in {settings.data_dir}/admin.key) "
+            "or pass the key",
+            param_hint="--api-key",
+        )
+    base = url or default_url(settings)
+    config = DemoConfig(url=base, admin_key=key, user_id=user, rate=rate, duration_s=duration or None)
+    try:
+        report = run_demo(
+            config,
+            user_key=lambda uid: create_user_key(settings, uid),
+            say=lambda m: console.print(escape(m)),
+        )
+    except DemoError as exc:
+        console.print("[bold red]error:[/bold red]", escape(str(exc)))
+        raise typer.Exit(1) from None
+    reader = report.user_key or key
+    console.print(
+        f"{report.events_sent} events sent ({report.fraud_findings} fraud findings); "
+        f"{report.inbox} unread notifications in {user!r}'s inbox."
+    )
+    if not settings.temporal_address:
+        console.print(f"Workflows: http://{settings.host}:{settings.temporal_ui_port}")
+    console.print(f"Metrics: {base}/metrics")
+    console.print("The inbox:")
+    typer.echo(f"curl -H 'Authorization: Bearer {reader}' {base}/v1/users/{user}/notifications")
+
+
 if __name__ == "__main__":
     app()

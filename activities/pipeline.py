@@ -23,6 +23,9 @@ from temporalio.exceptions import ApplicationError
 
 from nftpulse.activities.contracts.base import PermanentProcessingError
 from nftpulse.activities.contracts.pipeline import (
+    ANALYZE_IMPACT,
+    INVALIDATE_CACHE,
+    RECALCULATE,
     ChangeSet,
     ImpactInput,
     ImpactPlan,
@@ -167,12 +170,13 @@ class BookCache:
 
 
 class ParsedEvents:
-    """Events read and parsed by impact analysis, kept for the recalculation that follows.
+    """Events read and parsed by a detailed impact analysis, kept for the recalculation that follows.
 
-    Both steps need every event of a batch as a row and as a validated ``Event``; loading and parsing
-    them twice was a fifth of a worker's time. What an event *is* never changes once logged, so a copy
-    is safe to reuse; where it *stands* (status, route, whether its effect is stored) is read fresh,
-    under the partition lock, in the recalculation's transaction.
+    A significant event's workflow analyses its event, then recalculates it: both steps need it as a row
+    and as a validated ``Event``, so each is built once. What an event *is* never changes once logged,
+    so a copy is safe to reuse; where it *stands* (status, route, whether its effect is stored) is read
+    fresh, under the partition lock, in the recalculation's transaction. A shard's batch is not analysed,
+    so its rows are loaded and parsed only by the recalculation.
     """
 
     def __init__(self, max_events: int = 10_000) -> None:
@@ -208,6 +212,11 @@ class ParsedEvents:
 
     def current_rows(self, session: Session, seqs: Sequence[int]) -> list[EventRecord]:
         """The still applicable events among ``seqs``, in log order, with their state as of now."""
+        with self._lock:
+            cached = any(seq in self._items for seq in seqs)
+        if not cached:
+            # Nothing analysed ahead (a shard's batch): one read brings the rows and their state.
+            return [r for r in events.load_by_seq(session, seqs) if r.status in _APPLICABLE]
         states = events.states_by_seq(session, seqs)
         wanted = [seq for seq, state in states.items() if state.status in _APPLICABLE]
         with self._lock:
@@ -239,11 +248,13 @@ class PipelineActivities:
 
     # -- impact analysis ----------------------------------------------------------------------------
 
-    @activity.defn(name="analyze_impact")
+    @ANALYZE_IMPACT.implement
     @uninterruptible
     def analyze_impact(self, inp: ImpactInput) -> ImpactPlan:
-        """Which events are pending, and exactly which entities and factors they move."""
+        """Which events are pending and, when ``inp.analyse`` asks, which entities and factors they move."""
         _count_action()
+        if not inp.analyse:
+            return self._pending(inp)
         with self._db.read() as session:
             if inp.seqs:
                 rows = [r for r in events.load_by_seq(session, inp.seqs) if r.status in _APPLICABLE]
@@ -276,6 +287,27 @@ class PipelineActivities:
             has_more=has_more,
         )
 
+    def _pending(self, inp: ImpactInput) -> ImpactPlan:
+        """The plan of a batch no one reads the impact of: its events' numbers and partitions only."""
+        with self._db.read() as session:
+            if inp.seqs:
+                rows = events.load_by_seq(session, inp.seqs)
+                pending = [(r.seq or 0, r.partition) for r in rows if r.status in _APPLICABLE]
+            else:
+                pending = events.pending_seqs_in_partitions(session, inp.partitions, inp.limit + 1)
+        has_more = len(pending) > inp.limit
+        pending = pending[: inp.limit]
+        partitions = list(dict.fromkeys(partition for _, partition in pending))
+        return ImpactPlan(
+            partitions=partitions,
+            seqs=[seq for seq, _ in pending],
+            entity_count=0,
+            entities=[],
+            factors=[],
+            severity="",
+            has_more=has_more,
+        )
+
     def _book_for_reading(self, session: Session, partition: str, version: int | None) -> CollectionBook:
         _kind, chain, contract = split_partition(partition)
         book = self._books.peek(partition, version)
@@ -288,7 +320,7 @@ class PipelineActivities:
 
     # -- recalculation ------------------------------------------------------------------------------
 
-    @activity.defn(name="recalculate")
+    @RECALCULATE.implement
     @uninterruptible
     def recalculate(self, inp: RecalcInput) -> RecalcResult:
         """Apply the planned events to their collections' books in one transaction and rewrite exactly the
@@ -462,7 +494,7 @@ class PipelineActivities:
 
     # -- cache invalidation -------------------------------------------------------------------------
 
-    @activity.defn(name="invalidate_cache")
+    @INVALIDATE_CACHE.implement
     @uninterruptible
     def invalidate_cache(self, inp: InvalidateInput) -> InvalidateResult:
         """Drop stale cached answers, then mark the partition's applied events processed.

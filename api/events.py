@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import time
+import weakref
 from datetime import datetime
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, RootModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from nftpulse.api.deps import IngestKey, ReadKey, ServicesDep
 from nftpulse.api.errors import InvalidInput
 from nftpulse.core import tracing
 from nftpulse.core.metrics import EVENTS_INGESTED, INGEST_SECONDS, SHED
-from nftpulse.domain.classify import ClassifyContext, classify
-from nftpulse.domain.events import MAX_BATCH, Event, field_errors
+from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
+from nftpulse.domain.events import DATA_MODELS, MAX_BATCH, Event, field_errors
 from nftpulse.store import events
+from nftpulse.store.db import Database
+from nftpulse.store.entities import FloorCache
 from nftpulse.store.models import EventStatus
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -56,6 +59,47 @@ class EventStatusOut(BaseModel):
     workflow_id: str | None
     priority: float
     priority_class: str
+
+
+class EventBatch(BaseModel):
+    """Several events in one request, accepted or refused together."""
+
+    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class IngestBody(RootModel[Event | EventBatch]):
+    """What ``POST /v1/events`` takes (described to OpenAPI; the handler parses the raw body itself)."""
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema with every ``#/$defs/...`` reference replaced by its definition, so that it can stand
+    inside an OpenAPI operation (whose ``$ref``s resolve against the whole document)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def ingest_body_schema() -> dict[str, Any]:
+    """JSON schema of ``POST /v1/events``'s body: one event or ``{"events": [...]}``, each event's
+    ``data`` one of the per-type shapes (which one is chosen by ``type``)."""
+    schema = IngestBody.model_json_schema()
+    defs: dict[str, Any] = schema.pop("$defs")
+    shapes = []
+    for kind, model in DATA_MODELS.items():
+        shape = TypeAdapter(model).json_schema()
+        defs |= shape.pop("$defs", {})
+        shapes.append(shape | {"title": f"{kind.value} data"})
+    defs["Event"]["properties"]["data"] = {
+        "description": "what the event says; its shape depends on `type`",
+        "anyOf": shapes,
+    }
+    inlined: dict[str, Any] = _inline_refs(schema, defs)
+    return inlined
 
 
 def parse_batch(raw: bytes) -> list[Event]:
@@ -96,8 +140,34 @@ def parse_batch(raw: bytes) -> list[Event]:
     return parsed
 
 
-@router.post("", status_code=202, response_model=IngestResult)
+#: Per database, the floors events are classified against (one read every few seconds per process).
+_FLOORS: weakref.WeakKeyDictionary[Database, FloorCache] = weakref.WeakKeyDictionary()
+
+
+async def _floors(db: Database) -> FloorCache:
+    floors = _FLOORS.get(db)
+    if floors is None:
+        floors = _FLOORS[db] = FloorCache(db)
+    if floors.stale():
+        await run_in_threadpool(floors.refresh)
+    return floors
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=IngestResult,
+    # The body is read raw and parsed in one pass (``parse_batch``), so FastAPI is only told its schema.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ingest_body_schema()}},
+        }
+    },
+)
 async def ingest(request: Request, services: ServicesDep, _key: IngestKey) -> Any:
+    """Accept one event or a batch (``{"events": [...]}``). Each event is classified here, once: its
+    priority decides shedding now and, aged by its wait, its route at dispatch."""
     started = time.perf_counter()
     try:
         batch = parse_batch(await request.body())
@@ -106,8 +176,10 @@ async def ingest(request: Request, services: ServicesDep, _key: IngestKey) -> An
             max(1, len({e.get("index") for e in exc.errors}))
         )
         raise
-    context = ClassifyContext(thresholds=services.settings.classify_thresholds())
-    verdicts = [classify(e, context) for e in batch]
+    settings = services.settings
+    thresholds = Thresholds(settings.significant_priority, settings.large_move)
+    floors = await _floors(services.db)
+    verdicts = [classify(e, ClassifyContext(thresholds, floor=floors.get(e.collection_key))) for e in batch]
     refused: list[EventRef] = []
     keep = list(range(len(batch)))
     if services.backlog.over_bound():

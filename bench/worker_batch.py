@@ -37,7 +37,7 @@ from nftpulse.activities.pipeline import PipelineActivities
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.cli import tune_gc
 from nftpulse.core.settings import get_settings
-from nftpulse.domain.classify import ClassifyContext, classify
+from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
 from nftpulse.domain.events import Event
 from nftpulse.store import events
 from nftpulse.store.cache import MemoryCache
@@ -53,6 +53,11 @@ T = TypeVar("T")
 #: worker's. Detection includes in-app delivery.
 STEPS = ("ingest", "dispatch", "analyze", "recalculate", "detect")
 WORKER_STEPS = STEPS[2:]
+#: Classification as a default deployment's API does it (no floors: the bench's routing only needs which
+#: events are significant, and they are left out).
+THRESHOLDS_CONTEXT = ClassifyContext(
+    Thresholds(get_settings().significant_priority, get_settings().large_move)
+)
 
 
 def log_stream(db: Database, stream: list[dict[str, Any]], shards: int, meter: Meter) -> dict[int, set[str]]:
@@ -66,7 +71,7 @@ def log_stream(db: Database, stream: list[dict[str, Any]], shards: int, meter: M
     marks: list[DispatchMark] = []
     dirty: dict[int, set[str]] = {}
     for seq, event in zip(seqs, parsed, strict=True):
-        verdict = classify(event, ClassifyContext())
+        verdict = classify(event, THRESHOLDS_CONTEXT)
         partition = events.partition_of(event)
         # Significant events get workflows of their own in production; here they are simply left out.
         route = Route.OWN if verdict.significant else Route.PARTITION

@@ -9,8 +9,6 @@ from typing import Literal, get_args
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nftpulse.domain.classify import Thresholds
-
 WorkerRole = Literal["all", "shards", "events"]
 WORKER_ROLES: tuple[str, ...] = get_args(WorkerRole)
 
@@ -127,9 +125,6 @@ class Settings(BaseSettings):
     allow_private_webhooks: bool = Field(
         default=False, description="accept webhook URLs on private or loopback addresses (tests, intranets)"
     )
-
-    def classify_thresholds(self) -> Thresholds:
-        return Thresholds(significant_priority=self.significant_priority, large_move=self.large_move)
 
     @property
     def effective_database_url(self) -> str:

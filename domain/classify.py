@@ -19,18 +19,29 @@ creator, wallets), its urgency, an impact estimate and a priority 0-100 whose pa
 
 An event is ``significant`` when it is a fraud finding or its priority reaches
 ``thresholds.significant_priority``.
+
+An event is classified once, when it is accepted; aging is the only part that moves afterwards, and
+:func:`aged` adds it to the priority classified then (the dispatcher does, when it routes the event).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from nftpulse.domain.book import normalise_currency, quote_currency
-from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType, collection_key, nft_key, wallet_key
+from nftpulse.domain.events import (
+    ZERO_ADDRESS,
+    Event,
+    EventType,
+    collection_key,
+    creator_key,
+    nft_key,
+    wallet_key,
+)
 
 URGENCY: dict[EventType, float] = {
     EventType.FRAUD_FINDING: 0.9,
@@ -64,10 +75,16 @@ WEIGHTS = {"urgency": 0.35, "impact": 0.25, "watchers": 0.15, "reliability": 0.1
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Knobs of priority and significance."""
+    """Knobs of priority and significance.
 
-    significant_priority: float = 50.0
-    large_move: float = 0.2
+    The two an operator tunes have no default here: their values are settings
+    (``PULSE_SIGNIFICANT_PRIORITY``, ``PULSE_LARGE_MOVE``), which the entry points pass in.
+    """
+
+    #: Priority (0-100) from which an event is significant (a workflow of its own).
+    significant_priority: float
+    #: A price this far off the floor (relative) boosts an event's priority.
+    large_move: float
     aging_period_s: float = 60.0
     aging_step: float = 0.02
     max_aging: float = 0.6
@@ -77,11 +94,11 @@ class Thresholds:
 class ClassifyContext:
     """What classification needs to know beyond the event itself."""
 
+    thresholds: Thresholds
     floor: Decimal | None = None
     watchers: int = 0
     source_reliability: float = 1.0
     waited_s: float = 0.0
-    thresholds: Thresholds = field(default_factory=Thresholds)
     #: Converts a price into the collection's quote currency (``RateLookup``); None: same currency only.
     rates: Callable[[str, str, datetime], Decimal | None] | None = None
     creator: str | None = None
@@ -146,9 +163,24 @@ def _price_in_quote(event: Event, ctx: ClassifyContext) -> Decimal | None:
     return None if rate is None else amount * rate
 
 
-def classify(event: Event, ctx: ClassifyContext | None = None) -> Classification:
+def aging(waited_s: float, th: Thresholds) -> float:
+    """The aging part (0 to ``max_aging``) of an event that has waited ``waited_s`` seconds."""
+    return min(th.max_aging, max(0.0, waited_s) / th.aging_period_s * th.aging_step)
+
+
+def aged(priority: float, waited_s: float, th: Thresholds) -> float:
+    """The priority of an event classified (with no wait) at ``priority`` once it has waited ``waited_s``:
+    the aging part added on, as :func:`classify` would add it (to the hundredth)."""
+    return round(min(100.0, max(0.0, priority) + 100.0 * aging(waited_s, th)), 2)
+
+
+def is_significant(kind: str, priority: float, th: Thresholds) -> bool:
+    """Fraud findings, and events whose priority reaches ``significant_priority``."""
+    return kind == EventType.FRAUD_FINDING.value or priority >= th.significant_priority
+
+
+def classify(event: Event, ctx: ClassifyContext) -> Classification:
     """Kind, entities, urgency, impact and an explained priority for one event."""
-    ctx = ctx or ClassifyContext()
     th = ctx.thresholds
     parts: list[dict[str, Any]] = []
     data = event.data
@@ -199,8 +231,7 @@ def classify(event: Event, ctx: ClassifyContext | None = None) -> Classification
         boost += 0.10
         parts.append(_part("boost", 1.0, 0.10, f"price move of {ratio - 1.0:+.0%} against the floor"))
 
-    aging = min(th.max_aging, max(0.0, ctx.waited_s) / th.aging_period_s * th.aging_step)
-    parts.append(_part("aging", aging, 1.0, f"waited {ctx.waited_s:.0f}s"))
+    parts.append(_part("aging", aging(ctx.waited_s, th), 1.0, f"waited {ctx.waited_s:.0f}s"))
 
     raw = sum(p["points"] for p in parts) / 100.0
     priority = round(100.0 * min(1.0, max(0.0, raw)), 2)
@@ -212,7 +243,7 @@ def classify(event: Event, ctx: ClassifyContext | None = None) -> Classification
     }
     creator = data.get("creator") if isinstance(data.get("creator"), str) else ctx.creator
     if creator:
-        entities["creator"] = f"creator:{creator.lower()}"
+        entities["creator"] = creator_key(event.chain, creator)
     return Classification(
         kind=event.type.value,
         category=CATEGORY[event.type],
@@ -221,7 +252,7 @@ def classify(event: Event, ctx: ClassifyContext | None = None) -> Classification
         impact=round(impact, 6),
         priority=priority,
         priority_class=priority_class(priority),
-        significant=event.type == EventType.FRAUD_FINDING or priority >= th.significant_priority,
+        significant=is_significant(event.type.value, priority, th),
         parts=parts,
     )
 

@@ -303,7 +303,13 @@ def nft_key(chain: str, contract: str, token_id: str) -> str:
 
 
 def wallet_key(address: str) -> str:
+    """A wallet's entity key: watched by wallet and portfolio subscriptions."""
     return f"wallet:{address.lower()}"
+
+
+def creator_key(chain: str, address: str) -> str:
+    """A creator's entity key (``creator:<chain>:<address>``), as creator subscriptions name it."""
+    return f"creator:{chain}:{address.lower()}"
 
 
 def field_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nftpulse.domain.book import NFT_DRIVERS, CollectionBook, Token
-from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType, wallet_key
+from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType, creator_key, wallet_key
 
 SEVERITIES = ("low", "medium", "high", "critical")
 
@@ -82,7 +82,9 @@ class Impact:
     def entity_keys(self, book: CollectionBook) -> set[str]:
         """All touched entities as keys: the collection, NFTs, wallets, creators."""
         keys = {self.collection} | {book.nft_key(t) for t in self.nfts}
-        return keys | {wallet_key(w) for w in self.wallets} | {f"creator:{c}" for c in self.creators}
+        return (
+            keys | {wallet_key(w) for w in self.wallets} | {creator_key(book.chain, c) for c in self.creators}
+        )
 
 
 @dataclass

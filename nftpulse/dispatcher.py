@@ -1,7 +1,8 @@
 """The dispatcher: moves events from the log to Temporal, in order, at least once.
 
-Each tick reads the oldest received events, classifies and prioritises them, records each one's route in
-the log (the outbox's commit point), then hands them to Temporal: one ``wake`` signal-with-start per
+Each tick reads the oldest received events, routes them by the priority they were classified at when
+accepted (aged by how long they have waited since), records each one's route in the log (the outbox's
+commit point), then hands them to Temporal: one ``wake`` signal-with-start per
 shard for routine events, one workflow per significant event. A crash between the two steps is
 repaired by the sweep, which re-sends the hand-off for events dispatched long ago and still unfinished;
 processing is idempotent, so a second hand-off never counts an event twice.
@@ -15,7 +16,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from temporalio.api.enums.v1 import TaskQueueType
@@ -35,8 +35,8 @@ from nftpulse.core.metrics import (
     TEMPORAL_ACTIONS,
 )
 from nftpulse.core.settings import Settings
-from nftpulse.domain.classify import ClassifyContext, classify
-from nftpulse.store import entities, events
+from nftpulse.domain.classify import Thresholds, aged, is_significant, priority_class
+from nftpulse.store import events
 from nftpulse.store.db import Database
 from nftpulse.store.events import DispatchMark
 from nftpulse.store.models import EventRecord, Route
@@ -56,7 +56,6 @@ log = logging.getLogger("pulse.dispatcher")
 
 SWEEP_EVERY_S = 15.0
 STALE_AFTER = timedelta(seconds=60)
-FLOORS_EVERY_S = 5.0
 GAUGES_EVERY_S = 2.0
 MAX_HANDOFF_CONCURRENCY = 64
 #: The shortest time between two wakes of one shard, even for critical events.
@@ -96,15 +95,13 @@ class Dispatcher:
         self._settings = settings
         self._db = db
         self._client = client
-        self._floors: dict[str, Decimal] = {}
-        self._floors_at = 0.0
         self._last_sweep = 0.0
         self._last_gauges = 0.0
         self._woken_at: dict[int, float] = {}
         self._backlog = 0
         self._deferred: dict[int, Deferred] = {}
         self._handoff = asyncio.Semaphore(8)
-        self._thresholds = settings.classify_thresholds()
+        self._thresholds = Thresholds(settings.significant_priority, settings.large_move)
         self.dispatched = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -141,9 +138,6 @@ class Dispatcher:
             await self.flush_deferred()
             return 0
         DISPATCH_BATCH.observe(len(rows))
-        if now - self._floors_at > FLOORS_EVERY_S:
-            self._floors = await asyncio.to_thread(entities.collection_floors, self._db)
-            self._floors_at = now
         routed = self.route(rows)
         await asyncio.to_thread(events.mark_dispatched, self._db, routed.marks)
         await self.hand_off(routed)
@@ -151,38 +145,29 @@ class Dispatcher:
         return len(rows)
 
     def route(self, rows: list[EventRecord]) -> Routed:
+        """Each event's route by its priority: the one classified when it was accepted (``api.events``),
+        plus the aging part for the time it has waited since. The event is neither parsed nor classified
+        again here."""
         routed = Routed()
         wall = datetime.now(UTC)
+        th = self._thresholds
         for row in rows:
-            event = events.to_event(row)
-            received = row.received_at
-            verdict = classify(
-                event,
-                ClassifyContext(
-                    floor=self._floors.get(event.collection_key),
-                    waited_s=max(0.0, (wall - received).total_seconds()),
-                    thresholds=self._thresholds,
-                ),
-            )
+            priority = aged(row.priority, (wall - row.received_at).total_seconds(), th)
+            cls = priority_class(priority)
             seq = row.seq or 0
-            if verdict.significant:
+            if is_significant(row.type, priority, th):
                 wf_id = event_workflow_id(self._settings.workflow_id_prefix, row.source, row.external_id)
-                severity = str(event.data.get("severity") or verdict.priority_class)
-                routed.own.append((row, verdict.priority_class, severity))
-                routed.marks.append(
-                    DispatchMark(seq, Route.OWN, wf_id, verdict.priority, verdict.priority_class)
-                )
+                routed.own.append((row, cls, str(row.data.get("severity") or cls)))
+                routed.marks.append(DispatchMark(seq, Route.OWN, wf_id, priority, cls))
             else:
                 shard = shard_of(row.partition, self._settings.shards)
                 wf_id = shard_workflow_id(self._settings.workflow_id_prefix, shard)
                 routed.shards.setdefault(shard, set()).add(row.partition)
                 if row.traceparent:
                     routed.traces.setdefault(shard, []).append(row.traceparent)
-                if verdict.priority_class in ("critical", "high"):
+                if cls in ("critical", "high"):
                     routed.urgent.add(shard)
-                routed.marks.append(
-                    DispatchMark(seq, Route.PARTITION, wf_id, verdict.priority, verdict.priority_class)
-                )
+                routed.marks.append(DispatchMark(seq, Route.PARTITION, wf_id, priority, cls))
         return routed
 
     async def hand_off(self, routed: Routed) -> None:

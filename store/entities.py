@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -220,7 +222,7 @@ def book_keys(db: Database) -> list[tuple[str, str, str]]:
 
 
 def collection_floors(db: Database) -> dict[str, Decimal]:
-    """Every collection's current floor, for the dispatcher's impact estimate."""
+    """Every collection's current floor, for classification's impact estimate."""
     out: dict[str, Decimal] = {}
     with db.read() as session:
         for key, view in session.execute(
@@ -230,6 +232,28 @@ def collection_floors(db: Database) -> dict[str, Decimal]:
             if floor is not None:
                 out[key] = Decimal(str(floor))
     return out
+
+
+class FloorCache:
+    """Collections' floors as an ingesting process classifies events against them: read again from the
+    read models when older than ``max_age_s``, so a floor a batch just moved counts within seconds."""
+
+    def __init__(self, db: Database, max_age_s: float = 5.0) -> None:
+        self._db = db
+        self._max_age_s = max_age_s
+        self._floors: dict[str, Decimal] = {}
+        self._read_at = -math.inf
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._read_at > self._max_age_s
+
+    def refresh(self) -> None:
+        # Stamped before the read: concurrent requests meanwhile use the floors they have.
+        self._read_at = time.monotonic()
+        self._floors = collection_floors(self._db)
+
+    def get(self, collection: str) -> Decimal | None:
+        return self._floors.get(collection)
 
 
 # -- rates ------------------------------------------------------------------------------------------

@@ -235,6 +235,25 @@ def pending_in_partitions(session: Session, partitions: Sequence[str], limit: in
     )
 
 
+def pending_seqs_in_partitions(
+    session: Session, partitions: Sequence[str], limit: int
+) -> list[tuple[int, str]]:
+    """``pending_in_partitions`` as (seq, partition) pairs: what a batch's plan needs, without the events."""
+    return [
+        (seq, partition)
+        for seq, partition in session.execute(
+            select(EventRecord.seq, EventRecord.partition)
+            .where(
+                one_of(session, EventRecord.partition, partitions),
+                EventRecord.route == Route.PARTITION.value,
+                EventRecord.status == EventStatus.DISPATCHED.value,
+            )
+            .order_by(EventRecord.seq)  # type: ignore[arg-type]
+            .limit(limit)
+        )
+    ]
+
+
 def load_by_seq(session: Session, seqs: Sequence[int]) -> list[EventRecord]:
     rows: list[EventRecord] = []
     for chunk in _chunks(list(seqs)):

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.worker import Replayer
 
+from nftpulse.core.settings import Settings
+from nftpulse.dispatcher import Dispatcher
 from nftpulse.store import events as event_store
 from nftpulse.store.cache import MemoryCache
 from nftpulse.store.events import ReplayFilter
+from nftpulse.store.models import EventRecord, Route
 from nftpulse.verify import verify
 from nftpulse.worker import WORKFLOWS, build_worker
 from tests.conftest import RunningPulse, replay_under_sandbox, run_pulse
@@ -148,6 +153,62 @@ async def test_invalid_batch_rejected_whole_with_fields(pulse: RunningPulse) -> 
     assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "contract"
     resp = await pulse.http.get(f"/v1/nfts/ethereum/{CONTRACT}/999", headers=pulse.keys.auth("read"))
     assert resp.status_code == 404
+
+
+async def test_openapi_describes_the_ingest_body(database_url: str, temporal_client: Client) -> None:
+    """`POST /v1/events` parses its raw body itself, yet OpenAPI still describes it: one event or
+    ``{"events": [...]}``, with each type's ``data``; real events validate against it, bad ones do not."""
+    async with run_pulse(database_url, temporal_client, worker=False, dispatcher=False) as pulse:
+        spec = (await pulse.http.get("/openapi.json")).json()
+    body = spec["paths"]["/v1/events"]["post"]["requestBody"]
+    assert body["required"] is True
+    schema = body["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator(schema)
+    one = ev("o1", "sale", {"from": ALICE, "to": BOB, "price": eth("1.5")}, block=3)
+    validator.validate(one)
+    validator.validate({"events": [one, ev("o2", "mint", {"from": ZERO, "to": ALICE}, "2")]})
+    bad: list[Any] = [{"events": []}, {**one, "chain": "Not A Chain"}, {**one, "extra": 1}, [one]]
+    for body_ in bad:
+        assert not validator.is_valid(body_), body_
+    data_shapes = {s["title"] for s in jsonschema_event(schema)["properties"]["data"]["anyOf"]}
+    assert {"sale data", "mint data", "fraud_finding data"} <= data_shapes
+
+
+def jsonschema_event(schema: dict[str, Any]) -> dict[str, Any]:
+    """The single-event branch of the ingest body's schema."""
+    return next(s for s in schema["anyOf"] if "events" not in s.get("properties", {}))
+
+
+def test_dispatcher_routes_by_the_priority_classified_at_ingest() -> None:
+    """The dispatcher neither parses nor classifies an event again: it ages the priority stored at
+    ingest by the event's wait, and routes fraud findings and events past the threshold alone."""
+    settings = Settings(significant_priority=80.0, workflow_id_prefix="t/", shards=4)
+    dispatcher = Dispatcher(settings, None, None)  # type: ignore[arg-type]  # route() touches neither
+    now = datetime.now(UTC)
+
+    def row(seq: int, kind: str, priority: float, waited_s: float, **data: Any) -> EventRecord:
+        return EventRecord(
+            seq=seq, source="test", external_id=f"e{seq}", type=kind, occurred_at=now,
+            received_at=now - timedelta(seconds=waited_s), chain="ethereum", contract=CONTRACT,
+            token_id="1", data=data, partition=f"collection:ethereum:{CONTRACT}", priority=priority,
+        )  # fmt: skip
+
+    routed = dispatcher.route(
+        [
+            row(1, "sale", 40.0, 0),
+            row(2, "sale", 79.0, 0),
+            row(3, "sale", 40.0, 3600),  # waited an hour: +60 aging points
+            row(4, "fraud_finding", 10.0, 0, severity="low"),
+        ]
+    )
+    marks = {m.seq: m for m in routed.marks}
+    assert marks[1].route is Route.PARTITION and marks[1].priority == 40.0
+    assert marks[1].priority_class == "normal"
+    assert marks[2].route is Route.PARTITION and marks[2].priority_class == "high"
+    assert marks[3].route is Route.OWN and marks[3].priority == 100.0
+    assert marks[4].route is Route.OWN
+    assert [(r.seq, severity) for r, _, severity in routed.own] == [(3, "critical"), (4, "low")]
+    assert routed.urgent  # the high-priority routine sale wakes its shard at once
 
 
 async def test_auth_scopes(pulse: RunningPulse) -> None:

@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from nftpulse.activities.contracts.base import PermanentProcessingError
     from nftpulse.activities.contracts.pipeline import (
+        ANALYZE_IMPACT,
+        INVALIDATE_CACHE,
+        RECALCULATE,
         ImpactInput,
         ImpactPlan,
         InvalidateInput,
-        InvalidateResult,
         IsolatedEvent,
         RecalcInput,
         RecalcResult,
@@ -39,18 +40,6 @@ PRIORITY = SearchAttributeKey.for_keyword("Priority")
 SEVERITY = SearchAttributeKey.for_keyword("Severity")
 SEARCH_ATTRIBUTES = (EVENT_TYPE, ENTITY_KEY, PRIORITY, SEVERITY)
 
-#: Transient failures (database busy or down, a worker lost) retry without end: an accepted event must
-#: end processed or visibly failed, never dropped. Permanent ones fail at once.
-PIPELINE_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=0,
-    non_retryable_error_types=[PermanentProcessingError.__name__],
-)
-ANALYZE_TIMEOUT = timedelta(seconds=30)
-RECALC_TIMEOUT = timedelta(seconds=120)
-INVALIDATE_TIMEOUT = timedelta(seconds=30)
 #: A shard with nothing to do for this long closes; the next signal-with-start opens a new run.
 SHARD_IDLE = timedelta(minutes=10)
 BATCHES_PER_RUN = 500
@@ -169,33 +158,16 @@ class ShardWorkflow:
                 )
 
     async def _drain_once(self, partitions: list[str], limit: int) -> ImpactPlan:
-        plan: ImpactPlan = await workflow.execute_local_activity(
-            "analyze_impact",
-            ImpactInput(partitions, [], limit),
-            result_type=ImpactPlan,
-            start_to_close_timeout=ANALYZE_TIMEOUT,
-            retry_policy=PIPELINE_RETRY,
-        )
+        # Not analysed: the shard reads only which events are pending (see ``ImpactInput.analyse``).
+        plan = await ANALYZE_IMPACT.run(ImpactInput(partitions, [], limit))
         result: RecalcResult | None = None
         if plan.seqs:
-            result = await workflow.execute_local_activity(
-                "recalculate",
-                RecalcInput(plan, workflow.info().workflow_id),
-                result_type=RecalcResult,
-                start_to_close_timeout=RECALC_TIMEOUT,
-                retry_policy=PIPELINE_RETRY,
-            )
+            result = await RECALCULATE.run(RecalcInput(plan, workflow.info().workflow_id))
             self._events += result.applied
             for poison in result.isolated:
                 await self._isolate(poison)
         if not workflow.patched(INVALIDATION_IN_RECALCULATION):
-            await workflow.execute_local_activity(
-                "invalidate_cache",
-                InvalidateInput(partitions, result.views_at if result else ""),
-                result_type=InvalidateResult,
-                start_to_close_timeout=INVALIDATE_TIMEOUT,
-                retry_policy=PIPELINE_RETRY,
-            )
+            await INVALIDATE_CACHE.run(InvalidateInput(partitions, result.views_at if result else ""))
         if result is not None and result.changes:
             # After invalidation: a notification never points at a value a read could not yet show.
             await notify_changes(workflow.info().workflow_id)
@@ -232,31 +204,13 @@ class EventWorkflow:
 
     @workflow.run
     async def run(self, inp: EventInput) -> EventResult:
-        plan: ImpactPlan = await workflow.execute_local_activity(
-            "analyze_impact",
-            ImpactInput([inp.partition], [inp.seq], 1),
-            result_type=ImpactPlan,
-            start_to_close_timeout=ANALYZE_TIMEOUT,
-            retry_policy=PIPELINE_RETRY,
-        )
+        plan = await ANALYZE_IMPACT.run(ImpactInput([inp.partition], [inp.seq], 1, analyse=True))
         if not plan.seqs:
             # Already processed (a duplicate start after a crash): nothing left to do.
             return EventResult(inp.seq, False, [], plan.severity)
-        result: RecalcResult = await workflow.execute_local_activity(
-            "recalculate",
-            RecalcInput(plan, workflow.info().workflow_id, single=True),
-            result_type=RecalcResult,
-            start_to_close_timeout=RECALC_TIMEOUT,
-            retry_policy=PIPELINE_RETRY,
-        )
+        result = await RECALCULATE.run(RecalcInput(plan, workflow.info().workflow_id, single=True))
         if not workflow.patched(INVALIDATION_IN_RECALCULATION):
-            await workflow.execute_local_activity(
-                "invalidate_cache",
-                InvalidateInput([inp.partition], result.views_at),
-                result_type=InvalidateResult,
-                start_to_close_timeout=INVALIDATE_TIMEOUT,
-                retry_policy=PIPELINE_RETRY,
-            )
+            await INVALIDATE_CACHE.run(InvalidateInput([inp.partition], result.views_at))
         if result.changes:
             await notify_changes(workflow.info().workflow_id)
         return EventResult(inp.seq, bool(result.applied), plan.entities, plan.severity)

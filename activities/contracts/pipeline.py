@@ -1,12 +1,17 @@
-"""Inputs and results of the pipeline's activities: plain dataclasses, safe inside the workflow sandbox.
+"""The pipeline's activities (impact analysis, recalculation, cache invalidation) as contracts, with their
+inputs and results: plain dataclasses, safe inside the workflow sandbox.
 
 No ``from __future__ import annotations``: see ``base.py``.
 """
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from temporalio.common import RetryPolicy
+
+from nftpulse.activities.contracts.base import ActivityContract, PermanentProcessingError
 from nftpulse.domain.changes import MetricChange
 
 
@@ -17,6 +22,10 @@ class ImpactInput:
     #: The events to analyse; empty means "whatever is pending in those partitions".
     seqs: list[int] = field(default_factory=list)
     limit: int = 2000
+    #: Name the entities and factors the events move and rate their severity. Only a significant event's
+    #: workflow reads them (its result and its page in the Web UI); a shard needs only which events are
+    #: pending, so it leaves this off and its batch is not analysed at all.
+    analyse: bool = False
 
 
 @dataclass
@@ -24,6 +33,7 @@ class ImpactPlan:
     #: The partitions with events in this plan.
     partitions: list[str]
     seqs: list[int]
+    #: The rest is filled only when ``ImpactInput.analyse`` asked for it (0, empty lists, empty severity).
     entity_count: int
     #: A sample of the touched entity keys (see ``activities.pipeline.PLAN_SAMPLE``).
     entities: list[str]
@@ -119,3 +129,28 @@ class InvalidateInput:
 class InvalidateResult:
     invalidated: int
     processed: int
+
+
+#: Transient failures (database busy or down, a worker lost) retry without end: an accepted event must
+#: end processed or visibly failed, never dropped. Permanent ones fail at once.
+PIPELINE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=0,
+    non_retryable_error_types=[PermanentProcessingError.__name__],
+)
+
+# Local activities: each step is recorded in the workflow's history without a round trip through the
+# server's task queues (see ``workflows.pipeline``).
+ANALYZE_IMPACT: ActivityContract[ImpactInput, ImpactPlan] = ActivityContract(
+    "analyze_impact", ImpactInput, ImpactPlan, timedelta(seconds=30), PIPELINE_RETRY, local=True
+)
+RECALCULATE: ActivityContract[RecalcInput, RecalcResult] = ActivityContract(
+    "recalculate", RecalcInput, RecalcResult, timedelta(seconds=120), PIPELINE_RETRY, local=True
+)
+#: Kept for workflows whose history predates invalidation inside recalculation
+#: (``workflows.pipeline.INVALIDATION_IN_RECALCULATION``).
+INVALIDATE_CACHE: ActivityContract[InvalidateInput, InvalidateResult] = ActivityContract(
+    "invalidate_cache", InvalidateInput, InvalidateResult, timedelta(seconds=30), PIPELINE_RETRY, local=True
+)

@@ -6,15 +6,30 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
+from nftpulse.core.settings import Settings
 from nftpulse.domain.book import CollectionBook
-from nftpulse.domain.classify import ClassifyContext, Thresholds, classify, priority_class
-from nftpulse.domain.events import Event
+from nftpulse.domain.classify import (
+    ClassifyContext,
+    Thresholds,
+    aged,
+    classify,
+    is_significant,
+    priority_class,
+)
+from nftpulse.domain.events import Event, creator_key
 from nftpulse.domain.impact import DependencyGraph, analyze
 
 CHAIN, CONTRACT = "ethereum", "0x" + "d" * 40
 A, B, C = ("0x" + c * 40 for c in "abc")
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 _n = 0
+#: The thresholds a default deployment runs with: the settings own their values.
+TH = Thresholds(
+    significant_priority=Settings.model_fields["significant_priority"].default,
+    large_move=Settings.model_fields["large_move"].default,
+)
 
 
 def ev(
@@ -46,7 +61,7 @@ def eth(amount: str) -> dict[str, str]:
 
 def test_priority_parts_and_classes() -> None:
     fraud = ev("fraud_finding", None, {"finding_id": "f", "kind": "rug", "severity": "critical"})
-    verdict = classify(fraud, ClassifyContext(watchers=50, source_reliability=0.9))
+    verdict = classify(fraud, ClassifyContext(TH, watchers=50, source_reliability=0.9))
     assert verdict.significant and verdict.priority_class == "critical"
     assert verdict.priority == min(100.0, round(sum(p["points"] for p in verdict.parts), 2))
     assert {p["part"] for p in verdict.parts} >= {
@@ -60,7 +75,7 @@ def test_priority_parts_and_classes() -> None:
 
     at_floor = ev("sale", "1", {"from": A, "to": B, "price": eth("1")}, block=1)
     double = ev("sale", "1", {"from": A, "to": B, "price": eth("2")}, block=2)
-    ctx = ClassifyContext(floor=Decimal(1), watchers=3)
+    ctx = ClassifyContext(TH, floor=Decimal(1), watchers=3)
     low, high = classify(at_floor, ctx), classify(double, ctx)
     assert high.priority > low.priority
     assert any(p["part"] == "boost" for p in high.parts) and not any(p["part"] == "boost" for p in low.parts)
@@ -70,13 +85,36 @@ def test_priority_parts_and_classes() -> None:
 
 def test_aging_prevents_starvation() -> None:
     tick = ev("social_signal", None, {"platform": "x", "metric": "mentions", "value": 3})
-    fresh = classify(tick, ClassifyContext(source_reliability=0.5))
-    waited = classify(tick, ClassifyContext(source_reliability=0.5, waited_s=3600))
+    fresh = classify(tick, ClassifyContext(TH, source_reliability=0.5))
+    waited = classify(tick, ClassifyContext(TH, source_reliability=0.5, waited_s=3600))
     assert waited.priority > fresh.priority
     assert priority_class(fresh.priority) == "low"
     assert waited.priority >= fresh.priority + 50
     assert not fresh.significant
-    assert classify(tick, ClassifyContext(thresholds=Thresholds(significant_priority=0))).significant
+    zero = Thresholds(significant_priority=0, large_move=TH.large_move)
+    assert classify(tick, ClassifyContext(zero)).significant
+
+
+@pytest.mark.parametrize("waited_s", [0.0, 5.0, 90.0, 1800.0, 86400.0])
+def test_aging_a_stored_priority_equals_classifying_after_the_wait(waited_s: float) -> None:
+    """The dispatcher routes by the priority classified at ingest plus the aging part (``aged``): the
+    same verdict as classifying the event again after its wait, to the hundredth."""
+    for event, floor in [
+        (ev("sale", "1", {"from": A, "to": B, "price": eth("3")}, block=1), Decimal(1)),
+        (ev("social_signal", None, {"platform": "x", "metric": "mentions", "value": 3}), None),
+        (ev("listing", "2", {"seller": A, "price": eth("0.5")}, block=2), Decimal(1)),
+    ]:
+        at_ingest = classify(event, ClassifyContext(TH, floor=floor))
+        later = classify(event, ClassifyContext(TH, floor=floor, waited_s=waited_s))
+        assert aged(at_ingest.priority, waited_s, TH) == pytest.approx(later.priority, abs=0.011)
+        assert is_significant(event.type.value, later.priority, TH) == later.significant
+
+
+def test_creator_keys_name_the_chain() -> None:
+    """Classification names creators as creator subscriptions do: ``creator:<chain>:<address>``."""
+    mint = ev("mint", "1", {"to": A, "creator": C.upper().replace("0X", "0x")}, block=1)
+    verdict = classify(mint, ClassifyContext(TH))
+    assert verdict.entities["creator"] == creator_key(CHAIN, C) == f"creator:{CHAIN}:{C}"
 
 
 def test_sale_before_its_mint_equals_chain_order() -> None:
@@ -140,3 +178,6 @@ def test_creator_graph_and_verification() -> None:
     assert graph.collections_of(C) == {book.key}
     assert book.collection_view()["verified_creator"] is True
     assert DependencyGraph.holdings(book, A) == {"1"}
+    # Impact analysis names the creator with the same key as classification and subscriptions.
+    impact = analyze([ev("transfer", "1", {"from": A, "to": B}, block=2)], book)
+    assert creator_key(CHAIN, C) in impact.entity_keys(book)

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select, text
 
+from nftpulse.store import schema
 from nftpulse.store.db import Database
 from nftpulse.store.models import EventRecord
 from nftpulse.synth import Stream
@@ -473,12 +474,21 @@ def bench_database(kind: str, workdir: Path) -> Iterator[str]:
     """A database of the benchmark's own: a fresh Postgres schema (dropped afterwards) or a SQLite file."""
     if kind == "postgres":
         with postgres_schema() as url:
-            Database(url).create_all()
+            _migrate(url)
             yield url
     else:
         url = f"sqlite:///{workdir / 'pulse.db'}"
-        Database(url).create_all()
+        _migrate(url)
         yield url
+
+
+def _migrate(url: str) -> None:
+    """``pulse db upgrade``: the processes refuse a database behind the code's schema."""
+    db = Database(url)
+    try:
+        schema.upgrade(db)
+    finally:
+        db.dispose()
 
 
 async def run_with_server(args: argparse.Namespace, database_url: str, workdir: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -22,11 +22,16 @@ from nftpulse import __version__
 from nftpulse.core import logs, tracing
 from nftpulse.core.settings import WORKER_ROLES, Settings, get_settings
 
+if TYPE_CHECKING:
+    from nftpulse.store.db import Database
+
 app = typer.Typer(
     help="Pulse: real-time updates and alerts for NFT trust and market data.", no_args_is_help=True
 )
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="The database schema: upgrade it, show its revision.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 log = logging.getLogger("pulse.cli")
 
@@ -96,7 +101,8 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        db = await asyncio.to_thread(_open_db, settings)
+        # The embedded default migrates by itself; production processes refuse a database behind the code.
+        db = await asyncio.to_thread(_open_db, settings, embedded)
         sdk_metrics = f"{settings.host}:{settings.temporal_sdk_metrics_port}" if worker else None
         client = await connect(
             settings.effective_temporal_address,
@@ -154,10 +160,17 @@ def _service_name(*, api: bool, worker: bool, dispatcher: bool) -> str:
     return "pulse" if len(parts) > 1 else f"pulse-{parts[0]}"
 
 
-def _open_db(settings: Settings):  # type: ignore[no-untyped-def]
+def _open_db(settings: Settings, upgrade: bool = False) -> Database:
+    """The database at the schema revision this code needs, or an exit (2) with a message that names
+    the command to run (``services.open_database``)."""
     from nftpulse.services import open_database
+    from nftpulse.store.schema import SchemaError
 
-    return open_database(settings)
+    try:
+        return open_database(settings, upgrade=upgrade)
+    except SchemaError as exc:
+        console.print("[bold red]error:[/bold red]", escape(str(exc)), soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _print_where(settings: Settings, key: str) -> None:
@@ -236,18 +249,100 @@ def keys_create(
     name: Annotated[str, typer.Option(help="what the key is for")] = "cli",
 ) -> None:
     """Create an API key and print it (it is shown only once)."""
-    from nftpulse.services import open_database
-
     allowed = {"ingest", "read", "admin"}
     for s in scope:
         if s not in allowed and not s.startswith("user:"):
             raise typer.BadParameter(
                 f"unknown scope {s!r}: use ingest, read, admin or user:<id>", param_hint="--scope"
             )
-    db = open_database(_settings())
+    db = _open_db(_settings())
     from nftpulse.store import keys
 
     typer.echo(keys.create(db, name, list(scope)))
+
+
+# -- database schema ------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to this version's schema (creates it when empty; safe to run twice, and
+    from several processes at once)."""
+    from nftpulse.store import schema
+    from nftpulse.store.db import Database
+
+    settings = _settings()
+    db = Database(settings.effective_database_url)
+    try:
+        result = schema.upgrade(db)
+    except schema.SchemaError as exc:
+        console.print("[bold red]error:[/bold red]", escape(str(exc)), soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    where = schema.display_url(db.url)
+    before = result.before
+    if not result.changed:
+        typer.echo(f"{where} is already at revision {result.after} (head)")
+    elif before.pre_migration:
+        typer.echo(f"{where} predates migrations: completed it and recorded revision {result.after}")
+    elif before.empty:
+        typer.echo(f"{where}: schema created at revision {result.after}")
+    else:
+        typer.echo(f"{where} upgraded from revision {before.current} to {result.after}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and this version's head; exits 1 when they differ."""
+    from nftpulse.store import schema
+    from nftpulse.store.db import Database
+
+    url = _settings().effective_database_url
+    missing = schema.missing_database(url)
+    if missing:
+        console.print(escape(missing), soft_wrap=True)
+        raise typer.Exit(1)
+    db = Database(url)
+    try:
+        state = schema.status(db)
+    except schema.SchemaError as exc:
+        console.print("[bold red]error:[/bold red]", escape(str(exc)), soft_wrap=True)
+        raise typer.Exit(2) from None
+    finally:
+        db.dispose()
+    if state.empty:
+        current = "none (no Pulse schema)"
+    elif state.pre_migration:
+        current = "none (created before migrations)"
+    else:
+        current = str(state.current)
+    typer.echo(f"database: {schema.display_url(url)}")
+    typer.echo(f"revision: {current}")
+    typer.echo(f"head:     {state.head}")
+    problem = state.problem()
+    typer.echo("up to date" if problem is None else problem)
+    if problem is not None:
+        raise typer.Exit(1)
+
+
+@db_app.command("revision", hidden=True)
+def db_revision(
+    message: Annotated[str, typer.Option("--message", "-m", help="what the revision changes")],
+    rev_id: Annotated[str, typer.Option(help="its number, the head's plus one, e.g. 0002")],
+    empty: Annotated[bool, typer.Option("--empty", help="no autogenerated operations")] = False,
+) -> None:
+    """For developers, in a checkout: write a new revision that takes a database at head (the
+    configured one) to the models."""
+    from nftpulse.store import schema
+    from nftpulse.store.db import Database
+
+    db = Database(_settings().effective_database_url)
+    try:
+        path = schema.new_revision(db, message, rev_id, autogenerate=not empty)
+    finally:
+        db.dispose()
+    typer.echo(f"wrote {path}: read it, adjust it, and test it (tests/test_migrations.py)")
 
 
 # -- replay and verify ----------------------------------------------------------------------------
@@ -287,7 +382,6 @@ def replay(
     ] = False,
 ) -> None:
     """Send events back through the pipeline: one event, or a range by time, type or source."""
-    from nftpulse.services import open_database
     from nftpulse.store import events
     from nftpulse.store.events import ReplayFilter
 
@@ -306,7 +400,7 @@ def replay(
         until=_parse_time(until, "--until"),
         statuses=statuses,
     )
-    db = open_database(_settings())
+    db = _open_db(_settings())
     seqs = events.seqs_matching(db, flt)
     if dry_run:
         typer.echo(f"{len(seqs)} event(s) would be replayed")
@@ -328,10 +422,10 @@ def verify(
     examples: Annotated[int, typer.Option(help="how many differences to print")] = 10,
 ) -> None:
     """Recompute every entity from the event log and report each difference from the stored state."""
-    from nftpulse.services import open_database
     from nftpulse.verify import verify as run_verify
 
-    db = open_database(_settings())
+    # A missing or empty database is an error (exit 2), not a clean bill of health.
+    db = _open_db(_settings())
     with Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("verify", total=None)
 
@@ -343,6 +437,8 @@ def verify(
         f"{report.collections} collection(s), {report.entities} entit(ies) checked, "
         f"{len(report.differences)} difference(s)"
     )
+    if report.collections == 0:
+        typer.echo("nothing to verify: no collection has events in the log")
     for diff in report.differences[:examples]:
         typer.echo(f"  {diff.key} {diff.path}: stored={diff.stored!r} recomputed={diff.recomputed!r}")
     if not report.ok:

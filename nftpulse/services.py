@@ -8,16 +8,36 @@ import stat
 from pathlib import Path
 
 from nftpulse.core.settings import Settings
-from nftpulse.store import keys
+from nftpulse.store import keys, schema
 from nftpulse.store.cache import EntityCache, MemoryCache, NoCache, RedisCache
 from nftpulse.store.db import Database
+from nftpulse.store.schema import SchemaError
 
 log = logging.getLogger("pulse.services")
 
 
-def open_database(settings: Settings) -> Database:
-    db = Database(settings.effective_database_url)
-    db.create_all()
+def open_database(settings: Settings, *, upgrade: bool = False) -> Database:
+    """The database, at the schema revision this code needs.
+
+    With ``upgrade`` (the embedded ``pulse up``) it is migrated there first. Otherwise a database that is
+    missing, empty or behind raises ``SchemaError``, whose message names ``pulse db upgrade``: production
+    processes never change the schema behind the operator's back, and never run against one they do not
+    know.
+    """
+    url = settings.effective_database_url
+    if not upgrade and (missing := schema.missing_database(url)):
+        raise SchemaError(missing)
+    db = Database(url)
+    try:
+        if upgrade:
+            result = schema.upgrade(db)
+            if result.changed:
+                log.info("database schema upgraded from %s to %s", result.before.current, result.after)
+        else:
+            schema.require_current(db)
+    except BaseException:
+        db.dispose()
+        raise
     if settings.bootstrap_admin_key:
         keys.create(db, "bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key)
     return db

@@ -12,12 +12,12 @@ import orjson
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from nftpulse.store import models, notify  # noqa: F401  (registers the tables on SQLModel.metadata)
 from nftpulse.store.sql import json_dumps
 
-#: Advisory lock key under which schema changes run (any constant unlikely to collide).
+#: Advisory lock key under which schema changes run (``store.schema``; any constant unlikely to collide).
 _SCHEMA_LOCK = 0x50554C5345
 
 
@@ -93,16 +93,6 @@ class Database:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-
-    def create_all(self) -> None:
-        """Create missing tables. Processes starting together (api, worker, dispatcher) would race on
-        Postgres's catalog, so there they take turns under an advisory lock."""
-        if self.is_sqlite:
-            SQLModel.metadata.create_all(self.write_engine)
-            return
-        with self.write_engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-            SQLModel.metadata.create_all(conn)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -8,7 +8,7 @@ Rule state lives in its own table, keyed by (subscription, rule, entity): a port
 hysteresis per wallet, and writing state never rewrites the subscription the user edits.
 
 These tables register on ``SQLModel.metadata`` when this module is imported; ``store/db.py`` must import
-it (``from store import notify  # noqa: F401``) for ``Database.create_all`` to create them.
+it (``from nftpulse.store import notify  # noqa: F401``) for the migrations to see them.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ empty one: the baseline revision creates only what such a database lacks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from alembic import command
-from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
@@ -28,6 +28,10 @@ from nftpulse.store.db import _SCHEMA_LOCK, Database
 
 SCRIPT_LOCATION = "nftpulse.store:migrations"
 UPGRADE_COMMAND = "pulse db upgrade"
+
+# Alembic narrates every context it opens at INFO (several lines per process start); what changed is
+# reported by ``pulse db upgrade`` and logged by the processes that upgrade.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class SchemaError(RuntimeError):
@@ -142,14 +146,18 @@ def require_current(db: Database) -> None:
         raise SchemaError(problem)
 
 
-def differences(conn: Connection) -> list[Any]:
-    """What Alembic's autogenerate finds between the database and the models (empty when a revision
-    accounts for every model change), plus storage parameters, which autogenerate does not compare."""
+def differences(conn: Connection, metadata: MetaData | None = None) -> list[Any]:
+    """What Alembic's autogenerate finds between the database and the models (``metadata``, by default
+    Pulse's): empty when the revisions account for every model change. Plus, on Postgres, what autogenerate
+    does not compare: storage parameters and which columns draw from a sequence."""
+    metadata = SQLModel.metadata if metadata is None else metadata
+    from alembic.autogenerate import compare_metadata  # loads autogenerate's plugins: only when needed
+
     context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
-    found: list[Any] = list(compare_metadata(context, SQLModel.metadata))
+    found: list[Any] = list(compare_metadata(context, metadata))
     if conn.dialect.name == "postgresql":
-        found += _sequence_differences(conn)
-        for table in SQLModel.metadata.sorted_tables:
+        found += _sequence_differences(conn, metadata)
+        for table in metadata.sorted_tables:
             wanted = table.dialect_options["postgresql"]["with"] or {}
             row = conn.execute(
                 text("SELECT reloptions FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table.name}
@@ -161,7 +169,7 @@ def differences(conn: Connection) -> list[Any]:
     return found
 
 
-def _sequence_differences(conn: Connection) -> list[Any]:
+def _sequence_differences(conn: Connection, metadata: MetaData) -> list[Any]:
     """Columns that draw from a sequence (serial) where the models say otherwise, or the reverse: Alembic
     does not compare them."""
     rows = conn.execute(
@@ -173,10 +181,10 @@ def _sequence_differences(conn: Connection) -> list[Any]:
     have = {(t, c) for t, c in rows}
     wanted = {
         (t.name, t.autoincrement_column.name)
-        for t in SQLModel.metadata.sorted_tables
+        for t in metadata.sorted_tables
         if t.autoincrement_column is not None
     }
-    known = set(SQLModel.metadata.tables)
+    known = set(metadata.tables)
     return [("serial", t, c, (t, c) in have) for t, c in sorted(have ^ wanted) if t in known]
 
 

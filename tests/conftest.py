@@ -28,7 +28,7 @@ from temporalio.worker import Replayer
 from nftpulse.api.app import create_app
 from nftpulse.core.settings import Settings
 from nftpulse.dispatcher import Dispatcher
-from nftpulse.store import keys
+from nftpulse.store import keys, schema
 from nftpulse.store.cache import MemoryCache
 from nftpulse.store.db import Database
 from nftpulse.temporal import temporal_cli
@@ -128,8 +128,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
+    """A database migrated to the code's head (``database_url`` alone is empty)."""
     database = Database(database_url)
-    database.create_all()
+    schema.upgrade(database)
     yield database
     database.dispose()
 
@@ -202,7 +203,7 @@ async def run_pulse(
         **overrides,
     )
     db = Database(database_url)
-    db.create_all()
+    schema.upgrade(db)
     test_keys = Keys(
         admin=keys.create(db, "admin", ["admin"]),
         ingest=keys.create(db, "ingest", ["ingest"]),

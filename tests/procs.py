@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from nftpulse.store import schema
+from nftpulse.store.db import Database
 from tests.conftest import free_port
 
 
@@ -31,6 +33,7 @@ class PulseProcesses:
     #: Tests poll the log four times as often as production, to finish sooner; benchmarks measure the
     #: production pacing.
     fast_dispatch: bool = True
+    migrated: bool = False
 
     def __post_init__(self) -> None:
         for name in ("api", "worker_metrics", "dispatcher_metrics", "sdk_metrics"):
@@ -60,6 +63,8 @@ class PulseProcesses:
         """Start ``pulse <part> [args]``; a second worker needs a ``name`` and gets metrics ports of its
         own."""
         name = name or part
+        if not self.migrated:
+            self.migrate()
         env = self.env
         if not self.database_url.startswith("sqlite"):
             # Names the process's Postgres backends in pg_stat_activity (the pipeline bench charges their
@@ -80,6 +85,16 @@ class PulseProcesses:
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,
         )
+
+    def migrate(self) -> None:
+        """What the compose file's one-off ``migrate`` service does before the processes start (they refuse
+        a database behind the code's schema)."""
+        db = Database(self.database_url)
+        try:
+            schema.upgrade(db)
+        finally:
+            db.dispose()
+        self.migrated = True
 
     def kill(self, part: str) -> None:
         """SIGKILL: no clean shutdown, exactly what a crash or an OOM kill does."""

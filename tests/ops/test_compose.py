@@ -114,6 +114,30 @@ def test_pulse_services_are_wired_to_the_stack(compose: dict[str, Any]) -> None:
     assert "/readyz" in " ".join(compose["services"]["api"]["healthcheck"]["test"])
 
 
+def test_a_one_off_migration_runs_before_the_processes(compose: dict[str, Any]) -> None:
+    """`migrate` runs `pulse db upgrade` once per `up`, with the processes' image and database, and every
+    Pulse process waits for it to succeed: they refuse a database behind their code's schema."""
+    services = compose["services"]
+    migrate = services["migrate"]
+    assert migrate["command"] == ["db", "upgrade"]
+    assert migrate["restart"] == "no"
+    assert migrate["image"] == services["api"]["image"]
+    assert _environment(migrate)["PULSE_DATABASE_URL"] == _environment(services["api"])["PULSE_DATABASE_URL"]
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "healthcheck" not in migrate and "ports" not in migrate
+    processes = [
+        name
+        for name, service in services.items()
+        if service.get("image") == migrate["image"]
+        and service.get("command") in (["api"], ["worker"], ["dispatcher"])
+    ]
+    assert set(processes) >= {*PULSE_SERVICES, "event-worker"}
+    for name in processes:
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, (
+            name
+        )
+
+
 def test_ports_match_the_settings_defaults(compose: dict[str, Any]) -> None:
     defaults = Settings.model_construct()
     for name, service in compose["services"].items():

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from nftpulse.api.app import create_app
 from nftpulse.core.settings import Settings
+from nftpulse.store import schema
 from nftpulse.store.cache import NoCache
 from nftpulse.store.db import Database
 
@@ -20,6 +21,7 @@ CONTENT_TYPES = {
     ".js": ("text/javascript", "application/javascript"),
     ".css": ("text/css",),
     ".png": ("image/png",),
+    ".svg": ("image/svg+xml",),
 }
 
 
@@ -27,7 +29,7 @@ CONTENT_TYPES = {
 async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     url = f"sqlite:///{tmp_path / 'docs.db'}"
     db = Database(url)
-    db.create_all()
+    schema.upgrade(db)
     app = create_app(Settings(database_url=url, data_dir=tmp_path), db, NoCache(), None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pulse.test") as c:
         yield c
@@ -71,3 +73,12 @@ async def test_docs_pages_load_only_local_assets(
         if suffix == ".js":
             # The real bundles, not an error page: each is over a megabyte.
             assert len(asset.content) > 500_000, url
+            # ReDoc's bundle loads its logo from beside the page, not from Redocly's CDN.
+            assert b"cdn.redoc.ly" not in asset.content, url
+
+
+async def test_redoc_logo_is_served_beside_the_page(http: httpx.AsyncClient) -> None:
+    logo = await http.get("/redoc/logo-mini.svg")
+    assert logo.status_code == 200
+    assert logo.headers["content-type"].startswith("image/svg+xml")
+    assert b"<svg" in logo.content

@@ -483,7 +483,7 @@ def demo(
     reader = report.user_key or key
     console.print(
         f"{report.events_sent} events sent ({report.fraud_findings} fraud findings); "
-        f"{report.inbox} unread notifications in {user!r}'s inbox."
+        f"{report.inbox} unread notifications in the inbox of user {user!r}."
     )
     if not settings.temporal_address:
         console.print(f"Workflows: http://{settings.host}:{settings.temporal_ui_port}")

@@ -8,7 +8,7 @@ the baseline revision inspects the database it upgrades.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
@@ -20,7 +20,7 @@ from nftpulse.store import models, notify  # noqa: F401  (registers the tables o
 from nftpulse.store.models import UtcDateTime
 
 
-def render_item(kind: str, obj: Any, autogen: AutogenContext) -> str | bool:
+def render_item(kind: str, obj: Any, autogen: AutogenContext) -> str | Literal[False]:
     """Revisions spell column types in plain SQLAlchemy, so that they never import the models they
     outlive: ``AutoString`` is a ``String``, ``UtcDateTime`` stores a ``DateTime(timezone=True)``."""
     if kind != "type":

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
-if TYPE_CHECKING:
-    from nftpulse.api.app import BacklogMonitor
-
+from nftpulse.api.backlog import BacklogMonitor
 from nftpulse.core.settings import Settings
 from nftpulse.store import keys
 from nftpulse.store.cache import EntityCache

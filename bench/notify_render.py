@@ -27,10 +27,11 @@ from standardwebhooks.webhooks import Webhook
 
 from nftpulse.channels.base import OutboundMessage
 from nftpulse.channels.in_app import InAppChannel
-from nftpulse.channels.webhook import WebhookChannel, WebhookConfig, generate_secret
+from nftpulse.channels.webhook import WebhookChannel, WebhookConfig
+from nftpulse.core.delivery import generate_webhook_secret
 from nftpulse.templates.renderer import CHANNELS, KINDS, LOCALES, render
 
-SECRET = generate_secret()
+SECRET = generate_webhook_secret()
 
 
 def _context(i: int, kind: str) -> dict[str, Any]:

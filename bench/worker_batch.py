@@ -32,7 +32,7 @@ from temporalio.testing import ActivityEnvironment
 from bench.notify_pipeline import seed_subscriptions
 from bench.pipeline import bench_database
 from nftpulse.activities.contracts.pipeline import ImpactInput, RecalcInput
-from nftpulse.activities.notify import NotifyActivities
+from nftpulse.activities.notify.detection import DetectionActivities
 from nftpulse.activities.pipeline import PipelineActivities
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.cli import tune_gc
@@ -131,7 +131,7 @@ class Meter:
 
 def drain(
     pipeline: PipelineActivities,
-    notify: NotifyActivities,
+    notify: DetectionActivities,
     dirty: dict[int, set[str]],
     limit: int,
     meter: Meter,
@@ -192,7 +192,7 @@ def main() -> None:
         if args.users:
             seed_subscriptions(db, stream, args.users, args.subscriptions)
         pipeline = PipelineActivities(db, MemoryCache())
-        notify = NotifyActivities(db, ChannelRegistry())
+        notify = DetectionActivities(db, ChannelRegistry())
         # The mints first, as a warm-up: books and read models exist before the measured rounds.
         warm_up = Meter()
         drain(

@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-ChannelName = Literal["in_app", "email", "sms", "push", "webhook"]
-DeliveryStatus = Literal["queued", "sent", "delivered", "failed", "read"]
+from nftpulse.core.delivery import DeliveryStatus
 
 
 @dataclass(frozen=True)

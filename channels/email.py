@@ -7,7 +7,6 @@ Temporal worker must never block on a provider.
 from __future__ import annotations
 
 import asyncio
-import json
 import smtplib
 import ssl
 import urllib.error
@@ -18,21 +17,15 @@ from typing import Any
 
 from python_http_client.exceptions import HTTPError as SendGridHTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.eventwebhook import EventWebhook
 
 from nftpulse.channels.base import (
     DeliveryReceipt,
-    DeliveryStatus,
     OutboundMessage,
     PermanentDeliveryError,
     TransientDeliveryError,
     classify_http_status,
 )
-
-#: Custom header / custom_args name carrying the notification's idempotency key: it comes back in
-#: SendGrid event webhooks and bounce messages, which is how delivery status finds its notification.
-IDEMPOTENCY_ARG = "pulse_idempotency_key"
-NOTIFICATION_ARG = "pulse_notification_id"
+from nftpulse.core.delivery import SENDGRID_IDEMPOTENCY_ARG, SENDGRID_NOTIFICATION_ARG
 
 
 @dataclass(frozen=True)
@@ -68,9 +61,9 @@ def sendgrid_body(config: SendGridConfig, message: OutboundMessage) -> dict[str,
     content = [{"type": "text/plain", "value": message.text or message.subject}]
     if message.html:
         content.append({"type": "text/html", "value": message.html})
-    custom_args = {IDEMPOTENCY_ARG: message.idempotency_key}
+    custom_args = {SENDGRID_IDEMPOTENCY_ARG: message.idempotency_key}
     if message.notification_id:
-        custom_args[NOTIFICATION_ARG] = message.notification_id
+        custom_args[SENDGRID_NOTIFICATION_ARG] = message.notification_id
     body: dict[str, Any] = {
         "personalizations": [{"to": [{"email": message.to}], "custom_args": custom_args}],
         "from": {"email": config.from_email, "name": config.from_name},
@@ -197,97 +190,3 @@ def _smtp_error(channel: str, code: int, text: str) -> TransientDeliveryError | 
     if 400 <= code < 500:
         return TransientDeliveryError(channel, f"SMTP {code}: {text[:200]}", code=code)
     return PermanentDeliveryError(channel, f"SMTP {code}: {text[:200]}", code=code)
-
-
-#: SendGrid event → Pulse delivery status. ``deferred`` is SendGrid retrying a temporary refusal: the mail
-#: is still on its way, so it says no more than ``processed``. Events that say nothing about delivery
-#: (unsubscribe, spam report, group changes) are left out: they arrive after delivery and must not fail it.
-_SENDGRID_EVENTS: dict[str, DeliveryStatus] = {
-    "processed": "sent",
-    "deferred": "sent",
-    "delivered": "delivered",
-    "open": "read",
-    "click": "read",
-    "bounce": "failed",
-    "dropped": "failed",
-}
-
-
-def map_sendgrid_event(event: dict[str, Any]) -> tuple[str | None, DeliveryStatus] | None:
-    """``(idempotency key, status)`` for one SendGrid event-webhook event, or None for events that do
-    not move a delivery status. The key comes back from the ``custom_args`` set when sending."""
-    status = _SENDGRID_EVENTS.get(str(event.get("event", "")))
-    if status is None:
-        return None
-    key = event.get(IDEMPOTENCY_ARG)
-    return (str(key) if key is not None else None, status)
-
-
-@dataclass(frozen=True)
-class SendGridStatus:
-    """One event of a SendGrid event-webhook post that moves a delivery status."""
-
-    status: DeliveryStatus
-    #: From ``custom_args``: the notification's row id (preferred) and its idempotency key (fallback).
-    notification_id: int | None
-    idempotency_key: str | None
-
-
-class SendGridEventError(ValueError):
-    """A malformed event-webhook body; ``field`` names the offending part (``body``, ``body.3.event``)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
-def parse_sendgrid_events(body: str) -> list[SendGridStatus]:
-    """The status updates in a SendGrid event-webhook body (a JSON array of event objects).
-
-    Events of other kinds and events of mail Pulse did not send (no custom args) are skipped: SendGrid
-    posts every event of the account here. A body that is not such an array, an event without its
-    ``event`` name, or a custom arg of the wrong shape raises :class:`SendGridEventError`.
-    """
-    try:
-        events = json.loads(body)
-    except ValueError as exc:
-        raise SendGridEventError("body", f"not JSON: {exc}") from exc
-    if not isinstance(events, list):
-        raise SendGridEventError("body", "must be a JSON array of events")
-    out: list[SendGridStatus] = []
-    for i, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise SendGridEventError(f"body.{i}", "must be an object")
-        name = event.get("event")
-        if not isinstance(name, str) or not name:
-            raise SendGridEventError(f"body.{i}.event", "required, a string")
-        status = _SENDGRID_EVENTS.get(name)
-        if status is None:
-            continue
-        raw_id = event.get(NOTIFICATION_ARG)
-        notification_id: int | None = None
-        if raw_id is not None:
-            # Custom args travel as strings; anything but a positive integer was not set by Pulse.
-            text = str(raw_id)
-            if isinstance(raw_id, bool) or not text.isdigit() or int(text) <= 0:
-                raise SendGridEventError(f"body.{i}.{NOTIFICATION_ARG}", "must be a positive integer")
-            notification_id = int(text)
-        raw_key = event.get(IDEMPOTENCY_ARG)
-        if raw_key is not None and not isinstance(raw_key, str):
-            raise SendGridEventError(f"body.{i}.{IDEMPOTENCY_ARG}", "must be a string")
-        if notification_id is None and not raw_key:
-            continue
-        out.append(SendGridStatus(status, notification_id, raw_key or None))
-    return out
-
-
-def verify_sendgrid_event_signature(public_key: str, payload: str, signature: str, timestamp: str) -> bool:
-    """Check a signed SendGrid event webhook (headers ``X-Twilio-Email-Event-Webhook-Signature`` and
-    ``…-Timestamp``) with the ECDSA verification key from the SendGrid console."""
-    verifier = EventWebhook()
-    try:
-        key = verifier.convert_public_key_to_ecdsa(public_key)
-        return bool(verifier.verify_signature(payload, signature, timestamp, key))
-    except (ValueError, TypeError):
-        return False

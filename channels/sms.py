@@ -1,4 +1,4 @@
-"""SMS through Twilio's official SDK, plus status-callback helpers for the API layer.
+"""SMS through Twilio's official SDK. (Status callbacks arrive at the API: ``api/callbacks.py``.)
 
 The SDK is blocking (requests), so sends run in a worker thread. A small ``TwilioHttpClient`` subclass
 turns 429 (with its Retry-After) and 5xx into :class:`TransientDeliveryError` before the SDK flattens
@@ -8,8 +8,6 @@ them into a ``TwilioRestException`` without headers; everything else the SDK rai
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,20 +17,17 @@ import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
-from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from nftpulse.channels.base import (
     DeliveryReceipt,
-    DeliveryStatus,
     OutboundMessage,
     PermanentDeliveryError,
     TransientDeliveryError,
     parse_retry_after,
 )
-
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+from nftpulse.core.delivery import is_e164, map_twilio_status
 
 #: Twilio error codes that no retry can fix: invalid/unreachable number, opted out, not permitted.
 PERMANENT_TWILIO_CODES = frozenset(
@@ -53,11 +48,6 @@ class TwilioConfig:
     #: public URL of Pulse's Twilio status callback endpoint; None: no callbacks
     status_callback_url: str | None = None
     timeout_s: float = 10.0
-
-
-def is_e164(number: str) -> bool:
-    """Whether ``number`` is in E.164 form: ``+``, country code, at most 15 digits in all."""
-    return bool(E164.match(number))
 
 
 class _ClassifyingHttpClient(TwilioHttpClient):
@@ -189,37 +179,3 @@ class TwilioSmsChannel:
                     detail={"twilio_status": str(found.status), "reconciled": True},
                 )
         return None
-
-
-_TWILIO_STATUS: dict[str, DeliveryStatus] = {
-    "accepted": "queued",
-    "scheduled": "queued",
-    "queued": "queued",
-    "sending": "queued",
-    "sent": "sent",
-    "delivered": "delivered",
-    "read": "read",
-    "undelivered": "failed",
-    "failed": "failed",
-    "canceled": "failed",
-}
-
-
-def map_twilio_status(status: str) -> DeliveryStatus:
-    """Pulse's delivery status for a Twilio MessageStatus (callback or API)."""
-    return _TWILIO_STATUS.get(status.lower(), "queued")
-
-
-def validate_status_callback(
-    auth_token: str, url: str, params: Mapping[str, str], signature: str | None
-) -> bool:
-    """Check ``X-Twilio-Signature`` of a status callback: ``url`` is the full public URL Twilio called
-    (with query string), ``params`` the form fields of the POST body."""
-    if not signature:
-        return False
-    return bool(RequestValidator(auth_token).validate(url, dict(params), signature))
-
-
-def twilio_callback_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
-    """The signature Twilio would send for ``url`` and ``params`` (for tests of the callback endpoint)."""
-    return str(RequestValidator(auth_token).compute_signature(url, dict(params)))

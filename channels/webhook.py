@@ -1,4 +1,4 @@
-"""Webhooks signed per Standard Webhooks (https://www.standardwebhooks.com), and URL vetting.
+"""Webhooks signed per Standard Webhooks (https://www.standardwebhooks.com).
 
 Signing: ``webhook-signature: v1,<base64 HMAC-SHA256(key, f"{id}.{timestamp}.{body}")>`` where the key is
 the base64 part of the endpoint's ``whsec_…`` secret. ``webhook-id`` is derived from the notification's
@@ -11,19 +11,13 @@ endpoint at once. Any other non-2xx is a failure worth retrying, per the specifi
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
-import secrets
-import socket
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -34,10 +28,10 @@ from nftpulse.channels.base import (
     TransientDeliveryError,
     parse_retry_after,
 )
+from nftpulse.core.delivery import WEBHOOK_SECRET_PREFIX, InvalidWebhookUrl, validate_webhook_url
 
 #: Seconds to wait before attempts 2…8: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-SECRET_PREFIX = "whsec_"
 
 
 def next_retry_delay(attempt: int) -> float | None:
@@ -47,13 +41,8 @@ def next_retry_delay(attempt: int) -> float | None:
     return RETRY_SCHEDULE[attempt - 1]
 
 
-def generate_secret() -> str:
-    """A new endpoint secret: ``whsec_`` + base64 of 24 random bytes (what Svix and friends issue)."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
-
-
 def _secret_bytes(secret: str) -> bytes:
-    raw = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
+    raw = secret[len(WEBHOOK_SECRET_PREFIX) :] if secret.startswith(WEBHOOK_SECRET_PREFIX) else secret
     try:
         return base64.b64decode(raw, validate=True)
     except ValueError as exc:
@@ -81,66 +70,6 @@ def signed_headers(secret: str, msg_id: str, body: bytes, timestamp: int | None 
 def message_id(idempotency_key: str) -> str:
     """``webhook-id`` for a notification: stable across retries."""
     return "msg_" + idempotency_key
-
-
-class InvalidWebhookUrl(ValueError):
-    """A webhook URL refused at registration or before sending."""
-
-
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-async def _resolve(host: str, port: int) -> list[str]:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
-
-
-def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    # is_global is False for private, loopback, link-local, CGNAT (100.64/10), documentation, reserved
-    # and unspecified ranges; multicast is refused separately because some multicast ranges are global.
-    return not ip.is_global or ip.is_multicast
-
-
-async def validate_webhook_url(
-    url: str, *, allow_private: bool = False, resolver: Resolver | None = None
-) -> list[str]:
-    """Vet a webhook URL; returns the addresses it resolves to, or raises :class:`InvalidWebhookUrl`.
-
-    https only, no credentials in the URL, and every resolved address must be public unless
-    ``allow_private`` (tests, intranets), in which case plain http is accepted too. All addresses are
-    checked, not just the first, since the HTTP client may pick any of them.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidWebhookUrl(f"malformed URL: {exc}") from exc
-    allowed_schemes = {"https", "http"} if allow_private else {"https"}
-    if parts.scheme not in allowed_schemes:
-        raise InvalidWebhookUrl(f"scheme must be {' or '.join(sorted(allowed_schemes))}")
-    if not parts.hostname:
-        raise InvalidWebhookUrl("URL has no host")
-    if parts.username or parts.password:
-        raise InvalidWebhookUrl("credentials in the URL are not accepted; use the signing secret")
-    host = parts.hostname
-    port = port or (443 if parts.scheme == "https" else 80)
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        try:
-            addresses = await (resolver or _resolve)(host, port)
-        except OSError as exc:
-            raise InvalidWebhookUrl(f"host {host!r} does not resolve: {exc}") from exc
-    if not addresses:
-        raise InvalidWebhookUrl(f"host {host!r} does not resolve")
-    if not allow_private:
-        bad = [a for a in addresses if _refused(ipaddress.ip_address(a))]
-        if bad:
-            raise InvalidWebhookUrl(f"host {host!r} resolves to a non-public address ({', '.join(bad)})")
-    return addresses
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,15 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from nftpulse.activities.notify import build_notify_activities
+from nftpulse.activities.notify.delivery import DbInboxWriter, DeliveryActivities
+from nftpulse.activities.notify.detection import DetectionActivities
+from nftpulse.activities.notify.digests import DigestActivities
 from nftpulse.activities.pipeline import PipelineActivities
-from nftpulse.channels.registry import ChannelRegistry
+from nftpulse.channels.email import SendGridConfig, SmtpConfig
+from nftpulse.channels.push import WebPushConfig
+from nftpulse.channels.registry import ChannelRegistry, ChannelsConfig, build_registry
+from nftpulse.channels.sms import TwilioConfig
+from nftpulse.channels.webhook import WebhookConfig
 from nftpulse.core.settings import Settings
 from nftpulse.store.cache import EntityCache
 from nftpulse.store.db import Database
@@ -47,19 +53,68 @@ class Workers:
         await asyncio.gather(*(w.shutdown() for w in self.workers))
 
 
+def channels_config(settings: Settings) -> ChannelsConfig:
+    """The delivery providers configured in ``settings``; one whose settings are unset is absent."""
+    base = settings.public_base_url.rstrip("/")
+    sendgrid = (
+        SendGridConfig(api_key=settings.sendgrid_api_key, from_email=settings.email_from)
+        if settings.sendgrid_api_key
+        else None
+    )
+    smtp = (
+        SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            from_email=settings.email_from,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+        )
+        if settings.smtp_host
+        else None
+    )
+    twilio = (
+        TwilioConfig(
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token,
+            from_number=settings.twilio_from_number,
+            messaging_service_sid=settings.twilio_messaging_service_sid,
+            status_callback_url=f"{base}/v1/callbacks/twilio" if base else None,
+        )
+        if settings.twilio_account_sid and settings.twilio_auth_token
+        else None
+    )
+    webpush = (
+        WebPushConfig(vapid_private_key=settings.vapid_private_key, vapid_subject=settings.vapid_subject)
+        if settings.vapid_private_key and settings.vapid_subject
+        else None
+    )
+    webhook = WebhookConfig(allow_private=settings.allow_private_webhooks)
+    return ChannelsConfig(sendgrid=sendgrid, smtp=smtp, twilio=twilio, webpush=webpush, webhook=webhook)
+
+
 def build_worker(
     client: Client, settings: Settings, db: Database, cache: EntityCache
 ) -> tuple[Workers, ChannelRegistry]:
     """The workers, and the channel registry whose connections the caller closes after shutdown."""
     pipeline = PipelineActivities(db, cache, settings.workflow_id_prefix)
-    notify, registry = build_notify_activities(
-        settings, db, client, settings.task_queue, settings.workflow_id_prefix
+    registry = build_registry(channels_config(settings), inbox_writer=DbInboxWriter(db))
+    base_url = settings.public_base_url or "http://127.0.0.1:8000"
+    # With the client, detection starts each notification's workflow (or hands it to a digest) itself.
+    detection = DetectionActivities(
+        db,
+        registry,
+        client=client,
+        task_queue=settings.task_queue,
+        workflow_id_prefix=settings.workflow_id_prefix,
+        public_base_url=base_url,
     )
+    delivery = DeliveryActivities(db, registry)
+    digests = DigestActivities(db, registry, public_base_url=base_url)
     steps: list[Callable[..., Any]] = [
         pipeline.analyze_impact,
         pipeline.recalculate,
         pipeline.invalidate_cache,
-        notify.detect_significant_changes,
+        detection.detect_significant_changes,
     ]
     # Few slots on purpose: the pipeline's steps are CPU-bound Python, and a worker that runs more of them
     # than it has cores only makes each workflow task wait longer for the interpreter lock, until tasks
@@ -99,7 +154,7 @@ def build_worker(
             worker(
                 settings.task_queue,
                 WORKFLOWS,
-                [*steps, notify.deliver, notify.send_digest],
+                [*steps, delivery.deliver, digests.send_digest],
                 settings.worker_local_activity_slots,
             )
         )

@@ -258,7 +258,8 @@ def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEnt
     keys = sorted(set(entity_keys))
     out: list[WatchEntry] = []
     for start in range(0, len(keys), 500):
-        rows = session.execute(
+        # (entity key, subscription id, user id, rules as JSON text): the column types are not inferred.
+        rows: Sequence[Any] = session.execute(
             select(
                 col(SubscriptionKey.entity_key),
                 col(Subscription.id),
@@ -281,7 +282,7 @@ def users_to_update(session: Session, user_ids: Iterable[str], *, lock: bool) ->
     stmt = select(NotifyUser).where(one_of(session, col(NotifyUser.id), ids)).order_by(col(NotifyUser.id))
     if lock:
         stmt = stmt.with_for_update()
-    rows = session.execute(stmt.execution_options(populate_existing=True)).scalars()
+    rows: Iterable[NotifyUser] = session.execute(stmt.execution_options(populate_existing=True)).scalars()
     return {user.id: user for user in rows}
 
 
@@ -289,7 +290,7 @@ def subscriptions_by_id(session: Session, ids: Iterable[str]) -> dict[str, Subsc
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = session.execute(
+    rows: Iterable[Subscription] = session.execute(
         select(Subscription).where(one_of(session, col(Subscription.id), wanted))
     ).scalars()
     return {sub.id: sub for sub in rows}
@@ -342,12 +343,13 @@ def insert_notifications(session: Session, rows: Sequence[Notification]) -> list
     keys = sorted({r.idempotency_key for r in rows})
     stored: dict[str, Notification] = {}
     for start in range(0, len(keys), 500):
-        for found in session.execute(
+        chunk: Iterable[Notification] = session.execute(
             select(Notification).where(
                 one_of(session, col(Notification.idempotency_key), keys[start : start + 500])
             )
-        ).scalars():
-            stored[found.idempotency_key] = found
+        ).scalars()
+        for existing in chunk:
+            stored[existing.idempotency_key] = existing
     fresh: dict[str, Notification] = {}
     for row in rows:
         if row.idempotency_key not in stored and row.idempotency_key not in fresh:
@@ -361,7 +363,8 @@ def insert_notifications(session: Session, rows: Sequence[Notification]) -> list
 
         values = [{name: getattr(row, name) for name in _NOTIFICATION_COLUMNS} for row in fresh.values()]
         table = Notification.__table__  # type: ignore[attr-defined]
-        ids = {key: nid for nid, key in insert_many(session, table, values, skip_stored)}
+        inserted: Iterable[Any] = insert_many(session, table, values, skip_stored)
+        ids: dict[str, int] = {key: nid for nid, key in inserted}
         for key in list(fresh):
             if key in ids:
                 fresh[key].id = ids[key]
@@ -464,10 +467,11 @@ def upsert_deliveries(session: Session, items: Sequence[tuple[int, str, str]], n
     ids = sorted({nid for nid, _, _ in items})
     existing: dict[tuple[int, str], Delivery] = {}
     for start in range(0, len(ids), 500):
-        for row in session.execute(
+        chunk: Iterable[Delivery] = session.execute(
             select(Delivery).where(one_of(session, col(Delivery.notification_id), ids[start : start + 500]))
-        ).scalars():
-            existing[(row.notification_id, row.channel)] = row
+        ).scalars()
+        for stored_row in chunk:
+            existing[(stored_row.notification_id, stored_row.channel)] = stored_row
     for nid, channel, status in items:
         row = existing.get((nid, channel))
         if row is None:
@@ -605,36 +609,37 @@ class FailedDelivery:
 
 
 def failed_deliveries(session: Session, limit: int, offset: int = 0) -> list[FailedDelivery]:
-    rows = session.execute(
+    # Eight columns of two tables: past what the typed select overloads infer.
+    rows: Sequence[Any] = session.execute(
         select(
-            Delivery.notification_id,
-            Notification.user_id,
-            Notification.kind,
-            Delivery.channel,
-            Delivery.error,
-            Delivery.attempts,
-            Delivery.updated_at,
-            Notification.workflow_id,
+            col(Delivery.notification_id),
+            col(Notification.user_id),
+            col(Notification.kind),
+            col(Delivery.channel),
+            col(Delivery.error),
+            col(Delivery.attempts),
+            col(Delivery.updated_at),
+            col(Notification.workflow_id),
         )
-        .join(Notification, Notification.id == Delivery.notification_id)  # type: ignore[arg-type]
-        .where(Delivery.status == "failed")
-        .order_by(Delivery.updated_at.desc())  # type: ignore[attr-defined]
+        .join(Notification, col(Notification.id) == col(Delivery.notification_id))
+        .where(col(Delivery.status) == "failed")
+        .order_by(col(Delivery.updated_at).desc())
         .limit(limit)
         .offset(offset)
     ).all()
-    return [FailedDelivery(*row) for row in rows]
+    return [
+        FailedDelivery(nid, user_id, kind, channel, error, attempts, updated_at, workflow_id)
+        for nid, user_id, kind, channel, error, attempts, updated_at, workflow_id in rows
+    ]
 
 
 def workflow_ids_of(session: Session, notification_ids: Sequence[int]) -> list[str]:
-    return [
-        wf
-        for (wf,) in session.execute(
-            select(Notification.workflow_id).where(
-                one_of(session, col(Notification.id), list(notification_ids))
-            )
+    found: Iterable[str | None] = session.execute(
+        select(col(Notification.workflow_id)).where(
+            one_of(session, col(Notification.id), list(notification_ids))
         )
-        if wf
-    ]
+    ).scalars()
+    return [wf for wf in found if wf]
 
 
 def apply_provider_statuses(

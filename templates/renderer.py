@@ -10,7 +10,7 @@ Digests have their own sources: ``sources/<locale>/digest.j2`` (wording) and
 ``sources/layouts/digest_<channel>.*`` (shape), rendered from a :class:`DigestContext` whose groups
 (one kind for one entity each) are laid out by kind, then entity.
 
-Public entry points: :func:`render` and :func:`render_digest`.
+Public entry points: :func:`render`, :func:`inbox_text` and :func:`render_digest`.
 """
 
 from __future__ import annotations
@@ -390,6 +390,16 @@ def render(
         text = to_gsm_friendly(" ".join(text.split()))
         return Rendered(kind, channel, lang, subject, text=text, sms=segment(text))
     return Rendered(kind, channel, lang, subject, text=text)
+
+
+def inbox_text(kind: str, context: Mapping[str, Any], title: str = "", body: str = "") -> tuple[str, str]:
+    """Title and body of an inbox row: ``title`` and ``body`` as stored when detection rendered them,
+    else rendered now from the row's stored ``context`` in the locale the user had then (detection
+    leaves the text of inbox-only notifications to be rendered when read)."""
+    if title:
+        return title, body
+    rendered = render(kind, "in_app", str(context.get("locale") or DEFAULT_LOCALE), context)
+    return rendered.subject[:500], rendered.text
 
 
 # -- digests ------------------------------------------------------------------------------------------

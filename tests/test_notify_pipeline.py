@@ -30,26 +30,28 @@ from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from nftpulse.activities.contracts.pipeline import ChangeSet, MetricChange
-from nftpulse.activities.notify import (
+from nftpulse.activities.contracts.notify import (
     DeliverInput,
     DetectInput,
     DigestGroupOut,
-    NotifyActivities,
     SendDigestInput,
-    entity_name,
-    inbox_text,
     notification_workflow_id,
 )
+from nftpulse.activities.contracts.pipeline import ChangeSet
+from nftpulse.activities.notify.common import entity_name
+from nftpulse.activities.notify.delivery import DeliveryActivities
+from nftpulse.activities.notify.detection import DetectionActivities
+from nftpulse.activities.notify.digests import DigestActivities
+from nftpulse.api.callbacks import twilio_callback_signature
 from nftpulse.channels.base import DeliveryReceipt, OutboundMessage, TransientDeliveryError
 from nftpulse.channels.registry import ChannelRegistry
-from nftpulse.channels.sms import twilio_callback_signature
 from nftpulse.channels.webhook import WebhookChannel, WebhookConfig
+from nftpulse.domain.changes import MetricChange
 from nftpulse.store import entities, keys
 from nftpulse.store import notify as notify_store
 from nftpulse.store.db import Database
 from nftpulse.store.models import EntityView
-from nftpulse.templates.renderer import render
+from nftpulse.templates.renderer import inbox_text, render
 from nftpulse.workflows.notify import NotificationOutcome, NotificationWorkflow
 from tests.conftest import local_http_server, replay_under_sandbox, run_pulse
 
@@ -537,7 +539,7 @@ def test_detection_is_idempotent_and_only_touches_watchers(db: Database) -> None
     other = "collection:ethereum:0x" + "ef" * 20
     _seed(db, "alice", COLLECTION)
     _seed(db, "carol", other)
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).isoformat()
     first = acts.detect(DetectInput(_floor("10", "7"), at, cause="p@1-1"))
     assert [(n.user_id, n.severity, n.route) for n in first.notifications] == [("alice", "warning", "now")]
@@ -557,7 +559,7 @@ def test_detection_keeps_watchers_until_a_subscription_changes(db: Database) -> 
     """Watchers are read from the database once per entity while no subscription changes; a new, changed
     or deleted subscription (each through ``replace_subscription_keys``) is seen by the next detection."""
     _seed(db, "alice", COLLECTION)
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     lookups: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -603,7 +605,7 @@ def test_inbox_only_notification_is_delivered_by_detection_and_rendered_when_rea
         bob.webhooks = [{"id": "wh1", "url": "https://hooks.example.com/pulse", "secret": "whsec_x"}]
         bob.preferences = {"default": ["webhook"]}
         s.add(bob)
-    acts = NotifyActivities(db, ChannelRegistry([WebhookChannel(WebhookConfig(allow_private=True))]))
+    acts = DetectionActivities(db, ChannelRegistry([WebhookChannel(WebhookConfig(allow_private=True))]))
     at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).isoformat()
     result = acts.detect(DetectInput(_floor("10", "7"), at, cause="lazy@1-1"))
     by_user = {n.user_id: n for n in result.notifications}
@@ -614,20 +616,23 @@ def test_inbox_only_notification_is_delivered_by_detection_and_rendered_when_rea
     alice, bob_row = rows["alice"], rows["bob"]
     assert alice.inbox_at is not None and alice.workflow_id is None and alice.title == ""
     assert [(d.channel, d.status) for d in deliveries[alice.id or 0]] == [("in_app", "delivered")]
-    title, body = inbox_text(alice)
+    title, body = inbox_text(alice.kind, alice.context, alice.title, alice.body)
     expected = render(alice.kind, "in_app", "de", alice.context)
     assert (title, body) == (expected.subject, expected.text) and title.startswith("Mindestpreis")
     # Bob's goes out on his webhook through its workflow: rendered now, not in the inbox until delivered.
     assert bob_row.title and bob_row.inbox_at is None and deliveries[bob_row.id or 0] == []
     assert bob_row.workflow_id == notification_workflow_id("", bob_row.id or 0)
-    assert inbox_text(bob_row) == (bob_row.title, bob_row.body)
+    assert inbox_text(bob_row.kind, bob_row.context, bob_row.title, bob_row.body) == (
+        bob_row.title,
+        bob_row.body,
+    )
 
 
 def test_saved_change_batches_are_detected_once_each_and_consumed(db: Database) -> None:
     """The pipeline saves each batch's changes for its workflow; detection uses them up, and a batch whose
     recalculation result was lost (a crash) is still detected the next time the workflow asks."""
     _seed(db, "alice", COLLECTION)
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     with db.write() as s:
         entities.add_change_batch(s, "shard/1", "shard/1@1-5", _floor("10", "7").columns())
         entities.add_change_batch(s, "shard/2", "shard/2@6-6", _floor("10", "7").columns())
@@ -650,7 +655,7 @@ def test_saved_change_batches_are_detected_once_each_and_consumed(db: Database) 
 
 def test_budget_and_quiet_hours_route_to_digest_or_defer(db: Database) -> None:
     _seed(db, "alice", COLLECTION, hourly_budget=1, digest={"frequency": "daily", "at": "08:00"})
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     base = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
     r1 = acts.detect(DetectInput(_floor("10", "7"), base.isoformat(), cause="c1"))
     r2 = acts.detect(DetectInput(_floor("7", "10"), (base + timedelta(minutes=1)).isoformat(), cause="c2"))
@@ -664,7 +669,7 @@ def test_quiet_hours_defer_without_digest(db: Database) -> None:
     _seed(
         db, "alice", COLLECTION, timezone="Asia/Tokyo", quiet_hours={"start": "22:00:00", "end": "07:00:00"}
     )
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     at = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # 00:00 in Tokyo
     result = acts.detect(DetectInput(_floor("10", "7"), at.isoformat(), cause="q1"))
     (req,) = result.notifications
@@ -688,10 +693,12 @@ class _FlakySms:
 async def test_deliver_maps_errors_and_never_sends_twice(db: Database) -> None:
     _seed(db, "alice", COLLECTION, phone="+4915112345678")
     sms = _FlakySms(error=TransientDeliveryError("sms", "429", retry_after=30))
-    acts = NotifyActivities(db, ChannelRegistry([sms]))
-    (req,) = acts.detect(
-        DetectInput(_floor("10", "7"), datetime.now(UTC).isoformat(), cause="d1")
-    ).notifications
+    acts = DeliveryActivities(db, ChannelRegistry([sms]))
+    (req,) = (
+        DetectionActivities(db, ChannelRegistry([sms]))
+        .detect(DetectInput(_floor("10", "7"), datetime.now(UTC).isoformat(), cause="d1"))
+        .notifications
+    )
     with pytest.raises(ApplicationError) as info:
         await acts.deliver(DeliverInput(req.notification_id, "sms"))
     assert not info.value.non_retryable and info.value.next_retry_delay == timedelta(seconds=30)
@@ -797,7 +804,7 @@ def test_portfolio_matches_held_nfts_ranked_by_exposure(db: Database) -> None:
     engine = db.write_engine
     sa_event.listen(engine, "before_cursor_execute", count)
     try:
-        acts = NotifyActivities(db, ChannelRegistry())
+        acts = DetectionActivities(db, ChannelRegistry())
         at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).isoformat()
         result = acts.detect(DetectInput(changes, at, cause="pf@1"))
     finally:
@@ -855,7 +862,7 @@ def test_transfer_between_own_wallets_notifies_once(db: Database) -> None:
         s.add(sub)
         s.flush()
         notify_store.replace_subscription_keys(s, sub.id, [f"wallet:{ALICE_WALLET}", f"wallet:{other}"])
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     changes = ChangeSet.of(
         [MetricChange(_nft("1"), "owner", ALICE_WALLET, other), MetricChange(_nft("1"), "trust", 70, 20)]
     )
@@ -885,7 +892,9 @@ async def test_send_digest_renders_templates_per_channel(db: Database, hooks: Ho
         user.webhooks = [{"url": hooks.url, "secret": secret}]
         s.add(user)
     webhook = WebhookChannel(WebhookConfig(allow_private=True))
-    acts = NotifyActivities(db, ChannelRegistry([webhook]), public_base_url="https://pulse.example")
+    registry = ChannelRegistry([webhook])
+    acts = DetectionActivities(db, registry, public_base_url="https://pulse.example")
+    digests = DigestActivities(db, registry, public_base_url="https://pulse.example")
     at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
     first = acts.detect(DetectInput(_floor("10", "7"), at.isoformat(), cause="g1")).notifications
     second = acts.detect(DetectInput(_floor("7", "10"), (at + timedelta(hours=1)).isoformat(), cause="g2"))
@@ -899,7 +908,7 @@ async def test_send_digest_renders_templates_per_channel(db: Database, hooks: Ho
         notification_ids=[r.notification_id for r in reqs],
     )
     try:
-        result = await acts.send_digest(SendDigestInput("alice", "dgst_test", "schedule", [group]))
+        result = await digests.send_digest(SendDigestInput("alice", "dgst_test", "schedule", [group]))
     finally:
         await webhook.aclose()
     assert result.channels == ["in_app", "webhook"] and result.items == 2
@@ -953,7 +962,7 @@ def test_watchers_in_the_same_state_share_an_evaluation_but_not_their_outcome(db
     notified; the third, whose rule already fired on the first drop and is disarmed, stays silent. Each
     keeps a state of its own."""
     _seed(db, "cid", COLLECTION)
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
     first = acts.detect(DetectInput(_floor("10", "7"), at.isoformat(), cause="cid-only@1"))
     assert [n.user_id for n in first.notifications] == ["cid"]

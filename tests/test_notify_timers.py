@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from nftpulse.activities.notify import (
+from nftpulse.activities.contracts.notify import (
     DeliverInput,
     DeliverResult,
     DigestEntry,

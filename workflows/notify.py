@@ -22,24 +22,29 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from nftpulse.activities.contracts.pipeline import ChangeSet
-    from nftpulse.activities.notify import (
+    from nftpulse.activities.contracts.notify import (
+        DELIVER,
+        DELIVER_CRITICAL,
+        DETECT_SUMMARY,
+        DIGEST_WORKFLOW,
+        NOTIFICATION_WORKFLOW,
+        PERMANENT_DELIVERY,
+        SEND_DIGEST,
         DeliverInput,
-        DeliverResult,
         DetectInput,
+        DetectSummary,
         DigestEntry,
         DigestGroupOut,
         DigestInput,
         NotificationInput,
         NotifyRequest,
         SendDigestInput,
-        SendDigestResult,
         parse_time,
     )
+    from nftpulse.activities.contracts.pipeline import ChangeSet
     from nftpulse.domain.digest import (
         DigestItem,
         DigestSchedule,
@@ -51,56 +56,21 @@ with workflow.unsafe.imports_passed_through():
     from nftpulse.domain.escalation import EscalationPolicy, EscalationState, mark_dead, next_step
     from nftpulse.domain.rules import AlertSeverity, NotificationKind, QuietHours
 
-DETECT_TIMEOUT = timedelta(seconds=30)
-DELIVER_TIMEOUT = timedelta(seconds=30)
-DIGEST_TIMEOUT = timedelta(seconds=60)
-#: Detection only touches the database: retry transient trouble without end, like the pipeline does.
-DETECT_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=0,
-)
-#: Routine deliveries: the activity sets ``next_retry_delay`` from Retry-After and, for webhooks, from the
-#: Standard Webhooks schedule (5 s … 10 h); eight attempts cover that schedule.
-DELIVER_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=5),
-    backoff_coefficient=4.0,
-    maximum_interval=timedelta(hours=10),
-    maximum_attempts=8,
-    non_retryable_error_types=["PermanentDeliveryError", "NotFound"],
-)
-#: Critical deliveries give up sooner: the escalation chain is the better retry.
-CRITICAL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=4,
-    non_retryable_error_types=["PermanentDeliveryError", "NotFound"],
-)
 #: A digest with nothing pending for this long ends; the next item starts a new run.
 DIGEST_IDLE = timedelta(days=2)
 DIGEST_SENDS_PER_RUN = 50
 
 
-async def notify_changes(owner: str) -> int:
+async def notify_changes(owner: str) -> DetectSummary:
     """The pipeline hook: run detection for the changes the calling workflow's batches saved (from inside
-    that workflow); returns how many notifications it created.
+    that workflow).
 
     Recalculation saves each batch's changes in the database under the workflow's id, and detection
     consumes them, batch by batch, each idempotent by its cause: so a retry never notifies twice and a
-    batch whose result a crash lost is still detected at the next call. The result is read as plain JSON:
-    the calling workflow only needs the count, and typed decoding would make the pipeline's sandbox
-    resolve every notification type by name.
+    batch whose result a crash lost is still detected at the next call. Detection starts the
+    notifications' workflows itself; the calling workflow reads only the counts (``DETECT_SUMMARY``).
     """
-    inp = DetectInput(changes=ChangeSet(), at="", outbox=owner)
-    raw = await workflow.execute_local_activity(
-        "detect_significant_changes",
-        inp,
-        start_to_close_timeout=DETECT_TIMEOUT,
-        retry_policy=DETECT_RETRY,
-    )
-    return len(raw.get("notifications", [])) if isinstance(raw, dict) else 0
+    return await DETECT_SUMMARY.run(DetectInput(changes=ChangeSet(), at="", outbox=owner))
 
 
 @dataclass
@@ -116,12 +86,10 @@ class NotificationOutcome:
 
 def _permanent(exc: ActivityError) -> bool:
     cause = exc.cause
-    return isinstance(cause, ApplicationError) and (
-        cause.non_retryable or cause.type == "PermanentDeliveryError"
-    )
+    return isinstance(cause, ApplicationError) and (cause.non_retryable or cause.type == PERMANENT_DELIVERY)
 
 
-@workflow.defn(name="Notification")
+@workflow.defn(name=NOTIFICATION_WORKFLOW)
 class NotificationWorkflow:
     """Delivery and escalation of one notification."""
 
@@ -195,13 +163,8 @@ class NotificationWorkflow:
 
     async def _deliver(self, req: NotifyRequest, channel: str, step: int, critical: bool) -> bool:
         try:
-            result: DeliverResult = await workflow.execute_activity(
-                "deliver",
-                DeliverInput(req.notification_id, channel, step),
-                result_type=DeliverResult,
-                start_to_close_timeout=DELIVER_TIMEOUT,
-                retry_policy=CRITICAL_RETRY if critical else DELIVER_RETRY,
-            )
+            contract = DELIVER_CRITICAL if critical else DELIVER
+            result = await contract.run(DeliverInput(req.notification_id, channel, step))
         except ActivityError as exc:
             workflow.logger.warning(
                 "delivery failed",
@@ -239,7 +202,7 @@ class DigestOutcome:
     sends: list[str] = field(default_factory=list)
 
 
-@workflow.defn(name="Digest")
+@workflow.defn(name=DIGEST_WORKFLOW)
 class DigestWorkflow:
     """A user's digest: accumulate, then send on schedule (or early on magnitude)."""
 
@@ -329,13 +292,7 @@ class DigestWorkflow:
             )
             for g in digest.groups
         ]
-        await workflow.execute_activity(
-            "send_digest",
-            SendDigestInput(user_id, digest.idempotency_key, reason, groups),
-            result_type=SendDigestResult,
-            start_to_close_timeout=DIGEST_TIMEOUT,
-            retry_policy=DELIVER_RETRY,
-        )
+        await SEND_DIGEST.run(SendDigestInput(user_id, digest.idempotency_key, reason, groups))
         sent = set(digest.item_keys) | {e.idempotency_key for e in entries}
         # Items that arrived while the activity ran stay for the next digest.
         self._pending = [e for e in self._pending if e.idempotency_key not in sent]

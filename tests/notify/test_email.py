@@ -13,13 +13,13 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from nftpulse.api.callbacks import SendGridStatus, parse_sendgrid_events
 from nftpulse.channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
 from nftpulse.channels.email import (
     SendGridConfig,
     SendGridEmailChannel,
     SmtpConfig,
     SmtpEmailChannel,
-    map_sendgrid_event,
 )
 from tests.notify.conftest import Receiver
 
@@ -96,10 +96,20 @@ async def test_sendgrid_connection_refused_is_transient() -> None:
 
 
 def test_sendgrid_event_mapping() -> None:
-    assert map_sendgrid_event({"event": "delivered", "pulse_idempotency_key": "k"}) == ("k", "delivered")
-    assert map_sendgrid_event({"event": "bounce", "pulse_idempotency_key": "k"}) == ("k", "failed")
-    assert map_sendgrid_event({"event": "open"}) == (None, "read")
-    assert map_sendgrid_event({"event": "group_resubscribe"}) is None
+    body = json.dumps(
+        [
+            {"event": "delivered", "pulse_idempotency_key": "k"},
+            {"event": "bounce", "pulse_notification_id": "7"},
+            {"event": "open", "pulse_idempotency_key": "k", "pulse_notification_id": 8},
+            {"event": "group_resubscribe", "pulse_idempotency_key": "k"},  # says nothing about delivery
+            {"event": "delivered"},  # no custom args: not mail Pulse sent
+        ]
+    )
+    assert parse_sendgrid_events(body) == [
+        SendGridStatus("delivered", None, "k"),
+        SendGridStatus("failed", 7, None),
+        SendGridStatus("read", 8, "k"),
+    ]
 
 
 class _Sink:

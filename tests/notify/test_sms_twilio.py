@@ -14,18 +14,16 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from nftpulse.activities.contracts.pipeline import ChangeSet, MetricChange
-from nftpulse.activities.notify import DeliverInput, DetectInput, NotifyActivities
+from nftpulse.activities.contracts.notify import DeliverInput, DetectInput
+from nftpulse.activities.contracts.pipeline import ChangeSet
+from nftpulse.activities.notify.delivery import DeliveryActivities
+from nftpulse.activities.notify.detection import DetectionActivities
+from nftpulse.api.callbacks import twilio_callback_signature, validate_status_callback
 from nftpulse.channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
 from nftpulse.channels.registry import ChannelRegistry
-from nftpulse.channels.sms import (
-    TwilioConfig,
-    TwilioSmsChannel,
-    is_e164,
-    map_twilio_status,
-    twilio_callback_signature,
-    validate_status_callback,
-)
+from nftpulse.channels.sms import TwilioConfig, TwilioSmsChannel
+from nftpulse.core.delivery import is_e164, map_twilio_status
+from nftpulse.domain.changes import MetricChange
 from nftpulse.store import notify as notify_store
 from nftpulse.store.db import Database
 from tests.notify.conftest import Receiver, Recorded
@@ -223,7 +221,7 @@ def _notified(db: Database, phone: str) -> int:
         )
         s.flush()
         notify_store.replace_subscription_keys(s, "sub_ada", [entity])
-    acts = NotifyActivities(db, ChannelRegistry())
+    acts = DetectionActivities(db, ChannelRegistry())
     changes = ChangeSet.of([MetricChange(entity, "floor", "10", "7")])
     (req,) = acts.detect(DetectInput(changes, now.isoformat(), cause="sms-dup")).notifications
     return req.notification_id
@@ -234,7 +232,7 @@ async def test_retry_after_lost_answer_does_not_send_twice(db: Database, receive
     twilio.slow_creates = 1
     receiver.respond = twilio
     channel = _channel(receiver, timeout_s=0.3)
-    acts = NotifyActivities(db, ChannelRegistry([channel]))
+    acts = DeliveryActivities(db, ChannelRegistry([channel]))
     nid = _notified(db, "+4915112345678")
 
     # Attempt 1: Twilio creates the message, the answer is lost to the client's timeout.
@@ -264,10 +262,10 @@ async def test_retry_after_refused_connection_sends(db: Database, receiver: Rece
     twilio = _FakeTwilio()
     receiver.respond = twilio
     nid = _notified(db, "+4915112345678")
-    dead = NotifyActivities(db, ChannelRegistry([_channel(receiver, base_url="http://127.0.0.1:9")]))
+    dead = DeliveryActivities(db, ChannelRegistry([_channel(receiver, base_url="http://127.0.0.1:9")]))
     with pytest.raises(ApplicationError):
         await dead.deliver(DeliverInput(nid, "sms"))
-    acts = NotifyActivities(db, ChannelRegistry([_channel(receiver)]))
+    acts = DeliveryActivities(db, ChannelRegistry([_channel(receiver)]))
     result = await acts.deliver(DeliverInput(nid, "sms"))
     assert not result.already and result.provider_message_id == twilio.messages[0]["sid"]
     assert [r.method for r in receiver.requests] == ["POST"]

@@ -8,16 +8,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from nftpulse.channels.base import OutboundMessage, PermanentDeliveryError, TransientDeliveryError
-from nftpulse.channels.webhook import (
-    RETRY_SCHEDULE,
-    InvalidWebhookUrl,
-    WebhookChannel,
-    WebhookConfig,
-    generate_secret,
-    next_retry_delay,
-    sign,
-    validate_webhook_url,
-)
+from nftpulse.channels.webhook import RETRY_SCHEDULE, WebhookChannel, WebhookConfig, next_retry_delay, sign
+from nftpulse.core.delivery import InvalidWebhookUrl, validate_webhook_url
+from nftpulse.core.delivery import generate_webhook_secret as generate_secret
 from tests.notify.conftest import Receiver
 
 

@@ -1,0 +1,5 @@
+"""The notification activities, by concern: detection (``detection.py``: rules on a batch's changes, the
+notifications they produce), delivery (``delivery.py``: one notification on one channel) and digests
+(``digests.py``), with what they share in ``common.py``. Their contracts, which workflows call, are in
+``activities.contracts.notify``; the worker builds each class once (``nftpulse.worker``).
+"""

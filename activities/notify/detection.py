@@ -1,0 +1,678 @@
+"""Detection: evaluate the watchers' rules on a batch's metric changes and store the notifications.
+
+Detection runs after each recalculation with the batch's metric changes. It finds only the subscriptions
+watching the changed entities (one indexed join through ``notify_subscription_keys``, kept in memory
+while nobody changes a subscription), evaluates their rules with stored state (hysteresis, cooldown),
+routes the firings through the user's hourly budget and quiet hours, and stores each notification under
+its idempotency key in the same transaction as the rule state, so that a retried or replayed batch never
+creates a second notification. With a Temporal client it then starts each notification's workflow (or
+hands it to the user's digest) itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlmodel import Session, col
+from temporalio.client import Client
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from nftpulse.activities.contracts.notify import (
+    DETECT,
+    DIGEST_WORKFLOW,
+    NOTIFICATION_WORKFLOW,
+    DetectInput,
+    DetectResult,
+    DigestInput,
+    EscalationSpec,
+    NotificationInput,
+    NotifyRequest,
+    digest_entry,
+    digest_workflow_id,
+    notification_workflow_id,
+    parse_time,
+)
+from nftpulse.activities.contracts.pipeline import ChangeSet
+from nftpulse.activities.notify.common import (
+    available_channels,
+    channels_for,
+    entity_name,
+    entity_url,
+    inbox_only,
+    observe_delivery,
+)
+from nftpulse.channels.registry import ChannelRegistry
+from nftpulse.core.metrics import NOTIFICATIONS_CREATED
+from nftpulse.domain.changes import MetricChange
+from nftpulse.domain.escalation import DEFAULT_CHAIN, DEFAULT_DELAY_S, DEFAULT_MAX_REPEATS
+from nftpulse.domain.events import wallet_key
+from nftpulse.domain.exposure import (
+    REFERENCE_CURRENCY,
+    Position,
+    collection_position,
+    nft_position,
+    reference_value,
+)
+from nftpulse.domain.rules import (
+    AlertSeverity,
+    BudgetState,
+    Candidate,
+    DeliveryPreferences,
+    DeliveryRoute,
+    Evaluation,
+    Explanation,
+    QuietHours,
+    RoutingDecision,
+    Rule,
+    RuleState,
+    evaluate,
+    event_cause,
+    idempotency_key,
+    route_candidates,
+)
+from nftpulse.store import entities
+from nftpulse.store import notify as store
+from nftpulse.store.db import Database
+from nftpulse.templates.renderer import Holding, NotificationContext, render
+
+#: Workflow starts and digest signals one detection sends to Temporal at once.
+HANDOFF_CONCURRENCY = 32
+
+_UNITS = {
+    "trust": "score",
+    "trust_score": "score",
+    "risk": "level",
+    "fraud_findings": "count",
+    "fraud_finding": "count",
+    "trend": "text",
+    "owner": "text",
+}
+
+#: (subscription, rule, entity): the key of a rule's stored state.
+StateKey = tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class Firing:
+    """A rule that fired for one user, waiting for routing and storage."""
+
+    candidate: Candidate
+    rule: Rule
+    subscription_id: str
+    explanation: Explanation
+    cause: str | None
+
+
+class WatcherCache:
+    """Who watches each entity (``store.watch_entries``), kept in memory while the watch generation stands
+    still: subscriptions change rarely, detection asks for thousands of entities per batch (most of them
+    watched by nobody), and the query was a fifth of a busy worker's time. Every subscription change
+    moves the generation in its own transaction (``store.replace_subscription_keys``), and the generation
+    is read before the watchers, so a detection never keeps watchers older than the generation it saw."""
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._by_key: dict[str, tuple[store.WatchEntry, ...]] = {}
+        self._max = max_keys
+
+    def lookup(self, session: Session, entity_keys: Iterable[str]) -> list[store.WatchEntry]:
+        """Like ``store.watch_entries``: by user, then subscription, then entity."""
+        keys = set(entity_keys)
+        generation = store.watch_generation(session)
+        with self._lock:
+            if generation != self._generation:
+                self._by_key, self._generation = {}, generation
+            known = {key: self._by_key[key] for key in keys if key in self._by_key}
+        missing = keys - known.keys()
+        if missing:
+            loaded: dict[str, list[store.WatchEntry]] = {key: [] for key in missing}
+            for entry in store.watch_entries(session, missing):
+                loaded[entry.entity_key].append(entry)
+            fresh = {key: tuple(entries) for key, entries in loaded.items()}
+            with self._lock:
+                if self._generation == generation:
+                    if len(self._by_key) + len(fresh) > self._max:
+                        self._by_key = {}
+                    self._by_key.update(fresh)
+            known.update(fresh)
+        found = [entry for entries in known.values() for entry in entries]
+        return sorted(found, key=lambda w: (w.user_id, w.subscription_id, w.entity_key))
+
+
+class DetectionActivities:
+    """Detection, built once by the worker.
+
+    ``client`` (with ``task_queue``) lets detection start the per-notification workflows and signal the
+    per-user digest workflows itself; without it detection only stores and returns its result.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        registry: ChannelRegistry,
+        *,
+        client: Client | None = None,
+        task_queue: str | None = None,
+        workflow_id_prefix: str = "",
+        public_base_url: str = "http://127.0.0.1:8000",
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._watchers = WatcherCache()
+        self._client = client
+        self._task_queue = task_queue
+        self._prefix = workflow_id_prefix
+        self._base = public_base_url.rstrip("/")
+
+    @DETECT.implement
+    async def detect_significant_changes(self, inp: DetectInput) -> DetectResult:
+        """Evaluate the watchers' rules on the changes and store the notifications they produce."""
+        if inp.outbox is not None:
+            result = await asyncio.to_thread(self.detect_saved, inp.outbox, inp.at)
+        else:
+            result = await asyncio.to_thread(self.detect, inp)
+        if self._client is not None and result.notifications:
+            await self.dispatch(result)
+        return result
+
+    def detect_saved(self, owner: str, at: str = "") -> DetectResult:
+        """Detection over the change batches saved for ``owner``, oldest first, one transaction each."""
+        with self._db.read() as s:
+            batches = entities.change_batches(s, owner)
+        merged = DetectResult()
+        for batch_id, cause, columns in batches:
+            result = self.detect(DetectInput(ChangeSet(**columns), at, cause), consume=batch_id)
+            merged.notifications += result.notifications
+            merged.evaluated += result.evaluated
+            merged.suppressed += result.suppressed
+        return merged
+
+    def detect(self, inp: DetectInput, *, consume: int | None = None) -> DetectResult:
+        """The synchronous core of detection (one write transaction). ``consume``: the saved change batch
+        this detection uses up, deleted in the same transaction."""
+        at = parse_time(inp.at) if inp.at else datetime.now(UTC)
+        with self._db.write() as s:
+            if consume is not None:
+                entities.delete_change_batch(s, consume)
+            if inp.cause:
+                done = s.get(store.DetectionRecord, inp.cause)
+                if done is not None:
+                    # The first attempt committed: answer the same, never create again.
+                    return self._replay(s, done.notification_ids)
+            changes = list(inp.changes)
+            # The current owner of every changed NFT routes its changes to the wallet holding it, and
+            # values rank: one query, made up front only while someone watches a wallet (wallet and
+            # portfolio subscriptions); otherwise only for what fired, below.
+            watched = store.wallets_watched(s)
+            facts = store.entity_facts(s, {ch.entity_key for ch in changes}) if watched else {}
+            by_entity = _by_watched_key(changes, facts)
+            found = self._watchers.lookup(s, by_entity)
+            result = DetectResult()
+            if not found:
+                return result
+            fired = _evaluate(s, found, by_entity, at, inp.cause, result)
+            created = self._store(s, fired, facts, at, result)
+            if inp.cause:
+                s.add(store.DetectionRecord(cause=inp.cause, notification_ids=created, created_at=at))
+            return result
+
+    def _store(
+        self,
+        s: Session,
+        fired: dict[str, list[Firing]],
+        facts: dict[str, store.EntityFacts],
+        at: datetime,
+        result: DetectResult,
+    ) -> list[int]:
+        """Route each user's firings and store them as notifications; adds the new ones to ``result`` and
+        returns their ids."""
+        # Only now the users and subscriptions whose rules fired, the users locked for their budget.
+        users = store.users_to_update(s, fired, lock=not self._db.is_sqlite)
+        subscriptions = store.subscriptions_by_id(s, {f.subscription_id for fs in fired.values() for f in fs})
+        # Values rank what fired by exposure: read for the fired entities not read above.
+        fired_keys = {f.candidate.entity_key for fs in fired.values() for f in fs}
+        facts |= store.entity_facts(s, fired_keys - facts.keys())
+        positions = _positions(s, fired, facts, at)
+        pending: list[tuple[store.NotifyUser, list[store.Notification]]] = []
+        for user_id, firings in fired.items():
+            user = users.get(user_id)
+            if user is None:
+                continue  # deleted since its subscription was read
+            by_key: dict[str, tuple[Firing, Position | None]] = {}
+            candidates: list[Candidate] = []
+            for f in firings:
+                position, exposure = positions.get((user_id, f.candidate.entity_key), (None, Decimal(0)))
+                by_key[f.candidate.idempotency_key] = (f, position)
+                candidates.append(f.candidate.model_copy(update={"exposure": exposure}))
+            decisions, budget = route_user(user, candidates, at)
+            user.budget = budget.to_dict()
+            s.add(user)
+            # Decisions come most exposed first. The inbox lists newest (highest id) first, so the
+            # batch is stored in reverse: the largest position tops the inbox, and is started first.
+            rows = []
+            for decision in reversed(decisions):
+                firing, position = by_key[decision.candidate.idempotency_key]
+                subscription = subscriptions[firing.subscription_id]
+                rows.append(self._row(user, decision, firing, subscription, position, at))
+            pending.append((user, rows))
+        return self._insert(s, pending, at, result)
+
+    def _insert(
+        self,
+        s: Session,
+        pending: list[tuple[store.NotifyUser, list[store.Notification]]],
+        at: datetime,
+        result: DetectResult,
+    ) -> list[int]:
+        """Store every user's notifications at once (ids follow the order given); the new ones become
+        requests in ``result``, and those whose whole delivery is the inbox are recorded delivered."""
+        stored = iter(store.insert_notifications(s, [row for _, rows in pending for row in rows]))
+        created: list[int] = []
+        workflow_ids: dict[int, str] = {}
+        in_inbox: list[store.Notification] = []
+        for user, rows in pending:
+            requests: list[NotifyRequest] = []
+            for _ in rows:
+                row, new = next(stored)
+                if new and row.id is not None:
+                    NOTIFICATIONS_CREATED.labels(row.kind, row.severity).inc()
+                    created.append(row.id)
+                    requests.append(self._request(user, row))
+                    if row.inbox_at is not None:
+                        in_inbox.append(row)  # delivered by this commit: no workflow
+                    elif row.workflow_id:
+                        workflow_ids[row.id] = row.workflow_id
+            result.notifications.extend(reversed(requests))
+        store.set_workflow_ids(s, workflow_ids)
+        store.insert_inbox_deliveries(s, [row.id or 0 for row in in_inbox], at)
+        for row in in_inbox:
+            observe_delivery("in_app", "delivered", row.created_at)
+        return created
+
+    def _replay(self, s: Session, ids: list[int]) -> DetectResult:
+        rows: Iterable[store.Notification] = s.execute(
+            select(store.Notification).where(col(store.Notification.id).in_(ids))
+        ).scalars()
+        result = DetectResult()
+        for row in sorted(rows, key=lambda r: r.id or 0):
+            user = s.get(store.NotifyUser, row.user_id)
+            if user is not None:
+                result.notifications.append(self._request(user, row))
+        return result
+
+    def _row(
+        self,
+        user: store.NotifyUser,
+        decision: RoutingDecision,
+        firing: Firing,
+        subscription: store.Subscription,
+        position: Position | None,
+        at: datetime,
+    ) -> store.Notification:
+        c = decision.candidate
+        rule = firing.rule
+        exp = firing.explanation
+        ctx = NotificationContext(
+            idempotency_key=c.idempotency_key,
+            severity=c.severity.value,
+            timezone=user.timezone,
+            entity_key=c.entity_key,
+            entity_name=entity_name(c.entity_key),
+            entity_url=entity_url(self._base, c.entity_key),
+            rule={
+                "id": rule.id,
+                "kind": rule.kind.value,
+                "metric": rule.metric,
+                "level": rule.level,
+                "direction": rule.direction if rule.kind.value == "threshold" else None,
+                "pct": rule.pct if rule.kind.value == "relative_change" else None,
+                "window_s": rule.window_s if rule.kind.value == "relative_change" else None,
+                "name": subscription.label,
+            },
+            metric=exp.metric,
+            before=exp.before,
+            after=exp.after,
+            unit=_UNITS.get(exp.metric, "number"),
+            change_pct=_change_pct(exp.details, exp.before, exp.after) if exp.metric not in _UNITS else None,
+            data_at=exp.at,
+            detected_at=at,
+            holding=_holding(position),
+            preferences_url=f"{self._base}/v1/users/{user.id}",
+        )
+        context = ctx.model_dump(mode="json")
+        context["explanation"] = exp.model_dump(mode="json")
+        context["subscription_id"] = subscription.id
+        context["locale"] = user.locale
+        title, body, inbox_at = "", "", None
+        only_inbox = inbox_only(
+            decision.route.value,
+            channels_for(user, c.kind.value, available_channels(user, self._registry)),
+            critical=c.severity is AlertSeverity.CRITICAL,
+            not_before=decision.not_before,
+        )
+        if only_inbox:
+            # Storing it is its whole delivery: it is in the inbox once this transaction commits. Its
+            # text is rendered when read (templates.renderer.inbox_text): most are never opened, and
+            # rendering here was a third of detection's time.
+            inbox_at = datetime.now(UTC)
+        else:
+            # Its workflow and digest show the title.
+            rendered = render(c.kind.value, "in_app", user.locale, ctx)
+            title, body = rendered.subject[:500], rendered.text
+        digest = decision.route is DeliveryRoute.DIGEST
+        return store.Notification(
+            idempotency_key=c.idempotency_key,
+            user_id=user.id,
+            subscription_id=subscription.id,
+            rule_id=rule.id,
+            kind=c.kind.value,
+            severity=c.severity.value,
+            entity_key=c.entity_key,
+            title=title,
+            body=body,
+            inbox_at=inbox_at,
+            context=context,
+            route=decision.route.value,
+            not_before=decision.not_before,
+            magnitude=c.magnitude,
+            cause=firing.cause,
+            # Notification workflows are named after the row id, known only after the insert (_request).
+            workflow_id=digest_workflow_id(self._prefix, user.id) if digest else None,
+            created_at=at,
+        )
+
+    def _request(self, user: store.NotifyUser, row: store.Notification) -> NotifyRequest:
+        assert row.id is not None
+        if row.route != DeliveryRoute.DIGEST.value and row.workflow_id != notification_workflow_id(
+            self._prefix, row.id
+        ):
+            # The id exists only after the insert: point the row at its workflow for the read signal.
+            row.workflow_id = notification_workflow_id(self._prefix, row.id)
+        available = available_channels(user, self._registry)
+        channels = channels_for(user, row.kind, available)
+        escalation = None
+        if row.severity == AlertSeverity.CRITICAL.value:
+            spec = user.escalation or {}
+            chain = [c for c in spec.get("chain", DEFAULT_CHAIN) if c in available] or ["in_app"]
+            escalation = EscalationSpec(
+                chain=chain,
+                delay_s=float(spec.get("delay_s", DEFAULT_DELAY_S)),
+                max_repeats=int(spec.get("max_repeats", DEFAULT_MAX_REPEATS)),
+            )
+        quiet = dict(user.quiet_hours, tz=user.timezone) if user.quiet_hours else None
+        if quiet is not None:
+            quiet["allow_critical"] = user.critical_breakthrough
+        return NotifyRequest(
+            notification_id=row.id,
+            idempotency_key=row.idempotency_key,
+            user_id=user.id,
+            kind=row.kind,
+            severity=row.severity,
+            entity_key=row.entity_key,
+            rule_id=row.rule_id or "",
+            title=row.title,
+            magnitude=row.magnitude,
+            at=_iso(row.created_at),
+            route=row.route,
+            channels=channels,
+            not_before=_iso(row.not_before) if row.not_before else None,
+            escalation=escalation,
+            quiet_hours=quiet,
+            digest=dict(user.digest, tz=user.timezone) if user.digest else None,
+            cause=row.cause,
+        )
+
+    async def dispatch(self, result: DetectResult) -> None:
+        """Start each notification's workflow, or hand it to the user's digest; idempotent by workflow id."""
+        assert self._client is not None and self._task_queue is not None
+        # In-app only, due now and not critical: detection stored it in the inbox, which is its whole
+        # delivery, so it needs no workflow of its own (a workflow per notification would cap delivery
+        # at Temporal's rate for workflows, tens per second on one machine).
+        # Concurrently, within a bound: one at a time, a batch that sends a thousand items to digests
+        # holds up its shard's next batch (and every later in-app delivery) for seconds.
+        slots = asyncio.Semaphore(HANDOFF_CONCURRENCY)
+
+        async def hand_off(req: NotifyRequest) -> None:
+            async with slots:
+                await self._hand_off(req)
+
+        await asyncio.gather(*(hand_off(req) for req in result.notifications if not _inbox_is_enough(req)))
+
+    async def _hand_off(self, req: NotifyRequest) -> None:
+        assert self._client is not None and self._task_queue is not None
+        if req.route == DeliveryRoute.DIGEST.value and req.digest is not None:
+            await self._client.start_workflow(
+                DIGEST_WORKFLOW,
+                DigestInput(req.user_id, req.digest),
+                id=digest_workflow_id(self._prefix, req.user_id),
+                task_queue=self._task_queue,
+                start_signal="add",
+                start_signal_args=[digest_entry(req)],
+            )
+            return
+        # A retried detection: the first attempt may have started it already.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await self._client.start_workflow(
+                NOTIFICATION_WORKFLOW,
+                NotificationInput(req),
+                id=notification_workflow_id(self._prefix, req.notification_id),
+                task_queue=self._task_queue,
+            )
+
+
+def _by_watched_key(
+    changes: list[MetricChange], facts: dict[str, store.EntityFacts]
+) -> dict[str, list[MetricChange]]:
+    """The changes under each key a subscription may watch: the changed entity's own, and the wallets a
+    change concerns (both sides of a transfer, the holder of a changed NFT)."""
+    by_entity: dict[str, list[MetricChange]] = {}
+    for ch in changes:
+        by_entity.setdefault(ch.entity_key, []).append(ch)
+        wallets: set[str] = set()
+        if ch.metric == "owner":
+            # A transfer concerns the wallets on both sides: wallet and portfolio watchers.
+            wallets |= {side.lower() for side in (ch.before, ch.after) if isinstance(side, str) and side}
+        held = facts.get(ch.entity_key)
+        if held is not None and held.owner:
+            # Any change of a held NFT (trust, price estimate, risk …) concerns its holder's wallet.
+            wallets.add(held.owner)
+        for wallet in sorted(wallets):
+            by_entity.setdefault(wallet_key(wallet), []).append(ch)
+    return by_entity
+
+
+def _evaluate(
+    s: Session,
+    found: list[store.WatchEntry],
+    by_entity: dict[str, list[MetricChange]],
+    at: datetime,
+    cause: str | None,
+    result: DetectResult,
+) -> dict[str, list[Firing]]:
+    """Evaluate each watcher's rules on the changes of what it watches, store the rules' new states, and
+    return what fired by user; counts evaluations and suppressions in ``result``."""
+    # Each subscription's rules parsed once, not once per change: a busy collection has hundreds of
+    # watchers and a batch several changed metrics per entity.
+    rules_of = {w.subscription_id: _parsed_rules(w.rules_json) for w in found}
+    states = store.rule_states(
+        s,
+        [
+            (w.subscription_id, rule.id, ch.entity_key)
+            for w in found
+            for rule in rules_of[w.subscription_id]
+            for ch in by_entity[w.entity_key]
+            if ch.metric == rule.metric
+        ],
+    )
+    changed_states: dict[StateKey, orjson.Fragment] = {}
+    fired: dict[str, list[Firing]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    timed: dict[tuple[str, str], MetricChange] = {}
+    # Evaluation is a pure function of (rule, state, change), and the watchers of a busy entity often
+    # share all three (one preset, armed and fired together): each distinct triple is evaluated once.
+    # Rules with the same definition are the same object (_parsed_rules).
+    outcomes: dict[tuple[int, int, str], tuple[Evaluation, orjson.Fragment]] = {}
+    for w in found:
+        watched = {rule.metric for rule in rules_of[w.subscription_id]}
+        for ch in by_entity[w.entity_key]:
+            if ch.metric not in watched:
+                continue
+            # A portfolio holding both sides of a transfer meets the change under two wallet keys.
+            if (w.subscription_id, ch.entity_key, ch.metric) in seen:
+                continue
+            seen.add((w.subscription_id, ch.entity_key, ch.metric))
+            change = timed.get((ch.entity_key, ch.metric))
+            if change is None:
+                change = timed[(ch.entity_key, ch.metric)] = MetricChange(
+                    ch.entity_key,
+                    ch.metric,
+                    ch.before,
+                    ch.after,
+                    at,
+                    f"{cause}:{ch.entity_key}:{ch.metric}" if cause else None,
+                )
+            for rule in rules_of[w.subscription_id]:
+                if not rule.applies_to(change):
+                    continue
+                result.evaluated += 1
+                triple = (w.subscription_id, rule.id, ch.entity_key)
+                stored_state = states.get(triple, "")
+                same = (id(rule), id(change), stored_state)
+                outcome = outcomes.get(same)
+                if outcome is None:
+                    previous = orjson.loads(stored_state) if stored_state else None
+                    ev = evaluate(rule, RuleState.from_dict(previous), change)
+                    outcome = outcomes[same] = (ev, orjson.Fragment(orjson.dumps(ev.state.to_dict())))
+                ev, changed_states[triple] = outcome
+                if not ev.fired or ev.severity is None or ev.explanation is None:
+                    result.suppressed += ev.suppressed is not None
+                    continue
+                candidate = Candidate(
+                    idempotency_key=idempotency_key(w.user_id, rule.id, ch.entity_key, event_cause(change)),
+                    kind=ev.kind,
+                    severity=ev.severity,
+                    entity_key=ch.entity_key,
+                    at=at,
+                    magnitude=ev.magnitude,
+                )
+                firing = Firing(candidate, rule, w.subscription_id, ev.explanation, change.cause)
+                fired.setdefault(w.user_id, []).append(firing)
+    store.save_rule_states(s, changed_states, at)
+    return fired
+
+
+def _positions(
+    s: Session, fired: dict[str, list[Firing]], facts: dict[str, store.EntityFacts], at: datetime
+) -> dict[tuple[str, str], tuple[Position | None, Decimal]]:
+    """The position (and its value in ETH) each firing user holds in each fired entity.
+
+    Only users with firings are looked at: their portfolio wallets (one query), the tokens those wallets
+    hold in fired collections (one grouped query, only when a collection fired for a user with wallets)
+    and the rates of non-ETH positions.
+    """
+    if not fired:
+        return {}
+    wallets = store.portfolio_wallets(s, fired)
+    wanted_collections = {
+        f.candidate.entity_key
+        for user_id, firings in fired.items()
+        if wallets.get(user_id)
+        for f in firings
+        if f.candidate.entity_key.startswith("collection:")
+    }
+    every_wallet = {w for ws in wallets.values() for w in ws}
+    counts = store.held_counts(s, wanted_collections, every_wallet) if wanted_collections else {}
+    out: dict[tuple[str, str], Position | None] = {}
+    for user_id, firings in fired.items():
+        mine = wallets.get(user_id) or set()
+        for f in firings:
+            key = f.candidate.entity_key
+            fact = facts.get(key)
+            if not mine or fact is None or (user_id, key) in out:
+                continue
+            if fact.kind == "nft":
+                position = nft_position(
+                    key, fact.owner, mine, fact.price_estimate, fact.last_sale, fact.currency
+                )
+            else:
+                held = sum(counts.get((key, w), 0) for w in mine)
+                position = collection_position(key, held, fact.floor, fact.currency)
+            out[(user_id, key)] = position
+    currencies = {p.currency for p in out.values() if p is not None}
+    rates = store.rates_to(s, currencies, REFERENCE_CURRENCY, at) if currencies - {REFERENCE_CURRENCY} else {}
+    return {k: (p, reference_value(p, rates)) for k, p in out.items()}
+
+
+_RULES: dict[str, list[Rule]] = {}
+_RULES_MAX = 100_000
+
+
+def _parsed_rules(rules_json: str) -> list[Rule]:
+    """A subscription's rules (their stored JSON text), validated once per distinct definition: a busy
+    collection's watchers are read for every batch, and validating each time was a tenth of detection.
+    Rules are frozen, so the cached objects are safely shared."""
+    rules = _RULES.get(rules_json)
+    if rules is None:
+        if len(_RULES) >= _RULES_MAX:
+            _RULES.clear()
+        rules = _RULES[rules_json] = [Rule.model_validate(item) for item in orjson.loads(rules_json)]
+    return rules
+
+
+def route_user(
+    user: store.NotifyUser, candidates: list[Candidate], at: datetime
+) -> tuple[list[RoutingDecision], BudgetState]:
+    """Route a user's firings through their budget and quiet hours (in the user's time zone)."""
+    quiet = None
+    if user.quiet_hours:
+        quiet = QuietHours(
+            start=user.quiet_hours["start"],
+            end=user.quiet_hours["end"],
+            tz=user.timezone,
+            allow_critical=user.critical_breakthrough,
+        )
+    prefs = DeliveryPreferences(
+        hourly_budget=user.hourly_budget, quiet_hours=quiet, has_digest=user.digest is not None
+    )
+    budget = BudgetState.model_validate(user.budget) if user.budget else None
+    return route_candidates(candidates, prefs, budget, at)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _change_pct(details: dict[str, str], before: Any, after: Any) -> float | None:
+    if "change_pct" in details:
+        return float(details["change_pct"])
+    try:
+        b, a = Decimal(str(before)), Decimal(str(after))
+    except ArithmeticError:
+        return None
+    return float((a - b) / b) if b else None
+
+
+def _holding(position: Position | None) -> Holding | None:
+    """The template's holding line for a position."""
+    if position is None:
+        return None
+    return Holding(
+        label=entity_name(position.entity_key),
+        quantity=position.quantity,
+        value=position.value,
+        currency=position.currency,
+    )
+
+
+def _inbox_is_enough(req: NotifyRequest) -> bool:
+    return inbox_only(req.route, req.channels, critical=req.escalation is not None, not_before=req.not_before)

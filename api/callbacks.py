@@ -1,0 +1,226 @@
+"""Provider status callbacks: Twilio's message status callbacks and SendGrid's event webhook move the
+delivery status of the notifications they name (statuses only move forward, ``store.notify``).
+
+Each provider signs its calls; an unsigned or wrongly signed call is refused (403), and a provider that
+is not configured answers 503. What the providers' statuses mean for Pulse, and the custom args the
+e-mail channel sets for SendGrid to echo back, are in ``core.delivery`` (shared with the channels that
+send); the verification and parsing of the inbound calls are here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sqlalchemy import select
+from sqlmodel import col
+from starlette.concurrency import run_in_threadpool
+from twilio.request_validator import RequestValidator
+
+from nftpulse.api.deps import Services, ServicesDep
+from nftpulse.api.errors import InvalidInput
+from nftpulse.core.delivery import (
+    SENDGRID_EVENTS,
+    SENDGRID_IDEMPOTENCY_ARG,
+    SENDGRID_NOTIFICATION_ARG,
+    DeliveryStatus,
+    map_twilio_status,
+)
+from nftpulse.store import notify as store
+
+router = APIRouter(prefix="/v1/callbacks", tags=["provider callbacks"])
+
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    403: {"description": "bad signature"},
+    503: {"description": "the provider is not configured"},
+}
+
+# -- Twilio -----------------------------------------------------------------------------------------------
+
+
+def validate_status_callback(
+    auth_token: str, url: str, params: Mapping[str, str], signature: str | None
+) -> bool:
+    """Check ``X-Twilio-Signature`` of a status callback: ``url`` is the full public URL Twilio called
+    (with query string), ``params`` the form fields of the POST body."""
+    if not signature:
+        return False
+    return bool(RequestValidator(auth_token).validate(url, dict(params), signature))
+
+
+def twilio_callback_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
+    """The signature Twilio would send for ``url`` and ``params`` (for tests of the callback endpoint)."""
+    return str(RequestValidator(auth_token).compute_signature(url, dict(params)))
+
+
+def _update_by_provider_id(services: Services, channel: str, provider_id: str, status: str) -> int:
+    with services.db.write() as s:
+        rows: list[store.Delivery] = list(
+            s.execute(
+                select(store.Delivery).where(
+                    col(store.Delivery.provider_message_id) == provider_id,
+                    col(store.Delivery.channel) == channel,
+                )
+            ).scalars()
+        )
+        for row in rows:
+            store.upsert_delivery(s, row.notification_id, channel, status, datetime.now(UTC))
+        return len(rows)
+
+
+@router.post("/twilio", status_code=204, response_class=Response, responses=_REFUSED)
+async def twilio_callback(
+    request: Request,
+    services: ServicesDep,
+    x_twilio_signature: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Twilio message status callbacks (form-encoded), signature checked with the auth token."""
+    token = services.settings.twilio_auth_token
+    if not token:
+        raise HTTPException(503, "Twilio is not configured")
+    params = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    base = services.settings.public_base_url
+    # Twilio signs the public URL it called; behind a proxy that is not the URL this process sees.
+    url = f"{base.rstrip('/')}{request.url.path}" if base else str(request.url.remove_query_params([]))
+    if base and request.url.query:
+        url += "?" + request.url.query
+    if not validate_status_callback(token, url, params, x_twilio_signature):
+        raise HTTPException(403, "bad X-Twilio-Signature")
+    sid, status = params.get("MessageSid"), params.get("MessageStatus")
+    if not sid or not status:
+        raise InvalidInput([{"field": "MessageSid" if not sid else "MessageStatus", "reason": "required"}])
+    await run_in_threadpool(_update_by_provider_id, services, "sms", sid, map_twilio_status(status))
+    return Response(status_code=204)
+
+
+# -- SendGrid ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendGridStatus:
+    """One event of a SendGrid event-webhook post that moves a delivery status."""
+
+    status: DeliveryStatus
+    #: From ``custom_args``: the notification's row id (preferred) and its idempotency key (fallback).
+    notification_id: int | None
+    idempotency_key: str | None
+
+
+class SendGridEventError(ValueError):
+    """A malformed event-webhook body; ``field`` names the offending part (``body``, ``body.3.event``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def parse_sendgrid_events(body: str) -> list[SendGridStatus]:
+    """The status updates in a SendGrid event-webhook body (a JSON array of event objects).
+
+    Events of other kinds and events of mail Pulse did not send (no custom args) are skipped: SendGrid
+    posts every event of the account here. A body that is not such an array, an event without its
+    ``event`` name, or a custom arg of the wrong shape raises :class:`SendGridEventError`.
+    """
+    try:
+        events = json.loads(body)
+    except ValueError as exc:
+        raise SendGridEventError("body", f"not JSON: {exc}") from exc
+    if not isinstance(events, list):
+        raise SendGridEventError("body", "must be a JSON array of events")
+    out: list[SendGridStatus] = []
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise SendGridEventError(f"body.{i}", "must be an object")
+        name = event.get("event")
+        if not isinstance(name, str) or not name:
+            raise SendGridEventError(f"body.{i}.event", "required, a string")
+        status = SENDGRID_EVENTS.get(name)
+        if status is None:
+            continue
+        raw_id = event.get(SENDGRID_NOTIFICATION_ARG)
+        notification_id: int | None = None
+        if raw_id is not None:
+            # Custom args travel as strings; anything but a positive integer was not set by Pulse.
+            text = str(raw_id)
+            if isinstance(raw_id, bool) or not text.isdigit() or int(text) <= 0:
+                raise SendGridEventError(
+                    f"body.{i}.{SENDGRID_NOTIFICATION_ARG}", "must be a positive integer"
+                )
+            notification_id = int(text)
+        raw_key = event.get(SENDGRID_IDEMPOTENCY_ARG)
+        if raw_key is not None and not isinstance(raw_key, str):
+            raise SendGridEventError(f"body.{i}.{SENDGRID_IDEMPOTENCY_ARG}", "must be a string")
+        if notification_id is None and not raw_key:
+            continue
+        out.append(SendGridStatus(status, notification_id, raw_key or None))
+    return out
+
+
+def verify_sendgrid_event_signature(public_key: str, payload: str, signature: str, timestamp: str) -> bool:
+    """Check a signed SendGrid event webhook (headers ``X-Twilio-Email-Event-Webhook-Signature`` and
+    ``…-Timestamp``) with the ECDSA verification key from the SendGrid console."""
+    verifier = EventWebhook()
+    try:
+        key = verifier.convert_public_key_to_ecdsa(public_key)
+        return bool(verifier.verify_signature(payload, signature, timestamp, key))
+    except (ValueError, TypeError):
+        return False
+
+
+def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> int:
+    by_id = [(u.notification_id, u.status) for u in updates if u.notification_id is not None]
+    # Escalation repeats carry a "_s<step>" suffix on the provider side.
+    by_key = [
+        (re.sub(r"_s\d+$", "", u.idempotency_key), u.status)
+        for u in updates
+        if u.notification_id is None and u.idempotency_key
+    ]
+    with services.db.write() as s:
+        return store.apply_provider_statuses(s, "email", by_id, by_key, datetime.now(UTC))
+
+
+@router.post(
+    "/sendgrid",
+    status_code=204,
+    response_class=Response,
+    responses={401: {"description": "signature headers missing"}, **_REFUSED},
+)
+async def sendgrid_callback(
+    request: Request,
+    services: ServicesDep,
+    signature: Annotated[str | None, Header(alias="X-Twilio-Email-Event-Webhook-Signature")] = None,
+    timestamp: Annotated[str | None, Header(alias="X-Twilio-Email-Event-Webhook-Timestamp")] = None,
+) -> Response:
+    """SendGrid event webhook: a JSON array of events, signed with the account's ECDSA key.
+
+    Each event finds its delivery through the ``pulse_notification_id`` custom arg the e-mail channel sets
+    (``pulse_idempotency_key`` as a fallback); statuses only move forward. Events Pulse cannot place are
+    skipped, since SendGrid posts every event of the account and retries a batch answered with an error.
+    """
+    public_key = services.settings.sendgrid_webhook_public_key
+    if not public_key:
+        raise HTTPException(503, "the SendGrid event webhook is not configured")
+    if not signature or not timestamp:
+        missing = "X-Twilio-Email-Event-Webhook-" + ("Signature" if not signature else "Timestamp")
+        raise HTTPException(401, f"{missing} header required")
+    try:
+        raw = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput([{"field": "body", "reason": "not UTF-8 text"}]) from exc
+    if not verify_sendgrid_event_signature(public_key, raw, signature, timestamp):
+        raise HTTPException(403, "bad event webhook signature")
+    try:
+        updates = parse_sendgrid_events(raw)
+    except SendGridEventError as exc:
+        raise InvalidInput([{"field": exc.field, "reason": exc.reason}]) from exc
+    if updates:
+        await run_in_threadpool(_apply_sendgrid, services, updates)
+    return Response(status_code=204)

@@ -1,0 +1,288 @@
+"""The inbox: a user's notifications (newest first, with each channel's delivery status and the rule's
+evidence), marking them read or archived, and a live server-sent event stream of new ones.
+
+Reading a notification signals its workflow (``read``), which stops a critical alert's escalation. An
+inbox-only notification's text is rendered when it is read (``templates.renderer.inbox_text``). Access
+and errors: see ``api/common.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from temporalio.service import RPCError
+
+from nftpulse.api.common import IsoTime, UserId, authorize
+from nftpulse.api.deps import PrincipalDep, Services, ServicesDep
+from nftpulse.api.errors import InvalidInput
+from nftpulse.core.delivery import DeliveryStatus
+from nftpulse.core.metrics import DELIVERIES, NOTIFICATIONS_READ
+from nftpulse.domain.rules import AlertSeverity, DeliveryRoute, Explanation, NotificationKind
+from nftpulse.store import notify as store
+from nftpulse.templates.renderer import inbox_text
+
+router = APIRouter(prefix="/v1", tags=["notifications"])
+
+
+class NotificationOut(BaseModel):
+    """An inbox row, with its per-channel delivery status and the evidence."""
+
+    id: str = Field(description="the notification's id; also the stream's event id and the page cursor")
+    idempotency_key: str
+    kind: NotificationKind
+    severity: AlertSeverity
+    entity_key: str
+    title: str
+    body: str
+    rule_id: str | None
+    subscription_id: str | None
+    evidence: Explanation | None = Field(description="why the rule fired")
+    created_at: IsoTime
+    read_at: IsoTime | None
+    archived_at: IsoTime | None
+    deliveries: dict[str, DeliveryStatus] = Field(description="status by channel")
+
+
+class InboxPage(BaseModel):
+    items: list[NotificationOut]
+    #: Pass as ``cursor`` for the next page; null on the last page.
+    next_cursor: str | None
+    unread_count: int
+
+
+class ReadAllResult(BaseModel):
+    read: int = Field(description="notifications marked read")
+
+
+class Archived(BaseModel):
+    id: str
+    archived_at: IsoTime | None
+
+
+def notification_out(row: store.Notification, deliveries: list[store.Delivery]) -> NotificationOut:
+    """The API shape of an inbox row."""
+    title, body = inbox_text(row.kind, row.context, row.title, row.body)
+    return NotificationOut.model_validate(
+        {
+            "id": str(row.id),
+            "idempotency_key": row.idempotency_key,
+            "kind": row.kind,
+            "severity": row.severity,
+            "entity_key": row.entity_key,
+            "title": title,
+            "body": body,
+            "rule_id": row.rule_id,
+            "subscription_id": row.subscription_id,
+            "evidence": row.context.get("explanation"),
+            "created_at": row.created_at,
+            "read_at": row.read_at,
+            "archived_at": row.archived_at,
+            "deliveries": {d.channel: d.status for d in deliveries},
+        }
+    )
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit():
+        raise InvalidInput([{"field": "cursor", "reason": "use next_cursor from the previous page"}])
+    return int(cursor)
+
+
+def _notification_id(raw: str) -> int:
+    if not raw.isdigit():
+        raise InvalidInput([{"field": "notification_id", "reason": "must be a notification id"}])
+    return int(raw)
+
+
+@router.get("/users/{user_id}/notifications")
+async def list_notifications(
+    user_id: UserId,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    unread: bool = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> InboxPage:
+    """The inbox, newest first; ``next_cursor`` pages on."""
+    authorize(principal, user_id)
+    before = _cursor(cursor)
+
+    def read() -> InboxPage:
+        with services.db.read() as s:
+            rows = store.inbox(s, user_id, unread=unread, before_id=before, limit=limit + 1)
+            page = rows[:limit]
+            deliveries = store.deliveries_for(s, [r.id for r in page if r.id is not None])
+            return InboxPage(
+                items=[notification_out(r, deliveries.get(r.id or 0, [])) for r in page],
+                next_cursor=str(page[-1].id) if len(rows) > limit else None,
+                unread_count=store.unread_count(s, user_id),
+            )
+
+    return await run_in_threadpool(read)
+
+
+async def _signal_read(services: Services, rows: list[store.Notification]) -> None:
+    """Tell escalation workflows their notification was read, so they stop."""
+    NOTIFICATIONS_READ.inc(len(rows))
+    DELIVERIES.labels("in_app", "read").inc(len(rows))
+    if services.temporal is None:
+        return
+    for row in rows:
+        if not row.workflow_id or row.route == DeliveryRoute.DIGEST.value:
+            continue
+        # A finished (or never started) workflow answers "not found": nothing is escalating then.
+        with contextlib.suppress(RPCError):
+            await services.temporal.get_workflow_handle(row.workflow_id).signal("read")
+
+
+@router.post("/users/{user_id}/notifications/read-all")
+async def read_all(user_id: UserId, principal: PrincipalDep, services: ServicesDep) -> ReadAllResult:
+    """Mark every unread notification read."""
+    authorize(principal, user_id)
+
+    def write() -> list[store.Notification]:
+        with services.db.write() as s:
+            return store.mark_read(s, user_id, None, datetime.now(UTC))
+
+    rows = await run_in_threadpool(write)
+    await _signal_read(services, rows)
+    return ReadAllResult(read=len(rows))
+
+
+@router.post("/users/{user_id}/notifications/{notification_id}/read")
+async def read_one(
+    user_id: UserId, notification_id: str, principal: PrincipalDep, services: ServicesDep
+) -> NotificationOut:
+    """Mark one notification read; stops its escalation."""
+    authorize(principal, user_id)
+    nid = _notification_id(notification_id)
+
+    def write() -> tuple[store.Notification | None, list[store.Notification], list[store.Delivery]]:
+        with services.db.write() as s:
+            row = s.get(store.Notification, nid)
+            if row is None or row.user_id != user_id:
+                return None, [], []
+            changed = store.mark_read(s, user_id, [nid], datetime.now(UTC))
+            s.flush()
+            return row, changed, store.deliveries_for(s, [nid])[nid]
+
+    row, changed, deliveries = await run_in_threadpool(write)
+    if row is None:
+        raise HTTPException(404, f"no notification {notification_id} for user {user_id!r}")
+    await _signal_read(services, changed)
+    return notification_out(row, deliveries)
+
+
+@router.post("/users/{user_id}/notifications/{notification_id}/archive")
+async def archive_one(
+    user_id: UserId, notification_id: str, principal: PrincipalDep, services: ServicesDep
+) -> Archived:
+    """Hide a notification from the inbox (archived rows count as read)."""
+    authorize(principal, user_id)
+    nid = _notification_id(notification_id)
+
+    def write() -> tuple[store.Notification | None, list[store.Notification]]:
+        with services.db.write() as s:
+            row = s.get(store.Notification, nid)
+            if row is None or row.user_id != user_id:
+                return None, []
+            now = datetime.now(UTC)
+            changed = store.mark_read(s, user_id, [nid], now)
+            row.archived_at = row.archived_at or now
+            s.add(row)
+            return row, changed
+
+    row, changed = await run_in_threadpool(write)
+    if row is None:
+        raise HTTPException(404, f"no notification {notification_id} for user {user_id!r}")
+    await _signal_read(services, changed)
+    return Archived(id=str(row.id), archived_at=row.archived_at)
+
+
+_STREAM_DOC = (
+    "A `text/event-stream`: a `retry:` line, then each new inbox row as `event: notification` with "
+    "`id:` its id and `data:` the row as JSON (the `NotificationOut` schema); comment lines keep the "
+    "connection alive."
+)
+
+
+@router.get(
+    "/users/{user_id}/notifications/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": _STREAM_DOC,
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": _STREAM_DOC},
+                    "example": 'id: 42\nevent: notification\ndata: {"id": "42", ...}\n\n',
+                }
+            },
+        }
+    },
+)
+async def stream(
+    user_id: UserId,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: str | None = None,
+    max_s: Annotated[float, Query(gt=0, le=3600)] = 300.0,
+) -> StreamingResponse:
+    """Server-sent events: each new inbox row as ``event: notification`` with ``id`` = its id.
+
+    The stream polls the inbox's index (the worker writing rows may be another process) and ends after
+    ``max_s`` seconds; EventSource reconnects by itself with ``Last-Event-ID`` and misses nothing.
+    Without an id, the stream starts with what arrives from now on.
+    """
+    authorize(principal, user_id)
+    start = _cursor(last_event_id or after)
+
+    def latest() -> int:
+        with services.db.read() as s:
+            rows = store.inbox(s, user_id, include_archived=True, limit=1)
+            return rows[0].id or 0 if rows else 0
+
+    def newer(after_id: int) -> list[NotificationOut]:
+        with services.db.read() as s:
+            rows = store.inbox(s, user_id, include_archived=True, after_id=after_id, limit=100)
+            deliveries = store.deliveries_for(s, [r.id for r in rows if r.id is not None])
+            return [notification_out(r, deliveries.get(r.id or 0, [])) for r in rows]
+
+    async def events() -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_s
+        cursor = start if start is not None else await run_in_threadpool(latest)
+        yield b"retry: 2000\n\n"
+        idle = 0.0
+        while loop.time() < deadline:
+            items = await run_in_threadpool(newer, cursor)
+            for item in items:
+                cursor = int(item.id)
+                data = json.dumps(item.model_dump(mode="json"))
+                yield f"id: {item.id}\nevent: notification\ndata: {data}\n\n".encode()
+            if items:
+                idle = 0.0
+                continue
+            await asyncio.sleep(0.5)
+            idle += 0.5
+            if idle >= 15:
+                idle = 0.0
+                yield b": keep-alive\n\n"  # proxies close silent connections
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )

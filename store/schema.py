@@ -233,8 +233,14 @@ def upgrade(db: Database, revision: str = "head") -> UpgradeResult:
                         f"Pulse's schema in ways the upgrade does not repair, so it changed nothing:"
                         f"\n  {listed}"
                     )
-    except OperationalError as exc:
-        raise SchemaError(f"Cannot upgrade the database at {display_url(db.url)}: {exc.orig}") from exc
+    except SchemaError:
+        raise
+    except Exception as exc:
+        # One transaction: whatever failed (a revision, the connection, the lock's wait) changed nothing.
+        reason = exc.orig if isinstance(exc, OperationalError) else exc
+        raise SchemaError(
+            f"Upgrading the database at {display_url(db.url)} failed and changed nothing: {reason}"
+        ) from exc
     assert after is not None
     return UpgradeResult(before, after)
 

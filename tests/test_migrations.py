@@ -267,15 +267,23 @@ async def test_a_pre_migration_database_is_completed_and_keeps_its_rows(
     assert resp.status_code == 202, resp.text
 
 
-def test_a_pre_migration_database_that_differs_is_left_as_it_was(database: Database) -> None:
-    """A change no revision accounts for (a column altered by hand) stops the upgrade before it commits."""
+@pytest.mark.parametrize("change", ["altered-by-hand", "not-null-column-missing"])
+def test_a_pre_migration_database_that_differs_is_left_as_it_was(database: Database, change: str) -> None:
+    """A difference no revision accounts for stops the upgrade before it commits: a column changed by hand
+    (found by the comparison after the baseline), or a NOT NULL column missing (the baseline cannot invent
+    its values)."""
     make_pre_migration(database, old=True)
     with database.write_engine.begin() as conn:
-        if database.is_sqlite:
+        if change == "not-null-column-missing":
+            conn.execute(sa.text("ALTER TABLE events DROP COLUMN ever_applied"))
+            expected = r"changed nothing: events\.ever_applied is missing and NOT NULL"
+        elif database.is_sqlite:
             conn.execute(sa.text("ALTER TABLE api_keys ADD COLUMN owner VARCHAR(40) NOT NULL DEFAULT 'x'"))
+            expected = r"differs from Pulse's schema.*changed nothing"
         else:
             conn.execute(sa.text("ALTER TABLE api_keys ALTER COLUMN scopes TYPE VARCHAR(20)"))
-    with pytest.raises(SchemaError, match=r"differs from Pulse's schema.*changed nothing"):
+            expected = r"differs from Pulse's schema.*changed nothing"
+    with pytest.raises(SchemaError, match=expected):
         schema.upgrade(database)
     state = schema.status(database)
     assert state.pre_migration

@@ -46,10 +46,11 @@ from nftpulse.core.metrics import (
 from nftpulse.domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
 from nftpulse.domain.events import Event, EventType, utcnow
 from nftpulse.domain.impact import SEVERITIES, analyze_each
-from nftpulse.store import entities, events
+from nftpulse.store import books, entities, events
+from nftpulse.store.books import BookWrite
 from nftpulse.store.cache import EntityCache
 from nftpulse.store.db import Database, TransientStoreError
-from nftpulse.store.entities import BookWrite, RateBook, ViewWrite
+from nftpulse.store.entities import RateBook, ViewWrite
 from nftpulse.store.models import EventRecord, EventStatus, Route
 
 log = logging.getLogger("pulse.activities")
@@ -264,12 +265,12 @@ class PipelineActivities:
             rows = rows[: inp.limit]
             groups = _by_partition(rows)
             collections = [p for p in groups if p.startswith("collection:")]
-            versions = entities.book_versions(session, collections)
-            books = {p: self._book_for_reading(session, p, versions.get(p)) for p in collections}
+            versions = books.book_versions(session, collections)
+            by_partition = {p: self._book_for_reading(session, p, versions.get(p)) for p in collections}
         touched: set[str] = set()
         factors: set[str] = set()
         severity = SEVERITIES[0]
-        for partition, book in books.items():
+        for partition, book in by_partition.items():
             parsed, _ = self._parsed.parse(groups[partition])
             impact = analyze_each([event for _, event in parsed], book)
             touched |= impact.entity_keys(book)
@@ -312,7 +313,7 @@ class PipelineActivities:
         _kind, chain, contract = split_partition(partition)
         book = self._books.peek(partition, version)
         if book is None:
-            book, loaded = entities.load_book(session, partition, chain, contract)
+            book, loaded = books.load_book(session, partition, chain, contract)
             if loaded:
                 # Kept for the recalculation that follows, which would otherwise parse it again.
                 self._books.offer(partition, loaded, book)
@@ -368,7 +369,7 @@ class PipelineActivities:
                 return empty, None
             started = time.perf_counter()
             groups = _by_partition(rows)
-            versions = entities.book_versions(session, list(groups))
+            versions = books.book_versions(session, list(groups))
             for partition, group in groups.items():
                 kind, chain, contract = split_partition(partition)
                 if kind == "rates":
@@ -392,7 +393,7 @@ class PipelineActivities:
                 change.merge(outcome.change)
                 applied += outcome.applied
                 poison += outcome.poison
-            entities.save_books(session, saved)
+            books.save_books(session, saved)
             views_at = utcnow()
             # The cache's floors rise before the commit: a reader that loads an old row until then cannot
             # cache it afterwards, so once the events below read processed, every read shows their effect.
@@ -416,7 +417,7 @@ class PipelineActivities:
         )
         # Committed: later batches of these partitions may start from the books in memory.
         for write in saved:
-            write.book.history_saved()
+            books.history_saved(write.book)
             self._books.put(write.key, write.version, write.book)
         _observe_processed(applied, processed_at)
         return RecalcResult(
@@ -463,7 +464,7 @@ class PipelineActivities:
         # is simply not put back.
         book = self._books.take(partition, version)
         if book is None:
-            book, _ = entities.load_book(session, partition, chain, contract)
+            book, _ = books.load_book(session, partition, chain, contract)
         change = Change()
         if any(r.ever_applied for r in rows):
             # A replay of events whose effect is already stored: derive the book again from the log so

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nftpulse.domain.book import CollectionBook
-from nftpulse.store import entities, events
+from nftpulse.store import events
+from nftpulse.store.books import book_keys, load_book
 from nftpulse.store.db import Database
 from nftpulse.store.entities import RateBook
 
@@ -50,12 +51,12 @@ def _diff(key: str, path: str, stored: Any, fresh: Any, out: list[Difference]) -
 
 def verify(db: Database, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     report = VerifyReport()
-    books = entities.book_keys(db)
+    books = book_keys(db)
     for done, (key, chain, contract) in enumerate(books, 1):
         with db.read() as session:
             history = [events.to_event(r) for r in events.processed_events_of(session, key)]
             fresh = CollectionBook.recompute(chain, contract, history, RateBook(session))
-            kept, _version = entities.load_book(session, key, chain, contract)
+            kept, _version = load_book(session, key, chain, contract)
         # The engine state is compared exactly. Read models may lag it by less than the significance
         # epsilons by design (a move that small is not propagated), so they are not the reference.
         stored = {kept.nft_key(tid): kept.nft_view(tid) for tid in kept.tokens}

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, true, update
-from sqlmodel import Session
+from sqlalchemy import and_, func, or_, true, update
+from sqlmodel import Session, col, select
 
-from nftpulse.domain.events import SCHEMA_VERSION, Event, EventType, utcnow
+from nftpulse.domain.events import SCHEMA_VERSION, Event, EventType, nft_key, utcnow
 from nftpulse.store.db import Database
 from nftpulse.store.models import EventRecord, EventStatus, Route
-from nftpulse.store.sql import insert_many, one_of, update_many
+from nftpulse.store.sql import insert_many, one_of, table_of, update_many
 
 _PENDING = (EventStatus.RECEIVED.value, EventStatus.DISPATCHED.value, EventStatus.APPLIED.value)
 _CHUNK = 900  # stays under SQLite's bound-parameter limit for IN lists
@@ -80,11 +80,11 @@ def append(
 
     def skip_duplicates(stmt: Any) -> Any:
         return stmt.on_conflict_do_nothing(index_elements=["source", "external_id"]).returning(
-            EventRecord.seq, EventRecord.source, EventRecord.external_id
+            col(EventRecord.seq), col(EventRecord.source), col(EventRecord.external_id)
         )
 
     with db.write() as session:
-        for seq, source, ext in insert_many(session, EventRecord.__table__, rows, skip_duplicates):
+        for seq, source, ext in insert_many(session, table_of(EventRecord), rows, skip_duplicates):
             inserted[(source, ext)] = seq
     outcomes: list[AppendOutcome] = []
     claimed: set[tuple[str, str]] = set()
@@ -98,16 +98,18 @@ def append(
 
 def get(db: Database, source: str, external_id: str) -> EventRecord | None:
     with db.read() as session:
-        return session.exec(  # type: ignore[call-overload]
-            select(EventRecord).where(EventRecord.source == source, EventRecord.external_id == external_id)
-        ).scalar_one_or_none()
+        return session.exec(
+            select(EventRecord).where(
+                col(EventRecord.source) == source, col(EventRecord.external_id) == external_id
+            )
+        ).one_or_none()
 
 
 _EVENT_TYPES = {t.value: t for t in EventType}
 
 
 def to_event(row: EventRecord) -> Event:
-    fields = {
+    fields: dict[str, Any] = {
         "schema_version": row.schema_version,
         "id": row.external_id,
         "source": row.source,
@@ -135,12 +137,12 @@ def to_event(row: EventRecord) -> Event:
 def next_received(db: Database, limit: int) -> list[EventRecord]:
     with db.read() as session:
         return list(
-            session.execute(
+            session.exec(
                 select(EventRecord)
-                .where(EventRecord.status == EventStatus.RECEIVED.value)
-                .order_by(EventRecord.seq)  # type: ignore[arg-type]
+                .where(col(EventRecord.status) == EventStatus.RECEIVED.value)
+                .order_by(col(EventRecord.seq))
                 .limit(limit)
-            ).scalars()
+            )
         )
 
 
@@ -155,7 +157,7 @@ class DispatchMark:
 
 def mark_dispatched(db: Database, marks: Sequence[DispatchMark]) -> int:
     """Record the route of each event before it is handed to Temporal (the outbox's commit point)."""
-    table = EventRecord.__table__
+    table = table_of(EventRecord)
     rows = [
         {
             "seq": m.seq,
@@ -169,15 +171,15 @@ def mark_dispatched(db: Database, marks: Sequence[DispatchMark]) -> int:
     with db.write() as session:
         return update_many(
             session,
-            table,  # type: ignore[arg-type]
+            table,
             "seq",
             rows,
             same={
                 "status": EventStatus.DISPATCHED.value,
                 "dispatched_at": utcnow(),
-                "attempts": table.c.attempts + 1,  # type: ignore[attr-defined]
+                "attempts": table.c.attempts + 1,
             },
-            where=[table.c.status == EventStatus.RECEIVED.value],  # type: ignore[attr-defined]
+            where=[table.c.status == EventStatus.RECEIVED.value],
         )
 
 
@@ -192,26 +194,26 @@ def stale_dispatched(db: Database, older_than: datetime) -> StaleWork:
     with db.read() as session:
         partitions = [
             p
-            for (p,) in session.execute(
-                select(EventRecord.partition)
+            for p in session.exec(
+                select(col(EventRecord.partition))
                 .where(
-                    EventRecord.status.in_([EventStatus.DISPATCHED.value, EventStatus.APPLIED.value]),  # type: ignore[attr-defined]
-                    EventRecord.route == Route.PARTITION.value,
-                    EventRecord.dispatched_at < older_than,  # type: ignore[operator]
+                    col(EventRecord.status).in_([EventStatus.DISPATCHED.value, EventStatus.APPLIED.value]),
+                    col(EventRecord.route) == Route.PARTITION.value,
+                    col(EventRecord.dispatched_at) < older_than,
                 )
                 .distinct()
             )
         ]
         own = list(
-            session.execute(
+            session.exec(
                 select(EventRecord)
                 .where(
-                    EventRecord.status.in_([EventStatus.DISPATCHED.value, EventStatus.APPLIED.value]),  # type: ignore[attr-defined]
-                    EventRecord.route == Route.OWN.value,
-                    EventRecord.dispatched_at < older_than,  # type: ignore[operator]
+                    col(EventRecord.status).in_([EventStatus.DISPATCHED.value, EventStatus.APPLIED.value]),
+                    col(EventRecord.route) == Route.OWN.value,
+                    col(EventRecord.dispatched_at) < older_than,
                 )
                 .limit(1000)
-            ).scalars()
+            )
         )
     return StaleWork(partitions, own)
 
@@ -222,16 +224,16 @@ def stale_dispatched(db: Database, older_than: datetime) -> StaleWork:
 def pending_in_partitions(session: Session, partitions: Sequence[str], limit: int) -> list[EventRecord]:
     """The oldest routine events handed to the given partitions and not yet applied, in log order."""
     return list(
-        session.execute(
+        session.exec(
             select(EventRecord)
             .where(
-                one_of(session, EventRecord.partition, partitions),
-                EventRecord.route == Route.PARTITION.value,
-                EventRecord.status == EventStatus.DISPATCHED.value,
+                one_of(session, col(EventRecord.partition), partitions),
+                col(EventRecord.route) == Route.PARTITION.value,
+                col(EventRecord.status) == EventStatus.DISPATCHED.value,
             )
-            .order_by(EventRecord.seq)  # type: ignore[arg-type]
+            .order_by(col(EventRecord.seq))
             .limit(limit)
-        ).scalars()
+        )
     )
 
 
@@ -240,15 +242,15 @@ def pending_seqs_in_partitions(
 ) -> list[tuple[int, str]]:
     """``pending_in_partitions`` as (seq, partition) pairs: what a batch's plan needs, without the events."""
     return [
-        (seq, partition)
-        for seq, partition in session.execute(
-            select(EventRecord.seq, EventRecord.partition)
+        (seq or 0, partition)
+        for seq, partition in session.exec(
+            select(col(EventRecord.seq), col(EventRecord.partition))
             .where(
-                one_of(session, EventRecord.partition, partitions),
-                EventRecord.route == Route.PARTITION.value,
-                EventRecord.status == EventStatus.DISPATCHED.value,
+                one_of(session, col(EventRecord.partition), partitions),
+                col(EventRecord.route) == Route.PARTITION.value,
+                col(EventRecord.status) == EventStatus.DISPATCHED.value,
             )
-            .order_by(EventRecord.seq)  # type: ignore[arg-type]
+            .order_by(col(EventRecord.seq))
             .limit(limit)
         )
     ]
@@ -257,9 +259,7 @@ def pending_seqs_in_partitions(
 def load_by_seq(session: Session, seqs: Sequence[int]) -> list[EventRecord]:
     rows: list[EventRecord] = []
     for chunk in _chunks(list(seqs)):
-        rows.extend(
-            session.execute(select(EventRecord).where(one_of(session, EventRecord.seq, chunk))).scalars()
-        )
+        rows.extend(session.exec(select(EventRecord).where(one_of(session, col(EventRecord.seq), chunk))))
     return sorted(rows, key=lambda r: r.seq or 0)
 
 
@@ -274,26 +274,29 @@ def states_by_seq(session: Session, seqs: Sequence[int]) -> dict[int, EventState
     """Where each event stands now: three columns, without loading what the event says."""
     out: dict[int, EventState] = {}
     for chunk in _chunks(list(seqs)):
-        for seq, status, route, ever in session.execute(
-            select(EventRecord.seq, EventRecord.status, EventRecord.route, EventRecord.ever_applied).where(
-                one_of(session, EventRecord.seq, chunk)
-            )
+        for seq, status, route, ever in session.exec(
+            select(
+                col(EventRecord.seq),
+                col(EventRecord.status),
+                col(EventRecord.route),
+                col(EventRecord.ever_applied),
+            ).where(one_of(session, col(EventRecord.seq), chunk))
         ):
-            out[seq] = EventState(status, route, bool(ever))
+            out[seq or 0] = EventState(status, route, bool(ever))
     return out
 
 
 def processed_events_of(session: Session, partition: str) -> list[EventRecord]:
     """Every event of a partition whose effect is in the stored state: the input of a full recompute."""
     return list(
-        session.execute(
+        session.exec(
             select(EventRecord)
             .where(
-                EventRecord.partition == partition,
-                EventRecord.status.in_([EventStatus.APPLIED.value, EventStatus.PROCESSED.value]),  # type: ignore[attr-defined]
+                col(EventRecord.partition) == partition,
+                col(EventRecord.status).in_([EventStatus.APPLIED.value, EventStatus.PROCESSED.value]),
             )
-            .order_by(EventRecord.seq)  # type: ignore[arg-type]
-        ).scalars()
+            .order_by(col(EventRecord.seq))
+        )
     )
 
 
@@ -302,9 +305,9 @@ def mark_done(session: Session, seqs: Sequence[int]) -> datetime:
     the cache's floors moved in it too); returns the time stamped on them."""
     now = utcnow()
     for chunk in _chunks(list(seqs)):
-        session.execute(
+        session.exec(
             update(EventRecord)
-            .where(one_of(session, EventRecord.seq, chunk), EventRecord.status.in_(_PENDING))  # type: ignore[attr-defined]
+            .where(one_of(session, col(EventRecord.seq), chunk), col(EventRecord.status).in_(_PENDING))
             .values(
                 status=EventStatus.PROCESSED.value,
                 processed_at=now,
@@ -325,14 +328,14 @@ def mark_failed(session: Session, seq: int, reason: str, category: str, workflow
     }
     if workflow_id is not None:
         values["workflow_id"] = workflow_id
-    session.execute(update(EventRecord).where(EventRecord.seq == seq).values(**values))
+    session.exec(update(EventRecord).where(col(EventRecord.seq) == seq).values(**values))
 
 
 def isolate(session: Session, seq: int, workflow_id: str) -> None:
     """Take a poison event out of its partition's batches; its own workflow will try it alone."""
-    session.execute(
+    session.exec(
         update(EventRecord)
-        .where(EventRecord.seq == seq)
+        .where(col(EventRecord.seq) == seq)
         .values(route=Route.OWN.value, workflow_id=workflow_id, dispatched_at=utcnow())
     )
 
@@ -349,23 +352,22 @@ class AppliedEvent:
 
 
 def applied_in_partitions(session: Session, partitions: Sequence[str]) -> list[AppliedEvent]:
-    rows = session.execute(
-        select(
-            EventRecord.seq,
-            EventRecord.type,
-            EventRecord.priority_class,
-            EventRecord.received_at,
-            EventRecord.chain,
-            EventRecord.contract,
-            EventRecord.token_id,
-        ).where(
-            one_of(session, EventRecord.partition, partitions),
-            EventRecord.status == EventStatus.APPLIED.value,
+    rows = session.exec(
+        # Whole rows: this path serves only events an older worker left applied, so it is rare.
+        select(EventRecord).where(
+            one_of(session, col(EventRecord.partition), partitions),
+            col(EventRecord.status) == EventStatus.APPLIED.value,
         )
-    ).all()
+    )
     return [
-        AppliedEvent(seq, kind, cls, received, None if token is None else f"nft:{chain}:{contract}:{token}")
-        for seq, kind, cls, received, chain, contract, token in rows
+        AppliedEvent(
+            r.seq or 0,
+            r.type,
+            r.priority_class,
+            r.received_at,
+            None if r.token_id is None else nft_key(r.chain, r.contract, r.token_id),
+        )
+        for r in rows
     ]
 
 
@@ -374,9 +376,12 @@ def mark_processed(session: Session, seqs: Sequence[int]) -> datetime:
     the time stamped on them."""
     now = utcnow()
     for chunk in _chunks(list(seqs)):
-        session.execute(
+        session.exec(
             update(EventRecord)
-            .where(one_of(session, EventRecord.seq, chunk), EventRecord.status == EventStatus.APPLIED.value)
+            .where(
+                one_of(session, col(EventRecord.seq), chunk),
+                col(EventRecord.status) == EventStatus.APPLIED.value,
+            )
             .values(status=EventStatus.PROCESSED.value, processed_at=now)
         )
     return now
@@ -398,28 +403,31 @@ class ReplayFilter:
     def clause(self) -> Any:
         parts: list[Any] = []
         if self.source:
-            parts.append(EventRecord.source == self.source)
+            parts.append(col(EventRecord.source) == self.source)
         if self.external_id:
-            parts.append(EventRecord.external_id == self.external_id)
+            parts.append(col(EventRecord.external_id) == self.external_id)
         if self.types:
-            parts.append(EventRecord.type.in_(list(self.types)))  # type: ignore[attr-defined]
+            parts.append(col(EventRecord.type).in_(list(self.types)))
         if self.since:
-            parts.append(EventRecord.received_at >= self.since)  # type: ignore[operator]
+            parts.append(col(EventRecord.received_at) >= self.since)
         if self.until:
-            parts.append(EventRecord.received_at < self.until)  # type: ignore[operator]
+            parts.append(col(EventRecord.received_at) < self.until)
         if self.statuses:
-            parts.append(EventRecord.status.in_(list(self.statuses)))  # type: ignore[attr-defined]
+            parts.append(col(EventRecord.status).in_(list(self.statuses)))
         if self.seqs:
-            parts.append(EventRecord.seq.in_(list(self.seqs)))  # type: ignore[union-attr]
+            parts.append(col(EventRecord.seq).in_(list(self.seqs)))
         return and_(true(), *parts)
 
 
 def seqs_matching(db: Database, flt: ReplayFilter) -> list[int]:
     with db.read() as session:
         return [
-            s
-            for (s,) in session.execute(select(EventRecord.seq).where(flt.clause()).order_by(EventRecord.seq))
-        ]  # type: ignore[arg-type]
+            seq
+            for seq in session.exec(
+                select(col(EventRecord.seq)).where(flt.clause()).order_by(col(EventRecord.seq))
+            )
+            if seq is not None
+        ]
 
 
 def requeue(db: Database, seqs: Sequence[int]) -> int:
@@ -431,9 +439,9 @@ def requeue(db: Database, seqs: Sequence[int]) -> int:
     changed = 0
     with db.write() as session:
         for chunk in _chunks(list(seqs)):
-            result = session.execute(
+            result = session.exec(
                 update(EventRecord)
-                .where(EventRecord.seq.in_(chunk))  # type: ignore[union-attr]
+                .where(col(EventRecord.seq).in_(chunk))
                 .values(
                     status=EventStatus.RECEIVED.value,
                     route=None,
@@ -448,33 +456,38 @@ def requeue(db: Database, seqs: Sequence[int]) -> int:
 
 def backlog_by_class(db: Database) -> dict[str, int]:
     with db.read() as session:
-        rows = session.execute(
-            select(EventRecord.priority_class, func.count())
-            .where(EventRecord.status.in_(_PENDING))  # type: ignore[attr-defined]
-            .group_by(EventRecord.priority_class)
+        rows = session.exec(
+            select(col(EventRecord.priority_class), func.count())
+            .where(col(EventRecord.status).in_(_PENDING))
+            .group_by(col(EventRecord.priority_class))
         ).all()
     return {cls: int(n) for cls, n in rows}
 
 
 def status_counts(db: Database) -> dict[str, int]:
     with db.read() as session:
-        rows = session.execute(select(EventRecord.status, func.count()).group_by(EventRecord.status)).all()
+        rows = session.exec(
+            select(col(EventRecord.status), func.count()).group_by(col(EventRecord.status))
+        ).all()
     return {status: int(n) for status, n in rows}
 
 
 def failures(db: Database, limit: int, offset: int = 0) -> list[EventRecord]:
     with db.read() as session:
         return list(
-            session.execute(
+            session.exec(
                 select(EventRecord)
                 .where(
-                    EventRecord.status == EventStatus.FAILED.value,
-                    or_(EventRecord.error_category.is_(None), EventRecord.error_category != "skipped"),  # type: ignore[union-attr]
+                    col(EventRecord.status) == EventStatus.FAILED.value,
+                    or_(
+                        col(EventRecord.error_category).is_(None),
+                        col(EventRecord.error_category) != "skipped",
+                    ),
                 )
-                .order_by(EventRecord.seq.desc())  # type: ignore[union-attr]
+                .order_by(col(EventRecord.seq).desc())
                 .limit(limit)
                 .offset(offset)
-            ).scalars()
+            )
         )
 
 
@@ -483,9 +496,9 @@ def skip(db: Database, seqs: Sequence[int]) -> int:
     changed = 0
     with db.write() as session:
         for chunk in _chunks(list(seqs)):
-            result = session.execute(
+            result = session.exec(
                 update(EventRecord)
-                .where(EventRecord.seq.in_(chunk), EventRecord.status == EventStatus.FAILED.value)  # type: ignore[union-attr]
+                .where(col(EventRecord.seq).in_(chunk), col(EventRecord.status) == EventStatus.FAILED.value)
                 .values(error_category="skipped")
             )
             changed += result.rowcount or 0

@@ -3,7 +3,7 @@ whose statement text does not depend on how many values there are, and the JSON 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -20,9 +20,17 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's ``Table`` (SQLModel does not declare ``__table__`` to type checkers)."""
+    table = sa_inspect(model).local_table
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
 
 
 def json_dumps(value: Any) -> str:
@@ -52,7 +60,7 @@ def insert_many(
     table: Table,
     rows: Sequence[dict[str, Any]],
     complete: Callable[[Any], Any],
-) -> CursorResult[Any]:
+) -> Iterable[Sequence[Any]]:
     """Insert many rows with one statement; ``complete`` adds the conflict clause and RETURNING to the
     dialect's ``insert(table)``.
 

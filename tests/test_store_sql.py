@@ -13,7 +13,7 @@ from sqlalchemy import select
 from nftpulse.cli import tune_gc
 from nftpulse.domain.book import CollectionBook
 from nftpulse.domain.events import Event
-from nftpulse.store import entities
+from nftpulse.store import books, entities
 from nftpulse.store.db import Database
 from nftpulse.store.entities import ViewWrite
 from nftpulse.store.models import BookHistoryRecord, EntityView, EventRecord
@@ -141,7 +141,7 @@ def test_tune_gc_sets_thresholds_and_freezes_what_is_loaded() -> None:
 def test_books_are_saved_as_a_row_and_history_segments(db: Database, monkeypatch: Any) -> None:
     """Each save adds one segment with only the history it added; the segment count is bounded by a
     rewrite; a book loads back equal to the live one, in one snapshot, with its version."""
-    monkeypatch.setattr("nftpulse.domain.book.MAX_HISTORY_SEGMENTS", 3)
+    monkeypatch.setattr("nftpulse.store.books.MAX_HISTORY_SEGMENTS", 3)
     stream = Stream(collections=1, tokens_per_collection=20, seed=2)
     events = [Event.model_validate(e) for e in [*stream.mints(), *stream.take(400)]]
     contract = events[0].contract
@@ -151,13 +151,13 @@ def test_books_are_saved_as_a_row_and_history_segments(db: Database, monkeypatch
     for version, start in enumerate(range(0, len(events), 60), start=1):
         book.apply_batch(events[start : start + 60], lambda base, quote, at: Decimal(1))
         with db.write() as s:
-            entities.save_books(s, [entities.BookWrite(key, version, book)])
-        book.history_saved()
+            books.save_books(s, [books.BookWrite(key, version, book)])
+        books.history_saved(book)
         with db.read() as s:
-            loaded, loaded_version = entities.load_book(s, key, book.chain, contract)
+            loaded, loaded_version = books.load_book(s, key, book.chain, contract)
             sizes.append(len(s.execute(select(BookHistoryRecord.entries)).scalars().all()))
         assert loaded_version == version
         assert orjson.dumps(loaded.to_dict()) == orjson.dumps(book.to_dict())
     assert max(sizes) == 3 and sizes[:4] == [1, 2, 3, 1]
     with db.read() as s:
-        assert entities.load_book(s, "collection:ethereum:0xnone", "ethereum", "0xnone")[1] == 0
+        assert books.load_book(s, "collection:ethereum:0xnone", "ethereum", "0xnone")[1] == 0

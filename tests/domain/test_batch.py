@@ -9,7 +9,6 @@ import random
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
-from unittest import mock
 
 import orjson
 import pytest
@@ -200,61 +199,3 @@ def test_expiring_equals_a_scan(puts: list[tuple[str, int]], clock: int) -> None
     stamp = f"2026-01-01T{clock % 24:02d}:{clock // 24:02d}"
     expected = {t for t, (_, expires) in index.entries.items() if expires and expires <= stamp}
     assert index.expiring(stamp) == expected
-
-
-class _Storage:
-    """What ``store.entities.save_books`` keeps of a book: its core and its history segments."""
-
-    def __init__(self) -> None:
-        self.core: dict[str, Any] = {}
-        self.segments: list[dict[str, Any]] = []
-
-    def save(self, book: CollectionBook) -> None:
-        entries, rewrite = book.history_to_save()
-        if rewrite:
-            self.segments = []
-        if entries is not None:
-            self.segments.append(orjson.loads(orjson.dumps(entries)))
-        self.core = orjson.loads(orjson.dumps(book.core_dict()))
-        book.history_saved()
-
-    def load(self) -> CollectionBook:
-        return CollectionBook.from_stored(self.core, self.segments)
-
-
-@SETTINGS
-@given(streams(), st.randoms(use_true_random=False))
-def test_a_book_saved_in_history_segments_loads_back_whole(events: list[Event], rnd: random.Random) -> None:
-    """Saved after every batch (late events landing mid-history included), reloaded now and then, and its
-    history rewritten whenever it spans three segments: the stored book is always the live one."""
-    unique, shuffled = arrival(events, rnd)
-    storage = _Storage()
-    book = CollectionBook.empty(CHAIN, CONTRACT)
-    with mock.patch("nftpulse.domain.book.MAX_HISTORY_SEGMENTS", 3):
-        for batch in _batches(shuffled, rnd):
-            book.apply_batch(batch, rates)
-            storage.save(book)
-            assert len(storage.segments) <= 3
-            assert _state(storage.load()) == _state(book)
-            if rnd.random() < 0.3:
-                book = storage.load()
-    reference = CollectionBook.recompute(CHAIN, CONTRACT, unique, rates)
-    assert_close(views(storage.load()), views(reference))
-
-
-@SETTINGS
-@given(streams())
-def test_recomputed_and_whole_saved_books_rewrite_their_history(events: list[Event]) -> None:
-    reference = CollectionBook.recompute(CHAIN, CONTRACT, events, rates)
-    entries, rewrite = reference.history_to_save()
-    assert rewrite and entries is not None
-    assert orjson.loads(orjson.dumps(entries)) == {k: _state(reference)[k] for k in entries}
-    # A whole-book save from before history segments: loaded as it is, its history rewritten next time.
-    legacy = CollectionBook.from_stored(_state(reference), [])
-    assert _state(legacy) == _state(reference)
-    assert legacy.history_to_save()[1]
-    storage = _Storage()
-    storage.save(legacy)
-    assert len(storage.segments) == 1 and "sales" not in storage.core
-    assert _state(storage.load()) == _state(reference)
-    assert legacy.history_to_save() == (None, False)

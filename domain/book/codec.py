@@ -1,0 +1,207 @@
+"""A collection book's JSON form: its facts (``core_dict``) and its grow-only history (sales and listing
+entries), whole or in parts, and back. Derived indexes are not serialised: they are rebuilt on load. Pure:
+how the parts are stored is the store's business (``store.books``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, Self
+
+from nftpulse.domain import price as price_engine
+from nftpulse.domain.book.fold import BookFold
+from nftpulse.domain.book.state import OrderKey, Token, _entry_sort_key, _key, _sale_order
+from nftpulse.domain.significance import Epsilons
+from nftpulse.domain.stats import ListingEntry
+from nftpulse.domain.trust import Finding, SaleRecord
+
+
+class BookCodec(BookFold):
+    """A book to and from JSON-ready dicts."""
+
+    # -- serialisation -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable facts plus what was last propagated (derived indexes are rebuilt on load)."""
+        return {**self.core_dict(), **self._history_dict(self.sales, self.listing_history)}
+
+    def history_dict(self) -> dict[str, Any]:
+        """The whole history (sales and listing entries) in JSON form: :meth:`to_dict` minus
+        :meth:`core_dict`."""
+        return self._history_dict(self.sales, self.listing_history)
+
+    def appended_history_dict(self) -> dict[str, Any] | None:
+        """The entries appended since the last :meth:`mark_history`, in :meth:`history_dict`'s form
+        (None: none), so that a store can keep them apart from the history it already has."""
+        appended = self._appended
+        if not appended:
+            return None
+        sales: dict[str, list[SaleRecord]] = {}
+        for sale in appended.sales:
+            sales.setdefault(sale.token_id, []).append(sale)
+        listings: dict[str, list[ListingEntry]] = {}
+        for token_id, entry in appended.listings:
+            listings.setdefault(token_id, []).append(entry)
+        return {
+            "sales": {tid: [sale.to_list() for sale in rows] for tid, rows in sales.items()},
+            "listing_history": listings,
+        }
+
+    def _history_dict(
+        self, sales: dict[str, list[SaleRecord]], listings: dict[str, list[ListingEntry]]
+    ) -> dict[str, Any]:
+        return {
+            "sales": {tid: self._sale_rows(tid, rows) for tid, rows in sales.items()},
+            # orjson writes tuples as arrays: copy the lists, not every entry.
+            "listing_history": {tid: list(entries) for tid, entries in listings.items()},
+        }
+
+    def core_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the history (sales and listing entries)."""
+        return {
+            "chain": self.chain,
+            "contract": self.contract,
+            "volume": str(self.volume),
+            "sales_count": self.sales_count,
+            "clock": self.clock,
+            "first_seen": self.first_seen,
+            "holder_counts": self.holder_counts,
+            "tokens": {
+                tid: {
+                    "owner": t.owner,
+                    "owner_key": t.owner_key,
+                    "minted": t.minted,
+                    "burned": t.burned,
+                    "traits": t.traits,
+                    "traits_key": t.traits_key,
+                    "last_sale": t.last_sale,
+                    "last_sale_key": t.last_sale_key,
+                    "listing": t.listing,
+                    "listing_key": t.listing_key,
+                }
+                for tid, t in self.tokens.items()
+            },
+            "findings": {
+                fid: {
+                    "key": list(f.key),
+                    "uid": self.finding_uids.get(fid),
+                    "kind": f.kind,
+                    "severity": f.severity,
+                    "status": f.status,
+                    "token_id": f.token_id,
+                    "wallets": list(f.wallets),
+                }
+                for fid, f in self.findings.items()
+            },
+            "verified": self.verified,
+            "verified_at": None
+            if self.verified_at is None
+            else [list(self.verified_at[0]), self.verified_at[1]],
+            "creator": self.creator,
+            "creator_at": None if self.creator_at is None else [list(self.creator_at[0]), self.creator_at[1]],
+            "daily_volume": {str(day): str(v) for day, v in self.daily_volume.items()},
+            "published": self.published,
+            "rarity_published": {tid: [s, r] for tid, (s, r) in self._d.publisher.published.items()},
+        }
+
+    def _sale_rows(self, token_id: str, sales: list[SaleRecord]) -> list[list[Any]]:
+        """A copy of the token's sales in JSON form: the rows are kept as sales arrive, because
+        converting every sale of the history again on each save grew with the history."""
+        rows = self._d.sale_rows.get(token_id)
+        if rows is None or len(rows) != len(sales):
+            rows = self._d.sale_rows[token_id] = [sale.to_list() for sale in sales]
+        return list(rows)
+
+    @classmethod
+    def from_parts(
+        cls,
+        core: dict[str, Any],
+        history: Sequence[dict[str, Any]],
+        epsilons: Epsilons | None = None,
+        price_params: price_engine.PriceParams | None = None,
+    ) -> Self:
+        """A book from :meth:`core_dict` and its history in parts (each in :meth:`history_dict`'s form,
+        e.g. successive :meth:`appended_history_dict`), oldest first."""
+        sales: dict[str, list[Any]] = {}
+        listings: dict[str, list[Any]] = {}
+        for part in history:
+            for tid, rows in part["sales"].items():
+                sales.setdefault(tid, []).extend(rows)
+            for tid, entries in part["listing_history"].items():
+                listings.setdefault(tid, []).extend(entries)
+        return cls.from_dict({**core, "sales": sales, "listing_history": listings}, epsilons, price_params)
+
+    @classmethod
+    def from_dict(
+        cls,
+        raw: dict[str, Any],
+        epsilons: Epsilons | None = None,
+        price_params: price_engine.PriceParams | None = None,
+    ) -> Self:
+        """The inverse of :meth:`to_dict`."""
+
+        def stamp(v: Any) -> tuple[OrderKey, str] | None:
+            if v is None:
+                return None
+            k = _key(v[0])
+            assert k is not None
+            return (k, str(v[1]))
+
+        book = cls.empty(raw["chain"], raw["contract"], epsilons, price_params)
+        book.volume = Decimal(raw["volume"])
+        book.sales_count = int(raw["sales_count"])
+        book.clock = raw.get("clock")
+        book.first_seen = raw.get("first_seen")
+        book.holder_counts = dict(raw.get("holder_counts", {}))
+        for tid, t in raw.get("tokens", {}).items():
+            book.tokens[tid] = Token(
+                token_id=tid,
+                owner=t["owner"],
+                owner_key=_key(t["owner_key"]),
+                minted=t["minted"],
+                burned=t["burned"],
+                traits=t["traits"],
+                traits_key=_key(t["traits_key"]),
+                last_sale=t["last_sale"],
+                last_sale_key=_key(t["last_sale_key"]),
+                listing=t["listing"],
+                listing_key=_key(t["listing_key"]),
+            )
+        # Sorted (stable, so equal keys keep the order they were added in, as the live book keeps them):
+        # a history given in parts comes back as each part's entries in turn. Already sorted
+        # lists, a whole-book save's, cost one pass.
+        book.sales = {
+            tid: sorted((SaleRecord.from_list(s) for s in v), key=_sale_order)
+            for tid, v in raw.get("sales", {}).items()
+        }
+        book.listing_history = {
+            tid: sorted(
+                ((tuple(k), kind, price, expires) for k, kind, price, expires in entries),  # type: ignore[misc]
+                key=_entry_sort_key,
+            )
+            for tid, entries in raw.get("listing_history", {}).items()
+        }
+        for fid, f in raw.get("findings", {}).items():
+            book.findings[fid] = Finding(
+                finding_id=fid,
+                key=_key(f["key"]) or (-1, -1, ""),
+                kind=f["kind"],
+                severity=f["severity"],
+                status=f["status"],
+                token_id=f["token_id"],
+                wallets=tuple(f["wallets"]),
+            )
+            if f.get("uid") is not None:
+                book.finding_uids[fid] = f["uid"]
+        book.verified = raw.get("verified")
+        book.verified_at = stamp(raw.get("verified_at"))
+        book.creator = raw.get("creator")
+        book.creator_at = stamp(raw.get("creator_at"))
+        book.daily_volume = {int(day): Decimal(v) for day, v in raw.get("daily_volume", {}).items()}
+        book.published = dict(raw.get("published", {}))
+        book._rebuild()
+        book._d.publisher.reset(
+            book._d.rarity,
+            {tid: (float(s), int(r)) for tid, (s, r) in raw.get("rarity_published", {}).items()},
+        )
+        return book

@@ -1,0 +1,405 @@
+"""A collection book's state: its facts (last-writer-wins token state, sales, listing history,
+findings, sums) and the indexes derived from them, with the figures read straight off them. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Self
+
+from nftpulse.domain import price as price_engine
+from nftpulse.domain.events import Event
+from nftpulse.domain.rarity import RarityIndex, RarityPublisher
+from nftpulse.domain.significance import Epsilons
+from nftpulse.domain.stats import (
+    DAY_US,
+    OPEN,
+    FloorSeries,
+    ListingEntry,
+    ListingIndex,
+    holding_hist,
+    listing_intervals,
+    to_us,
+)
+from nftpulse.domain.trust import Finding, SaleRecord, TrustResult, WashIndex
+
+OrderKey = tuple[int, int, str]
+RateLookup = Callable[[str, str, datetime], Decimal | None]
+"""``(base, quote, at) -> rate``: how many ``quote`` one ``base`` was worth at ``at``, or None."""
+
+NATIVE_CURRENCY = {"polygon": "POL", "bsc": "BNB", "avalanche": "AVAX"}
+"""Each chain's quote currency for collection statistics; every other chain quotes in ETH."""
+
+_SAME_AS = {"WETH": "ETH", "MATIC": "POL", "WMATIC": "POL", "WPOL": "POL", "WBNB": "BNB", "WAVAX": "AVAX"}
+
+TWAP_WINDOW_US = DAY_US
+"""The time-weighted floor averages the floor over the last 24 hours of the book's clock."""
+
+#: Collection figures that every NFT view is derived from: a significant move re-derives all NFTs.
+NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day")
+
+
+class UnpricedEventError(ValueError):
+    """A price could not be converted into the collection's quote currency: permanent until a rate arrives."""
+
+
+class InconsistentEventError(ValueError):
+    """An event contradicts the collection it claims to belong to: permanent, needs a human."""
+
+
+#: What an event's data can raise while it is read: :meth:`CollectionBook.apply_batch` sets such an
+#: event aside (UnpricedEventError and InconsistentEventError are ValueErrors).
+EVENT_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError, ArithmeticError)
+
+
+def quote_currency(chain: str) -> str:
+    """The currency a chain's collection statistics are quoted in."""
+    return NATIVE_CURRENCY.get(chain, "ETH")
+
+
+def normalise_currency(symbol: str) -> str:
+    """Fold wrapped and renamed symbols into the currency they stand for."""
+    symbol = symbol.upper()
+    return _SAME_AS.get(symbol, symbol)
+
+
+@dataclass
+class Change:
+    """What one or more applied events moved: the read models to rewrite and the metrics that changed."""
+
+    nfts: set[str] = field(default_factory=set)
+    collection: bool = False
+    #: ``(entity_key, metric) -> (before, after)``; before is the value ahead of the first event.
+    metrics: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+    #: A collection figure every NFT view derives from moved: ``nfts`` then holds every token.
+    all_nfts: bool = False
+
+    def merge(self, other: Change) -> None:
+        """Fold a later change into this one, keeping each metric's first ``before``."""
+        self.nfts |= other.nfts
+        self.collection |= other.collection
+        self.all_nfts |= other.all_nfts
+        for key, (before, after) in other.metrics.items():
+            first = self.metrics.get(key, (before, after))[0]
+            self.metrics[key] = (first, after)
+
+    def note(self, entity: str, metric: str, before: Any, after: Any) -> None:
+        """Record a metric move (ignored when nothing moved)."""
+        if before != after:
+            self.merge(Change(metrics={(entity, metric): (before, after)}))
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to rewrite."""
+        return not self.nfts and not self.collection
+
+
+@dataclass
+class Token:
+    """One token's last-writer-wins state."""
+
+    token_id: str
+    owner: str | None = None
+    owner_key: OrderKey | None = None
+    minted: bool = False
+    burned: bool = False
+    traits: dict[str, Any] = field(default_factory=dict)
+    traits_key: OrderKey | None = None
+    last_sale: dict[str, Any] | None = None
+    last_sale_key: OrderKey | None = None
+    listing: dict[str, Any] | None = None
+    listing_key: OrderKey | None = None
+
+    @property
+    def live(self) -> bool:
+        """Owned and not burned: part of the collection's supply."""
+        return self.owner is not None and not self.burned
+
+
+def _entry_sort_key(entry: ListingEntry) -> tuple[tuple[int, int, str], str, str, str]:
+    return (entry[0], entry[1], entry[2] or "", entry[3] or "")
+
+
+def _newer(candidate: OrderKey, current: OrderKey | None) -> bool:
+    return current is None or candidate > current
+
+
+def _key(v: Any) -> OrderKey | None:
+    # JSON gives ints and strings back as they went in: only the list needs to become a tuple.
+    return None if v is None else tuple(v)  # type: ignore[return-value]
+
+
+def _sale_order(sale: SaleRecord) -> tuple[OrderKey, str]:
+    return sale.sort_key
+
+
+@dataclass
+class _Derived:
+    """Indexes and caches rebuilt from the facts; never serialised."""
+
+    rarity: RarityIndex = field(default_factory=RarityIndex)
+    publisher: RarityPublisher = field(default_factory=RarityPublisher)
+    listings: ListingIndex = field(default_factory=ListingIndex)
+    holdings: dict[str, set[str]] = field(default_factory=dict)
+    hold_hist: dict[int, int] = field(default_factory=dict)
+    wash: WashIndex = field(default_factory=WashIndex)
+    #: ``source:id`` of every sale folded (kept in bulk mode too: it is how a repeated sale is spotted).
+    sale_uids: set[str] = field(default_factory=set)
+    #: finding ids by the token they name and by each wallet they name.
+    findings_by_token: dict[str, set[str]] = field(default_factory=dict)
+    findings_by_wallet: dict[str, set[str]] = field(default_factory=dict)
+    #: token -> ((sales, flagged sales) when computed, its last sale not wash-flagged).
+    last_clean: dict[str, tuple[tuple[int, int], SaleRecord | None]] = field(default_factory=dict)
+    #: token -> its sales as :meth:`SaleRecord.to_list` rows, in the order of ``CollectionBook.sales``.
+    sale_rows: dict[str, list[list[Any]]] = field(default_factory=dict)
+    history_version: int = 0
+    #: Every listing interval (derived from ``listing_history``) as ``(end, start, price)``, sorted:
+    #: the intervals live after a moment are a suffix (see :meth:`FloorSeries.update`).
+    by_end: list[tuple[int, int, Decimal]] = field(default_factory=list)
+    #: Earliest time a change since the last series build can affect (OPEN: none).
+    dirty_since: int = OPEN
+    series: tuple[int, FloorSeries] | None = None
+    sales_version: int = 0
+    market: tuple[tuple[int, int, str | None], dict[str, Any]] | None = None
+    #: ``(history version, clock)`` and the TWAP floor then: every NFT view of a batch reads it.
+    twap: tuple[tuple[int, int], Decimal | None] | None = None
+    headline: tuple[int, dict[str, Any], TrustResult, dict[str, Any]] | None = None
+    #: Bumped on every fold and rebuild: the key of the collection-level caches.
+    state_version: int = 0
+
+
+@dataclass
+class AppendedHistory:
+    """The history entries (sales, listing entries) a book appended since it was last marked
+    (:meth:`BookState.mark_history`): the history only grows, so these and the marked history make the
+    whole of it."""
+
+    sales: list[SaleRecord] = field(default_factory=list)
+    listings: list[tuple[str, ListingEntry]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.sales or self.listings)
+
+
+@dataclass
+class BookState:
+    """One collection's facts and the indexes derived from them (see the package's docstring).
+
+    :class:`~nftpulse.domain.book.CollectionBook` adds folding events in (``fold``), the read models
+    (``views``) and the JSON form (``codec``) on top.
+    """
+
+    chain: str
+    contract: str
+    tokens: dict[str, Token] = field(default_factory=dict)
+    volume: Decimal = Decimal(0)
+    sales_count: int = 0
+    holder_counts: dict[str, int] = field(default_factory=dict)
+    clock: str | None = None
+    first_seen: str | None = None
+    #: token -> its sales sorted by chain order.
+    sales: dict[str, list[SaleRecord]] = field(default_factory=dict)
+    #: token -> listing/end entries sorted by chain order (the time-weighted floor's facts).
+    listing_history: dict[str, list[ListingEntry]] = field(default_factory=dict)
+    findings: dict[str, Finding] = field(default_factory=dict)
+    finding_uids: dict[str, str] = field(default_factory=dict)
+    verified: bool | None = None
+    verified_at: tuple[OrderKey, str] | None = None
+    creator: str | None = None
+    creator_at: tuple[OrderKey, str] | None = None
+    daily_volume: dict[int, Decimal] = field(default_factory=dict)
+    #: Last propagated collection headline (significance is measured against it).
+    published: dict[str, Any] = field(default_factory=dict)
+    epsilons: Epsilons = field(default_factory=Epsilons, compare=False)
+    price_params: price_engine.PriceParams = field(default_factory=price_engine.PriceParams, compare=False)
+    _d: _Derived = field(default_factory=_Derived, repr=False, compare=False)
+    _bulk: bool = field(default=False, repr=False, compare=False)
+    _appended: AppendedHistory = field(default_factory=AppendedHistory, repr=False, compare=False)
+    #: Storage's own bookkeeping of this book (how its history is stored: ``store.books``), kept with it
+    #: between a load and the next save. The domain neither reads nor writes it; None: storage knows
+    #: nothing of this book (built from events or from a whole dict).
+    stored: object | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def empty(
+        cls,
+        chain: str,
+        contract: str,
+        epsilons: Epsilons | None = None,
+        price_params: price_engine.PriceParams | None = None,
+    ) -> Self:
+        """A book with no events yet; ``epsilons`` and ``price_params`` default to the dataclasses' own."""
+        return cls(
+            chain=chain,
+            contract=contract.lower(),
+            epsilons=epsilons or Epsilons(),
+            price_params=price_params or price_engine.PriceParams(),
+        )
+
+    def mark_history(self) -> None:
+        """Start a new :class:`AppendedHistory`: what is appended from now on is told apart."""
+        self._appended = AppendedHistory()
+
+    @property
+    def appended_history(self) -> AppendedHistory:
+        """The history entries appended since the last :meth:`mark_history` (read-only for callers)."""
+        return self._appended
+
+    # -- derived figures ---------------------------------------------------------------------------
+
+    @property
+    def currency(self) -> str:
+        """The quote currency of the collection's figures."""
+        return quote_currency(self.chain)
+
+    @property
+    def key(self) -> str:
+        """``collection:chain:contract``."""
+        return f"collection:{self.chain}:{self.contract}"
+
+    def nft_key(self, token_id: str) -> str:
+        """``nft:chain:contract:token_id``."""
+        return f"nft:{self.chain}:{self.contract}:{token_id}"
+
+    @property
+    def rarity(self) -> RarityIndex:
+        """The live rarity index (read-only for callers)."""
+        return self._d.rarity
+
+    @property
+    def holdings(self) -> dict[str, set[str]]:
+        """wallet -> tokens it holds (read-only for callers)."""
+        return self._d.holdings
+
+    @property
+    def listing_index(self) -> ListingIndex:
+        """Active listings by price (read-only for callers)."""
+        return self._d.listings
+
+    def active_listings(self) -> list[Token]:
+        """Tokens with an active listing."""
+        return [self.tokens[tid] for tid in self._d.listings.entries]
+
+    @property
+    def floor(self) -> Decimal | None:
+        """The cheapest active listing in the quote currency."""
+        return self._d.listings.floor
+
+    @property
+    def supply(self) -> int:
+        """Live tokens."""
+        return self._d.rarity.n
+
+    @property
+    def holders(self) -> int:
+        """Wallets holding at least one live token."""
+        return len(self.holder_counts)
+
+    @property
+    def clock_us(self) -> int | None:
+        """The book's clock in microseconds since the epoch."""
+        return None if self.clock is None else to_us(self.clock)
+
+    @property
+    def wash_share(self) -> float:
+        """Wash-flagged share of all volume."""
+        if self.volume <= 0:
+            return 0.0
+        return float(self._d.wash.wash_volume / self.volume)
+
+    def token_wash_share(self, token_id: str) -> float:
+        """Wash-flagged share of one token's volume."""
+        total = self._d.wash.token_volume.get(token_id, Decimal(0))
+        if total <= 0:
+            return 0.0
+        return float(self._d.wash.token_wash_volume.get(token_id, Decimal(0)) / total)
+
+    def wash_rules(self, token_id: str) -> dict[str, list[str]]:
+        """``sale uid -> wash rules`` for one token's flagged sales."""
+        return self._d.wash.flags.get(token_id, {})
+
+    def findings_for(self, token_id: str) -> list[Finding]:
+        """Findings about the token itself or its current owner."""
+        token = self.tokens.get(token_id)
+        owner = token.owner if token is not None and token.live else None
+        # From the indexes, not a scan: findings pile up with history. Sorted by id (every reader
+        # either sorts by id or only counts and sums).
+        fids = self._d.findings_by_token.get(token_id, set())
+        if owner is not None and owner in self._d.findings_by_wallet:
+            fids = fids | self._d.findings_by_wallet[owner]
+        return [self.findings[fid] for fid in sorted(fids)]
+
+    def _findings_of(self, token_id: str) -> list[Finding]:
+        """:meth:`findings_for` in no particular order (for readers that only count, sum or sort)."""
+        token = self.tokens.get(token_id)
+        owner = token.owner if token is not None and token.live else None
+        fids = self._d.findings_by_token.get(token_id, set())
+        if owner is not None and owner in self._d.findings_by_wallet:
+            fids = fids | self._d.findings_by_wallet[owner]
+        return [self.findings[fid] for fid in fids]
+
+    def _index_finding(self, finding: Finding, delta: int) -> None:
+        """Add (+1) or drop (-1) one finding in the token and wallet indexes."""
+        keys = [(self._d.findings_by_token, finding.token_id)] if finding.token_id is not None else []
+        keys += [(self._d.findings_by_wallet, w) for w in finding.wallets if isinstance(w, str)]
+        for index, key in keys:
+            if delta > 0:
+                index.setdefault(key, set()).add(finding.finding_id)
+            else:
+                held = index.get(key)
+                if held is not None:
+                    held.discard(finding.finding_id)
+                    if not held:
+                        del index[key]
+
+    def _active_listing(self, token: Token) -> dict[str, Any] | None:
+        listing = token.listing
+        if listing is None or not token.live:
+            return None
+        expires = listing.get("expires_at")
+        if expires is not None and self.clock is not None and expires <= self.clock:
+            return None
+        return listing
+
+    def _sync_listing(self, token: Token) -> None:
+        listing = self._active_listing(token)
+        if listing is None:
+            self._d.listings.put(token.token_id, None, None)
+        else:
+            self._d.listings.put(token.token_id, Decimal(listing["price"]), listing.get("expires_at"))
+
+    def to_quote(self, event: Event, price: dict[str, str], rates: RateLookup) -> Decimal:
+        """An event's price in the collection's quote currency."""
+        amount = Decimal(price["amount"])
+        currency = normalise_currency(price["currency"])
+        if currency == self.currency:
+            return amount
+        rate = rates(currency, self.currency, event.occurred_at)
+        if rate is None:
+            raise UnpricedEventError(
+                f"no {currency}/{self.currency} rate at or before {event.occurred_at.isoformat()}:"
+                f" send a price_tick for {currency}/{self.currency}, then replay this event"
+            )
+        return amount * rate
+
+    def _rebuild(self) -> None:
+        """Derive every index from the facts (the from-scratch twin of the incremental updates)."""
+        d = _Derived(publisher=self._d.publisher)
+        d.rarity = RarityIndex.build({tid: t.traits for tid, t in self.tokens.items() if t.live})
+        for tid, token in self.tokens.items():
+            if token.live and token.owner is not None:
+                d.holdings.setdefault(token.owner, set()).add(tid)
+        d.hold_hist = holding_hist(self.holder_counts.values())
+        d.by_end = sorted(
+            (end, start, price) for start, end, price in listing_intervals(self.listing_history)
+        )
+        d.sale_uids = {sale.uid for sales in self.sales.values() for sale in sales}
+        d.wash = WashIndex.build(self.sales)
+        self._d = d
+        for finding in self.findings.values():
+            self._index_finding(finding, +1)
+        for token in self.tokens.values():
+            self._sync_listing(token)
+        self._d.listings.expire(self.clock)

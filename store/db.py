@@ -17,9 +17,6 @@ from sqlmodel import Session
 from nftpulse.store import models, notify  # noqa: F401  (registers the tables on SQLModel.metadata)
 from nftpulse.store.sql import json_dumps
 
-#: Advisory lock key under which schema changes run (``store.schema``; any constant unlikely to collide).
-_SCHEMA_LOCK = 0x50554C5345
-
 
 def _lock_key(partition: str) -> int:
     return int.from_bytes(hashlib.blake2b(partition.encode(), digest_size=8).digest(), "big", signed=True)

@@ -24,10 +24,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
-from nftpulse.store.db import _SCHEMA_LOCK, Database
+from nftpulse.store.db import Database
 
 SCRIPT_LOCATION = "nftpulse.store:migrations"
 UPGRADE_COMMAND = "pulse db upgrade"
+#: Postgres advisory lock key under which schema changes run (any constant unlikely to collide).
+SCHEMA_LOCK = 0x50554C5345
 
 # Alembic narrates every context it opens at INFO (several lines per process start); what changed is
 # reported by ``pulse db upgrade`` and logged by the processes that upgrade.
@@ -47,15 +49,17 @@ def alembic_config() -> Config:
     return cfg
 
 
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+def _scripts() -> tuple[str, set[str]]:
+    """The code's head revision and every revision it knows."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = scripts.get_current_head()
     if head is None:
         raise SchemaError("no migrations found in nftpulse/store/migrations")
-    return head
+    return head, {s.revision for s in scripts.walk_revisions()}
 
 
-def _known_revisions() -> set[str]:
-    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+def head_revision() -> str:
+    return _scripts()[0]
 
 
 def display_url(url: str) -> str:
@@ -117,8 +121,8 @@ def _status(conn: Connection, url: str) -> SchemaStatus:
     current = MigrationContext.configure(conn).get_current_revision()
     names = set(inspect(conn).get_table_names())
     tables = len(names & set(SQLModel.metadata.tables))
-    head = head_revision()
-    return SchemaStatus(url, current, head, tables, current is None or current in _known_revisions())
+    head, known = _scripts()
+    return SchemaStatus(url, current, head, tables, current is None or current in known)
 
 
 def missing_database(url: str) -> str | None:
@@ -206,7 +210,7 @@ def _locked(db: Database) -> Iterator[Connection]:
     their schema transactionally, so a failed upgrade leaves the database as it was."""
     with db.write_engine.begin() as conn:
         if not db.is_sqlite:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
         yield conn
 
 

@@ -26,7 +26,8 @@ from nftpulse.api.deps import PrincipalDep, Services, ServicesDep
 from nftpulse.api.errors import InvalidInput
 from nftpulse.core.delivery import DeliveryStatus
 from nftpulse.core.metrics import DELIVERIES, NOTIFICATIONS_READ
-from nftpulse.domain.rules import AlertSeverity, DeliveryRoute, Explanation, NotificationKind
+from nftpulse.domain.routing import DeliveryRoute
+from nftpulse.domain.rules import AlertSeverity, Explanation, NotificationKind
 from nftpulse.store import notify as store
 from nftpulse.templates.renderer import inbox_text
 

@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nftpulse.domain.rules import AlertSeverity, NotificationKind, local_instant, max_severity
+from nftpulse.domain.routing import local_instant
+from nftpulse.domain.rules import AlertSeverity, NotificationKind, max_severity
 
 
 class DigestSchedule(BaseModel):

@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nftpulse.domain.rules import AlertSeverity, ChannelName, QuietHours
+from nftpulse.domain.routing import QuietHours
+from nftpulse.domain.rules import AlertSeverity, ChannelName
 
 #: A user's escalation unless they set their own: the inbox, then push, then SMS, 15 minutes apart,
 #: the escalated part (push, SMS) repeated once. The API's profile defaults and detection's fallback for

@@ -34,6 +34,7 @@ from nftpulse.activities.contracts.notify import (
     SendDigestInput,
     SendDigestResult,
 )
+from nftpulse.domain.escalation import DEFAULT_CHAIN, DEFAULT_DELAY_S, DEFAULT_MAX_REPEATS
 from nftpulse.workflows.notify import DigestWorkflow, NotificationOutcome, NotificationWorkflow
 
 
@@ -96,8 +97,8 @@ def _request(
     severity: str = "critical",
     chain: list[str] | None = None,
     quiet: dict[str, Any] | None = None,
-    delay_s: float = 900.0,
-    max_repeats: int = 1,
+    delay_s: float = DEFAULT_DELAY_S,
+    max_repeats: int = DEFAULT_MAX_REPEATS,
 ) -> NotifyRequest:
     return NotifyRequest(
         notification_id=7,
@@ -112,7 +113,7 @@ def _request(
         at=datetime.now(UTC).isoformat(),
         route="now",
         channels=["in_app"],
-        escalation=EscalationSpec(chain or ["in_app", "push", "sms"], delay_s, max_repeats)
+        escalation=EscalationSpec(chain or list(DEFAULT_CHAIN), delay_s, max_repeats)
         if severity == "critical"
         else None,
         quiet_hours=quiet,

@@ -54,7 +54,8 @@ with workflow.unsafe.imports_passed_through():
         retract,
     )
     from nftpulse.domain.escalation import EscalationPolicy, EscalationState, mark_dead, next_step
-    from nftpulse.domain.rules import AlertSeverity, NotificationKind, QuietHours
+    from nftpulse.domain.routing import QuietHours
+    from nftpulse.domain.rules import AlertSeverity, NotificationKind
 
 #: A digest with nothing pending for this long ends; the next item starts a new run.
 DIGEST_IDLE = timedelta(days=2)

@@ -22,7 +22,7 @@ from nftpulse.channels.base import (
 )
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.core.metrics import DELIVERIES, DELIVERY_SECONDS
-from nftpulse.domain.rules import DeliveryRoute
+from nftpulse.domain.routing import DeliveryRoute
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from nftpulse.activities.contracts.notify import (
     parse_time,
 )
 from nftpulse.activities.contracts.pipeline import ChangeSet
+from nftpulse.activities.notify import holdings
 from nftpulse.activities.notify.common import (
     available_channels,
     channels_for,
@@ -50,34 +50,32 @@ from nftpulse.activities.notify.common import (
     inbox_only,
     observe_delivery,
 )
+from nftpulse.activities.notify.watchers import WatcherCache, by_watched_key, parsed_rules
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.core.metrics import NOTIFICATIONS_CREATED
 from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.escalation import DEFAULT_CHAIN, DEFAULT_DELAY_S, DEFAULT_MAX_REPEATS
-from nftpulse.domain.events import wallet_key
 from nftpulse.domain.exposure import (
-    REFERENCE_CURRENCY,
     Position,
-    collection_position,
-    nft_position,
-    reference_value,
 )
-from nftpulse.domain.rules import (
-    AlertSeverity,
+from nftpulse.domain.routing import (
     BudgetState,
     Candidate,
     DeliveryPreferences,
     DeliveryRoute,
-    Evaluation,
-    Explanation,
     QuietHours,
     RoutingDecision,
+    route_candidates,
+)
+from nftpulse.domain.rules import (
+    AlertSeverity,
+    Evaluation,
+    Explanation,
     Rule,
     RuleState,
     evaluate,
     event_cause,
     idempotency_key,
-    route_candidates,
 )
 from nftpulse.store import entities
 from nftpulse.store import notify as store
@@ -110,43 +108,6 @@ class Firing:
     subscription_id: str
     explanation: Explanation
     cause: str | None
-
-
-class WatcherCache:
-    """Who watches each entity (``store.watch_entries``), kept in memory while the watch generation stands
-    still: subscriptions change rarely, detection asks for thousands of entities per batch (most of them
-    watched by nobody), and the query was a fifth of a busy worker's time. Every subscription change
-    moves the generation in its own transaction (``store.replace_subscription_keys``), and the generation
-    is read before the watchers, so a detection never keeps watchers older than the generation it saw."""
-
-    def __init__(self, max_keys: int = 200_000) -> None:
-        self._lock = threading.Lock()
-        self._generation: int | None = None
-        self._by_key: dict[str, tuple[store.WatchEntry, ...]] = {}
-        self._max = max_keys
-
-    def lookup(self, session: Session, entity_keys: Iterable[str]) -> list[store.WatchEntry]:
-        """Like ``store.watch_entries``: by user, then subscription, then entity."""
-        keys = set(entity_keys)
-        generation = store.watch_generation(session)
-        with self._lock:
-            if generation != self._generation:
-                self._by_key, self._generation = {}, generation
-            known = {key: self._by_key[key] for key in keys if key in self._by_key}
-        missing = keys - known.keys()
-        if missing:
-            loaded: dict[str, list[store.WatchEntry]] = {key: [] for key in missing}
-            for entry in store.watch_entries(session, missing):
-                loaded[entry.entity_key].append(entry)
-            fresh = {key: tuple(entries) for key, entries in loaded.items()}
-            with self._lock:
-                if self._generation == generation:
-                    if len(self._by_key) + len(fresh) > self._max:
-                        self._by_key = {}
-                    self._by_key.update(fresh)
-            known.update(fresh)
-        found = [entry for entries in known.values() for entry in entries]
-        return sorted(found, key=lambda w: (w.user_id, w.subscription_id, w.entity_key))
 
 
 class DetectionActivities:
@@ -215,7 +176,7 @@ class DetectionActivities:
             # portfolio subscriptions); otherwise only for what fired, below.
             watched = store.wallets_watched(s)
             facts = store.entity_facts(s, {ch.entity_key for ch in changes}) if watched else {}
-            by_entity = _by_watched_key(changes, facts)
+            by_entity = by_watched_key(changes, facts)
             found = self._watchers.lookup(s, by_entity)
             result = DetectResult()
             if not found:
@@ -242,7 +203,9 @@ class DetectionActivities:
         # Values rank what fired by exposure: read for the fired entities not read above.
         fired_keys = {f.candidate.entity_key for fs in fired.values() for f in fs}
         facts |= store.entity_facts(s, fired_keys - facts.keys())
-        positions = _positions(s, fired, facts, at)
+        positions = holdings.positions(
+            s, {user: [f.candidate.entity_key for f in fs] for user, fs in fired.items()}, facts, at
+        )
         pending: list[tuple[store.NotifyUser, list[store.Notification]]] = []
         for user_id, firings in fired.items():
             user = users.get(user_id)
@@ -470,27 +433,6 @@ class DetectionActivities:
             )
 
 
-def _by_watched_key(
-    changes: list[MetricChange], facts: dict[str, store.EntityFacts]
-) -> dict[str, list[MetricChange]]:
-    """The changes under each key a subscription may watch: the changed entity's own, and the wallets a
-    change concerns (both sides of a transfer, the holder of a changed NFT)."""
-    by_entity: dict[str, list[MetricChange]] = {}
-    for ch in changes:
-        by_entity.setdefault(ch.entity_key, []).append(ch)
-        wallets: set[str] = set()
-        if ch.metric == "owner":
-            # A transfer concerns the wallets on both sides: wallet and portfolio watchers.
-            wallets |= {side.lower() for side in (ch.before, ch.after) if isinstance(side, str) and side}
-        held = facts.get(ch.entity_key)
-        if held is not None and held.owner:
-            # Any change of a held NFT (trust, price estimate, risk …) concerns its holder's wallet.
-            wallets.add(held.owner)
-        for wallet in sorted(wallets):
-            by_entity.setdefault(wallet_key(wallet), []).append(ch)
-    return by_entity
-
-
 def _evaluate(
     s: Session,
     found: list[store.WatchEntry],
@@ -503,7 +445,7 @@ def _evaluate(
     return what fired by user; counts evaluations and suppressions in ``result``."""
     # Each subscription's rules parsed once, not once per change: a busy collection has hundreds of
     # watchers and a batch several changed metrics per entity.
-    rules_of = {w.subscription_id: _parsed_rules(w.rules_json) for w in found}
+    rules_of = {w.subscription_id: parsed_rules(w.rules_json) for w in found}
     states = store.rule_states(
         s,
         [
@@ -520,7 +462,7 @@ def _evaluate(
     timed: dict[tuple[str, str], MetricChange] = {}
     # Evaluation is a pure function of (rule, state, change), and the watchers of a busy entity often
     # share all three (one preset, armed and fired together): each distinct triple is evaluated once.
-    # Rules with the same definition are the same object (_parsed_rules).
+    # Rules with the same definition are the same object (watchers.parsed_rules).
     outcomes: dict[tuple[int, int, str], tuple[Evaluation, orjson.Fragment]] = {}
     for w in found:
         watched = {rule.metric for rule in rules_of[w.subscription_id]}
@@ -569,64 +511,6 @@ def _evaluate(
                 fired.setdefault(w.user_id, []).append(firing)
     store.save_rule_states(s, changed_states, at)
     return fired
-
-
-def _positions(
-    s: Session, fired: dict[str, list[Firing]], facts: dict[str, store.EntityFacts], at: datetime
-) -> dict[tuple[str, str], tuple[Position | None, Decimal]]:
-    """The position (and its value in ETH) each firing user holds in each fired entity.
-
-    Only users with firings are looked at: their portfolio wallets (one query), the tokens those wallets
-    hold in fired collections (one grouped query, only when a collection fired for a user with wallets)
-    and the rates of non-ETH positions.
-    """
-    if not fired:
-        return {}
-    wallets = store.portfolio_wallets(s, fired)
-    wanted_collections = {
-        f.candidate.entity_key
-        for user_id, firings in fired.items()
-        if wallets.get(user_id)
-        for f in firings
-        if f.candidate.entity_key.startswith("collection:")
-    }
-    every_wallet = {w for ws in wallets.values() for w in ws}
-    counts = store.held_counts(s, wanted_collections, every_wallet) if wanted_collections else {}
-    out: dict[tuple[str, str], Position | None] = {}
-    for user_id, firings in fired.items():
-        mine = wallets.get(user_id) or set()
-        for f in firings:
-            key = f.candidate.entity_key
-            fact = facts.get(key)
-            if not mine or fact is None or (user_id, key) in out:
-                continue
-            if fact.kind == "nft":
-                position = nft_position(
-                    key, fact.owner, mine, fact.price_estimate, fact.last_sale, fact.currency
-                )
-            else:
-                held = sum(counts.get((key, w), 0) for w in mine)
-                position = collection_position(key, held, fact.floor, fact.currency)
-            out[(user_id, key)] = position
-    currencies = {p.currency for p in out.values() if p is not None}
-    rates = store.rates_to(s, currencies, REFERENCE_CURRENCY, at) if currencies - {REFERENCE_CURRENCY} else {}
-    return {k: (p, reference_value(p, rates)) for k, p in out.items()}
-
-
-_RULES: dict[str, list[Rule]] = {}
-_RULES_MAX = 100_000
-
-
-def _parsed_rules(rules_json: str) -> list[Rule]:
-    """A subscription's rules (their stored JSON text), validated once per distinct definition: a busy
-    collection's watchers are read for every batch, and validating each time was a tenth of detection.
-    Rules are frozen, so the cached objects are safely shared."""
-    rules = _RULES.get(rules_json)
-    if rules is None:
-        if len(_RULES) >= _RULES_MAX:
-            _RULES.clear()
-        rules = _RULES[rules_json] = [Rule.model_validate(item) for item in orjson.loads(rules_json)]
-    return rules
 
 
 def route_user(

@@ -29,7 +29,8 @@ from nftpulse.domain.escalation import (
     next_step,
     plan,
 )
-from nftpulse.domain.rules import AlertSeverity, NotificationKind, QuietHours
+from nftpulse.domain.routing import QuietHours
+from nftpulse.domain.rules import AlertSeverity, NotificationKind
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NY = ZoneInfo("America/New_York")

@@ -13,14 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nftpulse.domain.changes import MetricChange
-from nftpulse.domain.rules import (
-    AlertSeverity,
+from nftpulse.domain.routing import (
     BudgetState,
     Candidate,
     DeliveryPreferences,
     DeliveryRoute,
-    NotificationKind,
     QuietHours,
+    rank_candidates,
+    route_candidates,
+)
+from nftpulse.domain.rules import (
+    AlertSeverity,
+    NotificationKind,
     Rule,
     RuleKind,
     RuleState,
@@ -28,8 +32,6 @@ from nftpulse.domain.rules import (
     event_cause,
     idempotency_key,
     modified_z,
-    rank_candidates,
-    route_candidates,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -26,14 +22,21 @@ from sqlmodel import SQLModel
 
 from nftpulse.store.db import Database
 
+# Alembic logs its plugins' set-up at INFO when first imported, and narrates every context it opens: a
+# dozen lines per process start. Quieted before the import; what changed is reported by `pulse db
+# upgrade` and logged by the processes that upgrade.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.autogenerate import compare_metadata  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+
 SCRIPT_LOCATION = "nftpulse.store:migrations"
 UPGRADE_COMMAND = "pulse db upgrade"
 #: Postgres advisory lock key under which schema changes run (any constant unlikely to collide).
 SCHEMA_LOCK = 0x50554C5345
-
-# Alembic narrates every context it opens at INFO (several lines per process start); what changed is
-# reported by ``pulse db upgrade`` and logged by the processes that upgrade.
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class SchemaError(RuntimeError):
@@ -155,8 +158,6 @@ def differences(conn: Connection, metadata: MetaData | None = None) -> list[Any]
     Pulse's): empty when the revisions account for every model change. Plus, on Postgres, what autogenerate
     does not compare: storage parameters and which columns draw from a sequence."""
     metadata = SQLModel.metadata if metadata is None else metadata
-    from alembic.autogenerate import compare_metadata  # loads autogenerate's plugins: only when needed
-
     context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
     found: list[Any] = list(compare_metadata(context, metadata))
     if conn.dialect.name == "postgresql":

@@ -340,6 +340,9 @@ def db_revision(
     db = Database(_settings().effective_database_url)
     try:
         path = schema.new_revision(db, message, rev_id, autogenerate=not empty)
+    except schema.SchemaError as exc:
+        console.print("[bold red]error:[/bold red]", escape(str(exc)), soft_wrap=True)
+        raise typer.Exit(1) from None
     finally:
         db.dispose()
     typer.echo(f"wrote {path}: read it, adjust it, and test it (tests/test_migrations.py)")

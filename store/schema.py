@@ -32,6 +32,7 @@ from alembic.autogenerate import compare_metadata  # noqa: E402
 from alembic.config import Config  # noqa: E402
 from alembic.runtime.migration import MigrationContext  # noqa: E402
 from alembic.script import ScriptDirectory  # noqa: E402
+from alembic.util import CommandError  # noqa: E402
 
 SCRIPT_LOCATION = "nftpulse.store:migrations"
 UPGRADE_COMMAND = "pulse db upgrade"
@@ -253,10 +254,13 @@ def upgrade(db: Database, revision: str = "head") -> UpgradeResult:
 def new_revision(db: Database, message: str, rev_id: str, *, autogenerate: bool = True) -> str:
     """Write a new revision file into ``store/migrations/versions`` (for developers, in a checkout): with
     ``autogenerate``, the operations that take the database (at head) to the models. Returns its path."""
-    with _locked(db) as conn:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        script = command.revision(cfg, message=message, autogenerate=autogenerate, rev_id=rev_id)
+    try:
+        with _locked(db) as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            script = command.revision(cfg, message=message, autogenerate=autogenerate, rev_id=rev_id)
+    except CommandError as exc:  # e.g. the database is not at head, or the id is taken
+        raise SchemaError(f"{str(exc).rstrip('.')}: run `{UPGRADE_COMMAND}` first") from exc
     if script is None or isinstance(script, list):
         raise SchemaError("alembic wrote no single revision")
     return str(script.path)

@@ -33,6 +33,7 @@ from nftpulse.core.delivery import (
     DeliveryStatus,
     map_twilio_status,
 )
+from nftpulse.store import notifications
 from nftpulse.store import notify as store
 
 router = APIRouter(prefix="/v1/callbacks", tags=["provider callbacks"])
@@ -71,7 +72,7 @@ def _update_by_provider_id(services: Services, channel: str, provider_id: str, s
             ).scalars()
         )
         for row in rows:
-            store.upsert_delivery(s, row.notification_id, channel, status, datetime.now(UTC))
+            notifications.upsert_delivery(s, row.notification_id, channel, status, datetime.now(UTC))
         return len(rows)
 
 
@@ -184,7 +185,7 @@ def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> int:
         if u.notification_id is None and u.idempotency_key
     ]
     with services.db.write() as s:
-        return store.apply_provider_statuses(s, "email", by_id, by_key, datetime.now(UTC))
+        return notifications.apply_provider_statuses(s, "email", by_id, by_key, datetime.now(UTC))
 
 
 @router.post(

@@ -28,6 +28,7 @@ from nftpulse.core.delivery import DeliveryStatus
 from nftpulse.core.metrics import DELIVERIES, NOTIFICATIONS_READ
 from nftpulse.domain.routing import DeliveryRoute
 from nftpulse.domain.rules import AlertSeverity, Explanation, NotificationKind
+from nftpulse.store import notifications
 from nftpulse.store import notify as store
 from nftpulse.templates.renderer import inbox_text
 
@@ -121,13 +122,13 @@ async def list_notifications(
 
     def read() -> InboxPage:
         with services.db.read() as s:
-            rows = store.inbox(s, user_id, unread=unread, before_id=before, limit=limit + 1)
+            rows = notifications.inbox(s, user_id, unread=unread, before_id=before, limit=limit + 1)
             page = rows[:limit]
-            deliveries = store.deliveries_for(s, [r.id for r in page if r.id is not None])
+            deliveries = notifications.deliveries_for(s, [r.id for r in page if r.id is not None])
             return InboxPage(
                 items=[notification_out(r, deliveries.get(r.id or 0, [])) for r in page],
                 next_cursor=str(page[-1].id) if len(rows) > limit else None,
-                unread_count=store.unread_count(s, user_id),
+                unread_count=notifications.unread_count(s, user_id),
             )
 
     return await run_in_threadpool(read)
@@ -154,7 +155,7 @@ async def read_all(user_id: UserId, principal: PrincipalDep, services: ServicesD
 
     def write() -> list[store.Notification]:
         with services.db.write() as s:
-            return store.mark_read(s, user_id, None, datetime.now(UTC))
+            return notifications.mark_read(s, user_id, None, datetime.now(UTC))
 
     rows = await run_in_threadpool(write)
     await _signal_read(services, rows)
@@ -174,9 +175,9 @@ async def read_one(
             row = s.get(store.Notification, nid)
             if row is None or row.user_id != user_id:
                 return None, [], []
-            changed = store.mark_read(s, user_id, [nid], datetime.now(UTC))
+            changed = notifications.mark_read(s, user_id, [nid], datetime.now(UTC))
             s.flush()
-            return row, changed, store.deliveries_for(s, [nid])[nid]
+            return row, changed, notifications.deliveries_for(s, [nid])[nid]
 
     row, changed, deliveries = await run_in_threadpool(write)
     if row is None:
@@ -199,7 +200,7 @@ async def archive_one(
             if row is None or row.user_id != user_id:
                 return None, []
             now = datetime.now(UTC)
-            changed = store.mark_read(s, user_id, [nid], now)
+            changed = notifications.mark_read(s, user_id, [nid], now)
             row.archived_at = row.archived_at or now
             s.add(row)
             return row, changed
@@ -252,13 +253,13 @@ async def stream(
 
     def latest() -> int:
         with services.db.read() as s:
-            rows = store.inbox(s, user_id, include_archived=True, limit=1)
+            rows = notifications.inbox(s, user_id, include_archived=True, limit=1)
             return rows[0].id or 0 if rows else 0
 
     def newer(after_id: int) -> list[NotificationOut]:
         with services.db.read() as s:
-            rows = store.inbox(s, user_id, include_archived=True, after_id=after_id, limit=100)
-            deliveries = store.deliveries_for(s, [r.id for r in rows if r.id is not None])
+            rows = notifications.inbox(s, user_id, include_archived=True, after_id=after_id, limit=100)
+            deliveries = notifications.deliveries_for(s, [r.id for r in rows if r.id is not None])
             return [notification_out(r, deliveries.get(r.id or 0, [])) for r in rows]
 
     async def events() -> AsyncIterator[bytes]:

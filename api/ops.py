@@ -11,8 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
 from nftpulse.api.deps import AdminKey, Services, ServicesDep
-from nftpulse.store import events
-from nftpulse.store import notify as notify_store
+from nftpulse.store import events, notifications
 from nftpulse.store.events import ReplayFilter
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
@@ -90,9 +89,9 @@ async def list_failures(
     def link(workflow_id: str | None) -> str | None:
         return f"{ui}/namespaces/{ns}/workflows/{workflow_id}" if workflow_id else None
 
-    def failed_deliveries() -> list[notify_store.FailedDelivery]:
+    def failed_deliveries() -> list[notifications.FailedDelivery]:
         with services.db.read() as session:
-            return notify_store.failed_deliveries(session, limit, offset)
+            return notifications.failed_deliveries(session, limit, offset)
 
     deliveries = await run_in_threadpool(failed_deliveries)
     return FailureList(
@@ -148,7 +147,7 @@ async def act_on_failures(body: FailureAction, services: ServicesDep, _key: Admi
 
         def workflow_ids() -> list[str]:
             with services.db.read() as session:
-                return notify_store.workflow_ids_of(session, body.notification_ids)
+                return notifications.workflow_ids_of(session, body.notification_ids)
 
         ids = await run_in_threadpool(workflow_ids)
         cancelled += await _cancel(services, ids)

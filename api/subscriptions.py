@@ -1,7 +1,7 @@
 """Subscriptions: what a user watches (an NFT, a collection, a creator, a wallet, or a portfolio of
 wallets) and the rules that decide what is worth a notification (``domain/rules.py``).
 
-Every change goes through ``store.replace_subscription_keys``, which keeps detection's index of who
+Every change goes through ``watching.replace_subscription_keys``, which keeps detection's index of who
 watches what (and the watch generation its cache follows) in the same transaction. Access and errors:
 see ``api/common.py``.
 """
@@ -26,6 +26,7 @@ from nftpulse.api.users import load_user
 from nftpulse.domain.events import wallet_key
 from nftpulse.domain.rules import Rule
 from nftpulse.store import notify as store
+from nftpulse.store import watching
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
@@ -184,7 +185,7 @@ async def create_subscription(
         with services.db.write() as s:
             s.add(sub)
             s.flush()
-            store.replace_subscription_keys(s, sub.id, index)
+            watching.replace_subscription_keys(s, sub.id, index)
         return sub
 
     return sub_out(await run_in_threadpool(write))
@@ -243,7 +244,7 @@ async def patch_subscription(
                 sub.label = body.label
             sub.updated_at = datetime.now(UTC)
             s.add(sub)
-            store.replace_subscription_keys(s, sub_id, index)
+            watching.replace_subscription_keys(s, sub_id, index)
             if body.rules is not None or "entity_key" in fields or body.wallets is not None:
                 # Old hysteresis belongs to old parameters: re-arm from scratch.
                 s.execute(
@@ -264,7 +265,7 @@ async def delete_subscription(
 
     def write() -> None:
         with services.db.write() as s:
-            store.delete_subscription(s, sub_id)
+            watching.delete_subscription(s, sub_id)
 
     await run_in_threadpool(write)
     return Response(status_code=204)

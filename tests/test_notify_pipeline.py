@@ -47,7 +47,7 @@ from nftpulse.channels.base import DeliveryReceipt, OutboundMessage, TransientDe
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.channels.webhook import WebhookChannel, WebhookConfig
 from nftpulse.domain.changes import MetricChange
-from nftpulse.store import entities, keys
+from nftpulse.store import entities, keys, notifications, watching
 from nftpulse.store import notify as notify_store
 from nftpulse.store.db import Database
 from nftpulse.store.models import EntityView
@@ -432,13 +432,13 @@ def _stored_notification(db: Database, user_id: str, key: str) -> int:
         s.add(row)
         s.flush()
         assert row.id is not None
-        notify_store.upsert_delivery(s, row.id, "email", "queued", now, provider_message_id="sg-1")
+        notifications.upsert_delivery(s, row.id, "email", "queued", now, provider_message_id="sg-1")
         return row.id
 
 
 def _email_status(db: Database, nid: int) -> str:
     with db.read() as s:
-        (row,) = [d for d in notify_store.deliveries_for(s, [nid])[nid] if d.channel == "email"]
+        (row,) = [d for d in notifications.deliveries_for(s, [nid])[nid] if d.channel == "email"]
         return row.status
 
 
@@ -528,7 +528,7 @@ def _seed(db: Database, user_id: str, entity: str, **profile: Any) -> None:
         )
         s.add(sub)
         s.flush()
-        notify_store.replace_subscription_keys(s, sub.id, [entity])
+        watching.replace_subscription_keys(s, sub.id, [entity])
 
 
 def _floor(before: str | None, after: str) -> ChangeSet:
@@ -581,7 +581,7 @@ def test_detection_keeps_watchers_until_a_subscription_changes(db: Database) -> 
         _seed(db, "bob", COLLECTION)
         assert users_notified("p@3-3", "10", "7") == ["alice", "bob"]
         with db.write() as s:
-            notify_store.delete_subscription(s, "sub_alice")
+            watching.delete_subscription(s, "sub_alice")
         assert users_notified("p@4-4", "7", "10") == ["bob"]
         assert len(lookups) == 3
     finally:
@@ -599,7 +599,7 @@ def test_inbox_only_notification_is_delivered_by_detection_and_rendered_when_rea
         assert bob_sub is not None
         bob_sub.entity_key = COLLECTION
         s.add(bob_sub)
-        notify_store.replace_subscription_keys(s, "sub_bob", [COLLECTION])
+        watching.replace_subscription_keys(s, "sub_bob", [COLLECTION])
         bob = s.get(notify_store.NotifyUser, "bob")
         assert bob is not None
         bob.webhooks = [{"id": "wh1", "url": "https://hooks.example.com/pulse", "secret": "whsec_x"}]
@@ -612,7 +612,7 @@ def test_inbox_only_notification_is_delivered_by_detection_and_rendered_when_rea
     assert by_user["bob"].channels == ["webhook"]
     with db.read() as s:
         rows = {r.user_id: r for r in s.execute(select(notify_store.Notification)).scalars()}
-        deliveries = notify_store.deliveries_for(s, [r.id or 0 for r in rows.values()])
+        deliveries = notifications.deliveries_for(s, [r.id or 0 for r in rows.values()])
     alice, bob_row = rows["alice"], rows["bob"]
     assert alice.inbox_at is not None and alice.workflow_id is None and alice.title == ""
     assert [(d.channel, d.status) for d in deliveries[alice.id or 0]] == [("in_app", "delivered")]
@@ -771,7 +771,7 @@ def _portfolio(db: Database, user_id: str, wallets: list[str], **profile: Any) -
         )
         s.add(sub)
         s.flush()
-        notify_store.replace_subscription_keys(s, sub.id, [f"wallet:{w}" for w in wallets])
+        watching.replace_subscription_keys(s, sub.id, [f"wallet:{w}" for w in wallets])
 
 
 def test_portfolio_matches_held_nfts_ranked_by_exposure(db: Database) -> None:
@@ -861,7 +861,7 @@ def test_transfer_between_own_wallets_notifies_once(db: Database) -> None:
         )
         s.add(sub)
         s.flush()
-        notify_store.replace_subscription_keys(s, sub.id, [f"wallet:{ALICE_WALLET}", f"wallet:{other}"])
+        watching.replace_subscription_keys(s, sub.id, [f"wallet:{ALICE_WALLET}", f"wallet:{other}"])
     acts = DetectionActivities(db, ChannelRegistry())
     changes = ChangeSet.of(
         [MetricChange(_nft("1"), "owner", ALICE_WALLET, other), MetricChange(_nft("1"), "trust", 70, 20)]
@@ -923,7 +923,7 @@ async def test_send_digest_renders_templates_per_channel(db: Database, hooks: Ho
     assert [i["title"] for i in out["items"]] == [r.title for r in reqs]  # oldest first
     assert out["items"][0]["at"] == at.isoformat()
     with db.read() as s:
-        rows = notify_store.deliveries_for(s, [r.notification_id for r in reqs])
+        rows = notifications.deliveries_for(s, [r.notification_id for r in reqs])
     assert all(
         {d.channel: d.status for d in ds} == {"in_app": "delivered", "webhook": "sent"}
         for ds in rows.values()
@@ -946,10 +946,10 @@ def test_notifications_are_stored_in_bulk_once_per_key(db: Database) -> None:
     with db.write() as s:
         s.add(notify_store.NotifyUser(id="u1", updated_at=now))
         s.flush()
-        [(old, new)] = notify_store.insert_notifications(s, [note("k-old")])
+        [(old, new)] = notifications.insert_notifications(s, [note("k-old")])
         assert new and old.id is not None
     with db.write() as s:
-        stored = notify_store.insert_notifications(s, [note("k-a"), note("k-old"), note("k-b"), note("k-a")])
+        stored = notifications.insert_notifications(s, [note("k-a"), note("k-old"), note("k-b"), note("k-a")])
     flags = [new for _, new in stored]
     ids = [row.id for row, _ in stored]
     # The stored key and the repeat within the batch are reported as existing, with the first row's id.

@@ -8,6 +8,7 @@ import asyncio
 from temporalio.client import WorkflowExecutionStatus
 
 from nftpulse.domain.events import utcnow
+from nftpulse.store import notifications
 from nftpulse.store import notify as notify_store
 from nftpulse.workflows.pipeline import ShardInput, ShardWorkflow
 from tests.conftest import RunningPulse
@@ -36,7 +37,7 @@ async def test_failures_list_and_actions(pulse: RunningPulse) -> None:
         ShardWorkflow.run, ShardInput(-1), id=workflow_id, task_queue=pulse.task_queue
     )
     with pulse.db.write() as session:
-        [(row, _)] = notify_store.insert_notifications(
+        [(row, _)] = notifications.insert_notifications(
             session,
             [
                 notify_store.Notification(
@@ -50,7 +51,7 @@ async def test_failures_list_and_actions(pulse: RunningPulse) -> None:
                 )
             ],
         )
-        notify_store.upsert_delivery(
+        notifications.upsert_delivery(
             session, row.id or 0, "sms", "failed", utcnow(), error="21211 invalid number"
         )
         nid = row.id or 0

@@ -37,6 +37,7 @@ from nftpulse.channels.base import (
 from nftpulse.channels.registry import ChannelRegistry, UnknownChannelError
 from nftpulse.channels.webhook import next_retry_delay
 from nftpulse.core.metrics import DELIVERIES
+from nftpulse.store import notifications
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.templates.renderer import NotificationContext, render
@@ -53,7 +54,7 @@ class DbInboxWriter:
 
     def _write(self, message: OutboundMessage) -> str:
         with self._db.write() as s:
-            row = store.by_idempotency_key(s, message.idempotency_key)
+            row = notifications.by_idempotency_key(s, message.idempotency_key)
             if row is None or row.id is None:
                 raise PermanentDeliveryError("in_app", "notification not stored", code="missing")
             if row.inbox_at is None:
@@ -86,7 +87,7 @@ class DeliveryActivities:
         if (
             inp.step == 0
             and current is not None
-            and store.STATUS_RANK.get(current.status, -1) >= store.STATUS_RANK["sent"]
+            and notifications.STATUS_RANK.get(current.status, -1) >= notifications.STATUS_RANK["sent"]
         ):
             # An earlier attempt (or the workflow's previous run) delivered it: never send twice.
             return DeliverResult(row.id or 0, inp.channel, current.status, current.provider_message_id, True)
@@ -188,7 +189,7 @@ class DeliveryActivities:
                 if record is not None and record.outcome in ("pending", "sent")
                 else None
             )
-            store.begin_send(s, notification_id, channel, step, now)
+            notifications.begin_send(s, notification_id, channel, step, now)
             return earlier
 
     def _load(
@@ -201,7 +202,7 @@ class DeliveryActivities:
             user = s.get(store.NotifyUser, row.user_id)
             if user is None:
                 return None
-            return row, user, store.deliveries_for(s, [notification_id])[notification_id]
+            return row, user, notifications.deliveries_for(s, [notification_id])[notification_id]
 
     def _record(
         self,
@@ -217,7 +218,7 @@ class DeliveryActivities:
         same transaction, so the SID is never stored without the record saying so."""
         now = datetime.now(UTC)
         with self._db.write() as s:
-            store.upsert_delivery(
+            notifications.upsert_delivery(
                 s,
                 notification_id,
                 channel,
@@ -228,7 +229,7 @@ class DeliveryActivities:
                 attempt=True,
             )
             if finished is not None:
-                store.finish_send(s, notification_id, channel, step, finished, now, provider_id)
+                notifications.finish_send(s, notification_id, channel, step, finished, now, provider_id)
 
     def _message(
         self, row: store.Notification, user: store.NotifyUser, channel_name: str, step: int = 0

@@ -77,7 +77,7 @@ from nftpulse.domain.rules import (
     event_cause,
     idempotency_key,
 )
-from nftpulse.store import entities
+from nftpulse.store import entities, notifications, watching
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.templates.renderer import Holding, NotificationContext, render
@@ -174,8 +174,8 @@ class DetectionActivities:
             # The current owner of every changed NFT routes its changes to the wallet holding it, and
             # values rank: one query, made up front only while someone watches a wallet (wallet and
             # portfolio subscriptions); otherwise only for what fired, below.
-            watched = store.wallets_watched(s)
-            facts = store.entity_facts(s, {ch.entity_key for ch in changes}) if watched else {}
+            watched = watching.wallets_watched(s)
+            facts = watching.entity_facts(s, {ch.entity_key for ch in changes}) if watched else {}
             by_entity = by_watched_key(changes, facts)
             found = self._watchers.lookup(s, by_entity)
             result = DetectResult()
@@ -191,18 +191,20 @@ class DetectionActivities:
         self,
         s: Session,
         fired: dict[str, list[Firing]],
-        facts: dict[str, store.EntityFacts],
+        facts: dict[str, watching.EntityFacts],
         at: datetime,
         result: DetectResult,
     ) -> list[int]:
         """Route each user's firings and store them as notifications; adds the new ones to ``result`` and
         returns their ids."""
         # Only now the users and subscriptions whose rules fired, the users locked for their budget.
-        users = store.users_to_update(s, fired, lock=not self._db.is_sqlite)
-        subscriptions = store.subscriptions_by_id(s, {f.subscription_id for fs in fired.values() for f in fs})
+        users = watching.users_to_update(s, fired, lock=not self._db.is_sqlite)
+        subscriptions = watching.subscriptions_by_id(
+            s, {f.subscription_id for fs in fired.values() for f in fs}
+        )
         # Values rank what fired by exposure: read for the fired entities not read above.
         fired_keys = {f.candidate.entity_key for fs in fired.values() for f in fs}
-        facts |= store.entity_facts(s, fired_keys - facts.keys())
+        facts |= watching.entity_facts(s, fired_keys - facts.keys())
         positions = holdings.positions(
             s, {user: [f.candidate.entity_key for f in fs] for user, fs in fired.items()}, facts, at
         )
@@ -239,7 +241,7 @@ class DetectionActivities:
     ) -> list[int]:
         """Store every user's notifications at once (ids follow the order given); the new ones become
         requests in ``result``, and those whose whole delivery is the inbox are recorded delivered."""
-        stored = iter(store.insert_notifications(s, [row for _, rows in pending for row in rows]))
+        stored = iter(notifications.insert_notifications(s, [row for _, rows in pending for row in rows]))
         created: list[int] = []
         workflow_ids: dict[int, str] = {}
         in_inbox: list[store.Notification] = []
@@ -256,8 +258,8 @@ class DetectionActivities:
                     elif row.workflow_id:
                         workflow_ids[row.id] = row.workflow_id
             result.notifications.extend(reversed(requests))
-        store.set_workflow_ids(s, workflow_ids)
-        store.insert_inbox_deliveries(s, [row.id or 0 for row in in_inbox], at)
+        notifications.set_workflow_ids(s, workflow_ids)
+        notifications.insert_inbox_deliveries(s, [row.id or 0 for row in in_inbox], at)
         for row in in_inbox:
             observe_delivery("in_app", "delivered", row.created_at)
         return created
@@ -435,7 +437,7 @@ class DetectionActivities:
 
 def _evaluate(
     s: Session,
-    found: list[store.WatchEntry],
+    found: list[watching.WatchEntry],
     by_entity: dict[str, list[MetricChange]],
     at: datetime,
     cause: str | None,
@@ -446,7 +448,7 @@ def _evaluate(
     # Each subscription's rules parsed once, not once per change: a busy collection has hundreds of
     # watchers and a batch several changed metrics per entity.
     rules_of = {w.subscription_id: parsed_rules(w.rules_json) for w in found}
-    states = store.rule_states(
+    states = watching.rule_states(
         s,
         [
             (w.subscription_id, rule.id, ch.entity_key)
@@ -509,7 +511,7 @@ def _evaluate(
                 )
                 firing = Firing(candidate, rule, w.subscription_id, ev.explanation, change.cause)
                 fired.setdefault(w.user_id, []).append(firing)
-    store.save_rule_states(s, changed_states, at)
+    watching.save_rule_states(s, changed_states, at)
     return fired
 
 

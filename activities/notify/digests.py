@@ -32,6 +32,7 @@ from nftpulse.channels.base import (
 )
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.domain.rules import AlertSeverity
+from nftpulse.store import notifications
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.templates.renderer import (
@@ -189,7 +190,7 @@ class DigestActivities:
                     s.add(row)
                 observe_delivery("in_app", "delivered", row.created_at)
                 found.append(row.id or 0)
-            store.upsert_deliveries(
+            notifications.upsert_deliveries(
                 s,
                 [(nid, "in_app", "delivered") for nid in found]
                 + [(nid, name, "sent") for nid in found for name in channels],

@@ -15,11 +15,11 @@ from nftpulse.domain.exposure import (
     nft_position,
     reference_value,
 )
-from nftpulse.store import notify as store
+from nftpulse.store import watching
 
 
 def positions(
-    s: Session, fired: dict[str, list[str]], facts: dict[str, store.EntityFacts], at: datetime
+    s: Session, fired: dict[str, list[str]], facts: dict[str, watching.EntityFacts], at: datetime
 ) -> dict[tuple[str, str], tuple[Position | None, Decimal]]:
     """The position (and its value in ETH) each firing user holds in each entity that fired for them
     (``fired``: user → entity keys; ``facts``: those entities' read-model fields).
@@ -30,7 +30,7 @@ def positions(
     """
     if not fired:
         return {}
-    wallets = store.portfolio_wallets(s, fired)
+    wallets = watching.portfolio_wallets(s, fired)
     wanted_collections = {
         key
         for user_id, keys in fired.items()
@@ -39,7 +39,7 @@ def positions(
         if key.startswith("collection:")
     }
     every_wallet = {w for ws in wallets.values() for w in ws}
-    counts = store.held_counts(s, wanted_collections, every_wallet) if wanted_collections else {}
+    counts = watching.held_counts(s, wanted_collections, every_wallet) if wanted_collections else {}
     out: dict[tuple[str, str], Position | None] = {}
     for user_id, keys in fired.items():
         mine = wallets.get(user_id) or set()
@@ -56,5 +56,7 @@ def positions(
                 position = collection_position(key, held, fact.floor, fact.currency)
             out[(user_id, key)] = position
     currencies = {p.currency for p in out.values() if p is not None}
-    rates = store.rates_to(s, currencies, REFERENCE_CURRENCY, at) if currencies - {REFERENCE_CURRENCY} else {}
+    rates = (
+        watching.rates_to(s, currencies, REFERENCE_CURRENCY, at) if currencies - {REFERENCE_CURRENCY} else {}
+    )
     return {k: (p, reference_value(p, rates)) for k, p in out.items()}

@@ -12,34 +12,34 @@ from sqlmodel import Session
 from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.events import wallet_key
 from nftpulse.domain.rules import Rule
-from nftpulse.store import notify as store
+from nftpulse.store import watching
 
 
 class WatcherCache:
-    """Who watches each entity (``store.watch_entries``), kept in memory while the watch generation stands
+    """Who watches each entity (``watching.watch_entries``), kept in memory while the watch generation stands
     still: subscriptions change rarely, detection asks for thousands of entities per batch (most of them
     watched by nobody), and the query was a fifth of a busy worker's time. Every subscription change
-    moves the generation in its own transaction (``store.replace_subscription_keys``), and the generation
+    moves the generation in its own transaction (``watching.replace_subscription_keys``), and the generation
     is read before the watchers, so a detection never keeps watchers older than the generation it saw."""
 
     def __init__(self, max_keys: int = 200_000) -> None:
         self._lock = threading.Lock()
         self._generation: int | None = None
-        self._by_key: dict[str, tuple[store.WatchEntry, ...]] = {}
+        self._by_key: dict[str, tuple[watching.WatchEntry, ...]] = {}
         self._max = max_keys
 
-    def lookup(self, session: Session, entity_keys: Iterable[str]) -> list[store.WatchEntry]:
-        """Like ``store.watch_entries``: by user, then subscription, then entity."""
+    def lookup(self, session: Session, entity_keys: Iterable[str]) -> list[watching.WatchEntry]:
+        """Like ``watching.watch_entries``: by user, then subscription, then entity."""
         keys = set(entity_keys)
-        generation = store.watch_generation(session)
+        generation = watching.watch_generation(session)
         with self._lock:
             if generation != self._generation:
                 self._by_key, self._generation = {}, generation
             known = {key: self._by_key[key] for key in keys if key in self._by_key}
         missing = keys - known.keys()
         if missing:
-            loaded: dict[str, list[store.WatchEntry]] = {key: [] for key in missing}
-            for entry in store.watch_entries(session, missing):
+            loaded: dict[str, list[watching.WatchEntry]] = {key: [] for key in missing}
+            for entry in watching.watch_entries(session, missing):
                 loaded[entry.entity_key].append(entry)
             fresh = {key: tuple(entries) for key, entries in loaded.items()}
             with self._lock:
@@ -53,7 +53,7 @@ class WatcherCache:
 
 
 def by_watched_key(
-    changes: list[MetricChange], facts: dict[str, store.EntityFacts]
+    changes: list[MetricChange], facts: dict[str, watching.EntityFacts]
 ) -> dict[str, list[MetricChange]]:
     """The changes under each key a subscription may watch: the changed entity's own, and the wallets a
     change concerns (both sides of a transfer, the holder of a changed NFT)."""

@@ -19,7 +19,7 @@ from nftpulse.api.subscriptions import SubscriptionList, SubscriptionOut
 from nftpulse.api.users import UserOut
 from nftpulse.core.settings import Settings
 from nftpulse.domain.escalation import DEFAULT_CHAIN, DEFAULT_DELAY_S, DEFAULT_MAX_REPEATS
-from nftpulse.store import keys
+from nftpulse.store import keys, notifications
 from nftpulse.store import notify as notify_store
 from nftpulse.store.cache import NoCache
 from nftpulse.store.db import Database
@@ -181,4 +181,4 @@ def _store_notification(db: Database, user_id: str, subscription_id: str) -> Non
         )
         s.add(row)
         s.flush()
-        notify_store.insert_inbox_deliveries(s, [row.id or 0], now)
+        notifications.insert_inbox_deliveries(s, [row.id or 0], now)

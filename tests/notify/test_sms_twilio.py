@@ -24,6 +24,7 @@ from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.channels.sms import TwilioConfig, TwilioSmsChannel
 from nftpulse.core.delivery import is_e164, map_twilio_status
 from nftpulse.domain.changes import MetricChange
+from nftpulse.store import notifications, watching
 from nftpulse.store import notify as notify_store
 from nftpulse.store.db import Database
 from tests.notify.conftest import Receiver, Recorded
@@ -220,7 +221,7 @@ def _notified(db: Database, phone: str) -> int:
             )
         )
         s.flush()
-        notify_store.replace_subscription_keys(s, "sub_ada", [entity])
+        watching.replace_subscription_keys(s, "sub_ada", [entity])
     acts = DetectionActivities(db, ChannelRegistry())
     changes = ChangeSet.of([MetricChange(entity, "floor", "10", "7")])
     (req,) = acts.detect(DetectInput(changes, now.isoformat(), cause="sms-dup")).notifications
@@ -251,7 +252,7 @@ async def test_retry_after_lost_answer_does_not_send_twice(db: Database, receive
     assert len(receiver.requests) == 2
     with db.read() as s:
         # Detection here has no SMS channel, so it also stored the notification as delivered in-app.
-        by_channel = {d.channel: d for d in notify_store.deliveries_for(s, [nid])[nid]}
+        by_channel = {d.channel: d for d in notifications.deliveries_for(s, [nid])[nid]}
     assert sorted(by_channel) == ["in_app", "sms"]
     delivery = by_channel["sms"]
     assert delivery.provider_message_id == twilio.messages[0]["sid"] and delivery.status == "queued"

@@ -1,4 +1,8 @@
-"""``pulse verify``: recompute every collection from the event log and compare with the stored state."""
+"""``pulse verify``: recompute every collection from the event log and compare with the stored state.
+
+A database without Pulse's schema (empty, or behind the code) is no clean bill of health: ``verify``
+raises ``SchemaError`` for it rather than report nothing to differ (``pulse verify`` exits 2 saying so).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nftpulse.domain.book import CollectionBook
-from nftpulse.store import events
+from nftpulse.store import events, schema
 from nftpulse.store.books import book_keys, load_book
 from nftpulse.store.db import Database
 from nftpulse.store.entities import RateBook
@@ -50,6 +54,7 @@ def _diff(key: str, path: str, stored: Any, fresh: Any, out: list[Difference]) -
 
 
 def verify(db: Database, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    schema.require_current(db)
     report = VerifyReport()
     books = book_keys(db)
     for done, (key, chain, contract) in enumerate(books, 1):

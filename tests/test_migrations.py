@@ -429,3 +429,13 @@ def test_verify_on_a_missing_or_empty_database_says_so_and_fails(database_url: s
         assert schema.status(db).empty, "verify created a schema"
     finally:
         db.dispose()
+
+
+def test_verify_refuses_a_database_without_the_schema(database: Database) -> None:
+    from nftpulse.verify import verify
+
+    with pytest.raises(SchemaError, match="has no Pulse schema"):
+        verify(database)
+    schema.upgrade(database)
+    report = verify(database)
+    assert report.ok and report.collections == 0

@@ -36,6 +36,7 @@ from nftpulse.core.metrics import (
 )
 from nftpulse.core.settings import Settings
 from nftpulse.domain.classify import Thresholds, aged, is_significant, priority_class
+from nftpulse.domain.events import nft_key
 from nftpulse.store import events
 from nftpulse.store.db import Database
 from nftpulse.store.events import DispatchMark
@@ -315,5 +316,5 @@ def pause_after_tick(moved: int, batch_max: int, took_s: float, interval_s: floa
 
 def _entity(row: EventRecord) -> str:
     if row.token_id is not None:
-        return f"nft:{row.chain}:{row.contract}:{row.token_id}"
+        return nft_key(row.chain, row.contract, row.token_id)
     return row.partition

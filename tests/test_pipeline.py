@@ -14,6 +14,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.worker import Replayer
 
+from nftpulse.api import events as events_api
 from nftpulse.core.settings import Settings
 from nftpulse.dispatcher import Dispatcher
 from nftpulse.store import events as event_store
@@ -177,6 +178,28 @@ async def test_openapi_describes_the_ingest_body(database_url: str, temporal_cli
 def jsonschema_event(schema: dict[str, Any]) -> dict[str, Any]:
     """The single-event branch of the ingest body's schema."""
     return next(s for s in schema["anyOf"] if "events" not in s.get("properties", {}))
+
+
+async def test_events_are_classified_at_ingest_against_the_floor(pulse: RunningPulse) -> None:
+    """The one classification of an event happens at ingest, against the collection's floor (read again
+    every few seconds): a sale at ten times the floor counts as a large move; before any floor, the
+    same sale is a routine one."""
+    await pulse.post(
+        [
+            ev("fm1", "mint", {"from": ZERO, "to": ALICE}, "1", block=1),
+            ev("fm2", "mint", {"from": ZERO, "to": BOB}, "2", block=1, log=1),
+        ]
+    )
+    blind = ev("fs0", "sale", {"from": ALICE, "to": CAROL, "price": eth("10")}, "1", block=2)
+    await pulse.post(blind)
+    await pulse.post(ev("fl", "listing", {"seller": BOB, "price": eth("1")}, "2", block=3))
+    await pulse.wait_final([("test", "fm1"), ("test", "fm2"), ("test", "fs0"), ("test", "fl")])
+    events_api._FLOORS.clear()  # the next ingest reads the floors afresh instead of within seconds
+    await pulse.post(ev("fs1", "sale", {"from": CAROL, "to": ALICE, "price": eth("10")}, "1", block=4))
+    await pulse.wait_final([("test", "fs1")])
+    without, against = await pulse.status("test", "fs0"), await pulse.status("test", "fs1")
+    assert without["priority_class"] == "normal"
+    assert against["priority_class"] == "high" and against["priority"] >= without["priority"] + 30
 
 
 def test_dispatcher_routes_by_the_priority_classified_at_ingest() -> None:

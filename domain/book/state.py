@@ -11,7 +11,8 @@ from typing import Any, Self
 
 from nftpulse.domain import price as price_engine
 from nftpulse.domain.events import Event
-from nftpulse.domain.rarity import RarityIndex, RarityPublisher
+from nftpulse.domain.rarity import RarityIndex
+from nftpulse.domain.rarity_publisher import RarityPublisher
 from nftpulse.domain.significance import Epsilons
 from nftpulse.domain.stats import (
     DAY_US,

@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nftpulse.domain.routing import local_instant
 from nftpulse.domain.rules import AlertSeverity, NotificationKind, max_severity
 
+#: Why a digest goes out: on schedule, early on magnitude, or asked for.
+DigestReason = Literal["schedule", "magnitude", "manual"]
+
 
 class DigestSchedule(BaseModel):
     """When a user's digest goes out: ``hourly`` (at minute ``at.minute``), ``daily`` or ``weekly``
@@ -111,7 +114,7 @@ class Digest(BaseModel):
     item_keys: list[str]
     severity: AlertSeverity
     magnitude: float
-    reason: Literal["schedule", "magnitude", "manual"]
+    reason: DigestReason
 
 
 def merge_pending(items: Iterable[DigestItem]) -> list[DigestItem]:
@@ -190,9 +193,7 @@ def group_items(items: Iterable[DigestItem]) -> list[DigestGroup]:
     return sorted(groups, key=lambda g: (-g.severity.rank, -g.magnitude, g.kind, g.entity_key))
 
 
-def build_digest(
-    user_id: str, items: Iterable[DigestItem], reason: Literal["schedule", "magnitude", "manual"]
-) -> Digest | None:
+def build_digest(user_id: str, items: Iterable[DigestItem], reason: DigestReason) -> Digest | None:
     """Assemble the digest; ``None`` when nothing is pending (an empty digest sends nothing)."""
     groups = group_items(items)
     if not groups:

@@ -18,7 +18,7 @@ from nftpulse.store.notify import (
     Notification,
     SendRecord,
 )
-from nftpulse.store.sql import insert_many, one_of
+from nftpulse.store.sql import insert_many, one_of, table_of
 
 #: Order of delivery statuses: a late "sent" callback must not undo "delivered"; ``read`` is final.
 STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
@@ -52,7 +52,7 @@ def insert_notifications(session: Session, rows: Sequence[Notification]) -> list
             )
 
         values = [{name: getattr(row, name) for name in _NOTIFICATION_COLUMNS} for row in fresh.values()]
-        table = Notification.__table__  # type: ignore[attr-defined]
+        table = table_of(Notification)
         inserted: Iterable[Any] = insert_many(session, table, values, skip_stored)
         ids: dict[str, int] = {key: nid for nid, key in inserted}
         for key in list(fresh):
@@ -94,21 +94,21 @@ def insert_inbox_deliveries(session: Session, notification_ids: Sequence[int], a
     def skip_stored(stmt: Any) -> Any:
         return stmt.on_conflict_do_nothing(index_elements=["notification_id", "channel"])
 
-    insert_many(session, Delivery.__table__, rows, skip_stored)  # type: ignore[attr-defined]
+    insert_many(session, table_of(Delivery), rows, skip_stored)
 
 
 def set_workflow_ids(session: Session, workflow_ids: dict[int, str]) -> None:
     """Point notifications (by id) at their workflows: one statement executed with many parameter sets."""
     if not workflow_ids:
         return
-    table = Notification.__table__  # type: ignore[attr-defined]
+    table = table_of(Notification)
     session.connection().execute(
         update(table).where(table.c.id == bindparam("b_id")).values(workflow_id=bindparam("b_wf")),
         [{"b_id": nid, "b_wf": wf} for nid, wf in workflow_ids.items()],
     )
 
 
-_NOTIFICATION_COLUMNS = [c.name for c in Notification.__table__.columns if c.name != "id"]  # type: ignore[attr-defined]
+_NOTIFICATION_COLUMNS = [c.name for c in table_of(Notification).columns if c.name != "id"]
 
 
 def by_idempotency_key(session: Session, key: str) -> Notification | None:

@@ -23,7 +23,7 @@ from nftpulse.store.notify import (
     SubscriptionKey,
     WatchGeneration,
 )
-from nftpulse.store.sql import insert_many, one_of, upsert_insert
+from nftpulse.store.sql import insert_many, one_of, table_of, upsert_insert
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def save_rule_states(session: Session, states: dict[tuple[str, str, str], Any], 
         {"subscription_id": sub, "rule_id": rule, "entity_key": entity, "state": state, "updated_at": at}
         for (sub, rule, entity), state in states.items()
     ]
-    insert_many(session, RuleStateRecord.__table__, rows, upsert)  # type: ignore[attr-defined]
+    insert_many(session, table_of(RuleStateRecord), rows, upsert)
 
 
 def replace_subscription_keys(session: Session, subscription_id: str, keys: Iterable[str]) -> None:
@@ -184,7 +184,7 @@ class EntityFacts:
 
 
 def _view_text(*path: str) -> Any:
-    view = EntityView.__table__.c.view  # type: ignore[attr-defined]
+    view = table_of(EntityView).c.view
     return view[path if len(path) > 1 else path[0]].as_string()
 
 

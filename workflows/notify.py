@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from nftpulse.activities.contracts.pipeline import ChangeSet
     from nftpulse.domain.digest import (
         DigestItem,
+        DigestReason,
         DigestSchedule,
         build_digest,
         flush_reason,
@@ -154,9 +155,9 @@ class NotificationWorkflow:
         due_now = workflow.now() - timedelta(seconds=policy.delay_s)
         return state.model_copy(update={"last_step": step, "last_sent_at": due_now})
 
-    async def _sleep_until_read(self, when: object) -> bool:
-        """Wait until ``when`` (aware datetime) or a read; True if read."""
-        delay = (when - workflow.now()).total_seconds()  # type: ignore[operator]
+    async def _sleep_until_read(self, when: datetime) -> bool:
+        """Wait until ``when`` (aware) or a read; True if read."""
+        delay = (when - workflow.now()).total_seconds()
         if delay > 0 and not self._read:
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(lambda: self._read, timeout=timedelta(seconds=delay))
@@ -274,9 +275,9 @@ class DigestWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(DigestInput(inp.user_id, self._schedule, self._pending))
 
-    async def _send(self, user_id: str, reason: str) -> None:
+    async def _send(self, user_id: str, reason: DigestReason) -> None:
         entries = list(self._pending)
-        digest = build_digest(user_id, [_item(e) for e in entries], reason)  # type: ignore[arg-type]
+        digest = build_digest(user_id, [_item(e) for e in entries], reason)
         if digest is None:
             return
         groups = [

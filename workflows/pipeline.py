@@ -4,8 +4,10 @@ significant event.
 Routine events are conflated per collection (a *partition*: ``collection:<chain>:<contract>``, or
 ``rates:<chain>``) and partitions are spread over a fixed number of *shards* (``PULSE_SHARDS``). The
 dispatcher sends a shard at most one ``wake`` signal per wake interval, naming its partitions with new
-events, and the shard workflow drains them in batches of local activities (impact → recalculation →
-invalidation → detection), each batch spanning many collections in one transaction. So a thousand events
+events, and the shard workflow drains them in batches of local activities (the batch's pending events →
+recalculation with invalidation → detection), each batch spanning many collections in one transaction.
+Impact analysis (which entities and factors move, how severe) runs only in a significant event's
+workflow, whose result and page show it: a shard's batch is only planned. So a thousand events
 cost a handful of Temporal actions and database round trips, and the shards bound how many batches run at
 once. Significant events (fraud findings, large moves) and poison events isolated out of a batch get a
 workflow of their own, so each has its own page and search attributes in the Web UI.

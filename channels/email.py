@@ -25,7 +25,7 @@ from nftpulse.channels.base import (
     TransientDeliveryError,
     classify_http_status,
 )
-from nftpulse.core.delivery import SENDGRID_IDEMPOTENCY_ARG, SENDGRID_NOTIFICATION_ARG
+from nftpulse.core.delivery import SENDGRID_IDEMPOTENCY_ARG, SENDGRID_NOTIFICATION_ARG, is_email
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class SendGridEmailChannel:
 
     async def send(self, message: OutboundMessage) -> DeliveryReceipt:
         """Send one e-mail; 202 means accepted (delivery comes later through the event webhook)."""
-        if not message.to or "@" not in message.to:
+        if not is_email(message.to):
             raise PermanentDeliveryError(
                 self.name, f"not an e-mail address: {message.to!r}", code="invalid_address"
             )
@@ -162,7 +162,7 @@ class SmtpEmailChannel:
 
     async def send(self, message: OutboundMessage) -> DeliveryReceipt:
         """Send one e-mail; SMTP 4xx replies and connection failures are transient, 5xx permanent."""
-        if not message.to or "@" not in message.to:
+        if not is_email(message.to):
             raise PermanentDeliveryError(
                 self.name, f"not an e-mail address: {message.to!r}", code="invalid_address"
             )

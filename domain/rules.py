@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -82,7 +82,6 @@ class RuleKind(StrEnum):
 
 #: The channels a notification can go out on; ``channels/`` implements one provider for each.
 ChannelName = Literal["in_app", "email", "sms", "push", "webhook"]
-CHANNEL_NAMES: tuple[ChannelName, ...] = get_args(ChannelName)
 
 
 class NotificationKind(StrEnum):

@@ -55,6 +55,7 @@ from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.core.metrics import NOTIFICATIONS_CREATED
 from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.escalation import DEFAULT_CHAIN, DEFAULT_DELAY_S, DEFAULT_MAX_REPEATS
+from nftpulse.domain.evaluation import evaluate
 from nftpulse.domain.exposure import (
     Position,
 )
@@ -73,7 +74,6 @@ from nftpulse.domain.rules import (
     Explanation,
     Rule,
     RuleState,
-    evaluate,
     event_cause,
     idempotency_key,
 )

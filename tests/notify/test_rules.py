@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nftpulse.domain.changes import MetricChange
+from nftpulse.domain.evaluation import evaluate, modified_z
 from nftpulse.domain.routing import (
     BudgetState,
     Candidate,
@@ -28,10 +29,8 @@ from nftpulse.domain.rules import (
     Rule,
     RuleKind,
     RuleState,
-    evaluate,
     event_cause,
     idempotency_key,
-    modified_z,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

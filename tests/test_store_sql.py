@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlmodel import col, select
 
 from nftpulse.cli import tune_gc
 from nftpulse.domain.book import CollectionBook
@@ -17,7 +17,7 @@ from nftpulse.store import books, entities
 from nftpulse.store.db import Database
 from nftpulse.store.entities import ViewWrite
 from nftpulse.store.models import BookHistoryRecord, EntityView, EventRecord
-from nftpulse.store.sql import insert_many, one_of, update_many
+from nftpulse.store.sql import insert_many, one_of, table_of, update_many
 from nftpulse.synth import Stream
 
 
@@ -38,7 +38,7 @@ def test_insert_many_upserts_with_returning_and_keeps_types(db: Database) -> Non
         )
     assert versions == {"nft:a": 2, "nft:b": 1}
     with db.read() as s:
-        rows = s.execute(select(EntityView).order_by(EntityView.key)).scalars()  # type: ignore[arg-type]
+        rows = s.exec(select(EntityView).order_by(col(EntityView.key)))
         assert [(r.key, r.version, r.view, r.updated_at) for r in rows] == [
             ("nft:a", 2, {"v": 2}, later),
             ("nft:b", 1, {"v": 1}, later),
@@ -64,18 +64,16 @@ def test_insert_many_skips_conflicts_and_returns_only_new_rows(db: Database) -> 
         ]
 
     def skip(stmt: Any) -> Any:
-        return stmt.on_conflict_do_nothing(index_elements=["key"]).returning(EntityView.key)
+        return stmt.on_conflict_do_nothing(index_elements=["key"]).returning(col(EntityView.key))
 
     with db.write() as s:
-        assert [k for (k,) in insert_many(s, EntityView.__table__, rows("nft:1"), skip)] == ["nft:1"]
+        assert [k for (k,) in insert_many(s, table_of(EntityView), rows("nft:1"), skip)] == ["nft:1"]
         # Again with one new key: the stored one is skipped, only the new one is returned.
-        assert [k for (k,) in insert_many(s, EntityView.__table__, rows("nft:1", "nft:2"), skip)] == ["nft:2"]
+        assert [k for (k,) in insert_many(s, table_of(EntityView), rows("nft:1", "nft:2"), skip)] == ["nft:2"]
     with db.read() as s:
         stored = s.get(EntityView, "nft:1")
         assert stored is not None and stored.view == {"owner": None} and stored.updated_at == now
-        keys = [
-            k for (k,) in s.execute(select(EntityView.key).where(one_of(s, EntityView.key, ["nft:2", "x"])))
-        ]
+        keys = list(s.exec(select(col(EntityView.key)).where(one_of(s, col(EntityView.key), ["nft:2", "x"]))))
     assert keys == ["nft:2"]
 
 
@@ -100,8 +98,8 @@ def test_update_many_gives_each_row_its_own_values_and_only_where_allowed(db: Da
                 )
             )
         s.flush()
-        seqs = [r.seq for r in s.execute(select(EventRecord).order_by(EventRecord.seq)).scalars()]  # type: ignore[arg-type]
-    table = EventRecord.__table__
+        seqs = [r.seq for r in s.exec(select(EventRecord).order_by(col(EventRecord.seq)))]
+    table = table_of(EventRecord)
     rows = [
         {"seq": seqs[0], "route": "partition", "priority": 12.5, "priority_class": "low"},
         {"seq": seqs[1], "route": "own", "priority": 90.0, "priority_class": "critical"},
@@ -110,17 +108,17 @@ def test_update_many_gives_each_row_its_own_values_and_only_where_allowed(db: Da
     with db.write() as s:
         changed = update_many(
             s,
-            table,  # type: ignore[arg-type]
+            table,
             "seq",
             rows,
-            same={"status": "dispatched", "attempts": table.c.attempts + 1},  # type: ignore[attr-defined]
-            where=[table.c.status == "received"],  # type: ignore[attr-defined]
+            same={"status": "dispatched", "attempts": table.c.attempts + 1},
+            where=[table.c.status == "received"],
         )
     assert changed == 2
     with db.read() as s:
         got = [
             (r.route, r.priority, r.priority_class, r.status, r.attempts)
-            for r in s.execute(select(EventRecord).order_by(EventRecord.seq)).scalars()  # type: ignore[arg-type]
+            for r in s.exec(select(EventRecord).order_by(col(EventRecord.seq)))
         ]
     assert got[0] == ("partition", 12.5, "low", "dispatched", 1)
     assert got[1] == ("own", 90.0, "critical", "dispatched", 1)
@@ -155,7 +153,7 @@ def test_books_are_saved_as_a_row_and_history_segments(db: Database, monkeypatch
         books.history_saved(book)
         with db.read() as s:
             loaded, loaded_version = books.load_book(s, key, book.chain, contract)
-            sizes.append(len(s.execute(select(BookHistoryRecord.entries)).scalars().all()))
+            sizes.append(len(s.exec(select(col(BookHistoryRecord.entries))).all()))
         assert loaded_version == version
         assert orjson.dumps(loaded.to_dict()) == orjson.dumps(book.to_dict())
     assert max(sizes) == 3 and sizes[:4] == [1, 2, 3, 1]

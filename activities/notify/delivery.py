@@ -10,7 +10,6 @@ retry sends again, whether an earlier attempt whose answer was lost reached the 
 from __future__ import annotations
 
 import asyncio
-import logging
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -21,6 +20,7 @@ from nftpulse.activities.contracts.notify import DELIVER, NOT_FOUND, DeliverInpu
 from nftpulse.activities.notify.common import (
     TEMPLATE_CHANNEL,
     fan_out,
+    log,
     observe_delivery,
     permanent,
     transient,
@@ -41,8 +41,6 @@ from nftpulse.store import notifications
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.templates.renderer import NotificationContext, render
-
-log = logging.getLogger("pulse.notify")
 
 
 class DbInboxWriter:

@@ -7,7 +7,9 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -187,7 +189,13 @@ def _print_where(settings: Settings, key: str) -> None:
     table.add_row("Database", settings.effective_database_url)
     table.add_row("Admin API key", key)
     console.print(table)
-    console.print("Press Ctrl-C to stop.")
+    # An empty system shows nothing: point a newcomer at the demo, which fills it within a minute. The
+    # command as it was run here (scripts/up runs .venv/bin/pulse, which is not on the PATH).
+    command = sys.argv[0] if Path(sys.argv[0]).name == "pulse" else "pulse"
+    console.print(
+        f"Next: in another terminal, [bold]{escape(command)} demo[/bold] streams a small synthetic market "
+        "into this Pulse (workflows, a user's inbox, metrics). Press Ctrl-C to stop."
+    )
 
 
 EMBEDDED_HINT = (

@@ -158,6 +158,12 @@ def browser() -> Iterator[object]:
             launched.close()
 
 
+def test_pulse_up_points_at_the_demo(pulse_up: Embedded) -> None:
+    printed = " ".join(pulse_up.log.read_text(errors="replace").split())
+    assert "Admin API key" in printed
+    assert "pulse demo streams a small synthetic market" in printed, printed[-2000:]
+
+
 def test_demo_fills_the_inbox(pulse_up: Embedded, demo_user_key: str) -> None:
     headers = {"Authorization": f"Bearer {demo_user_key}"}
     deadline = time.monotonic() + 30

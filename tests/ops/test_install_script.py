@@ -37,3 +37,10 @@ def test_script_rejects_unknown_packages() -> None:
     )
     assert result.returncode == 2
     assert "unknown package" in result.stderr
+
+
+def test_scripts_test_installs_what_the_tests_use() -> None:
+    """promtool for the Prometheus tests, chromium for the browser test."""
+    script = (SCRIPT.parent / "test").read_text()
+    line = next(line for line in script.splitlines() if "install-debian-deps.sh" in line)
+    assert "prometheus" in line and "chromium" in line, line

@@ -455,8 +455,14 @@ class PipelineActivities:
             reason=str(exc),
         )
 
-    def _apply(  # type: ignore[no-untyped-def]
-        self, session, partition: str, chain: str, contract: str, version: int, rows: list[EventRecord]
+    def _apply(
+        self,
+        session: Session,
+        partition: str,
+        chain: str,
+        contract: str,
+        version: int,
+        rows: list[EventRecord],
     ) -> _Applied:
         rates = RateBook(session)
         parsed, poison = self._parsed.parse(rows, consume=True)

@@ -6,10 +6,10 @@
 The end-to-end benchmarks (``bench.pipeline``, ``bench.notify_pipeline``) say whether the targets are met,
 but on a shared two-core machine their throughput moves by a fifth from run to run. This one isolates
 what code changes move: it logs a synthetic stream (``pulse.synth``), routes it as the dispatcher does,
-then drives the shard batch loop in this process, calling the real activities (impact analysis,
-recalculation with invalidation, detection) through Temporal's ``ActivityEnvironment``, and reports, per
-step, this process's CPU time (all threads) and wall time per event. The database's own CPU is not in
-these figures.
+then drives the shard batch loop in this process, calling the real activities with the inputs a shard
+gives them (``analyze``: the batch's plan, ``analyze_impact`` without impact analysis; ``recalculate``
+with invalidation; ``detect``) through Temporal's ``ActivityEnvironment``, and reports, per step, this
+process's CPU time (all threads), the Postgres processes' CPU time and wall time per event.
 """
 
 from __future__ import annotations

@@ -45,6 +45,27 @@ class IngestResult(BaseModel):
     refused_ids: list[EventRef] = []
 
 
+class FieldError(BaseModel):
+    #: Which event of the request (its position); absent when the body as a whole is wrong.
+    index: int | None = None
+    field: str
+    reason: str
+
+
+class InvalidBatch(BaseModel):
+    """A refused request: nothing of it was accepted."""
+
+    detail: str
+    errors: list[FieldError]
+
+
+class ShedResult(IngestResult):
+    """The backlog is past its bound: low-priority events were refused (``refused_ids``), the rest
+    accepted."""
+
+    detail: str
+
+
 class EventStatusOut(BaseModel):
     source: str
     id: str
@@ -157,6 +178,10 @@ async def _floors(db: Database) -> FloorCache:
     "",
     status_code=202,
     response_model=IngestResult,
+    responses={
+        422: {"model": InvalidBatch, "description": "invalid events, each bad field named"},
+        429: {"model": ShedResult, "description": "backlog over its bound; retry after Retry-After"},
+    },
     # The body is read raw and parsed in one pass (``parse_batch``), so FastAPI is only told its schema.
     openapi_extra={
         "requestBody": {

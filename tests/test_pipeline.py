@@ -173,6 +173,9 @@ async def test_openapi_describes_the_ingest_body(database_url: str, temporal_cli
         assert not validator.is_valid(body_), body_
     data_shapes = {s["title"] for s in jsonschema_event(schema)["properties"]["data"]["anyOf"]}
     assert {"sale data", "mint data", "fraud_finding data"} <= data_shapes
+    refused = spec["paths"]["/v1/events"]["post"]["responses"]["422"]["content"]["application/json"]
+    assert refused["schema"]["$ref"].endswith("/InvalidBatch")
+    assert set(spec["components"]["schemas"]["FieldError"]["properties"]) == {"index", "field", "reason"}
 
 
 def jsonschema_event(schema: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from nftpulse.api.deps import ReadKey, ServicesDep
+from nftpulse.api.deps import ReadKey, Services, ServicesDep
 from nftpulse.api.errors import InvalidInput
 from nftpulse.domain.events import collection_key, nft_key
 from nftpulse.store import entities
@@ -29,7 +29,7 @@ def _check(contract: str, token_id: str | None = None) -> None:
         raise InvalidInput(errors)
 
 
-async def _read(services: Any, key: str, what: str) -> dict[str, Any]:
+async def _read(services: Services, key: str, what: str) -> dict[str, Any]:
     cached = services.cache.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]

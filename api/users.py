@@ -168,8 +168,7 @@ class PushSubscriptionOut(BaseModel):
 class WebhookOut(BaseModel):
     url: str
     disabled: bool
-    #: Only in the answer to the PUT that set it; withheld (null) afterwards.
-    secret: str | None = Field(description="the signing secret, shown once: in the answer to the PUT")
+    secret: str | None = Field(description="the signing secret: in the answer to the PUT that set it only")
 
 
 class ChannelsOut(BaseModel):

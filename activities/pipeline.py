@@ -32,7 +32,6 @@ from nftpulse.activities.contracts.pipeline import (
     InvalidateInput,
     InvalidateResult,
     IsolatedEvent,
-    MetricChange,
     RecalcInput,
     RecalcResult,
 )
@@ -44,6 +43,7 @@ from nftpulse.core.metrics import (
     TEMPORAL_ACTIONS,
 )
 from nftpulse.domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
+from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.events import Event, EventType, utcnow
 from nftpulse.domain.impact import SEVERITIES, analyze_each
 from nftpulse.store import books, entities, events

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nftpulse.dashboards.build import JOB_API, JOB_DISPATCHER, JOB_TEMPORAL_SDK, JOB_WORKER
+from nftpulse.dashboards.kit import JOB_API, JOB_DISPATCHER, JOB_TEMPORAL_SDK, JOB_WORKER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "run scripts/install-debian-deps.sh (installs Debian's prometheus, which ships promtool)"

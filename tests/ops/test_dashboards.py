@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nftpulse.dashboards import build
+from nftpulse.dashboards import build, kit
 
 GENERATED = build.GENERATED_DIR
 EXPECTED_UIDS = {"pulse-overview", "pulse-pipeline", "pulse-notifications", "pulse-temporal-workers"}
@@ -185,7 +185,7 @@ def test_prometheus_config_jobs_match_the_dashboards() -> None:
     """The job names the dashboards and rules select on are the ones prometheus.yml scrapes."""
     config = yaml.safe_load((build.GENERATED_DIR.parent / "prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert {build.JOB_API, build.JOB_DISPATCHER, build.JOB_WORKER, build.JOB_TEMPORAL_SDK} <= jobs
+    assert {kit.JOB_API, kit.JOB_DISPATCHER, kit.JOB_WORKER, kit.JOB_TEMPORAL_SDK} <= jobs
     assert config["rule_files"] == ["rules/pulse.rules.yml"]
 
 

@@ -49,21 +49,31 @@ class Stream:
         source: str = "synth",
         chain: str = "ethereum",
         start: datetime | None = None,
+        *,
+        sizes: list[int] | None = None,
+        zipf: float = 1.1,
+        fraud_share: float = 0.005,
+        fraud_severity: str | None = None,
     ) -> None:
+        """``sizes`` gives each collection its own token count (the market's shape: one big collection
+        first, many small ones) instead of ``collections`` times ``tokens_per_collection``; ``zipf`` is
+        the exponent of activity across collections; ``fraud_share`` of activity events are fraud
+        findings, all of ``fraud_severity`` when given (else medium, high or critical at random)."""
         self.rng = random.Random(seed)
         self.source = source
         self.chain = chain
         self.clock = start or datetime(2026, 11, 1, tzinfo=UTC)
-        self.collections = [
-            SynthCollection(contract_for(i), tokens_per_collection) for i in range(collections)
-        ]
-        self.wallets = [wallet(self.rng) for _ in range(max(50, collections * tokens_per_collection // 5))]
+        sizes = sizes if sizes is not None else [tokens_per_collection] * collections
+        self.collections = [SynthCollection(contract_for(i), size) for i, size in enumerate(sizes)]
+        self.wallets = [wallet(self.rng) for _ in range(max(50, sum(sizes) // 5))]
         self.ring = self.wallets[:3]
         self.block = 18_000_000
         self.counter = 0
         # Power law (Zipf): a few collections and, within each, a few tokens see most of the activity.
-        self.collection_weights = [1 / (i + 1) ** 1.1 for i in range(collections)]
-        self.token_weights = [1 / (i + 1) ** 0.8 for i in range(tokens_per_collection)]
+        self.collection_weights = [1 / (i + 1) ** zipf for i in range(len(sizes))]
+        self.token_weights = [1 / (i + 1) ** 0.8 for i in range(max(sizes, default=0))]
+        self.fraud_share = fraud_share
+        self.fraud_severity = fraud_severity
 
     def _base(
         self, kind: str, coll: SynthCollection, token: int | None, data: dict[str, Any]
@@ -95,9 +105,11 @@ class Stream:
             out[name] = self.rng.choices(values, weights=WEIGHTS[: len(values)])[0]
         return out
 
-    def mints(self) -> Iterator[dict[str, Any]]:
-        """The mint burst of every collection: every token minted once."""
-        for coll in self.collections:
+    def mints(self, only: range | None = None) -> Iterator[dict[str, Any]]:
+        """The mint burst of every collection (of those at the indexes ``only``): every token minted once."""
+        for index, coll in enumerate(self.collections):
+            if only is not None and index not in only:
+                continue
             for token in range(coll.tokens):
                 owner = self.rng.choice(self.wallets)
                 coll.owners[str(token)] = owner
@@ -163,7 +175,7 @@ class Stream:
                 )
             elif roll < 0.93:
                 yield self._base("metadata_update", coll, token, {"traits": self.traits()})
-            elif roll < 0.995:
+            elif roll < 1 - self.fraud_share:
                 yield self._base(
                     "social_signal",
                     coll,
@@ -178,7 +190,7 @@ class Stream:
                     {
                         "finding_id": f"f-{self.counter}",
                         "kind": "wash_trading",
-                        "severity": self.rng.choice(["medium", "high", "critical"]),
+                        "severity": self.fraud_severity or self.rng.choice(["medium", "high", "critical"]),
                         "wallets": self.ring,
                         "evidence": {"round_trips": 3},
                     },

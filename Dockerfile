@@ -19,6 +19,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY nftpulse ./nftpulse
 COPY core ./core
 COPY domain ./domain
+COPY adapters ./adapters
 COPY store ./store
 COPY workflows ./workflows
 COPY activities ./activities

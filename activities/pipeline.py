@@ -254,6 +254,11 @@ class PipelineActivities:
     def analyze_impact(self, inp: ImpactInput) -> ImpactPlan:
         """Which events are pending and, when ``inp.analyse`` asks, which entities and factors they move."""
         _count_action()
+        if inp.reprocess and inp.seqs:
+            with self._db.write() as session:
+                for seq in inp.seqs:
+                    if events.reopen_failed(session, seq):
+                        log.info("pipeline.event_reopened", extra={"seq": seq})
         if not inp.analyse:
             return self._pending(inp)
         with self._db.read() as session:

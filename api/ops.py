@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, model_validator
@@ -83,11 +84,12 @@ async def list_failures(
     offset: int = Query(0, ge=0),
 ) -> FailureList:
     rows = await run_in_threadpool(events.failures, services.db, limit, offset)
-    ui = f"http://{services.settings.host}:{services.settings.temporal_ui_port}"
-    ns = services.settings.temporal_namespace
+    ui = services.settings.effective_temporal_ui_url
+    ns = quote(services.settings.temporal_namespace, safe="")
 
     def link(workflow_id: str | None) -> str | None:
-        return f"{ui}/namespaces/{ns}/workflows/{workflow_id}" if workflow_id else None
+        # One path segment: event ids hold "/" (``event/<source>/<id>``), which the UI would route on.
+        return f"{ui}/namespaces/{ns}/workflows/{quote(workflow_id, safe='')}" if workflow_id else None
 
     def failed_deliveries() -> list[notifications.FailedDelivery]:
         with services.db.read() as session:

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         default=None, description="host:port of a Temporal frontend; unset: `pulse up` starts a dev server"
     )
     temporal_namespace: str = "default"
+    temporal_ui_url: str | None = Field(
+        default=None,
+        description="base URL of the Temporal Web UI that the failures list links to; default "
+        "http://127.0.0.1:<temporal_ui_port> (`pulse up`'s own UI)",
+    )
     task_queue: str = Field(
         default="pulse",
         description="the shards' and notifications' task queue; significant events run on "
@@ -135,6 +140,10 @@ class Settings(BaseSettings):
     @property
     def effective_temporal_address(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def effective_temporal_ui_url(self) -> str:
+        return (self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}").rstrip("/")
 
     @property
     def event_task_queue(self) -> str:

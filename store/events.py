@@ -331,6 +331,20 @@ def mark_failed(session: Session, seq: int, reason: str, category: str, workflow
     session.exec(update(EventRecord).where(col(EventRecord.seq) == seq).values(**values))
 
 
+def reopen_failed(session: Session, seq: int) -> bool:
+    """Make a failed event applicable again (its workflow was reset to re-drive it); True if it was failed.
+
+    ``ever_applied`` is kept: an event whose effect is already stored rebuilds its partition from the log
+    rather than applying twice (see ``activities.pipeline``).
+    """
+    result = session.exec(
+        update(EventRecord)
+        .where(col(EventRecord.seq) == seq, col(EventRecord.status) == EventStatus.FAILED.value)
+        .values(status=EventStatus.DISPATCHED.value, error=None, error_category=None, processed_at=None)
+    )
+    return bool(result.rowcount)
+
+
 def isolate(session: Session, seq: int, workflow_id: str) -> None:
     """Take a poison event out of its partition's batches; its own workflow will try it alone."""
     session.exec(

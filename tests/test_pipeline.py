@@ -294,7 +294,9 @@ async def test_poison_event_is_isolated_and_replayable(pulse: RunningPulse) -> N
     assert desc.status == WorkflowExecutionStatus.FAILED
 
     failures = (await pulse.http.get("/v1/ops/failures", headers=pulse.keys.auth("admin"))).json()["items"]
-    assert [f["id"] for f in failures] == ["usdc"] and failures[0]["web_ui"].endswith("event/test/usdc")
+    assert [f["id"] for f in failures] == ["usdc"] and failures[0]["web_ui"].endswith(
+        "/workflows/" + failed["workflow_id"].replace("/", "%2F")
+    )
 
     # The fix: a rate arrives; then re-drive the event (what `pulse replay --source test --id usdc` does).
     tick = {

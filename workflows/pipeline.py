@@ -50,6 +50,8 @@ PARTITIONS_PER_BATCH = 200
 #: Patch id: recalculation marks events processed and moves the cache's floors in its own transaction,
 #: so the invalidation step runs only when replaying a history from before that.
 INVALIDATION_IN_RECALCULATION = "invalidation-in-recalculation"
+#: Patch id: an event's workflow re-drives its event when it failed (a reset run of that workflow).
+REPROCESS_FAILED = "reprocess-failed"
 #: A shard's workflow task stays open while its batches run as local activities, and the SDK renews it
 #: at 80 % of this timeout. With Temporal's default (10 s) a busy worker whose event loop waits on the
 #: interpreter lock renews too late, the task times out and the batch in flight is thrown away and
@@ -206,7 +208,14 @@ class EventWorkflow:
 
     @workflow.run
     async def run(self, inp: EventInput) -> EventResult:
-        plan = await ANALYZE_IMPACT.run(ImpactInput([inp.partition], [inp.seq], 1, analyse=True))
+        # A failed event's workflow runs again only when an operator resets it (the Web UI's Reset button,
+        # ``temporal workflow reset``) to re-drive the event once its cause is fixed, so the run reopens a
+        # failed event rather than skipping it as already handled. (A reset run cannot tell itself apart
+        # by its run id: a replay of its history runs under the first run's id.)
+        reprocess = workflow.patched(REPROCESS_FAILED)
+        plan = await ANALYZE_IMPACT.run(
+            ImpactInput([inp.partition], [inp.seq], 1, analyse=True, reprocess=reprocess)
+        )
         if not plan.seqs:
             # Already processed (a duplicate start after a crash): nothing left to do.
             return EventResult(inp.seq, False, [], plan.severity)

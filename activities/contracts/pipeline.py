@@ -26,6 +26,9 @@ class ImpactInput:
     #: workflow reads them (its result and its page in the Web UI); a shard needs only which events are
     #: pending, so it leaves this off and its batch is not analysed at all.
     analyse: bool = False
+    #: An event's own workflow re-drives it (a reset of that workflow: the Web UI's Reset,
+    #: ``temporal workflow reset``): a ``failed`` event among ``seqs`` is made applicable again first.
+    reprocess: bool = False
 
 
 @dataclass

@@ -211,3 +211,46 @@ def test_api_docs_render_from_local_assets(pulse_up: Embedded, browser: object, 
         assert remote == [], f"{path} fetched from other hosts: {remote}"
     finally:
         page.close()
+
+
+def test_failures_list_links_open_the_workflow_in_the_web_ui(pulse_up: Embedded, browser: object) -> None:
+    """A failed event's ``web_ui`` link (its workflow id, slashes and all, as one path segment) opens its
+    workflow's page in the Web UI."""
+    admin = {"Authorization": f"Bearer {(pulse_up.data_dir / 'admin.key').read_text().strip()}"}
+    contract = "0x" + "9a" * 20
+    unpriced = {
+        "id": "unpriced-sale",
+        "source": "browser",
+        "type": "sale",
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "chain": "ethereum",
+        "contract": contract,
+        "token_id": "1",
+        # No USDC/ETH rate is known: the sale cannot be valued and fails in a workflow of its own.
+        "data": {
+            "from": "0x" + "a" * 40,
+            "to": "0x" + "b" * 40,
+            "price": {"amount": "5", "currency": "USDC"},
+        },
+    }
+    resp = httpx.post(f"{pulse_up.api_url}/v1/events", json=unpriced, headers=admin, timeout=10)
+    assert resp.status_code == 202, resp.text
+    deadline = time.monotonic() + 60
+    while True:
+        listed = httpx.get(f"{pulse_up.api_url}/v1/ops/failures", headers=admin, timeout=10).json()
+        failed = [f for f in listed["items"] if f["id"] == "unpriced-sale"]
+        if failed:
+            break
+        assert time.monotonic() < deadline, f"the unpriced sale never failed: {listed}"
+        time.sleep(0.5)
+    link = failed[0]["web_ui"]
+    assert link == f"{pulse_up.ui_url}/namespaces/default/workflows/event%2Fbrowser%2Funpriced-sale"
+    page = browser.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(link, wait_until="domcontentloaded")
+        # The workflow's own page: its id and its failed status, not the UI's "not found".
+        page.get_by_text("event/browser/unpriced-sale").first.wait_for(timeout=30_000)
+        page.get_by_text(re.compile(r"^\s*Failed\s*$")).first.wait_for(timeout=30_000)
+        assert "not found" not in page.content().lower()
+    finally:
+        page.close()

@@ -248,11 +248,12 @@ class RarityIndex:
     # -- building ----------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, tokens: Mapping[str, Mapping[str, Any]]) -> RarityIndex:
-        """The from-scratch twin: index live tokens' raw traits in one pass."""
+    def build(cls, tokens: Mapping[str, Mapping[str, Any]], *, canonical: bool = False) -> RarityIndex:
+        """The from-scratch twin: index live tokens' raw traits in one pass (``canonical``: the traits
+        are already :func:`canonical_traits`, as an index's own ``traits`` are)."""
         index = cls()
         for tid, raw in tokens.items():
-            traits = canonical_traits(raw)
+            traits = dict(raw) if canonical else canonical_traits(raw)
             index.traits[tid] = traits
             for name, value in traits.items():
                 index.holders.setdefault(name, {}).setdefault(value, set()).add(tid)

@@ -88,9 +88,20 @@ class RarityPublisher:
         return self.settle_batch(index, [] if plan is None else [plan], score_eps, rank_eps)
 
     def settle_batch(
-        self, index: RarityIndex, plans: Sequence[RarityPlan], score_eps: float, rank_eps: int
+        self,
+        index: RarityIndex,
+        plans: Sequence[RarityPlan],
+        score_eps: float,
+        rank_eps: int,
+        *,
+        examine_all: bool = False,
     ) -> dict[str, tuple[tuple[float, int] | None, tuple[float, int] | None]]:
         """:meth:`settle` once for several plans committed one after the other.
+
+        ``examine_all``: the index was rebuilt rather than planned, so there are no drift bounds; every
+        token is examined against the final state. That publishes exactly what the plans would have: a
+        token whose deviation reaches an epsilon is examined either way, and one that is examined
+        without reaching it keeps its published values (only its slack becomes exact).
 
         Examining at the end is enough: a token no plan touched cannot have drifted further than the
         plans' summed drift bounds, and every token a plan touched is examined against the final
@@ -98,7 +109,7 @@ class RarityPublisher:
         """
         out: dict[str, tuple[tuple[float, int] | None, tuple[float, int] | None]] = {}
         check: set[str] = set()
-        everything = False
+        everything = examine_all
         for plan in plans:
             self.drift += self.drift_of(plan, score_eps, rank_eps)
             check |= plan.touched

@@ -22,7 +22,7 @@ from nftpulse.domain.book.state import (
 )
 from nftpulse.domain.book.views import BookViews
 from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType
-from nftpulse.domain.rarity import RarityPlan
+from nftpulse.domain.rarity import TRAIT_COUNT, RarityIndex, RarityPlan, canonical_traits
 from nftpulse.domain.significance import moved
 from nftpulse.domain.stats import (
     DAY_US,
@@ -61,6 +61,9 @@ _COLLECTION_RULES: dict[str, tuple[str | None, str | None]] = {
     "rarity_entropy": ("rel", "entropy_rel"),
     "day": (None, None),
 }
+#: Cost of indexing one (token, attribute) pair in a rebuild against moving one token in a plan.
+REBUILD_WEIGHT = 2
+
 _HIDDEN_METRICS = frozenset(
     {"day", "anomaly_z", "trust_factors", "risk_reasons", "open_findings", "age_days", "clean_sales"}
 )
@@ -113,26 +116,36 @@ class BookFold(BookViews):
         owns = [self._own_tokens(event) for event in events]
         candidates = set().union(*owns)
         before = {tid: self._nft_headline(tid) for tid in candidates if tid in self.tokens}
-        plans: list[RarityPlan] = []
+        # Rarity is brought up to date once, after the batch: the tokens whose liveness or traits an
+        # event changed, in order, and the live-token counts the batch passed through (rank epsilons).
+        pending: dict[str, None] = {}
+        self._rarity_pending = pending
+        sizes = [self._d.rarity.n]
+        live_now = sizes[0]
         # Only the tokens of events that were folded are compared: a batch with a failing event then
         # reports exactly what the batch without it reports.
         own: set[str] = set()
-        for event, mine in zip(events, owns, strict=True):
-            try:
-                plan = self._fold(event, rates)
-            except EVENT_ERRORS as exc:
-                failed.append((event, exc))
-                continue
-            own |= mine
-            if event.type == EventType.FRAUD_FINDING:
-                # A finding that lost its race leaves the winner's wallets: their holders are own too.
-                own |= self._own_tokens(event)
-            if plan is not None:
-                plans.append(plan)
+        try:
+            for event, mine in zip(events, owns, strict=True):
+                try:
+                    moved_live = self._fold(event, rates)
+                except EVENT_ERRORS as exc:
+                    failed.append((event, exc))
+                    continue
+                if moved_live:
+                    live_now += moved_live
+                    sizes.append(live_now)
+                own |= mine
+                if event.type == EventType.FRAUD_FINDING:
+                    # A finding that lost its race leaves the winner's wallets: their holders are own too.
+                    own |= self._own_tokens(event)
+        finally:
+            self._rarity_pending = None
+        eps = self.epsilons
+        plans, examine_all = self._update_rarity(pending)
         change = Change()
         if len(failed) == len(events):
             return change, failed
-        eps = self.epsilons
 
         after = self._collection_headline()
         if not self.published:
@@ -158,9 +171,12 @@ class BookFold(BookViews):
             change.nfts |= set(self.tokens)
 
         rarity = self._d.rarity
-        # The smallest rank epsilon any plan of the batch saw: the drift bound stays an upper bound.
-        rank_eps = min([eps.rank_eps(rarity.n), *(eps.rank_eps(p.n[1]) for p in plans)])
-        settled = self._d.publisher.settle_batch(rarity, plans, eps.rarity_score_abs, rank_eps)
+        # The smallest rank epsilon of any size the batch passed through: the drift bound stays an upper
+        # bound, and the publication threshold does not depend on how rarity was brought up to date.
+        rank_eps = min(eps.rank_eps(n) for n in [*sizes, rarity.n])
+        settled = self._d.publisher.settle_batch(
+            rarity, plans, eps.rarity_score_abs, rank_eps, examine_all=examine_all
+        )
         for token_id, (shown_r, now_r) in settled.items():
             change.nfts.add(token_id)
             change.note(self.nft_key(token_id), "rarity_rank", shown_r and shown_r[1], now_r and now_r[1])
@@ -212,8 +228,62 @@ class BookFold(BookViews):
                     own |= holdings.get(wallet, set())
         return own
 
-    def _fold(self, event: Event, rates: RateLookup) -> RarityPlan | None:
-        """Fold the event's facts; maintain indexes unless in bulk mode. Returns the rarity plan made.
+    def _update_rarity(self, pending: dict[str, None]) -> tuple[list[RarityPlan], bool]:
+        """Bring the rarity index up to date with the tokens a batch changed: token by token (a plan
+        each) or, when that costs more, rebuilt from the live tokens. Returns the plans committed and
+        whether the index was rebuilt (then every token is examined for publication).
+
+        A plan moves every token sharing a bucket with the changed one, and commits with a re-sort once
+        hundreds move: in a mint-out nearly every token shares the trait-count bucket, so per-token
+        plans made a mint-out quadratic. A rebuild costs one pass over the live tokens whatever the
+        number of changes, so a batch of many changes in a big collection costs what one does. Both
+        give the same integers (see ``domain.rarity``), hence the same reads and publications.
+        """
+        rarity = self._d.rarity
+        changed: list[Token] = []
+        canonical: dict[str, dict[str, str]] = {}
+        for tid in pending:
+            token = self.tokens[tid]
+            indexed = rarity.traits.get(tid)
+            if token.live:
+                canonical[tid] = now = canonical_traits(token.traits)
+                if now != indexed:
+                    changed.append(token)
+            elif indexed is not None:
+                changed.append(token)
+        if not changed:
+            return [], False
+        # Costs in tokens moved, against the collection as it will be after the batch (a mint-out's
+        # first batch starts from an empty index).
+        n1 = rarity.n + sum(token.live - (token.token_id in rarity.traits) for token in changed)
+        attributes = max([rarity.attributes, *map(len, canonical.values())])
+        rebuild_cost = max(1, n1) * (attributes + 2) * REBUILD_WEIGHT
+        counts = rarity.holders.get(TRAIT_COUNT, {})
+        # A plan moves every token of the buckets the token leaves and joins; the biggest, the trait
+        # count's, stands for those it joins (a new attribute's null bucket holds everyone).
+        joins = n1 * (max(map(len, counts.values())) / rarity.n if counts and rarity.n else 1.0)
+        plan_cost = 0.0
+        for token in changed:
+            leaves = sum(rarity.size(b) for b in rarity.traits.get(token.token_id, {}).items())
+            moves = leaves + joins
+            plan_cost += moves + (n1 if moves > 256 else 0)
+            if plan_cost > rebuild_cost:
+                known = rarity.traits
+                self._d.rarity = RarityIndex.build(
+                    {tid: canonical.get(tid) or known[tid] for tid, t in self.tokens.items() if t.live},
+                    canonical=True,
+                )
+                return [], True
+        plans: list[RarityPlan] = []
+        for token in changed:
+            plan = rarity.plan(token.token_id, token.traits, live=token.live)
+            rarity.commit(plan)
+            plans.append(plan)
+        return plans, False
+
+    def _fold(self, event: Event, rates: RateLookup) -> int:
+        """Fold the event's facts; maintain indexes unless in bulk mode. Returns how the number of live
+        tokens moved (-1, 0 or +1).
 
         Everything that can raise on the event's data (a missing field, a price without a rate, a
         malformed timestamp) is read first by the type's ``_PREPARE`` step; only then is anything
@@ -237,16 +307,20 @@ class BookFold(BookViews):
         if handler is not None:
             handler(self, event, prepared)
         if self._bulk:
-            return None
-        plan = None
+            return 0
+        moved_live = 0
         token = self.tokens.get(event.token_id) if event.token_id is not None else None
         if token is not None:
             if token.live != was_live or (token.live and token.traits != was_traits):
-                plan = self._d.rarity.plan(token.token_id, token.traits, live=token.live)
-                self._d.rarity.commit(plan)
+                moved_live = token.live - was_live
+                if self._rarity_pending is not None:
+                    self._rarity_pending[token.token_id] = None
+                else:
+                    plan = self._d.rarity.plan(token.token_id, token.traits, live=token.live)
+                    self._d.rarity.commit(plan)
             self._sync_listing(token)
         self._d.listings.expire(self.clock)
-        return plan
+        return moved_live
 
     def _note_creator(self, event: Event) -> None:
         uid = f"{event.source}:{event.id}"

@@ -217,6 +217,8 @@ class BookState:
     price_params: price_engine.PriceParams = field(default_factory=price_engine.PriceParams, compare=False)
     _d: _Derived = field(default_factory=_Derived, repr=False, compare=False)
     _bulk: bool = field(default=False, repr=False, compare=False)
+    #: While a batch folds: the tokens whose rarity inputs moved, brought up to date after the batch.
+    _rarity_pending: dict[str, None] | None = field(default=None, repr=False, compare=False)
     _appended: AppendedHistory = field(default_factory=AppendedHistory, repr=False, compare=False)
     #: Storage's own bookkeeping of this book (how its history is stored: ``store.books``), kept with it
     #: between a load and the next save. The domain neither reads nor writes it; None: storage knows

@@ -10,7 +10,19 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from nftpulse.api import callbacks, docs, entities, errors, events, health, inbox, ops, subscriptions, users
+from nftpulse.api import (
+    callbacks,
+    docs,
+    entities,
+    errors,
+    events,
+    health,
+    inbox,
+    ops,
+    sources,
+    subscriptions,
+    users,
+)
 from nftpulse.api.backlog import BacklogMonitor
 from nftpulse.api.deps import Services
 from nftpulse.core.settings import Settings
@@ -46,6 +58,6 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
     errors.install(app)
     docs.install(app)
 
-    for module in (health, events, entities, ops, users, subscriptions, inbox, callbacks):
+    for module in (health, events, sources, entities, ops, users, subscriptions, inbox, callbacks):
         app.include_router(module.router)
     return app

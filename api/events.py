@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, RootModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from nftpulse.api.deps import IngestKey, ReadKey, ServicesDep
+from nftpulse.api.deps import IngestKey, ReadKey, Services, ServicesDep
 from nftpulse.api.errors import InvalidInput
 from nftpulse.core import tracing
 from nftpulse.core.metrics import EVENTS_INGESTED, INGEST_SECONDS, SHED
@@ -201,6 +201,12 @@ async def ingest(request: Request, services: ServicesDep, _key: IngestKey) -> An
             max(1, len({e.get("index") for e in exc.errors}))
         )
         raise
+    return await accept(services, batch, started)
+
+
+async def accept(services: Services, batch: list[Event], started: float) -> IngestResult | JSONResponse:
+    """Classify, shed past the backlog bound, append and count validated events: what every way in
+    (``POST /v1/events``, the sources' webhooks) does once it has events."""
     settings = services.settings
     thresholds = Thresholds(settings.significant_priority, settings.large_move)
     floors = await _floors(services.db)

@@ -131,6 +131,43 @@ class Settings(BaseSettings):
         default=False, description="accept webhook URLs on private or loopback addresses (tests, intranets)"
     )
 
+    # Sources (adapters/): providers' webhooks and the chain follower.
+    alchemy_signing_key: str | None = Field(
+        default=None,
+        description="Alchemy Notify signing keys, comma-separated (one per webhook); unset: "
+        "POST /v1/sources/alchemy refuses every delivery",
+    )
+    source_secrets: str | None = Field(
+        default=None,
+        description="Standard Webhooks secrets of other producers, `name=whsec_...` comma-separated",
+    )
+    chain_rpc_url: str | None = Field(
+        default=None, description="EVM JSON-RPC endpoint the follower reads; unset: no follower"
+    )
+    chain_contracts: str = Field(
+        default="", description="NFT contracts to follow, comma-separated; empty: every contract's NFT logs"
+    )
+    chain_confirmations: int = Field(
+        default=12, ge=0, description="blocks the follower stays behind the head"
+    )
+    chain_name: str = Field(
+        default="ethereum", pattern=r"^[a-z0-9-]+$", description="the followed chain's name in events"
+    )
+
+    @property
+    def alchemy_signing_keys(self) -> list[str]:
+        return [k.strip() for k in (self.alchemy_signing_key or "").split(",") if k.strip()]
+
+    @property
+    def source_secret_map(self) -> dict[str, str]:
+        """``PULSE_SOURCE_SECRETS`` as source name -> secret (entries without ``=`` are ignored)."""
+        pairs = (item.split("=", 1) for item in (self.source_secrets or "").split(",") if "=" in item)
+        return {name.strip(): secret.strip() for name, secret in pairs if name.strip() and secret.strip()}
+
+    @property
+    def chain_contract_list(self) -> list[str]:
+        return [c.strip().lower() for c in self.chain_contracts.split(",") if c.strip()]
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:

@@ -23,14 +23,12 @@ from eth_abi.exceptions import DecodingError
 from eth_hash.auto import keccak
 
 from nftpulse.domain.book import quote_currency
-from nftpulse.domain.events import (
-    INT64_MAX,
-    MAX_FRACTION_DIGITS,
-    MAX_INT_DIGITS,
-    ZERO_ADDRESS,
-    Event,
-    EventType,
-)
+from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType
+
+#: What the event log holds: quantities in a signed 64-bit column; amounts with at most 15 integer and 18
+#: fractional digits (wei). A log beyond these is skipped with its reason rather than refused downstream.
+INT64_MAX = 2**63 - 1
+MAX_INT_DIGITS, MAX_FRACTION_DIGITS = 15, 18
 
 #: The source every chain-derived event is ingested under, whichever adapter read the log (the follower or
 #: a provider's webhook): one log is one event.

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         RecalcInput,
         RecalcResult,
     )
+    from nftpulse.workflows.draining import DirtyQueue
     from nftpulse.workflows.notify import notify_changes
 
 EVENT_TYPE = SearchAttributeKey.for_keyword("EventType")
@@ -52,6 +53,9 @@ PARTITIONS_PER_BATCH = 200
 INVALIDATION_IN_RECALCULATION = "invalidation-in-recalculation"
 #: Patch id: an event's workflow re-drives its event when it failed (a reset run of that workflow).
 REPROCESS_FAILED = "reprocess-failed"
+#: Patch id: a shard drains its oldest dirty partitions first (see ``workflows.draining``); histories
+#: from before took the alphabetically first.
+FAIR_DRAINING = "fair-draining"
 #: A shard's workflow task stays open while its batches run as local activities, and the SDK renews it
 #: at 80 % of this timeout. With Temporal's default (10 s) a busy worker whose event loop waits on the
 #: interpreter lock renews too late, the task times out and the batch in flight is thrown away and
@@ -128,13 +132,13 @@ class ShardWorkflow:
         # State lives here, not in run(): a signal may arrive before run() starts, including right after
         # a continue-as-new.
         self._shard = inp.shard
-        self._dirty: set[str] = set(inp.dirty)
+        self._dirty = DirtyQueue(inp.dirty)
         self._batches = 0
         self._events = 0
 
     @workflow.signal(name="wake")
     def wake(self, signal: Wake) -> None:
-        self._dirty.update(signal.partitions)
+        self._dirty.mark(signal.partitions)
 
     @workflow.query(name="progress")
     def progress(self) -> ShardResult:
@@ -149,15 +153,16 @@ class ShardWorkflow:
                 return ShardResult(self._shard, self._batches, self._events)
             while self._dirty:
                 # Taken out before the batch: a wake during it marks its partitions dirty again.
-                take = sorted(self._dirty)[:PARTITIONS_PER_BATCH]
-                self._dirty.difference_update(take)
+                take = self._dirty.take(PARTITIONS_PER_BATCH, fair=workflow.patched(FAIR_DRAINING))
                 plan = await self._drain_once(take, inp.batch_limit)
                 if plan.has_more:
-                    self._dirty.update(take)
+                    self._dirty.requeue(take)
             if self._batches >= BATCHES_PER_RUN or workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
-                    ShardInput(self._shard, sorted(self._dirty), inp.batch_limit),
+                    ShardInput(
+                        self._shard, self._dirty.listed(fair=workflow.patched(FAIR_DRAINING)), inp.batch_limit
+                    ),
                     task_timeout=SHARD_TASK_TIMEOUT,
                 )
 

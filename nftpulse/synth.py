@@ -197,7 +197,9 @@ class Stream:
                 )
 
     def take(self, n: int) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
+        if n <= 0:
+            return out
         for event in self.activity():
             out.append(event)
             if len(out) >= n:

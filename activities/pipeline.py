@@ -35,6 +35,7 @@ from nftpulse.activities.contracts.pipeline import (
     RecalcInput,
     RecalcResult,
 )
+from nftpulse.activities.notify.alerts import alert_changes, finding_statuses
 from nftpulse.core.metrics import (
     EVENTS_FAILED,
     EVENTS_PROCESSED,
@@ -98,6 +99,8 @@ class _Applied:
     change: Change
     applied: list[EventRecord]
     poison: list[tuple[EventRecord, BaseException]]
+    #: Findings and wallet activity the applied events report (``activities.notify.alerts``).
+    alerts: list[MetricChange]
 
 
 class BookCache:
@@ -365,6 +368,7 @@ class PipelineActivities:
         poison: list[tuple[EventRecord, BaseException]] = []
         writes: list[ViewWrite] = []
         change = Change()
+        alerts: list[MetricChange] = []
         with self._db.write() as session:
             self._db.lock_partitions(session, plan.partitions)
             rows = self._parsed.current_rows(session, plan.seqs)
@@ -396,6 +400,7 @@ class PipelineActivities:
                         ViewWrite(partition, "collection", partition, outcome.book.collection_view())
                     )
                 change.merge(outcome.change)
+                alerts += outcome.alerts
                 applied += outcome.applied
                 poison += outcome.poison
             books.save_books(session, saved)
@@ -408,8 +413,13 @@ class PipelineActivities:
             processed_at = events.mark_done(session, [r.seq or 0 for r in applied])
             seqs = sorted(r.seq or 0 for r in applied)
             changes = ChangeSet.of(
-                MetricChange(entity, metric, _plain(before), _plain(after))
-                for (entity, metric), (before, after) in change.metrics.items()
+                [
+                    *(
+                        MetricChange(entity, metric, _plain(before), _plain(after))
+                        for (entity, metric), (before, after) in change.metrics.items()
+                    ),
+                    *alerts,
+                ]
             )
             if changes and seqs:
                 cause = f"{inp.workflow_id}@{seqs[0]}-{seqs[-1]}"
@@ -491,13 +501,15 @@ class PipelineActivities:
             change.nfts |= set(book.tokens)
         ordered = sorted(parsed, key=lambda pair: _order(pair[1]))
         row_of = {id(event): row for row, event in ordered}
+        statuses = finding_statuses(book, [event for _, event in ordered])
         # A poison event leaves no trace in the book: apply_batch isolates it and goes on.
         batch_change, failures = book.apply_batch([event for _, event in ordered], rates)
         change.merge(batch_change)
         failed = {id(event) for event, _ in failures}
         poison += [(row_of[id(event)], exc) for event, exc in failures]
         applied = [row for row, event in ordered if id(event) not in failed]
-        return _Applied(book, change, applied, poison)
+        alerts = alert_changes(book, [event for _, event in ordered if id(event) not in failed], statuses)
+        return _Applied(book, change, applied, poison, alerts)
 
     def _apply_rates(self, session: Session, rows: list[EventRecord]) -> None:
         for row in rows:

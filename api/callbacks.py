@@ -9,6 +9,7 @@ send); the verification and parsing of the inbound calls are here.
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import RedirectResponse
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sqlalchemy import select
 from sqlmodel import col
@@ -26,6 +28,7 @@ from twilio.request_validator import RequestValidator
 
 from nftpulse.api.deps import Services, ServicesDep
 from nftpulse.api.errors import InvalidInput
+from nftpulse.api.inbox import _signal_read
 from nftpulse.core.delivery import (
     SENDGRID_EVENTS,
     SENDGRID_IDEMPOTENCY_ARG,
@@ -176,7 +179,9 @@ def verify_sendgrid_event_signature(public_key: str, payload: str, signature: st
         return False
 
 
-def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> int:
+def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> list[store.Notification]:
+    """Move the e-mail deliveries; an open or a click is the user acting on the notification, marked read
+    like an in-app read. Returns the notifications that became read (their escalations stop)."""
     by_id = [(u.notification_id, u.status) for u in updates if u.notification_id is not None]
     # Escalation repeats carry a "_s<step>" suffix on the provider side.
     by_key = [
@@ -184,8 +189,12 @@ def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> int:
         for u in updates
         if u.notification_id is None and u.idempotency_key
     ]
+    now = datetime.now(UTC)
     with services.db.write() as s:
-        return notifications.apply_provider_statuses(s, "email", by_id, by_key, datetime.now(UTC))
+        notifications.apply_provider_statuses(s, "email", by_id, by_key, now)
+        acted = [nid for nid, status in by_id if status == "read"]
+        acted += notifications.ids_for_keys(s, [key for key, status in by_key if status == "read"])
+        return notifications.mark_acted_on(s, acted, now)
 
 
 @router.post(
@@ -223,5 +232,113 @@ async def sendgrid_callback(
     except SendGridEventError as exc:
         raise InvalidInput([{"field": exc.field, "reason": exc.reason}]) from exc
     if updates:
-        await run_in_threadpool(_apply_sendgrid, services, updates)
+        acted = await run_in_threadpool(_apply_sendgrid, services, updates)
+        await _signal_read(services, acted)
+    return Response(status_code=204)
+
+
+# -- the user acting elsewhere: a web-push click, an SMS reply ---------------------------------------------
+
+
+def _twilio_params(
+    services: Services, request: Request, body: bytes, signature: str | None
+) -> dict[str, str]:
+    """The form fields of a signed Twilio call (403 on a bad signature, 503 when Twilio is not set up)."""
+    token = services.settings.twilio_auth_token
+    if not token:
+        raise HTTPException(503, "Twilio is not configured")
+    try:
+        form = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput([{"field": "body", "reason": "not UTF-8 text"}]) from exc
+    params = dict(parse_qsl(form, keep_blank_values=True))
+    base = services.settings.public_base_url
+    url = f"{base.rstrip('/')}{request.url.path}" if base else str(request.url.remove_query_params([]))
+    if base and request.url.query:
+        url += "?" + request.url.query
+    if not validate_status_callback(token, url, params, signature):
+        raise HTTPException(403, "bad X-Twilio-Signature")
+    return params
+
+
+def _sms_reply(services: Services, phone: str) -> list[store.Notification]:
+    with services.db.write() as s:
+        users: list[str] = list(
+            s.execute(select(col(store.NotifyUser.id)).where(col(store.NotifyUser.phone) == phone)).scalars()
+        )
+        ids = notifications.unread_with_delivery(s, users, "sms")
+        return notifications.mark_acted_on(s, ids, datetime.now(UTC))
+
+
+#: Twilio expects TwiML in answer to an inbound message; an empty response sends no reply.
+_EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+@router.post(
+    "/twilio/inbound",
+    response_class=Response,
+    responses={200: {"content": {"application/xml": {}}}, **_REFUSED},
+)
+async def twilio_inbound(
+    request: Request,
+    services: ServicesDep,
+    x_twilio_signature: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Twilio's inbound-message webhook: any reply from a user's phone number acts on the SMS alerts that
+    user has not acted on yet (marked read, escalation stopped)."""
+    params = _twilio_params(services, request, await request.body(), x_twilio_signature)
+    phone = params.get("From")
+    if not phone:
+        raise InvalidInput([{"field": "From", "reason": "required"}])
+    acted = await run_in_threadpool(_sms_reply, services, phone)
+    await _signal_read(services, acted)
+    return Response(_EMPTY_TWIML, media_type="application/xml")
+
+
+def _push_click(services: Services, notification_id: int, token: str) -> tuple[str, list[store.Notification]]:
+    """Check the click token of a notification; mark it read and its push delivery read. Returns where to
+    send the browser and the rows that changed; 404 for an unknown id or a wrong token (the same answer,
+    so a token cannot be probed for)."""
+    now = datetime.now(UTC)
+    with services.db.write() as s:
+        row = s.get(store.Notification, notification_id)
+        expected = str(row.context.get("click_token") or "") if row is not None else ""
+        if row is None or not expected or not hmac.compare_digest(expected, token):
+            raise HTTPException(404, f"no notification {notification_id} with this click token")
+        notifications.upsert_delivery(s, notification_id, "push", "read", now)
+        changed = notifications.mark_acted_on(s, [notification_id], now)
+        return str(row.context.get("entity_url") or "/"), changed
+
+
+_CLICK_DOC = (
+    "The web-push click beacon: the push payload's ``url`` points here, with the notification's click "
+    "token. The click marks the notification read, which stops its escalation."
+)
+
+
+@router.get(
+    "/push/{notification_id}/click",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses={404: {"description": "unknown notification or wrong token"}},
+    description=_CLICK_DOC + " Redirects (303) to the entity.",
+)
+async def push_click(notification_id: int, token: str, services: ServicesDep) -> RedirectResponse:
+    """A click on a web-push notification (opened by the service worker)."""
+    target, acted = await run_in_threadpool(_push_click, services, notification_id, token)
+    await _signal_read(services, acted)
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post(
+    "/push/{notification_id}/click",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"description": "unknown notification or wrong token"}},
+    description=_CLICK_DOC + " For ``navigator.sendBeacon``: answers 204.",
+)
+async def push_click_beacon(notification_id: int, token: str, services: ServicesDep) -> Response:
+    """A click on a web-push notification, reported by the service worker itself."""
+    _, acted = await run_in_threadpool(_push_click, services, notification_id, token)
+    await _signal_read(services, acted)
     return Response(status_code=204)

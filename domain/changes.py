@@ -10,9 +10,11 @@ use this type inside the workflow sandbox).
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-#: The values a metric takes: numbers travel as Decimal strings, labels (risk, trend) as text.
-Scalar = str | float | int | bool | None
+#: The values a metric takes: numbers travel as Decimal strings, labels (risk, trend) as text; a fraud
+#: finding or a wallet's activity (``activities.notify.alerts``) as a JSON object naming it.
+Scalar = str | float | int | bool | dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,7 @@ class NotificationKind(StrEnum):
     RISK_CHANGE = "risk_change"
     FRAUD_FINDING = "fraud_finding"
     MARKET_UPDATE = "market_update"
+    WALLET_ACTIVITY = "wallet_activity"
 
 
 #: Ordered risk labels as the collection engine emits them.
@@ -261,6 +262,38 @@ class Evaluation(BaseModel):
     magnitude: float = Field(default=0.0, description="1.0 = just past the trigger; sums into digest flushes")
 
 
+# -- alerts without a rule ----------------------------------------------------------------------------
+
+#: The metric of a fraud finding's change (opened, updated or resolved): every subscription watching the
+#: finding's subject (its NFT or collection, the collection's creator, a wallet it names or the wallet
+#: holding the NFT) is notified of it without a rule of its own.
+FINDING_METRIC = "finding"
+#: The metric of a wallet's trade, listing or transfer: notified to the wallet's watchers without a rule.
+ACTIVITY_METRIC = "activity"
+#: Metrics no rule evaluates: detection notifies them to the watchers directly.
+WATCH_METRICS = frozenset({FINDING_METRIC, ACTIVITY_METRIC})
+
+_FINDING_SEVERITY = {
+    "critical": AlertSeverity.CRITICAL,
+    "high": AlertSeverity.WARNING,
+    "medium": AlertSeverity.WARNING,
+    "low": AlertSeverity.INFO,
+}
+
+
+def finding_alert_severity(severity: str, status: str) -> AlertSeverity:
+    """How loud a finding's notification is: by the finding's severity while open; a resolution is news
+    but never urgent."""
+    if status == "resolved":
+        return AlertSeverity.INFO
+    return _FINDING_SEVERITY.get(severity, AlertSeverity.WARNING)
+
+
+def watch_rule(metric: str) -> Rule:
+    """The rule a watch-wide alert (a finding, a wallet's activity) is recorded under."""
+    return Rule(id=f"watch:{metric}", kind=RuleKind.NEW_RISK, metric=metric, cooldown_s=0)
+
+
 # -- kind mapping and idempotency --------------------------------------------------------------------
 
 _METRIC_KIND = {
@@ -272,6 +305,8 @@ _METRIC_KIND = {
     "risk": NotificationKind.RISK_CHANGE,
     "fraud_finding": NotificationKind.FRAUD_FINDING,
     "fraud_findings": NotificationKind.FRAUD_FINDING,
+    FINDING_METRIC: NotificationKind.FRAUD_FINDING,
+    ACTIVITY_METRIC: NotificationKind.WALLET_ACTIVITY,
 }
 
 

@@ -395,3 +395,59 @@ def finish_send(
     if provider_message_id:
         row.provider_message_id = provider_message_id
     session.add(row)
+
+
+def ids_for_keys(session: Session, keys: Iterable[str]) -> list[int]:
+    """The ids of the notifications stored under the given idempotency keys (unknown keys are skipped)."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return []
+    rows: list[Any] = list(
+        session.execute(
+            select(col(Notification.id)).where(one_of(session, col(Notification.idempotency_key), wanted))
+        ).all()
+    )
+    return sorted(int(i) for (i,) in rows)
+
+
+def mark_acted_on(session: Session, ids: Iterable[int], now: datetime) -> list[Notification]:
+    """The user acted on these notifications outside the inbox (opened or clicked the e-mail, clicked the
+    push, replied to the SMS): mark them read like an in-app read; returns the rows that changed (their
+    escalation workflows need the ``read`` signal)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    owners: list[Any] = list(
+        session.execute(
+            select(col(Notification.user_id), col(Notification.id)).where(
+                one_of(session, col(Notification.id), wanted), col(Notification.read_at).is_(None)
+            )
+        ).all()
+    )
+    by_user: dict[str, list[int]] = {}
+    for user_id, nid in owners:
+        by_user.setdefault(str(user_id), []).append(int(nid))
+    changed: list[Notification] = []
+    for user_id, nids in sorted(by_user.items()):
+        changed += mark_read(session, user_id, nids, now)
+    return changed
+
+
+def unread_with_delivery(session: Session, user_ids: Iterable[str], channel: str) -> list[int]:
+    """The unread notifications of these users that went out on ``channel`` (a reply from the SMS
+    recipient acts on every SMS they have not acted on yet)."""
+    users = sorted(set(user_ids))
+    if not users:
+        return []
+    rows: list[Any] = list(
+        session.execute(
+            select(col(Notification.id))
+            .join(Delivery, col(Delivery.notification_id) == col(Notification.id))
+            .where(
+                one_of(session, col(Notification.user_id), users),
+                col(Notification.read_at).is_(None),
+                col(Delivery.channel) == channel,
+            )
+        ).all()
+    )
+    return sorted({int(i) for (i,) in rows})

@@ -36,6 +36,8 @@ class WatchEntry:
     #: The rules as their stored JSON text: watchers of a busy entity mostly share a few definitions,
     #: which the caller parses once each (decoding every row's JSON cost more than the query).
     rules_json: str
+    #: nft, collection, creator, wallet or portfolio: a wallet's activity notifies wallet watches only.
+    target: str = ""
 
 
 def watch_generation(session: Session) -> int:
@@ -63,6 +65,16 @@ def wallets_watched(session: Session) -> bool:
     return session.execute(probe).first() is not None
 
 
+def creators_watched(session: Session) -> bool:
+    """Whether any subscription watches a creator: one probe of the key index."""
+    probe = (
+        select(col(SubscriptionKey.entity_key))
+        .where(col(SubscriptionKey.entity_key) >= "creator:", col(SubscriptionKey.entity_key) < "creator;")
+        .limit(1)
+    )
+    return session.execute(probe).first() is not None
+
+
 def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEntry]:
     """Who watches any of ``entity_keys`` and with which rules, by user then subscription.
 
@@ -72,18 +84,21 @@ def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEnt
     keys = sorted(set(entity_keys))
     out: list[WatchEntry] = []
     for start in range(0, len(keys), 500):
-        # (entity key, subscription id, user id, rules as JSON text): the column types are not inferred.
+        # (entity key, subscription id, user id, rules as JSON text, target): column types are not inferred.
         rows: Sequence[Any] = session.execute(
             select(
                 col(SubscriptionKey.entity_key),
                 col(Subscription.id),
                 col(Subscription.user_id),
                 cast(col(Subscription.rules), Text),
+                col(Subscription.target),
             )
             .join(Subscription, col(Subscription.id) == col(SubscriptionKey.subscription_id))
             .where(one_of(session, col(SubscriptionKey.entity_key), keys[start : start + 500]))
         ).all()
-        out += [WatchEntry(key, sub_id, user_id, rules) for key, sub_id, user_id, rules in rows]
+        out += [
+            WatchEntry(key, sub_id, user_id, rules, target) for key, sub_id, user_id, rules, target in rows
+        ]
     return sorted(out, key=lambda w: (w.user_id, w.subscription_id, w.entity_key))
 
 
@@ -181,6 +196,8 @@ class EntityFacts:
     #: Collection: floor and quote currency.
     floor: str | None = None
     currency: str | None = None
+    #: Collection: its creator's address (lower case), where an event named it.
+    creator: str | None = None
 
 
 def _view_text(*path: str) -> Any:
@@ -205,10 +222,11 @@ def entity_facts(session: Session, keys: Iterable[str]) -> dict[str, EntityFacts
         _view_text("last_sale", "currency"),
         _view_text("floor"),
         _view_text("currency"),
+        _view_text("creator"),
     ).where(one_of(session, col(EntityView.key), wanted))
     out: dict[str, EntityFacts] = {}
     rows: list[Any] = list(session.execute(stmt).all())
-    for key, kind, coll, owner, estimate, est_ccy, sale, sale_ccy, floor, ccy in rows:
+    for key, kind, coll, owner, estimate, est_ccy, sale, sale_ccy, floor, ccy, creator in rows:
         out[key] = EntityFacts(
             key=key,
             kind=kind,
@@ -218,6 +236,7 @@ def entity_facts(session: Session, keys: Iterable[str]) -> dict[str, EntityFacts
             last_sale=sale,
             floor=floor,
             currency=ccy or est_ccy or sale_ccy,
+            creator=creator.lower() if creator else None,
         )
     return out
 

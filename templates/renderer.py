@@ -36,12 +36,14 @@ from nftpulse.templates.gsm import SmsSegments, segment, to_gsm_friendly
 
 SOURCES = Path(__file__).parent / "sources"
 
-KINDS = ("trust_change", "price_movement", "risk_change", "fraud_finding", "market_update")
+KINDS = ("trust_change", "price_movement", "risk_change", "fraud_finding", "market_update", "wallet_activity")
 CHANNELS = ("in_app", "email_html", "email_text", "sms", "push", "webhook")
 LOCALES = ("en", "de")
 DEFAULT_LOCALE = "en"
 
-TemplateKind = Literal["trust_change", "price_movement", "risk_change", "fraud_finding", "market_update"]
+TemplateKind = Literal[
+    "trust_change", "price_movement", "risk_change", "fraud_finding", "market_update", "wallet_activity"
+]
 TemplateChannel = Literal["in_app", "email_html", "email_text", "sms", "push", "webhook"]
 
 _LAYOUT_FILE = {
@@ -88,7 +90,8 @@ class RuleInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    kind: Literal["threshold", "relative_change", "trend_reversal", "anomaly", "new_risk"]
+    #: ``watch``: an alert every subscription gets without a rule (fraud findings, a wallet's activity).
+    kind: Literal["threshold", "relative_change", "trend_reversal", "anomaly", "new_risk", "watch"]
     metric: str
     level: Decimal | None = None
     direction: Literal["below", "above"] | None = None
@@ -98,14 +101,33 @@ class RuleInfo(BaseModel):
 
 
 class Finding(BaseModel):
-    """A fraud finding's evidence."""
+    """A fraud finding as its producer reported it: what, how bad, who found it, who is involved, why."""
 
     model_config = ConfigDict(frozen=True)
 
-    category: str = Field(description="e.g. wash_trading, stolen_asset, impersonation")
-    source: str = "Pulse"
+    category: str = Field(description="the finding's kind, e.g. wash_trading, stolen_asset, impersonation")
+    source: str = Field(default="Pulse", description="the detector that reported it")
     severity: str = "high"
     evidence: list[str] = Field(default_factory=list)
+    id: str | None = Field(default=None, description="the producer's finding id")
+    status: Literal["open", "resolved"] = "open"
+    wallets: list[str] = Field(default_factory=list, description="wallets the finding names")
+
+
+class Activity(BaseModel):
+    """A watched wallet's trade, listing or transfer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["sale", "transfer", "mint", "burn", "listing", "listing_cancelled"]
+    role: Literal["seller", "buyer", "sender", "recipient", "lister"]
+    wallet: str
+    nft_key: str
+    nft_name: str
+    counterparty: str | None = None
+    price: str | None = None
+    currency: str | None = None
+    event_id: str | None = None
 
 
 class NotificationContext(BaseModel):
@@ -131,7 +153,10 @@ class NotificationContext(BaseModel):
     detected_at: datetime
     holding: Holding | None = None
     finding: Finding | None = None
+    activity: Activity | None = None
     preferences_url: str | None = None
+    #: Web push: the beacon that records the click (stopping escalation) and redirects to ``entity_url``.
+    click_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,15 @@ from nftpulse.store.db import Database
 from nftpulse.templates.renderer import NotificationContext, render
 
 
+def click_url(row: store.Notification) -> str | None:
+    """The web-push click beacon of a notification (``api.callbacks``): records the click, which stops
+    the escalation, and redirects to the entity. None for rows stored without a click token."""
+    token, base = row.context.get("click_token"), row.context.get("click_base")
+    if not token or not base or row.id is None:
+        return None
+    return f"{base}/v1/callbacks/push/{row.id}/click?token={token}"
+
+
 class DbInboxWriter:
     """The in-app channel's writer: shows the stored notification in the inbox (idempotent: the row
     already exists under its key; this only stamps ``inbox_at`` once). The live stream polls for it."""
@@ -238,6 +247,8 @@ class DeliveryActivities:
             raise PermanentDeliveryError(channel_name, "unknown channel", code="unknown_channel")
         context = {k: v for k, v in row.context.items() if k in NotificationContext.model_fields}
         context["timezone"] = user.timezone
+        if channel_name == "push":
+            context["click_url"] = click_url(row)
         try:
             ctx = NotificationContext.model_validate(context)
         except ValidationError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,23 +70,31 @@ from nftpulse.domain.routing import (
     route_candidates,
 )
 from nftpulse.domain.rules import (
+    ACTIVITY_METRIC,
+    FINDING_METRIC,
+    WATCH_METRICS,
     AlertSeverity,
     Evaluation,
     Explanation,
+    NotificationKind,
     Rule,
     RuleState,
     event_cause,
+    finding_alert_severity,
     idempotency_key,
+    watch_rule,
 )
 from nftpulse.store import entities, notifications, watching
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
-from nftpulse.templates.renderer import Holding, NotificationContext, render
+from nftpulse.templates.renderer import Activity, Finding, Holding, NotificationContext, render
 
 #: Workflow starts and digest signals one detection sends to Temporal at once.
 HANDOFF_CONCURRENCY = 32
 
 _UNITS = {
+    FINDING_METRIC: "text",
+    ACTIVITY_METRIC: "text",
     "trust": "score",
     "trust_score": "score",
     "risk": "level",
@@ -108,6 +117,8 @@ class Firing:
     subscription_id: str
     explanation: Explanation
     cause: str | None
+    #: A watch alert's object (``activities.notify.alerts``): the finding or the wallet's activity.
+    payload: dict[str, Any] | None = None
 
 
 class DetectionActivities:
@@ -175,13 +186,21 @@ class DetectionActivities:
             # values rank: one query, made up front only while someone watches a wallet (wallet and
             # portfolio subscriptions); otherwise only for what fired, below.
             watched = watching.wallets_watched(s)
+            if not watched:
+                # A wallet's trades concern only its watchers: nobody watches a wallet, nobody to tell.
+                changes = [ch for ch in changes if ch.metric != ACTIVITY_METRIC]
             facts = watching.entity_facts(s, {ch.entity_key for ch in changes}) if watched else {}
+            if watching.creators_watched(s):
+                # A collection's creator routes its changes to the creator's watchers.
+                colls = {ch.entity_key for ch in changes if ch.entity_key.startswith("collection:")}
+                facts |= watching.entity_facts(s, colls - facts.keys())
             by_entity = by_watched_key(changes, facts)
             found = self._watchers.lookup(s, by_entity)
             result = DetectResult()
             if not found:
                 return result
             fired = _evaluate(s, found, by_entity, at, inp.cause, result)
+            _watch_alerts(found, by_entity, at, inp.cause, fired)
             created = self._store(s, fired, facts, at, result)
             if inp.cause:
                 s.add(store.DetectionRecord(cause=inp.cause, notification_ids=created, created_at=at))
@@ -287,6 +306,7 @@ class DetectionActivities:
         c = decision.candidate
         rule = firing.rule
         exp = firing.explanation
+        watch = rule.metric in WATCH_METRICS
         ctx = NotificationContext(
             idempotency_key=c.idempotency_key,
             severity=c.severity.value,
@@ -296,13 +316,13 @@ class DetectionActivities:
             entity_url=entity_url(self._base, c.entity_key),
             rule={
                 "id": rule.id,
-                "kind": rule.kind.value,
+                "kind": "watch" if watch else rule.kind.value,
                 "metric": rule.metric,
                 "level": rule.level,
                 "direction": rule.direction if rule.kind.value == "threshold" else None,
                 "pct": rule.pct if rule.kind.value == "relative_change" else None,
                 "window_s": rule.window_s if rule.kind.value == "relative_change" else None,
-                "name": subscription.label,
+                "name": None if watch else subscription.label,
             },
             metric=exp.metric,
             before=exp.before,
@@ -312,12 +332,18 @@ class DetectionActivities:
             data_at=exp.at,
             detected_at=at,
             holding=_holding(position),
+            finding=finding_context(firing.payload) if exp.metric == FINDING_METRIC else None,
+            activity=activity_context(firing.payload) if exp.metric == ACTIVITY_METRIC else None,
             preferences_url=f"{self._base}/v1/users/{user.id}",
         )
         context = ctx.model_dump(mode="json")
         context["explanation"] = exp.model_dump(mode="json")
         context["subscription_id"] = subscription.id
         context["locale"] = user.locale
+        # The web-push click beacon (``api.callbacks``) proves the click with this token; the URL needs
+        # the row's id, known after the insert, so delivery builds it (``click_url``).
+        context["click_token"] = secrets.token_urlsafe(18)
+        context["click_base"] = self._base
         title, body, inbox_at = "", "", None
         only_inbox = inbox_only(
             decision.route.value,
@@ -467,7 +493,7 @@ def _evaluate(
     # Rules with the same definition are the same object (watchers.parsed_rules).
     outcomes: dict[tuple[int, int, str], tuple[Evaluation, orjson.Fragment]] = {}
     for w in found:
-        watched = {rule.metric for rule in rules_of[w.subscription_id]}
+        watched = {rule.metric for rule in rules_of[w.subscription_id]} - WATCH_METRICS
         for ch in by_entity[w.entity_key]:
             if ch.metric not in watched:
                 continue
@@ -513,6 +539,95 @@ def _evaluate(
                 fired.setdefault(w.user_id, []).append(firing)
     watching.save_rule_states(s, changed_states, at)
     return fired
+
+
+def _watch_alerts(
+    found: list[watching.WatchEntry],
+    by_entity: dict[str, list[MetricChange]],
+    at: datetime,
+    cause: str | None,
+    fired: dict[str, list[Firing]],
+) -> None:
+    """Add the alerts that need no rule to ``fired``: each fraud finding (opened, updated, resolved) to
+    every user watching or holding what it concerns, each wallet activity to the wallet's watchers.
+
+    Once per user and finding report (or activity), however many of the user's subscriptions it meets:
+    a user watching a collection and a wallet the finding names hears of it once. The idempotency key
+    comes from the event, so a retried or replayed batch never notifies twice.
+    """
+    seen: set[tuple[str, str]] = set()
+    for w in found:
+        for ch in by_entity[w.entity_key]:
+            if ch.metric not in WATCH_METRICS or not isinstance(ch.after, dict):
+                continue
+            if ch.metric == ACTIVITY_METRIC and w.target != "wallet":
+                continue  # a portfolio's own trades are the user's own doing
+            payload: dict[str, Any] = ch.after
+            event_id = str(payload.get("event") or payload.get("event_id") or "")
+            # A sale meets a user watching both sides twice: once per side, each its own notification.
+            once = f"{ch.entity_key}:{event_id}"
+            if (w.user_id, once) in seen:
+                continue
+            seen.add((w.user_id, once))
+            rule = watch_rule(ch.metric)
+            if ch.metric == FINDING_METRIC:
+                status = str(payload.get("status") or "open")
+                severity = finding_alert_severity(str(payload.get("severity")), status)
+                kind = NotificationKind.FRAUD_FINDING
+                reason = "finding_resolved" if status == "resolved" else "finding_reported"
+                after: Any = status
+                details = {
+                    k: str(payload.get(k)) for k in ("finding_id", "kind", "severity", "detector", "event")
+                }
+            else:
+                severity, kind, reason = AlertSeverity.INFO, NotificationKind.WALLET_ACTIVITY, "activity"
+                after = str(payload.get("type"))
+                details = {k: str(payload.get(k)) for k in ("type", "role", "nft_key", "event_id")}
+            explanation = Explanation(
+                rule_id=rule.id,
+                rule_kind=rule.kind,
+                entity_key=ch.entity_key,
+                metric=ch.metric,
+                before=ch.before,
+                after=after,
+                at=at,
+                reason=reason,
+                details=details,
+            )
+            candidate = Candidate(
+                idempotency_key=idempotency_key(w.user_id, rule.id, ch.entity_key, event_id),
+                kind=kind,
+                severity=severity,
+                entity_key=ch.entity_key,
+                at=at,
+                magnitude=1.0 + severity.rank,
+            )
+            firing_cause = f"{cause}:{ch.entity_key}:{ch.metric}" if cause else None
+            firing = Firing(candidate, rule, w.subscription_id, explanation, firing_cause, payload)
+            fired.setdefault(w.user_id, []).append(firing)
+
+
+def finding_context(payload: dict[str, Any] | None) -> Finding | None:
+    """The template's finding from a finding change's object (``activities.notify.alerts``)."""
+    if payload is None:
+        return None
+    return Finding(
+        id=str(payload.get("finding_id") or "") or None,
+        category=str(payload.get("kind") or "unknown"),
+        source=str(payload.get("detector") or "Pulse"),
+        severity=str(payload.get("severity") or "high"),
+        status="resolved" if payload.get("status") == "resolved" else "open",
+        wallets=[str(w) for w in payload.get("wallets") or ()],
+        evidence=[str(e) for e in payload.get("evidence") or ()],
+    )
+
+
+def activity_context(payload: dict[str, Any] | None) -> Activity | None:
+    """The template's activity from a wallet-activity change's object (``activities.notify.alerts``)."""
+    if payload is None:
+        return None
+    nft = str(payload.get("nft_key") or "")
+    return Activity.model_validate({**payload, "nft_name": entity_name(nft)})
 
 
 def route_user(

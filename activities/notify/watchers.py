@@ -10,8 +10,8 @@ import orjson
 from sqlmodel import Session
 
 from nftpulse.domain.changes import MetricChange
-from nftpulse.domain.events import wallet_key
-from nftpulse.domain.rules import Rule
+from nftpulse.domain.events import creator_key, wallet_key
+from nftpulse.domain.rules import FINDING_METRIC, Rule
 from nftpulse.store import watching
 
 
@@ -55,11 +55,13 @@ class WatcherCache:
 def by_watched_key(
     changes: list[MetricChange], facts: dict[str, watching.EntityFacts]
 ) -> dict[str, list[MetricChange]]:
-    """The changes under each key a subscription may watch: the changed entity's own, and the wallets a
-    change concerns (both sides of a transfer, the holder of a changed NFT)."""
+    """The changes under each key a subscription may watch: the changed entity's own, the wallets a
+    change concerns (both sides of a transfer, the holder of a changed NFT), the creator of a changed
+    collection (``facts``' creator), and for a fraud finding also its collection, its collection's
+    creator and every wallet it names."""
     by_entity: dict[str, list[MetricChange]] = {}
     for ch in changes:
-        by_entity.setdefault(ch.entity_key, []).append(ch)
+        keys = {ch.entity_key}
         wallets: set[str] = set()
         if ch.metric == "owner":
             # A transfer concerns the wallets on both sides: wallet and portfolio watchers.
@@ -68,8 +70,15 @@ def by_watched_key(
         if held is not None and held.owner:
             # Any change of a held NFT (trust, price estimate, risk …) concerns its holder's wallet.
             wallets.add(held.owner)
-        for wallet in sorted(wallets):
-            by_entity.setdefault(wallet_key(wallet), []).append(ch)
+        if held is not None and held.kind == "collection" and held.creator:
+            keys.add(creator_key(ch.entity_key.split(":")[1], held.creator))
+        finding = ch.after if ch.metric == FINDING_METRIC and isinstance(ch.after, dict) else None
+        if finding is not None:
+            keys |= {k for k in (finding.get("collection"), finding.get("creator")) if isinstance(k, str)}
+            wallets |= {w.lower() for w in finding.get("wallets") or () if isinstance(w, str)}
+        keys |= {wallet_key(wallet) for wallet in wallets}
+        for key in sorted(keys):
+            by_entity.setdefault(key, []).append(ch)
     return by_entity
 
 

@@ -238,6 +238,7 @@ class BookViews(BookState):
             "gini": headline["gini"],
             "wash_share": headline["wash_share"],
             "verified_creator": headline["verified_creator"],
+            "creator": self.creator,
             "rarity_entropy": headline["rarity_entropy"],
             "trust": trust.view(),
             "risk": risk,

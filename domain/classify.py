@@ -170,12 +170,15 @@ def aging(waited_s: float, th: Thresholds) -> float:
 
 def aged(priority: float, waited_s: float, th: Thresholds) -> float:
     """The priority of an event classified (with no wait) at ``priority`` once it has waited ``waited_s``:
-    the aging part added on, as :func:`classify` would add it (to the hundredth)."""
+    the aging part added on, as :func:`classify` would add it (to the hundredth). It orders work within a
+    path (which shard is woken first); it never decides significance (:func:`is_significant`)."""
     return round(min(100.0, max(0.0, priority) + 100.0 * aging(waited_s, th)), 2)
 
 
 def is_significant(kind: str, priority: float, th: Thresholds) -> bool:
-    """Fraud findings, and events whose priority reaches ``significant_priority``."""
+    """Fraud findings, and events whose priority *without aging* reaches ``significant_priority``: what
+    an event is decides its path, not how long it waited (under a backlog every routine event would
+    otherwise end up on the dearest path)."""
     return kind == EventType.FRAUD_FINDING.value or priority >= th.significant_priority
 
 
@@ -235,6 +238,7 @@ def classify(event: Event, ctx: ClassifyContext) -> Classification:
 
     raw = sum(p["points"] for p in parts) / 100.0
     priority = round(100.0 * min(1.0, max(0.0, raw)), 2)
+    unaged = round(100.0 * min(1.0, max(0.0, raw - aging(ctx.waited_s, th))), 2)
     entities = {
         "collection": collection_key(event.chain, event.contract),
         "nft": None if event.token_id is None else nft_key(event.chain, event.contract, event.token_id),
@@ -252,7 +256,7 @@ def classify(event: Event, ctx: ClassifyContext) -> Classification:
         impact=round(impact, 6),
         priority=priority,
         priority_class=priority_class(priority),
-        significant=is_significant(event.type.value, priority, th),
+        significant=is_significant(event.type.value, unaged, th),
         parts=parts,
     )
 

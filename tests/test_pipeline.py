@@ -206,8 +206,8 @@ async def test_events_are_classified_at_ingest_against_the_floor(pulse: RunningP
 
 
 def test_dispatcher_routes_by_the_priority_classified_at_ingest() -> None:
-    """The dispatcher neither parses nor classifies an event again: it ages the priority stored at
-    ingest by the event's wait, and routes fraud findings and events past the threshold alone."""
+    """The dispatcher neither parses nor classifies an event again: it routes fraud findings and events
+    classified past the threshold alone; a wait only makes a routine event's shard urgent."""
     settings = Settings(significant_priority=80.0, workflow_id_prefix="t/", shards=4)
     dispatcher = Dispatcher(settings, None, None)  # type: ignore[arg-type]  # route() touches neither
     now = datetime.now(UTC)
@@ -231,9 +231,10 @@ def test_dispatcher_routes_by_the_priority_classified_at_ingest() -> None:
     assert marks[1].route is Route.PARTITION and marks[1].priority == 40.0
     assert marks[1].priority_class == "normal"
     assert marks[2].route is Route.PARTITION and marks[2].priority_class == "high"
-    assert marks[3].route is Route.OWN and marks[3].priority == 100.0
+    # Waited an hour: still routine, stored at its classified priority (a second dispatch ages it once).
+    assert marks[3].route is Route.PARTITION and marks[3].priority == 40.0
     assert marks[4].route is Route.OWN
-    assert [(r.seq, severity) for r, _, severity in routed.own] == [(3, "critical"), (4, "low")]
+    assert [(r.seq, severity) for r, _, severity in routed.own] == [(4, "low")]
     assert routed.urgent  # the high-priority routine sale wakes its shard at once
 
 

@@ -4,14 +4,22 @@ The standard (https://openrarity.gitbook.io): for a collection of ``N`` live tok
 attributes any of them carries (plus the synthetic ``meta_trait:trait_count``), a token's information
 content is ``IC(t) = sum over a in A of -log2(count(a, value_t(a)) / N)``, where a token without ``a``
 falls into that attribute's null bucket. The score is ``IC(t) / H`` with ``H`` the collection entropy
-``sum over a, v of -p log2 p``; the mean score is therefore exactly 1. Rank is ``1 + the number of
-tokens with a strictly greater score`` (ties share a rank).
+``sum over a, v of -p log2 p``; the mean score is therefore exactly 1.
+
+Rank, as OpenRarity's ranker: first by the number of *unique attributes* a token has (its values no other
+token shares: buckets of one, the trait count included, null buckets not), more first; then by score.
+A token's rank is ``1 +`` the tokens ahead of it: those with more unique attributes, and those with as
+many and a score greater beyond ``1e-9`` relative (scores within that share a rank, like OpenRarity's
+``math.isclose``).
 
 Exactness, not tolerance: ``IC(t) = |A| log2 N - log2 P(t)`` where ``P(t)`` is the *integer* product of
 the counts of the buckets the token sits in. Incremental updates multiply and divide ``P`` exactly, so
 an incrementally maintained index holds the same integers as one built from scratch and every float
 derived from it (score, entropy via ``math.fsum`` over the histogram of bucket sizes) is bit-identical.
-Ranking by ``P`` (ascending) is ranking by IC (descending) without rounding ties apart.
+Ranking by ``P`` (ascending) is ranking by IC (descending) without rounding ties apart; the tolerance of
+``1e-9`` is applied as a threshold on ``P`` when a rank is read (:meth:`RarityIndex.rank`), so it never
+touches the stored integers. (For products beyond ``2**1000`` the threshold is the product itself:
+exact ties only.)
 
 Cost: one token's trait change moves only the buckets it leaves and joins (its old and new value of
 each changed attribute, null buckets included, and the trait-count bucket when the number of traits
@@ -58,6 +66,24 @@ def entropy_of(n: int, attributes: int, hist: Mapping[int, int]) -> float:
     # fsum is correctly rounded whatever the iteration order, so equal histograms give equal floats.
     weighted = math.fsum(k * c * math.log2(c) for c, k in hist.items() if k and c > 1)
     return attributes * math.log2(n) - weighted / n
+
+
+#: Scores within this relative difference share a rank (OpenRarity's ``math.isclose`` default).
+RANK_REL_TOLERANCE = 1e-9
+
+
+def ahead_threshold(p: int, n: int, attributes: int, entropy: float) -> int:
+    """The products of tokens ranked ahead of one whose product is ``p`` (with as many unique attributes)
+    are those below this: a score greater than ``p``'s beyond :data:`RANK_REL_TOLERANCE`.
+
+    ``score_s <= score_t / (1 - tol)`` is ``log2 P_s >= log2 P_t - IC_t * tol / (1 - tol)``."""
+    if n <= 0 or entropy <= 1e-12:
+        return 0  # every score is 0: all tie
+    ic = attributes * math.log2(n) - math.log2(p)
+    limit = math.log2(p) - ic * RANK_REL_TOLERANCE / (1 - RANK_REL_TOLERANCE)
+    if limit >= 1000:
+        return p
+    return min(p, math.ceil(2.0**limit))
 
 
 def score_of(p: int, n: int, attributes: int, entropy: float) -> float:
@@ -173,6 +199,10 @@ class RarityPlan:
     uniform_drift: float
     #: Upper bound on how many positions any non-moving token's rank moves.
     rank_drift: int
+    #: Unique-attribute counts: the token's before and after, and other tokens' that change.
+    old_u: int | None = None
+    new_u: int | None = None
+    unique: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def touched(self) -> set[str]:
@@ -190,6 +220,9 @@ class RarityIndex:
     p: dict[str, int] = field(default_factory=dict)
     hist: dict[int, int] = field(default_factory=dict)
     order: SortedInts = field(default_factory=SortedInts)
+    #: Unique attributes per live token, and the products of the tokens with each count.
+    uniq: dict[str, int] = field(default_factory=dict)
+    groups: dict[int, SortedInts] = field(default_factory=dict)
     _entropy: tuple[int, float] | None = field(default=None, repr=False, compare=False)
     _version: int = field(default=0, repr=False, compare=False)
     #: Token ids in (roughly) ascending product order: makes re-sorting after many moves cheap.
@@ -231,10 +264,28 @@ class RarityIndex:
             return None
         return score_of(p, self.n, self.attributes, self.entropy if entropy is None else entropy)
 
-    def rank(self, token_id: str) -> int | None:
-        """1 + the number of tokens with a strictly greater score; None for tokens not live."""
+    def rank(self, token_id: str, entropy: float | None = None) -> int | None:
+        """1 + the tokens ahead (more unique attributes, or as many and a greater score beyond the
+        tolerance); None for tokens not live."""
         p = self.p.get(token_id)
-        return None if p is None else 1 + self.order.count_less(p)
+        if p is None:
+            return None
+        u = self.uniq[token_id]
+        ahead = sum(len(group) for count, group in self.groups.items() if count > u)
+        h = self.entropy if entropy is None else entropy
+        return 1 + ahead + self.groups[u].count_less(ahead_threshold(p, self.n, self.attributes, h))
+
+    def unique_of(self, traits: Traits) -> int:
+        """How many of an indexed token's values no other token shares."""
+        holders = self.holders
+        return sum(1 for name, value in traits.items() if len(holders[name][value]) == 1)
+
+    def _regroup(self) -> None:
+        by_count: dict[int, list[int]] = {}
+        p = self.p
+        for tid, u in self.uniq.items():
+            by_count.setdefault(u, []).append(p[tid])
+        self.groups = {u: SortedInts(values) for u, values in by_count.items()}
 
     def members(self, bucket: Bucket) -> set[str]:
         """A copy of the tokens in a bucket (value None: tokens missing the attribute)."""
@@ -271,7 +322,9 @@ class RarityIndex:
                 index.hist[len(nulls)] = index.hist.get(len(nulls), 0) + 1
         for tid, traits in index.traits.items():
             index.p[tid] = index._product(traits)
+            index.uniq[tid] = index.unique_of(traits)
         index.order = SortedInts(index.p.values())
+        index._regroup()
         return index
 
     def _product(self, traits: Traits) -> int:
@@ -386,6 +439,26 @@ class RarityIndex:
                 new_p *= size
         old_p = self.p.get(token_id)
 
+        # Unique attributes move only in buckets that become or stop being one token's: few members.
+        unique: dict[str, tuple[int, int]] = {}
+        for bucket, (before, after) in buckets.items():
+            if bucket[1] is None or (before == 1) == (after == 1):
+                continue
+            step = (after == 1) - (before == 1)
+            for t in self.members(bucket) - {token_id}:
+                was_u, now_u = unique.get(t, (self.uniq[t], self.uniq[t]))
+                unique[t] = (was_u, now_u + step)
+        unique = {t: moved for t, moved in unique.items() if moved[0] != moved[1]}
+        new_u: int | None = None
+        if new is not None:
+            new_u = 0
+            for name, value in new.items():
+                size = buckets.get((name, value), (0, self.size((name, value))))[1]
+                new_u += size == 1
+        old_u = self.uniq.get(token_id)
+        # A token changing its count of unique attributes passes over, at most, everyone once.
+        group_moves = len(unique) + (old_u != new_u and old_u is not None and new_u is not None)
+
         uniform = 0.0
         low, high = self.order.first(), self.order.last()
         if low is not None and high is not None and n1 > 0:
@@ -410,7 +483,10 @@ class RarityIndex:
             attributes=(a0, a1),
             entropy=(h0, h1),
             uniform_drift=uniform,
-            rank_drift=rank_drift + _max_overlap(windows),
+            rank_drift=rank_drift + _max_overlap(windows) + group_moves,
+            old_u=old_u,
+            new_u=new_u,
+            unique=unique,
         )
 
     def commit(self, plan: RarityPlan) -> None:
@@ -426,7 +502,9 @@ class RarityIndex:
                 if name not in old and name in self.nulls:
                     self.nulls[name].discard(tid)
             del self.traits[tid]
-            self.order.remove(self.p.pop(tid))
+            old_p = self.p.pop(tid)
+            self.order.remove(old_p)
+            self.groups[self.uniq.pop(tid)].remove(old_p)
         if new is not None:
             for name, value in new.items():
                 if name not in self.holders:
@@ -452,28 +530,42 @@ class RarityIndex:
                 self.hist[after] = self.hist.get(after, 0) + 1
         if plan.old_p is None or plan.new_p is None:
             self._hint = []  # membership changed: the order hint names the wrong tokens
+        uniq = self.uniq
         if len(plan.movers) > 256:
             # Many moves: one C-level sort beats hundreds of single removals and insertions. Listing
             # the values in the last known order of the tokens hands timsort a nearly sorted input.
             p = self.p
             for mover, (_, new_p) in plan.movers.items():
                 p[mover] = new_p
-            if plan.new_p is not None:
+            for mover, (_, now_u) in plan.unique.items():
+                uniq[mover] = now_u
+            if plan.new_p is not None and plan.new_u is not None:
                 p[tid] = plan.new_p
+                uniq[tid] = plan.new_u
             hint = self._hint
             if len(hint) != len(p) or self._hint_age > 64:
                 hint = self._hint = sorted(p, key=p.__getitem__)
                 self._hint_age = 0
             self._hint_age += 1
             self.order.rebuild(list(map(p.__getitem__, hint)))
+            self._regroup()
             return
+        groups = self.groups
         for mover, (old_p, new_p) in plan.movers.items():
             self.order.remove(old_p)
             self.order.add(new_p)
             self.p[mover] = new_p
-        if plan.new_p is not None:
+            was_u, now_u = plan.unique.get(mover, (uniq[mover], uniq[mover]))
+            groups[was_u].remove(old_p)
+            groups.setdefault(now_u, SortedInts()).add(new_p)
+            uniq[mover] = now_u
+        if plan.new_p is not None and plan.new_u is not None:
             self.p[tid] = plan.new_p
             self.order.add(plan.new_p)
+            uniq[tid] = plan.new_u
+            groups.setdefault(plan.new_u, SortedInts()).add(plan.new_p)
+        for count in [count for count, group in groups.items() if not group]:
+            del groups[count]
 
 
 def _band_count(ordered: list[int], low: int, high: int) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -128,7 +127,7 @@ class RarityPublisher:
         inv_h = 1.0 / entropy if n > 0 and entropy > 1e-12 else 0.0
         inv_s = 1.0 / score_eps if score_eps > 0 else 0.0
         inv_r = 1.0 / rank_eps
-        flat = index.order.flat()
+        rank_of = index.rank
         p_of = index.p
         published = self.published
         slack_of = self._slack
@@ -145,7 +144,7 @@ class RarityPublisher:
                     out[tid] = (published.pop(tid), None)
                 continue
             score = (base - log2(p)) * inv_h
-            rank = bisect_left(flat, p) + 1
+            rank = rank_of(tid, entropy) or 0
             deviation = 0.0
             if shown is None:
                 published[tid] = out_now = (score, rank)

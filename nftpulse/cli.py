@@ -137,6 +137,8 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
         if dispatcher:
             start_http_server(settings.dispatcher_metrics_port, addr=settings.host)
             tasks.append(asyncio.create_task(Dispatcher(settings, db, client).run(stop)))
+        if embedded and settings.chain_rpc_url:
+            tasks.append(asyncio.create_task(_follow_until(stop, settings, db, None)))
         if embedded:
             key = bootstrap_admin_key(settings, db)
             _print_where(settings, key)
@@ -501,6 +503,77 @@ def demo(
     console.print(f"Metrics: {base}/metrics")
     console.print("The inbox:")
     typer.echo(f"curl -H 'Authorization: Bearer {reader}' {base}/v1/users/{user}/notifications")
+
+
+# -- chain follower -------------------------------------------------------------------------------
+
+
+async def _follow_until(stop: asyncio.Event, settings: Settings, db: Database, start: int | None) -> None:
+    """Follow the chain until ``stop`` is set (``pulse follow``, and ``pulse up`` when PULSE_CHAIN_RPC_URL
+    is set)."""
+    from nftpulse.follow import Follower
+
+    follower = Follower.from_settings(settings, db)
+    try:
+        await follower.run(stop, start_block=start)
+    finally:
+        await follower.aclose()
+
+
+@app.command()
+def follow(
+    from_block: Annotated[
+        int | None, typer.Option("--from-block", min=0, help="first block (default: the checkpoint's next)")
+    ] = None,
+    to_block: Annotated[
+        int | None, typer.Option("--to-block", min=0, help="with --from-block: backfill the range, exit")
+    ] = None,
+    batch_blocks: Annotated[int, typer.Option(min=1, help="blocks per eth_getLogs range")] = 500,
+) -> None:
+    """Follow the EVM chain at PULSE_CHAIN_RPC_URL: its NFT logs (PULSE_CHAIN_CONTRACTS) into the event log,
+    PULSE_CHAIN_CONFIRMATIONS blocks behind the head, from a checkpoint in the database. With --from-block
+    and --to-block: backfill that range (the checkpoint stays) and exit."""
+    from nftpulse.follow import Follower
+
+    settings = _settings()
+    if not settings.chain_rpc_url:
+        console.print("[bold red]error:[/bold red] PULSE_CHAIN_RPC_URL is not set: no chain to follow")
+        raise typer.Exit(2)
+    if to_block is not None and (from_block is None or to_block < from_block):
+        raise typer.BadParameter("--to-block needs a --from-block at or below it", param_hint="--to-block")
+    db = _open_db(settings)
+
+    async def backfill(first: int, last: int) -> None:
+        follower = Follower.from_settings(settings, db, batch_blocks=batch_blocks)
+        columns = (TextColumn("blocks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        try:
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("backfill", total=last - first + 1)
+                report = await follower.backfill(
+                    first, last, lambda chunk: bar.advance(task, chunk.last - chunk.first + 1)
+                )
+        finally:
+            await follower.aclose()
+        typer.echo(
+            f"{report.blocks} block(s), {report.logs} log(s): {report.accepted} event(s) accepted, "
+            f"{report.duplicates} already known, {report.refreshes} metadata refresh(es), "
+            f"{report.skipped} log(s) without an event"
+        )
+
+    async def live() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await _follow_until(stop, settings, db, from_block)
+
+    try:
+        if to_block is not None and from_block is not None:
+            asyncio.run(backfill(from_block, to_block))
+        else:
+            asyncio.run(live())
+    finally:
+        db.dispose()
 
 
 if __name__ == "__main__":

@@ -202,3 +202,15 @@ class Rate(SQLModel, table=True):
     at: datetime = Field(sa_type=_tz())
     rate: str = Field(max_length=80)
     event_seq: int = Field(sa_type=BigInteger, unique=True)
+
+class ChainCursor(SQLModel, table=True):
+    """How far the chain follower (``pulse follow``) has read one chain: the last block whose logs are in the
+    event log, and that block's hash (a different hash at that height later means the chain reorganised)."""
+
+    __tablename__ = "chain_cursors"
+
+    chain: str = Field(primary_key=True, max_length=32)
+    block_number: int = Field(sa_type=BigInteger)
+    block_hash: str = Field(max_length=66)
+    updated_at: datetime = Field(sa_type=_tz())
+

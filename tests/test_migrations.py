@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
 from nftpulse.core.settings import Settings
@@ -167,17 +168,19 @@ def test_upgrade_from_the_baseline_keeps_every_row(database: Database) -> None:
     assert schema.status(database).up_to_date
 
 
-def _with_revision_0002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the code at a copy of the migrations with one revision more: a code version newer than the
-    database."""
+def _with_one_revision_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the code at a copy of the migrations with one revision more (``9999``, after the code's head,
+    which it returns): a code version newer than the database."""
+    head = ScriptDirectory.from_config(schema.alembic_config()).get_current_head()
+    assert head is not None
     scripts = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_event_note.py").write_text(
+    (scripts / "versions" / "9999_event_note.py").write_text(
         '"""Add events.note."""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0002"\n'
-        'down_revision = "0001"\n'
+        'revision = "9999"\n'
+        f'down_revision = "{head}"\n'
         "branch_labels = None\n"
         "depends_on = None\n\n\n"
         "def upgrade() -> None:\n"
@@ -188,6 +191,7 @@ def _with_revision_0002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         '    op.drop_column("events", "note")\n'
     )
     monkeypatch.setattr(schema, "SCRIPT_LOCATION", str(scripts))
+    return head
 
 
 def test_a_database_behind_the_code_is_refused_then_upgraded_with_its_rows(
@@ -199,14 +203,14 @@ def test_a_database_behind_the_code_is_refused_then_upgraded_with_its_rows(
         insert_rows(conn, meta)
         before = snapshot(conn, meta)
 
-    _with_revision_0002(tmp_path, monkeypatch)
+    head = _with_one_revision_more(tmp_path, monkeypatch)
     state = schema.status(database)
-    assert (state.current, state.head, state.up_to_date, state.ahead) == ("0001", "0002", False, False)
-    with pytest.raises(SchemaError, match=r"revision 0001, behind .*\(0002\)\. Run `pulse db upgrade`"):
+    assert (state.current, state.head, state.up_to_date, state.ahead) == (head, "9999", False, False)
+    with pytest.raises(SchemaError, match=rf"revision {head}, behind .*\(9999\)\. Run `pulse db upgrade`"):
         schema.require_current(database)
 
     result = schema.upgrade(database)
-    assert (result.before.current, result.after) == ("0001", "0002")
+    assert (result.before.current, result.after) == (head, "9999")
     schema.require_current(database)
     with database.read_engine.connect() as conn:
         assert snapshot(conn, meta) == before

@@ -201,7 +201,7 @@ def _random_logs(rng: random.Random, n: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(n):
         kind = rng.randrange(4)
-        kw = {"block": 100 + i // 3, "index": i % 3, "tx": 1 + i}
+        kw: dict[str, Any] = {"block": 100 + i // 3, "index": i % 3, "tx": 1 + i}
         a, b = rng.sample(wallets, 2)
         if kind == 0:
             out.append(f.erc721_transfer(NFT, a, b, rng.randrange(5), **kw))

@@ -1,0 +1,175 @@
+"""The chain follower: reads an EVM chain (``adapters/chain.py``), decodes its NFT logs
+(``adapters/logs.py``) and appends the events to the event log as ``POST /v1/events`` does (classified
+against the collections' floors, deduplicated on ``(source, id)``), then moves its checkpoint.
+
+Live following stays ``PULSE_CHAIN_CONFIRMATIONS`` blocks behind the head and starts, on a chain it has no
+checkpoint for, at that safe head (``--from-block`` sets another start); a backfill (``--from-block N
+--to-block M``) reads a fixed range and leaves the checkpoint alone. The checkpoint moves only after a
+range's events are committed, so a crash re-reads blocks (their events come back as duplicates) and never
+skips one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nftpulse.adapters.chain import ChainMoved, ChainRange, ChainReader, Rpc, RpcError, RpcUnavailable
+from nftpulse.adapters.logs import LogDecoder
+from nftpulse.core.settings import Settings
+from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
+from nftpulse.domain.events import Event
+from nftpulse.store import chain as checkpoints
+from nftpulse.store import events
+from nftpulse.store.db import Database
+from nftpulse.store.entities import FloorCache
+
+log = logging.getLogger("pulse.follow")
+
+#: Blocks per eth_getLogs range (a node refusing a range as too large gets it again in halves).
+BATCH_BLOCKS = 500
+
+
+@dataclass
+class FollowReport:
+    blocks: int = 0
+    logs: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    refreshes: int = 0
+    skipped: int = 0
+
+    def add(self, chunk: ChainRange, accepted: int, duplicates: int) -> None:
+        self.blocks += chunk.last - chunk.first + 1
+        self.logs += chunk.logs
+        self.accepted += accepted
+        self.duplicates += duplicates
+        self.refreshes += len(chunk.decoded.refreshes)
+        self.skipped += len(chunk.decoded.skipped)
+
+
+class Follower:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        reader: ChainReader,
+        *,
+        batch_blocks: int = BATCH_BLOCKS,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.reader = reader
+        self.chain = reader.decoder.chain
+        self.batch_blocks = batch_blocks
+        self.thresholds = Thresholds(settings.significant_priority, settings.large_move)
+        self.floors = FloorCache(db)
+        self.report = FollowReport()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Database, **kw: int) -> Follower:
+        if not settings.chain_rpc_url:
+            raise ValueError("PULSE_CHAIN_RPC_URL is not set: there is no chain to follow")
+        decoder = LogDecoder(settings.chain_name)
+        reader = ChainReader(Rpc(settings.chain_rpc_url), decoder, settings.chain_contract_list)
+        return cls(settings, db, reader, **kw)
+
+    async def aclose(self) -> None:
+        await self.reader.rpc.aclose()
+
+    def _append(self, batch: list[Event]) -> tuple[int, int]:
+        if not batch:
+            return 0, 0
+        if self.floors.stale():
+            self.floors.refresh()
+        floor, limits = self.floors.get, self.thresholds
+        verdicts = [classify(e, ClassifyContext(limits, floor=floor(e.collection_key))) for e in batch]
+        outcomes = events.append(self.db, batch, [(v.priority, v.priority_class) for v in verdicts])
+        duplicates = sum(o.duplicate for o in outcomes)
+        return len(outcomes) - duplicates, duplicates
+
+    async def _range(self, first: int, last: int) -> ChainRange:
+        for attempt in range(5):
+            try:
+                chunk = await self.reader.read(first, last)
+                break
+            except ChainMoved as exc:
+                log.warning("follow.chain_moved", extra={"block": exc.block, "attempt": attempt + 1})
+                await asyncio.sleep(0.5 * (attempt + 1))
+        else:
+            chunk = await self.reader.read(first, last)
+        accepted, duplicates = await asyncio.to_thread(self._append, chunk.decoded.events)
+        self.report.add(chunk, accepted, duplicates)
+        log.info(
+            "follow.range",
+            extra={
+                "chain": self.chain,
+                "first": first,
+                "last": last,
+                "logs": chunk.logs,
+                "accepted": accepted,
+                "duplicates": duplicates,
+                "refreshes": len(chunk.decoded.refreshes),
+                "skipped": len(chunk.decoded.skipped),
+            },
+        )
+        return chunk
+
+    async def backfill(
+        self, first: int, last: int, progress: Callable[[ChainRange], None] | None = None
+    ) -> FollowReport:
+        """Read blocks ``first``..``last`` into the event log; the checkpoint is left as it is."""
+        for start in range(first, last + 1, self.batch_blocks):
+            chunk = await self._range(start, min(last, start + self.batch_blocks - 1))
+            if progress is not None:
+                progress(chunk)
+        return self.report
+
+    async def safe_head(self) -> int:
+        return max(0, await self.reader.head() - self.settings.chain_confirmations)
+
+    async def step(self, start_block: int | None = None) -> ChainRange | None:
+        """Read the next range up to the safe head and move the checkpoint; None when caught up.
+        ``start_block`` (the first step of ``--from-block N``) starts at that block whatever the
+        checkpoint says."""
+        safe = await self.safe_head()
+        saved = await asyncio.to_thread(checkpoints.checkpoint, self.db, self.chain)
+        if start_block is not None:
+            after = start_block - 1
+        elif saved is None:
+            after = safe - 1
+        else:
+            after = saved.block_number
+            current = await self.reader.block(after)
+            if current.hash != saved.block_hash:
+                # Deeper than the confirmations: the orphaned blocks' events stay in the log (there are no
+                # retractions yet); the new branch is read from here on.
+                log.error(
+                    "follow.reorganised_below_checkpoint",
+                    extra={"block": after, "was": saved.block_hash, "now": current.hash},
+                )
+        if after >= safe:
+            return None
+        chunk = await self._range(after + 1, min(safe, after + self.batch_blocks))
+        await asyncio.to_thread(
+            checkpoints.save_checkpoint, self.db, self.chain, chunk.last, chunk.last_block.hash
+        )
+        return chunk
+
+    async def run(self, stop: asyncio.Event, *, start_block: int | None = None, poll_s: float = 2.0) -> None:
+        """Follow until ``stop`` is set: ranges back to back while behind, a poll every ``poll_s`` after.
+        A node that stays unreachable through the RPC client's retries is tried again after a pause."""
+        start = start_block
+        while not stop.is_set():
+            try:
+                chunk = await self.step(start)
+                start = None
+            except (RpcError, RpcUnavailable) as exc:
+                log.error("follow.rpc_failed", extra={"chain": self.chain, "error": str(exc)})
+                chunk = None
+            if chunk is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=poll_s)

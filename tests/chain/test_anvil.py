@@ -1,0 +1,155 @@
+"""The chain follower against a real local chain: anvil running the contracts of PulseTestTokens.sol (an
+ERC-721 with ERC-4906 updates, an ERC-1155, and a Seaport stand-in at Seaport 1.6's address that emits the
+real OrderFulfilled). Mint, transfer, batch transfer, metadata update, burn and a sale; after each step the
+follower (0 confirmations, checkpoint in the database) brings the new blocks into a running Pulse, whose
+owners then equal ``ownerOf`` read from the chain, and ``pulse verify`` finds no difference."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlmodel import col, select
+
+from nftpulse.adapters.logs import SEAPORT
+from nftpulse.follow import Follower
+from nftpulse.store import chain as checkpoints
+from nftpulse.store import events as event_log
+from nftpulse.store.models import EventRecord
+from nftpulse.verify import verify
+from tests.chain.anvil import Eth, anvil, calldata, compile_contracts, missing_tools
+from tests.conftest import RunningPulse, free_port
+
+SEAPORT_16 = next(a for a, name in SEAPORT.items() if name == "seaport-1.6")
+ETH = 10**18
+
+if os.environ.get("CI") and missing_tools():
+    raise RuntimeError(f"CI runs the chain tests: {missing_tools()}")
+pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=str(missing_tools()))
+
+
+@dataclass
+class Chain:
+    eth: Eth
+    nft: str
+    multi: str
+    alice: str
+    bob: str
+    carol: str
+    fees: str
+
+
+@pytest_asyncio.fixture
+async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
+    code = await asyncio.to_thread(compile_contracts, tmp_path / "solc")
+    with anvil(free_port()) as url:
+        async with httpx.AsyncClient(timeout=30) as http:
+            eth = Eth(url, http)
+            alice, bob, carol, fees = (await eth.accounts())[:4]
+            nft = await eth.deploy(alice, code["TestERC721"])
+            multi = await eth.deploy(alice, code["TestERC1155"])
+            # Seaport's code at Seaport's address: the follower believes OrderFulfilled only from there.
+            stand_in = await eth.deploy(alice, code["TestSeaport"])
+            await eth.call("anvil_setCode", SEAPORT_16, await eth.call("eth_getCode", stand_in, "latest"))
+            yield Chain(eth, nft, multi, alice, bob, carol, fees)
+
+
+async def settle(pulse: RunningPulse, follower: Follower, limit_s: float = 30) -> None:
+    """Follow up to the head, then wait until Pulse has processed every event."""
+    while await follower.step(start_block=None) is not None:
+        pass
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while True:
+        counts = event_log.status_counts(pulse.db)
+        if not {"received", "dispatched", "applied"} & {k for k, v in counts.items() if v}:
+            assert not counts.get("failed"), counts
+            return
+        assert asyncio.get_running_loop().time() < deadline, counts
+        await asyncio.sleep(0.1)
+
+
+async def check_owners(pulse: RunningPulse, chain: Chain, tokens: range) -> None:
+    for token in tokens:
+        truth = await chain.eth.owner_of(chain.nft, token)
+        answer = await pulse.http.get(
+            f"/v1/nfts/ethereum/{chain.nft}/{token}", headers=pulse.keys.auth("read")
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["owner"] == truth, (token, answer.json()["owner"], truth)
+    report = await asyncio.to_thread(verify, pulse.db)
+    assert report.ok, report.differences[:5]
+
+
+async def test_follower_keeps_pulse_equal_to_the_chain(pulse: RunningPulse, chain: Chain) -> None:
+    eth, c = chain.eth, chain
+    settings = pulse.settings.model_copy(
+        update={"chain_rpc_url": eth.url, "chain_confirmations": 0, "chain_contracts": f"{c.nft},{c.multi}"}
+    )
+    follower = Follower.from_settings(settings, pulse.db, batch_blocks=3)
+    try:
+        await follower.step(start_block=1)  # the deployments: no NFT logs yet
+
+        for token in (1, 2, 3):
+            await eth.send(c.alice, c.nft, calldata("mint(address,uint256)", c.alice, token))
+        await eth.send(c.alice, c.multi, calldata("mint(address,uint256,uint256)", c.alice, 7, 10))
+        await settle(pulse, follower)
+        await check_owners(pulse, c, range(1, 4))
+
+        await eth.send(c.alice, c.nft, calldata("transferFrom(address,address,uint256)", c.alice, c.bob, 1))
+        batch = calldata(
+            "safeBatchTransferFrom(address,address,uint256[],uint256[])", c.alice, c.bob, [7], [4]
+        )
+        await eth.send(c.alice, c.multi, batch)
+        await settle(pulse, follower)
+        await check_owners(pulse, c, range(1, 4))
+        # The batch's entry is an event of its own (id: the log's and its position), with its quantity.
+        (entry,) = [
+            e
+            for e in (await asyncio.to_thread(_chain_events, pulse))
+            if e.contract == c.multi and e.type == "transfer"
+        ]
+        assert entry.data["quantity"] == 4 and entry.external_id.endswith(":0")
+
+        await eth.send(c.alice, c.nft, calldata("refresh(uint256)", 2))
+        await eth.send(c.alice, c.nft, calldata("refreshRange(uint256,uint256)", 1, 3))
+        await eth.send(c.alice, c.nft, calldata("burn(uint256)", 3))
+        await settle(pulse, follower)
+        await check_owners(pulse, c, range(1, 4))
+        assert follower.report.refreshes == 2
+
+        # A sale through Seaport: bob buys alice's #2 for 1 ETH (2.5 % to the fee recipient).
+        await eth.send(c.alice, c.nft, calldata("setApprovalForAll(address,bool)", SEAPORT_16, True))
+        fill = calldata(
+            "fulfil(address,uint256,address,address,uint256)", c.nft, 2, c.alice, c.fees, ETH // 40
+        )
+        await eth.send(c.bob, SEAPORT_16, fill, value=ETH)
+        await settle(pulse, follower)
+        await check_owners(pulse, c, range(1, 4))
+        nft = (await pulse.http.get(f"/v1/nfts/ethereum/{c.nft}/2", headers=pulse.keys.auth("read"))).json()
+        sale = nft["last_sale"]
+        assert (sale["price"], sale["currency"], sale["seller"], sale["buyer"]) == (
+            "1",
+            "ETH",
+            c.alice,
+            c.bob,
+        )
+
+        # Reading every block again (a backfill over the followed range) adds nothing.
+        before = sum(event_log.status_counts(pulse.db).values())
+        report = await follower.backfill(1, await eth.head())
+        assert report.duplicates > 0 and sum(event_log.status_counts(pulse.db).values()) == before
+        saved = checkpoints.checkpoint(pulse.db, "ethereum")
+        assert saved is not None and saved.block_number == await eth.head()
+    finally:
+        await follower.aclose()
+
+
+def _chain_events(pulse: RunningPulse) -> list[EventRecord]:
+    with pulse.db.read() as session:
+        return list(session.exec(select(EventRecord).where(col(EventRecord.source) == "chain")))

@@ -203,6 +203,7 @@ class Rate(SQLModel, table=True):
     rate: str = Field(max_length=80)
     event_seq: int = Field(sa_type=BigInteger, unique=True)
 
+
 class ChainCursor(SQLModel, table=True):
     """How far the chain follower (``pulse follow``) has read one chain: the last block whose logs are in the
     event log, and that block's hash (a different hash at that height later means the chain reorganised)."""
@@ -213,4 +214,3 @@ class ChainCursor(SQLModel, table=True):
     block_number: int = Field(sa_type=BigInteger)
     block_hash: str = Field(max_length=66)
     updated_at: datetime = Field(sa_type=_tz())
-

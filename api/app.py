@@ -20,11 +20,13 @@ from nftpulse.api import (
     inbox,
     ops,
     sources,
+    stream,
     subscriptions,
     users,
 )
 from nftpulse.api.backlog import BacklogMonitor
 from nftpulse.api.deps import Services
+from nftpulse.api.limits import BodyLimit
 from nftpulse.core.settings import Settings
 from nftpulse.store.cache import EntityCache
 from nftpulse.store.db import Database
@@ -37,12 +39,15 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(backlog.run())
+        pruning = asyncio.create_task(stream.prune_forever(app.state.services))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for running in (task, pruning):
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+            await stream.feeds_of(app, app.state.services).close()
 
     app = FastAPI(
         title="Pulse",
@@ -57,7 +62,8 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
     )
     errors.install(app)
     docs.install(app)
+    app.add_middleware(BodyLimit)
 
-    for module in (health, events, sources, entities, ops, users, subscriptions, inbox, callbacks):
+    for module in (health, events, sources, entities, ops, users, subscriptions, inbox, callbacks, stream):
         app.include_router(module.router)
     return app

@@ -89,7 +89,11 @@ async def twilio_callback(
     token = services.settings.twilio_auth_token
     if not token:
         raise HTTPException(503, "Twilio is not configured")
-    params = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    try:
+        form = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput([{"field": "body", "reason": "not UTF-8 text"}]) from exc
+    params = dict(parse_qsl(form, keep_blank_values=True))
     base = services.settings.public_base_url
     # Twilio signs the public URL it called; behind a proxy that is not the URL this process sees.
     url = f"{base.rstrip('/')}{request.url.path}" if base else str(request.url.remove_query_params([]))

@@ -7,12 +7,15 @@ gets 403. Bad input is answered 422 naming each field (``api/errors.py``).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import HTTPException, Path
-from pydantic import BaseModel, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
+from nftpulse.api.errors import InvalidInput
+from nftpulse.domain.events import INT64_MAX
 from nftpulse.store.keys import Principal
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.@:-]{1,120}$"
@@ -25,6 +28,34 @@ IsoTime = Annotated[
     PlainSerializer(lambda v: v.isoformat(), return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+
+
+#: A row id, sequence number or offset: what a signed 64-bit column holds.
+Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
+#: A row id in a request body: positive, within int64.
+RowId = Annotated[int, Field(ge=1, le=INT64_MAX)]
+
+_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _ascii_digits(value: object) -> object:
+    # Query values arrive as text; pydantic alone would also take " 1", "+1", "1.0" and "1_0".
+    if isinstance(value, str) and not _ASCII_DIGITS.fullmatch(value):
+        raise ValueError("must be a whole number written in ASCII digits")
+    return value
+
+
+#: A count or offset in a query string: ASCII digits only, within int64 (``Query`` adds tighter bounds).
+QueryInt = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=INT64_MAX)]
+
+
+def parse_row_id(raw: str, field: str, reason: str) -> int:
+    """A row id sent as text (a path segment, a cursor, ``Last-Event-ID``): ASCII digits only (``³`` and
+    other Unicode digits are refused, where ``str.isdigit`` and ``int`` would take them), within int64;
+    else 422 naming ``field``."""
+    if not _ASCII_DIGITS.fullmatch(raw) or int(raw) > INT64_MAX:
+        raise InvalidInput([{"field": field, "reason": reason}])
+    return int(raw)
 
 
 def authorize(principal: Principal, user_id: str) -> None:

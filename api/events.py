@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import unicodedata
 import weakref
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from nftpulse.api.errors import InvalidInput
 from nftpulse.core import tracing
 from nftpulse.core.metrics import EVENTS_INGESTED, INGEST_SECONDS, SHED
 from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
-from nftpulse.domain.events import DATA_MODELS, MAX_BATCH, Event, field_errors
+from nftpulse.domain.events import DATA_MODELS, MAX_BATCH, MAX_EVENT_BYTES, Event, field_errors
 from nftpulse.store import events
 from nftpulse.store.db import Database
 from nftpulse.store.entities import FloorCache
@@ -150,6 +151,10 @@ def parse_batch(raw: bytes) -> list[Event]:
                 {"index": i, "field": ".".join(map(str, prefix[i])) or "body", "reason": "must be an object"}
             )
             continue
+        if len(orjson.dumps(item)) > MAX_EVENT_BYTES:
+            field = ".".join(map(str, prefix[i])) or "body"
+            errors.append({"index": i, "field": field, "reason": f"at most {MAX_EVENT_BYTES} bytes as JSON"})
+            continue
         try:
             parsed.append(Event.model_validate(item))
         except ValidationError as exc:
@@ -264,9 +269,11 @@ async def accept(services: Services, batch: list[Event], started: float) -> Inge
     return result
 
 
-@router.get("/{source}/{event_id}", response_model=EventStatusOut)
+@router.get("/{source}/{event_id:path}", response_model=EventStatusOut)
 def event_status(source: str, event_id: str, services: ServicesDep, _key: ReadKey) -> EventStatusOut:
-    row = events.get(services.db, source, event_id)
+    """An event's status. The id is the rest of the path, so ids holding ``/`` are read back too; it
+    compares in NFC, as ingest stored it."""
+    row = events.get(services.db, source, unicodedata.normalize("NFC", event_id))
     if row is None:
         raise HTTPException(404, f"no event with source '{source}' and id '{event_id}'")
     return EventStatusOut(

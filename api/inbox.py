@@ -12,18 +12,20 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
-from nftpulse.api.common import IsoTime, UserId, authorize
+from nftpulse.api.common import IsoTime, QueryInt, UserId, authorize, parse_row_id
 from nftpulse.api.deps import PrincipalDep, Services, ServicesDep
-from nftpulse.api.errors import InvalidInput
+from nftpulse.api.stream import StreamPrincipalDep, Tail, feeds_of
 from nftpulse.core.delivery import DeliveryStatus
 from nftpulse.core.metrics import DELIVERIES, NOTIFICATIONS_READ
 from nftpulse.domain.routing import DeliveryRoute
@@ -93,18 +95,14 @@ def notification_out(row: store.Notification, deliveries: list[store.Delivery]) 
     )
 
 
-def _cursor(cursor: str | None) -> int | None:
+def _cursor(cursor: str | None, field: str = "cursor") -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit():
-        raise InvalidInput([{"field": "cursor", "reason": "use next_cursor from the previous page"}])
-    return int(cursor)
+    return parse_row_id(cursor, field, "use the id of a notification (next_cursor from the previous page)")
 
 
 def _notification_id(raw: str) -> int:
-    if not raw.isdigit():
-        raise InvalidInput([{"field": "notification_id", "reason": "must be a notification id"}])
-    return int(raw)
+    return parse_row_id(raw, "notification_id", "must be a notification id")
 
 
 @router.get("/users/{user_id}/notifications")
@@ -113,7 +111,7 @@ async def list_notifications(
     principal: PrincipalDep,
     services: ServicesDep,
     unread: bool = False,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[QueryInt, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> InboxPage:
     """The inbox, newest first; ``next_cursor`` pages on."""
@@ -235,8 +233,9 @@ _STREAM_DOC = (
     },
 )
 async def stream(
+    request: Request,
     user_id: UserId,
-    principal: PrincipalDep,
+    principal: StreamPrincipalDep,
     services: ServicesDep,
     last_event_id: Annotated[str | None, Header()] = None,
     after: str | None = None,
@@ -244,47 +243,87 @@ async def stream(
 ) -> StreamingResponse:
     """Server-sent events: each new inbox row as ``event: notification`` with ``id`` = its id.
 
-    The stream polls the inbox's index (the worker writing rows may be another process) and ends after
-    ``max_s`` seconds; EventSource reconnects by itself with ``Last-Event-ID`` and misses nothing.
-    Without an id, the stream starts with what arrives from now on.
+    One reader per process follows every inbox (``api.stream.Tail``) and hands each user's rows to that
+    user's streams. The stream ends after ``max_s`` seconds; EventSource reconnects by itself with
+    ``Last-Event-ID`` and misses nothing. Without an id, the stream starts with what arrives from now on.
+    Browsers pass a stream token (``POST /v1/stream/tokens``) as ``?token=``.
     """
     authorize(principal, user_id)
-    start = _cursor(last_event_id or after)
+    start = _cursor(last_event_id, "Last-Event-ID") if last_event_id else _cursor(after, "after")
+    tail = inbox_tail(request.app, services)
 
-    def latest() -> int:
-        with services.db.read() as s:
-            rows = notifications.inbox(s, user_id, include_archived=True, limit=1)
-            return rows[0].id or 0 if rows else 0
-
-    def newer(after_id: int) -> list[NotificationOut]:
+    def newer(after_id: int) -> list[InboxRow]:
         with services.db.read() as s:
             rows = notifications.inbox(s, user_id, include_archived=True, after_id=after_id, limit=100)
-            deliveries = notifications.deliveries_for(s, [r.id for r in rows if r.id is not None])
-            return [notification_out(r, deliveries.get(r.id or 0, [])) for r in rows]
+            return _inbox_rows(s, rows)
 
     async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_s
-        cursor = start if start is not None else await run_in_threadpool(latest)
-        yield b"retry: 2000\n\n"
-        idle = 0.0
-        while loop.time() < deadline:
-            items = await run_in_threadpool(newer, cursor)
-            for item in items:
-                cursor = int(item.id)
-                data = json.dumps(item.model_dump(mode="json"))
-                yield f"id: {item.id}\nevent: notification\ndata: {data}\n\n".encode()
-            if items:
-                idle = 0.0
-                continue
-            await asyncio.sleep(0.5)
-            idle += 0.5
-            if idle >= 15:
-                idle = 0.0
-                yield b": keep-alive\n\n"  # proxies close silent connections
+        sub = await tail.subscribe(lambda row: row.user_id == user_id)
+        try:
+            yield b"retry: 2000\n\n"
+            sent: set[int] = set()
+            cursor = start
+            while cursor is not None:
+                page = await run_in_threadpool(newer, cursor)
+                for row in page:
+                    sent.add(row.id)
+                    cursor = row.id
+                    yield row.event()
+                if len(page) < 100:
+                    break
+            while (left := deadline - loop.time()) > 0 and not (sub.overflowed and sub.queue.empty()):
+                try:
+                    row = await asyncio.wait_for(sub.queue.get(), timeout=min(left, 15.0))
+                except TimeoutError:
+                    yield b": keep-alive\n\n"  # proxies close silent connections
+                    continue
+                if row.id not in sent:
+                    yield row.event()
+        finally:
+            tail.unsubscribe(sub)
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    """One inbox row as the live streams send it, and whose it is."""
+
+    id: int
+    user_id: str
+    item: NotificationOut
+
+    def event(self) -> bytes:
+        data = json.dumps(self.item.model_dump(mode="json"))
+        return f"id: {self.id}\nevent: notification\ndata: {data}\n\n".encode()
+
+
+def _inbox_rows(s: Session, rows: list[store.Notification]) -> list[InboxRow]:
+    deliveries = notifications.deliveries_for(s, [r.id for r in rows if r.id is not None])
+    return [InboxRow(r.id or 0, r.user_id, notification_out(r, deliveries.get(r.id or 0, []))) for r in rows]
+
+
+def inbox_tail(app: FastAPI, services: Services) -> Tail[InboxRow]:
+    """The process's one reader of every inbox, made on first use."""
+    feeds = feeds_of(app, services)
+    tail = feeds.others.get("inbox")
+    if tail is None:
+        db = services.db
+
+        def fetch(after_id: int, limit: int) -> list[InboxRow]:
+            with db.read() as s:
+                return _inbox_rows(s, notifications.inbox_after(s, after_id, limit))
+
+        def head() -> int:
+            with db.read() as s:
+                return notifications.newest_id(s)
+
+        # A row becomes visible when its in-app delivery stamps it, moments after its id was taken.
+        tail = feeds.others["inbox"] = Tail(fetch, head, lambda row: row.id, settle_s=30.0)
+    return tail

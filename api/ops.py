@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
+from nftpulse.api.common import QueryInt, RowId
 from nftpulse.api.deps import AdminKey, Services, ServicesDep
 from nftpulse.store import events, notifications
 from nftpulse.store.events import ReplayFilter
@@ -56,8 +57,8 @@ class FailureAction(BaseModel):
     escalation or retries) and acknowledges the events."""
 
     action: Literal["retry", "skip", "cancel"]
-    seqs: list[int] = Field(default_factory=list, max_length=10_000)
-    notification_ids: list[int] = Field(default_factory=list, max_length=10_000)
+    seqs: list[RowId] = Field(default_factory=list, max_length=10_000)
+    notification_ids: list[RowId] = Field(default_factory=list, max_length=10_000)
 
     @model_validator(mode="after")
     def _something(self) -> FailureAction:
@@ -80,8 +81,8 @@ class ActionResult(BaseModel):
 async def list_failures(
     services: ServicesDep,
     _key: AdminKey,
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    limit: Annotated[QueryInt, Query(ge=1, le=500)] = 50,
+    offset: Annotated[QueryInt, Query()] = 0,
 ) -> FailureList:
     rows = await run_in_threadpool(events.failures, services.db, limit, offset)
     ui = services.settings.effective_temporal_ui_url

@@ -6,21 +6,111 @@ market feeds) converts its payload into :class:`Event` before it reaches the log
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 MAX_BATCH = 1000
 
+# -- bounds: what the engines, the event log and both databases hold ------------------------------------
+#: Block numbers and quantities: a signed 64-bit column on either database.
+INT64_MAX = 2**63 - 1
+#: Log indexes (positions within one block, in the thousands at most): the event log's 32-bit column.
+INT32_MAX = 2**31 - 1
+#: Amounts and rates: at most 15 integer and 18 fractional digits (wei), no exponent. The engines quantize
+#: prices to 1e-12 within a 28-digit context, which a larger integer part would overflow.
+MAX_INT_DIGITS, MAX_FRACTION_DIGITS = 15, 18
+#: Timestamps: from the Unix epoch to the end of 2199 (UTC). Both databases, Python's datetime and the
+#: engines' microsecond clocks hold this range with room on either side for any time zone offset.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: One event as JSON, one string anywhere in its ``data`` (keys too), and how deep ``data`` may nest.
+MAX_EVENT_BYTES = 64 * 1024
+MAX_STRING_CHARS = 4096
+MAX_DATA_DEPTH = 16
+
 _WALLET = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_DECIMAL_STR = re.compile(r"^\d+(\.\d+)?$")
-_TOKEN_ID = re.compile(r"^\d{1,78}$")
+_DECIMAL_STR = re.compile(rf"^[0-9]{{1,{MAX_INT_DIGITS}}}(\.[0-9]{{1,{MAX_FRACTION_DIGITS}}})?$")
+_TOKEN_ID = re.compile(r"^[0-9]{1,78}$")
 ZERO_ADDRESS = "0x" + "0" * 40
+_AMOUNT_RULE = (
+    f"a non-negative decimal string such as '1.25': at most {MAX_INT_DIGITS} digits before the point "
+    f"and {MAX_FRACTION_DIGITS} after it, no exponent"
+)
+_TIME_RULE = "must lie between 1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z"
+
+
+def _time_in_range(v: datetime) -> datetime:
+    """A timestamp the engines and databases hold; naive ones are read as UTC."""
+    # The year is checked before any conversion: year 1 minus an offset does not exist (OverflowError).
+    if not EARLIEST.year - 1 <= v.year <= LATEST.year:
+        raise ValueError(_TIME_RULE)
+    if not EARLIEST <= (v if v.tzinfo is not None else v.replace(tzinfo=UTC)) < LATEST:
+        raise ValueError(_TIME_RULE)
+    return v
+
+
+#: A timestamp within :data:`EARLIEST` .. :data:`LATEST`.
+BoundedTime = Annotated[datetime, AfterValidator(_time_in_range)]
+
+
+def normalize_id(value: Any) -> Any:
+    """Ids compare as Unicode NFC: the NFD and NFC spellings of one id are one id."""
+    if not isinstance(value, str):
+        return value
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters")
+    return unicodedata.normalize("NFC", value)
+
+
+def check_json_value(value: Any, depth: int = 0) -> tuple[tuple[str | int, ...], str] | None:
+    """Where and why a free-form JSON value (an event's ``data``) cannot be stored, or None: strings
+    longer than :data:`MAX_STRING_CHARS` or holding NUL (which Postgres text refuses), non-finite
+    numbers, nesting deeper than :data:`MAX_DATA_DEPTH`. Keys are checked as strings are."""
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            return (), f"at most {MAX_STRING_CHARS} characters"
+        if "\x00" in value:
+            return (), "must not contain NUL characters"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ((), "must be a finite number")
+    if isinstance(value, dict | list):
+        if depth >= MAX_DATA_DEPTH:
+            return (), f"nested deeper than {MAX_DATA_DEPTH} levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            bad = check_json_value(key, depth + 1) if isinstance(key, str) else None
+            if bad is not None:
+                return (), f"a key {bad[1]}"
+            bad = check_json_value(item, depth + 1)
+            if bad is not None:
+                return (key, *bad[0]), bad[1]
+    return None
+
+
+class DataFieldError(ValueError):
+    """A part of an event's ``data`` that cannot be stored; ``path`` leads to it from ``data``."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
 
 
 class EventType(StrEnum):
@@ -69,7 +159,7 @@ class Price(BaseModel):
     @classmethod
     def _amount(cls, v: str) -> str:
         if not _DECIMAL_STR.match(v):
-            raise ValueError("must be a non-negative decimal string such as '1.25'")
+            raise ValueError(f"must be {_AMOUNT_RULE}")
         try:
             Decimal(v)
         except InvalidOperation as exc:  # pragma: no cover - the regex already excludes this
@@ -91,7 +181,7 @@ class Price(BaseModel):
 class _Transferish(_Data):
     from_: str | None = Field(default=None, alias="from")
     to: str | None = None
-    quantity: int = Field(default=1, ge=1)
+    quantity: int = Field(default=1, ge=1, le=INT64_MAX)
 
     @field_validator("from_", "to")
     @classmethod
@@ -123,7 +213,7 @@ class SaleData(_Transferish):
 class ListingData(_Data):
     seller: str
     price: Price
-    expires_at: datetime | None = None
+    expires_at: BoundedTime | None = None
     marketplace: str | None = None
 
     _seller = field_validator("seller")(lambda cls, v: _wallet(v))
@@ -138,7 +228,7 @@ class ListingCancelledData(_Data):
 class BidData(_Data):
     bidder: str
     price: Price
-    expires_at: datetime | None = None
+    expires_at: BoundedTime | None = None
 
     _bidder = field_validator("bidder")(lambda cls, v: _wallet(v))
 
@@ -165,7 +255,7 @@ class FraudFindingData(_Data):
 class SocialSignalData(_Data):
     platform: str = Field(min_length=1, max_length=64)
     metric: str = Field(min_length=1, max_length=64, description="mentions, sentiment, followers, ...")
-    value: float
+    value: float = Field(allow_inf_nan=False)
 
 
 class PriceTickData(_Data):
@@ -178,7 +268,7 @@ class PriceTickData(_Data):
     @classmethod
     def _rate(cls, v: str) -> str:
         if not _DECIMAL_STR.match(v) or Decimal(v) <= 0:
-            raise ValueError("must be a positive decimal string")
+            raise ValueError(f"must be positive, {_AMOUNT_RULE}")
         return v
 
     @field_validator("pair")
@@ -224,14 +314,27 @@ class Event(BaseModel):
     id: str = Field(min_length=1, max_length=200)
     source: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     type: EventType
-    occurred_at: datetime
+    occurred_at: BoundedTime
     chain: str = Field(min_length=1, max_length=32, pattern=r"^[a-z0-9-]+$")
     contract: str
     token_id: str | None = None
-    block_number: int | None = Field(default=None, ge=0)
-    log_index: int | None = Field(default=None, ge=0)
+    block_number: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    log_index: int | None = Field(default=None, ge=0, le=INT32_MAX)
     tx_hash: str | None = Field(default=None, max_length=80)
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, v: Any) -> Any:
+        return normalize_id(v)
+
+    @field_validator("data")
+    @classmethod
+    def _storable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = check_json_value(v)
+        if bad is not None:
+            raise DataFieldError(*bad)
+        return v
 
     @field_validator("contract")
     @classmethod
@@ -326,6 +429,10 @@ def field_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> li
                         "reason": sub["msg"].removeprefix("Value error, "),
                     }
                 )
+            continue
+        if isinstance(inner, DataFieldError):
+            field = ".".join(map(str, (*prefix, "data", *inner.path)))
+            items.append({"field": field, "reason": inner.reason})
             continue
         loc = tuple(x for x in err["loc"] if x not in ("function-after[_typed_data(), Event]",))
         field = ".".join(map(str, (*prefix, *loc))) or ".".join(map(str, prefix))

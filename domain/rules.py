@@ -36,7 +36,7 @@ import math
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -135,39 +135,51 @@ def change_time(change: MetricChange) -> datetime:
     return change.at.astimezone(UTC)
 
 
+#: Bounds of rule parameters: durations up to a year, relative moves up to 1,000 times (100,000 %), z-scores
+#: up to 1,000, levels of at most 30 digits (18 after the point).
+MAX_SECONDS = 366 * 86400.0
+MAX_RATIO = 1000.0
+MAX_Z = 1000.0
+Level = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=30, decimal_places=18)]
+
+
 class Rule(BaseModel):
     """A user's rule on one metric. Parameters not used by the rule's kind are ignored.
 
     ``severity`` is the base severity; ``critical_*`` parameters upgrade a firing to critical.
     """
 
-    model_config = ConfigDict(frozen=True)
+    # Every number finite (no Infinity or NaN, which Python's JSON parser reads) and bounded: the
+    # detectors do arithmetic on them for every change of the metric.
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    id: str
+    id: str = Field(min_length=1, max_length=64)
     kind: RuleKind
-    metric: str
+    metric: str = Field(min_length=1, max_length=64)
     severity: AlertSeverity | None = Field(
         default=None, description="base severity; None: the kind's default"
     )
-    cooldown_s: float = Field(default=3600.0, ge=0)
+    cooldown_s: float = Field(default=3600.0, ge=0, le=MAX_SECONDS)
     # threshold
-    level: Decimal | None = None
+    level: Level | None = None
     direction: Literal["below", "above"] = "below"
-    rearm: Decimal | None = Field(default=None, description="level to move back past; default level ± 5 %")
-    critical_level: Decimal | None = None
+    rearm: Level | None = Field(default=None, description="level to move back past; default level ± 5 %")
+    critical_level: Level | None = None
     # relative_change
-    pct: float = Field(default=0.20, gt=0)
-    window_s: float = Field(default=3600.0, gt=0)
-    rearm_pct: float | None = Field(default=None, gt=0, description="default pct / 2")
-    critical_pct: float | None = Field(default=None, gt=0)
+    pct: float = Field(default=0.20, gt=0, le=MAX_RATIO)
+    window_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
+    rearm_pct: float | None = Field(default=None, gt=0, le=MAX_RATIO, description="default pct / 2")
+    critical_pct: float | None = Field(default=None, gt=0, le=MAX_RATIO)
     # trend_reversal
-    band: float = Field(default=0.0, ge=0, description="dead band: slope or relative EWMA gap to register")
+    band: float = Field(
+        default=0.0, ge=0, le=MAX_RATIO, description="dead band: slope or relative EWMA gap to register"
+    )
     fast_alpha: float = Field(default=0.5, gt=0, le=1)
     slow_alpha: float = Field(default=0.1, gt=0, le=1)
     # anomaly
-    z: float = Field(default=3.5, gt=0)
-    rearm_z: float | None = Field(default=None, ge=0, description="default z - 1")
-    critical_z: float | None = Field(default=None, gt=0)
+    z: float = Field(default=3.5, gt=0, le=MAX_Z)
+    rearm_z: float | None = Field(default=None, ge=0, le=MAX_Z, description="default z - 1")
+    critical_z: float | None = Field(default=None, gt=0, le=MAX_Z)
     # new_risk
     min_level: str = "medium"
     rearm_level: str = "low"

@@ -48,6 +48,7 @@ from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.events import Event, EventType, utcnow
 from nftpulse.domain.impact import SEVERITIES, analyze_each
 from nftpulse.store import books, entities, events
+from nftpulse.store import changes as changelog
 from nftpulse.store.books import BookWrite
 from nftpulse.store.cache import EntityCache
 from nftpulse.store.db import Database, TransientStoreError
@@ -409,7 +410,8 @@ class PipelineActivities:
             # cache it afterwards, so once the events below read processed, every read shows their effect.
             # A rollback leaves the floors ahead of the rows, which only sends reads to the database until
             # the retry writes those versions.
-            self._cache.invalidate(entities.write_views(session, writes, views_at))
+            versions = entities.write_views(session, writes, views_at)
+            self._cache.invalidate(versions)
             processed_at = events.mark_done(session, [r.seq or 0 for r in applied])
             seqs = sorted(r.seq or 0 for r in applied)
             changes = ChangeSet.of(
@@ -424,6 +426,11 @@ class PipelineActivities:
             if changes and seqs:
                 cause = f"{inp.workflow_id}@{seqs[0]}-{seqs[-1]}"
                 entities.add_change_batch(session, inp.workflow_id, cause, changes.columns())
+                # The live change feed's log, in the same transaction: a change is in it exactly when
+                # its batch committed.
+                events_of = [(r.partition, r.token_id, r.source, r.external_id) for r in applied]
+                causes = changelog.causes_of(events_of, changes)
+                changelog.append(session, changes, versions, causes, views_at)
             isolated = [self._isolate(session, row, exc, inp.workflow_id) for row, exc in poison]
             RECALC_SECONDS.labels("book").observe(time.perf_counter() - started)
         log.info(

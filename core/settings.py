@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: float = 300.0
     cache_max_entries: int = 100_000
+    change_log_retention_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="how long the live change feed can be resumed from a cursor (the change log's retention)",
+    )
 
     # Notification channels: a provider whose settings are unset is absent from the channel registry.
     public_base_url: str = Field(

@@ -451,3 +451,19 @@ def unread_with_delivery(session: Session, user_ids: Iterable[str], channel: str
         ).all()
     )
     return sorted({int(i) for (i,) in rows})
+
+
+def inbox_after(session: Session, after_id: int, limit: int = 500) -> list[Notification]:
+    """Every user's inbox rows past ``after_id``, oldest first: what the live inbox streams fan out."""
+    stmt = (
+        select(Notification)
+        .where(col(Notification.id) > after_id, col(Notification.inbox_at).is_not(None))
+        .order_by(col(Notification.id))
+        .limit(limit)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def newest_id(session: Session) -> int:
+    """The newest notification id (0 when there is none)."""
+    return int(session.execute(select(func.max(col(Notification.id)))).scalar() or 0)

@@ -214,3 +214,49 @@ class ChainCursor(SQLModel, table=True):
     block_number: int = Field(sa_type=BigInteger)
     block_hash: str = Field(max_length=66)
     updated_at: datetime = Field(sa_type=_tz())
+
+
+class ChangeLogRecord(SQLModel, table=True):
+    """One entity's changed fields in one applied batch: the live change feed's durable log (``/v1/stream``,
+    ``/v1/ws``). Written in the recalculation's transaction; its id is the feed's cursor. Rows older than
+    the retention (``PULSE_CHANGE_LOG_RETENTION_S``) are pruned (``store.changes.prune``)."""
+
+    __tablename__ = "change_log"
+    __table_args__ = (
+        Index("ix_change_log_entity", "entity_key", "id"),
+        Index("ix_change_log_created", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    entity_key: str = Field(max_length=200)
+    #: The read model's version after the batch (NFTs, collections); null for entities without one.
+    version: int | None = Field(default=None, sa_type=BigInteger)
+    #: ``{metric: [before, after]}``
+    changes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: The events that caused it (``source/id``).
+    causes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_type=_tz())
+
+
+class ChangeLogState(SQLModel, table=True):
+    """The change log's pruning watermark (one row): a cursor at or below it asks for pruned changes."""
+
+    __tablename__ = "change_log_state"
+
+    id: int = Field(primary_key=True)
+    pruned_through: int = Field(default=0, sa_type=BigInteger)
+
+
+class StreamToken(SQLModel, table=True):
+    """A short-lived token for the change feed and inbox streams (``POST /v1/stream/tokens``), usable as
+    a query parameter where a browser cannot send a header. Stored as a digest, with the API key it was
+    minted from (revoking the key ends its tokens) and the read scopes it carries."""
+
+    __tablename__ = "stream_tokens"
+    __table_args__ = (Index("ix_stream_tokens_expires", "expires_at"),)
+
+    digest: str = Field(primary_key=True, max_length=64)
+    key_id: int = Field(sa_type=BigInteger)
+    scopes: str = Field(max_length=2000)
+    expires_at: datetime = Field(sa_type=_tz())
+    created_at: datetime = Field(sa_type=_tz())

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
@@ -26,6 +29,7 @@ from nftpulse.core.settings import WORKER_ROLES, Settings, get_settings
 
 if TYPE_CHECKING:
     from nftpulse.store.db import Database
+    from nftpulse.temporal import DevServer
 
 app = typer.Typer(
     help="Pulse: real-time updates and alerts for NFT trust and market data.", no_args_is_help=True
@@ -79,6 +83,35 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
 # -- running the parts ----------------------------------------------------------------------------
 
 
+#: Once asked to stop, a process gives its parts this long to finish, then exits anyway: an activity
+#: stuck in a database call (its thread cannot be interrupted) must not hold a Ctrl-C or a SIGTERM.
+STOP_DEADLINE_S = 5.0
+
+
+class _ApiServer(uvicorn.Server):
+    """Uvicorn without its own signal handlers: ``_serve`` handles SIGINT/SIGTERM for every part, so a
+    signal stops the API and the rest together, and an API that stops by itself is a part that failed."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _exit_after(seconds: float, code: int, dev: DevServer | None) -> None:
+    """A deadline for the stop: a daemon thread that ends the process if it is still here by then."""
+
+    def deadline() -> None:
+        log.warning("pulse.stop_deadline", extra={"seconds": seconds})
+        if dev is not None:
+            dev.stop(timeout_s=1)
+        logging.shutdown()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, deadline)
+    timer.daemon = True
+    timer.start()
+
+
 async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: bool, embedded: bool) -> None:
     from nftpulse.api.app import create_app
     from nftpulse.dispatcher import Dispatcher
@@ -97,12 +130,23 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
             settings.data_dir / "temporal.db",
             settings.data_dir / "temporal.log",
         )
-        await asyncio.to_thread(dev.start)
+        # From this (the main) thread: the dev server's parent-death signal is tied to the thread that
+        # started it (see ``DevServer``).
+        dev.spawn()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)  # a second Ctrl-C: now
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    failed: str | None = None
     try:
+        if dev is not None:
+            await asyncio.to_thread(dev.wait_listening)
         # The embedded default migrates by itself; production processes refuse a database behind the code.
         db = await asyncio.to_thread(_open_db, settings, embedded)
         sdk_metrics = f"{settings.host}:{settings.temporal_sdk_metrics_port}" if worker else None
@@ -115,7 +159,7 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
         if dev is None:
             await ensure_search_attributes(client)
         cache = open_cache(settings, shares_process_with_worker=api and worker)
-        tasks: list[asyncio.Task[None]] = []
+        parts: dict[asyncio.Task[Any], str] = {}
         server: uvicorn.Server | None = None
         if api:
             config = uvicorn.Config(
@@ -125,31 +169,43 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
                 log_config=None,
                 access_log=False,
             )
-            # Uvicorn captures SIGINT/SIGTERM while it serves, exits, then re-raises the signal to the
-            # handlers set above: the rest of the process stops after the API has closed its connections.
-            server = uvicorn.Server(config)
-            tasks.append(asyncio.create_task(server.serve()))
+            server = _ApiServer(config)
+            parts[asyncio.create_task(server.serve())] = "api"
         running_worker = registry = None
         if worker:
             start_http_server(settings.worker_metrics_port, addr=settings.host)
             running_worker, registry = build_worker(client, settings, db, cache)
-            tasks.append(asyncio.create_task(running_worker.run()))
+            parts[asyncio.create_task(running_worker.run())] = "worker"
         if dispatcher:
             start_http_server(settings.dispatcher_metrics_port, addr=settings.host)
-            tasks.append(asyncio.create_task(Dispatcher(settings, db, client).run(stop)))
+            parts[asyncio.create_task(Dispatcher(settings, db, client).run(stop))] = "dispatcher"
         if embedded and settings.chain_rpc_url:
-            tasks.append(asyncio.create_task(_follow_until(stop, settings, db, None)))
+            parts[asyncio.create_task(_follow_until(stop, settings, db, None))] = "follower"
         if embedded:
             key = bootstrap_admin_key(settings, db)
             _print_where(settings, key)
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopping, *parts], return_when=asyncio.FIRST_COMPLETED)
+        ended = [task for task in done if task in parts]
+        if ended and not stop.is_set():
+            # A part ended by itself: the process is not whole any more, so it stops (and a supervisor
+            # restarts it) rather than go on without it.
+            task = ended[0]
+            failed = parts[task]
+            error = task.exception()
+            log.error("pulse.part_failed", extra={"part": failed}, exc_info=error)
+            console.print(f"[bold red]error:[/bold red] the {failed} stopped: {escape(repr(error))}")
+        stopping.cancel()
         console.print("[bold]stopping…[/bold]")
+        stop.set()
+        _exit_after(STOP_DEADLINE_S, 1 if failed else 0, dev)
         if server is not None:
             server.should_exit = True
         if running_worker is not None:
-            await running_worker.shutdown()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+            with contextlib.suppress(Exception):
+                await running_worker.shutdown()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*parts, return_exceptions=True), timeout=STOP_DEADLINE_S)
         if registry is not None:
             await registry.aclose()
         tracing.shutdown()
@@ -157,6 +213,8 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
     finally:
         if dev is not None:
             await asyncio.to_thread(dev.stop)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _service_name(*, api: bool, worker: bool, dispatcher: bool) -> str:

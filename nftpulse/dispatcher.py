@@ -4,7 +4,8 @@ Each tick reads the oldest received events, routes them by the priority they wer
 accepted (aged by how long they have waited since), records each one's route in the log (the outbox's
 commit point), then hands them to Temporal: one ``wake`` signal-with-start per
 shard for routine events, one workflow per significant event. A crash between the two steps is
-repaired by the sweep, which re-sends the hand-off for events dispatched long ago and still unfinished;
+repaired by the sweep, which re-sends the hand-off for events dispatched long ago and still unfinished,
+and at start-up for every event still dispatched (a killed predecessor's deferred wakes);
 processing is idempotent, so a second hand-off never counts an event twice.
 """
 
@@ -97,6 +98,10 @@ class Dispatcher:
         self._db = db
         self._client = client
         self._last_sweep = 0.0
+        #: Until the first sweep has run: a predecessor killed with wakes still deferred in its memory
+        #: left their events ``dispatched`` with no signal sent, so the first sweep re-sends everything
+        #: dispatched before this dispatcher started, not only what is older than ``STALE_AFTER``.
+        self._started_at: datetime | None = datetime.now(UTC)
         self._last_gauges = 0.0
         self._woken_at: dict[int, float] = {}
         self._backlog = 0
@@ -128,7 +133,7 @@ class Dispatcher:
 
     async def tick(self) -> int:
         now = time.monotonic()
-        if now - self._last_sweep > SWEEP_EVERY_S:
+        if self._started_at is not None or now - self._last_sweep > SWEEP_EVERY_S:
             self._last_sweep = now
             await self.sweep()
         if now - self._last_gauges > GAUGES_EVERY_S:
@@ -292,9 +297,13 @@ class Dispatcher:
                 TASK_QUEUE_BACKLOG.labels(queue, kind).set(described.task_queue_status.backlog_count_hint)
 
     async def sweep(self) -> None:
-        """Hand off again what was dispatched long ago and is still unfinished (lost signal or start)."""
-        stale = await asyncio.to_thread(events.stale_dispatched, self._db, datetime.now(UTC) - STALE_AFTER)
+        """Hand off again what was dispatched long ago and is still unfinished (lost signal or start), and
+        at start-up whatever a predecessor dispatched: the database, not a dispatcher's memory, is where a
+        deferred wake is kept (its events are ``dispatched``), and a second hand-off is harmless."""
+        cutoff = self._started_at or datetime.now(UTC) - STALE_AFTER
+        stale = await asyncio.to_thread(events.stale_dispatched, self._db, cutoff)
         if not stale.partitions and not stale.own:
+            self._started_at = None
             return
         log.info("dispatcher.sweep", extra={"partitions": len(stale.partitions), "events": len(stale.own)})
         shards: dict[int, list[str]] = {}
@@ -304,6 +313,7 @@ class Dispatcher:
             *[self._wake(shard, partitions) for shard, partitions in shards.items()],
             *[self._start_event(row, row.priority_class, "unknown") for row in stale.own],
         )
+        self._started_at = None
 
 
 def pause_after_tick(moved: int, batch_max: int, took_s: float, interval_s: float) -> float:

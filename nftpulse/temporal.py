@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -78,20 +83,80 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """What the child runs before exec: on Linux, ask for SIGTERM when the process that started it dies,
+    however it dies (kill -9 included), so a dev server never outlives its ``pulse up``. Resolved here, in
+    the parent: the child of a threaded process should call nothing that takes a lock."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def ask() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return ask
+
+
+def _is_dev_server(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"start-dev" in cmdline and any(
+        Path(part.decode(errors="replace")).name == "temporal" for part in cmdline
+    )
+
+
 class DevServer:
-    """``temporal server start-dev`` with its state in a file, so a restart of ``pulse up`` loses nothing."""
+    """``temporal server start-dev`` with its state in a file, so a restart of ``pulse up`` loses nothing.
+
+    Its pid is kept beside its state (``temporal.pid``): a dev server a killed predecessor left behind is
+    stopped before a new one starts, rather than holding the ports.
+    """
 
     def __init__(self, host: str, port: int, ui_port: int, db_file: Path | None, log_file: Path) -> None:
         self.host, self.port, self.ui_port = host, port, ui_port
         self.db_file = db_file
         self.log_file = log_file
+        self.pid_file = log_file.with_name("temporal.pid")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def stop_leftover(self, timeout_s: float = 10) -> bool:
+        """Stop the dev server a previous ``pulse up`` of this data dir left running; True if there was
+        one."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if not _is_dev_server(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        log.warning("temporal.leftover_dev_server", extra={"pid": pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _is_dev_server(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _is_dev_server(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
     def start(self, timeout_s: float = 60) -> None:
+        """Start it (from the main thread: the parent-death signal is tied to the thread that forks) and
+        wait until it listens."""
+        self.spawn()
+        self.wait_listening(timeout_s)
+
+    def spawn(self) -> None:
+        self.stop_leftover()
         if port_open(self.host, self.port):
             raise RuntimeError(
                 f"port {self.port} is taken: set PULSE_TEMPORAL_PORT or PULSE_TEMPORAL_ADDRESS"
@@ -118,9 +183,23 @@ class DevServer:
             cmd += ["--search-attribute", f"{key.name}=Keyword"]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log_handle = self.log_file.open("ab")
+        # A session of its own, so that a Ctrl-C stops the workers (still connected to it) first and then
+        # the server (``stop``), and the parent-death signal for when ``pulse up`` cannot stop it.
         self.process = subprocess.Popen(
-            cmd, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Tied to the thread that starts it: from any other thread the server would die with that
+            # thread, so only the main thread asks (a leftover is then stopped through the pid file).
+            preexec_fn=_parent_death_signal()
+            if threading.current_thread() is threading.main_thread()
+            else None,
         )
+        self.pid_file.write_text(str(self.process.pid))
+
+    def wait_listening(self, timeout_s: float = 60) -> None:
+        assert self.process is not None, "spawn() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -130,12 +209,14 @@ class DevServer:
             time.sleep(0.2)
         raise RuntimeError(f"temporal dev server did not listen on {self.address} within {timeout_s}s")
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def stop(self, timeout_s: float = 5) -> None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.pid_file.unlink(missing_ok=True)

@@ -38,6 +38,8 @@ from nftpulse.workflows.notify import DigestWorkflow, NotificationWorkflow
 from nftpulse.workflows.pipeline import EventWorkflow, ShardWorkflow
 
 WORKFLOWS = [ShardWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow]
+STICKY_TIMEOUT = timedelta(seconds=3)
+GRACEFUL_SHUTDOWN = timedelta(seconds=2)
 
 
 @dataclass
@@ -145,7 +147,12 @@ def build_worker(
             # tests replay the histories of real runs under the sandboxed runner
             # (tests/conftest.py::replay_under_sandbox).
             workflow_runner=UnsandboxedWorkflowRunner(),
-            graceful_shutdown_timeout=timedelta(seconds=10),
+            # A workflow's next task waits on this worker's own (sticky) queue this long before any worker
+            # may take it: the SDK's default (10 s) was how long a killed worker stalled its shards.
+            sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+            # A stop lets running activities finish this long, then cancels them: an activity that keeps
+            # failing must not hold a Ctrl-C (its retries resume on another worker).
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
 
     workers = []

@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 
 import httpx
+from temporalio.client import Client
 
+from nftpulse.dispatcher import Dispatcher
 from nftpulse.store import events as event_store
 from nftpulse.store.db import Database
 from nftpulse.synth import Stream
 from nftpulse.temporal import DevServer
 from nftpulse.verify import verify
-from tests.conftest import free_port
+from tests.conftest import RunningPulse, free_port, run_pulse
 from tests.procs import PulseProcesses
 
 
@@ -23,7 +25,7 @@ async def test_temporal_outage_loses_nothing(database_url: str, tmp_path: Path) 
     dev = DevServer(
         "127.0.0.1", free_port(), free_port(), tmp_path / "temporal.db", tmp_path / "temporal.log"
     )
-    await asyncio.to_thread(dev.start)
+    dev.start()  # from the main thread (see DevServer)
     procs = PulseProcesses(database_url, dev.address, tmp_path / "logs")
     stream = Stream(collections=3, tokens_per_collection=30, seed=5, source="outage")
     batches = [list(stream.mints()), *[stream.take(100) for _ in range(6)]]
@@ -44,7 +46,7 @@ async def test_temporal_outage_loses_nothing(database_url: str, tmp_path: Path) 
                 resp = await http.post("/v1/events", json={"events": batch})
                 assert resp.status_code == 202, resp.text  # ingest does not need Temporal
             await asyncio.sleep(2)
-            await asyncio.to_thread(dev.start)
+            dev.start()  # from the main thread (see DevServer)
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
                 counts = event_store.status_counts(db)
@@ -57,3 +59,47 @@ async def test_temporal_outage_loses_nothing(database_url: str, tmp_path: Path) 
         await asyncio.to_thread(procs.stop_all)
         await asyncio.to_thread(dev.stop)
         db.dispose()
+
+
+def _mint(eid: str, token: int) -> dict[str, object]:
+    return {
+        "id": eid,
+        "source": "handoff",
+        "type": "mint",
+        "occurred_at": "2026-11-01T10:00:00Z",
+        "chain": "ethereum",
+        "contract": "0x" + "5e" * 20,
+        "token_id": str(token),
+        "data": {"from": "0x" + "0" * 40, "to": "0x" + "a" * 40},
+    }
+
+
+async def _processed_within(pulse: RunningPulse, eid: str, seconds: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if (await pulse.status("handoff", eid))["status"] == "processed":
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_successor_dispatcher_sends_the_wakes_a_killed_one_deferred(
+    database_url: str, temporal_client: Client
+) -> None:
+    """A dispatcher conflates a shard's wakes and holds the next one back for the wake interval; killed
+    then, the wake it held is not lost with its memory: the next dispatcher sends it at start, not after
+    the sweep's minute."""
+    async with run_pulse(database_url, temporal_client, dispatcher=False) as pulse:
+        pulse.settings.partition_wake_interval_s = 120
+        first = Dispatcher(pulse.settings, pulse.db, pulse.client)
+        assert (await pulse.post(_mint("m1", 1))).status_code == 202
+        assert await first.tick() == 1  # the shard's first wake goes at once
+        assert await _processed_within(pulse, "m1", 20)
+        assert (await pulse.post(_mint("m2", 2))).status_code == 202
+        assert await first.tick() == 1  # routed and dispatched, its wake deferred ...
+        assert not await _processed_within(pulse, "m2", 1)
+        del first  # ... and the dispatcher dies (its memory with it)
+
+        successor = Dispatcher(pulse.settings, pulse.db, pulse.client)
+        await successor.tick()
+        assert await _processed_within(pulse, "m2", 10), "the deferred wake was lost with its dispatcher"

@@ -57,10 +57,12 @@ REPROCESS_FAILED = "reprocess-failed"
 #: from before took the alphabetically first.
 FAIR_DRAINING = "fair-draining"
 #: A shard's workflow task stays open while its batches run as local activities, and the SDK renews it
-#: at 80 % of this timeout. With Temporal's default (10 s) a busy worker whose event loop waits on the
-#: interpreter lock renews too late, the task times out and the batch in flight is thrown away and
-#: redone, so shards run with more headroom.
-SHARD_TASK_TIMEOUT = timedelta(seconds=60)
+#: at 80 % of this timeout. It is also how long a worker killed mid-batch holds its shard before another
+#: worker may take the task over, so it is sized to the work: a batch (``PULSE_PARTITION_BATCH_MAX``
+#: events) takes well under a second, and a renewal every 8 s leaves a busy worker's event loop,
+#: waiting on the interpreter lock, seconds of slack. (At 60 s, a kill mid-batch stalled a shard a
+#: minute.)
+SHARD_TASK_TIMEOUT = timedelta(seconds=10)
 
 
 @dataclass

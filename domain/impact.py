@@ -21,9 +21,9 @@ Edges (read from the collection book, which keeps them current):
   it names.
 
 Collection figures every NFT view derives from (floor, TWAP, trust, risk, the clock's day) are listed
-in ``nft_drivers``: when ``apply`` finds one moved past its epsilon it re-derives every NFT
-(``Change.all_nfts``); so ``Change.nfts`` is always within ``Impact.nfts`` or, with drivers, the
-collection's tokens.
+in ``nft_drivers``: when ``apply`` finds one moved past its epsilon it judges every NFT again
+(``Change.all_nfts``) and rewrites those whose own figures moved past theirs; so ``Change.nfts`` is
+always within ``Impact.nfts`` or, with drivers, the collection's tokens.
 """
 
 from __future__ import annotations

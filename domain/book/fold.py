@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, localcontext
 from typing import Any
 
+from nftpulse.domain import risk as risk_engine
+from nftpulse.domain import trust as trust_engine
 from nftpulse.domain.book.state import (
     EVENT_ERRORS,
     NFT_DRIVERS,
@@ -166,9 +168,11 @@ class BookFold(BookViews):
                 drivers |= metric in NFT_DRIVERS
                 if metric not in _HIDDEN_METRICS:
                     change.note(self.key, metric, shown, value)
+        driven: set[str] = set()
         if drivers:
             change.all_nfts = True
-            change.nfts |= set(self.tokens)
+            driven = self._driven_nfts()
+            change.nfts |= driven
 
         rarity = self._d.rarity
         # The smallest rank epsilon of any size the batch passed through: the drift bound stays an upper
@@ -189,23 +193,82 @@ class BookFold(BookViews):
             was = before.get(token_id)
             entity = self.nft_key(token_id)
             dirty = was is None or was["_core"] != now_h["_core"]
+            # What the token's written view shows, when known: small moves batch after batch add up
+            # against it, not only against the figures ahead of this batch.
+            seen = self._d.nft_shown.get(token_id)
             for metric in ("owner", "trust", "risk", "price_estimate", "rarity_rank"):
                 old = None if was is None else was[metric]
                 new = now_h[metric]
                 if metric == "trust":
                     hit = moved(old, new, abs_=eps.trust_abs)
+                    if not hit and seen is not None and moved(seen[0], new, abs_=eps.trust_abs):
+                        hit, old = True, seen[0]
                 elif metric == "price_estimate":
                     hit = moved(old, new, rel=eps.price_rel)
+                    if not hit and seen is not None and moved(seen[2], new, rel=eps.price_rel):
+                        hit, old = True, seen[2]
                 elif metric == "rarity_rank":
                     hit = False  # the publisher above decides rank significance
                 else:
                     hit = moved(old, new)
+                    if not hit and metric == "risk" and seen is not None and seen[1] != new:
+                        hit, old = True, seen[1]
                 if hit:
                     dirty = True
                     change.note(entity, metric, old, new)
             if dirty:
                 change.nfts.add(token_id)
+        # Every view written now shows the current figures: recorded for the batch's own tokens (few),
+        # forgotten for those written for another reason (rarity), so that the next driver move rewrites
+        # them rather than judge them against figures their views no longer show.
+        shown = self._d.nft_shown
+        for token_id in change.nfts - driven:
+            if token_id in own and token_id in self.tokens:
+                shown[token_id] = self._driven_headline(token_id)
+            else:
+                shown.pop(token_id, None)
         return change, failed
+
+    def _driven_headline(self, token_id: str) -> tuple[float, str, Any, Any]:
+        """The figures of an NFT's view that collection figures drive: trust, risk level, price estimate,
+        and, when those epsilons are zero (every move propagated), the whole of those parts of the view."""
+        _, coll_trust, coll_risk = self._collection_parts()
+        token_wash = self.token_wash_share(token_id)
+        estimate = self._price_estimate(token_id)
+        eps = self.epsilons
+        if eps.trust_abs <= 0 or eps.price_rel <= 0:
+            view = self.nft_view(token_id)
+            return (view["trust"]["score"], view["risk"]["level"], estimate["value"], view)
+        findings = self._findings_of(token_id)
+        return (
+            round(trust_engine.nft_trust(coll_trust, token_wash, findings).score, 2),
+            risk_engine.nft_risk_level(collection=coll_risk, findings=findings, token_wash_share=token_wash),
+            estimate["value"],
+            None,
+        )
+
+    def _driven_nfts(self) -> set[str]:
+        """A collection figure every NFT view derives from moved past its epsilon: the NFTs whose trust,
+        risk level or price estimate moved past theirs since their view was written, and those whose
+        written values are not known (a book loaded from the store). The others keep their views: like
+        every read model they lag by less than the epsilons, and a 10,000-token collection is not
+        rewritten on every floor move or fraud finding."""
+        eps = self.epsilons
+        shown = self._d.nft_shown
+        out: set[str] = set()
+        for token_id in self.tokens:
+            now = self._driven_headline(token_id)
+            was = shown.get(token_id)
+            if (
+                was is None
+                or moved(was[0], now[0], abs_=eps.trust_abs)
+                or was[1] != now[1]
+                or moved(was[2], now[2], rel=eps.price_rel)
+                or was[3] != now[3]
+            ):
+                shown[token_id] = now
+                out.add(token_id)
+        return out
 
     def _own_tokens(self, event: Event) -> set[str]:
         """Tokens whose own inputs an event may change (the token, holdings of wallets a finding names)."""

@@ -74,7 +74,9 @@ class Change:
     collection: bool = False
     #: ``(entity_key, metric) -> (before, after)``; before is the value ahead of the first event.
     metrics: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
-    #: A collection figure every NFT view derives from moved: ``nfts`` then holds every token.
+    #: A collection figure every NFT view derives from moved: every token was judged, and ``nfts`` holds
+    #: those whose trust, risk level or price estimate moved past their epsilons since their view was
+    #: written (or whose written figures are not known).
     all_nfts: bool = False
 
     def merge(self, other: Change) -> None:
@@ -169,6 +171,8 @@ class _Derived:
     headline: tuple[int, dict[str, Any], TrustResult, dict[str, Any]] | None = None
     #: Bumped on every fold and rebuild: the key of the collection-level caches.
     state_version: int = 0
+    #: Per NFT, the driven figures (trust, risk level, price estimate) its written view shows, when known.
+    nft_shown: dict[str, tuple[float, str, Any, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -27,10 +27,12 @@ metrics that did, as ``(before, after)``. ``apply_batch`` does the same for a ba
 headlines once for the whole batch, and sets aside events that fail without a trace of them.
 
 Cost per event: folding an event touches its token, the sales of its buyer and seller near it in
-time (wash rules), the neighbours of its listing-history entry (floor intervals) and, for a trait
-change, the rarity buckets it leaves and joins; nothing scales with the length of the history. Per
-batch: the collection headline, the floor series from the earliest change (the listings live then
-plus what came after) and each touched token's headline before and after.
+time (wash rules) and the neighbours of its listing-history entry (floor intervals); nothing scales
+with the length of the history. Per batch: rarity brought up to date once (a plan per changed token, or
+one rebuild of the index when that is cheaper, as in a mint-out), the collection headline, the floor
+series from the earliest change (the listings live then plus what came after), each touched token's
+headline before and after and, when a collection figure every NFT view derives from moved, each
+token's driven figures (trust, risk level, price estimate) against what its view shows.
 """
 
 from nftpulse.domain.book.collection import CollectionBook

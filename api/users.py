@@ -252,6 +252,12 @@ async def put_user(user_id: UserId, body: UserIn, principal: PrincipalDep, servi
             continue
         secret = hook.secret or generate_webhook_secret()
         webhooks.append({"url": hook.url, "secret": secret, "disabled": False})
+    # A push endpoint is a URL the user hands in too: the same rules as a webhook's.
+    for i, sub in enumerate(body.channels.push):
+        try:
+            await validate_webhook_url(sub.endpoint, allow_private=allow_private)
+        except InvalidWebhookUrl as exc:
+            errors.append({"field": f"channels.push.{i}.endpoint", "reason": str(exc)})
     if errors:
         raise InvalidInput(errors)
 

@@ -13,9 +13,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import requests
 from py_vapid import Vapid, Vapid01
 from pywebpush import WebPushException, webpush
+from requests.structures import CaseInsensitiveDict
 
 from nftpulse.channels.base import (
     DeliveryReceipt,
@@ -24,6 +26,7 @@ from nftpulse.channels.base import (
     TransientDeliveryError,
     classify_http_status,
 )
+from nftpulse.core.delivery import InvalidWebhookUrl, vet_destination_blocking
 
 #: Push services cap the encrypted record at 4 KiB; leave room for the aes128gcm header and padding.
 MAX_PAYLOAD_BYTES = 3800
@@ -38,6 +41,9 @@ class WebPushConfig:
     vapid_subject: str
     ttl_s: int = 24 * 3600
     timeout_s: float = 10.0
+    #: Accept endpoints on private or loopback addresses and plain http (tests, intranets): the webhook
+    #: policy (``PULSE_ALLOW_PRIVATE_WEBHOOKS``), since a push endpoint is a URL a user hands in too.
+    allow_private: bool = False
 
 
 def load_vapid(private_key: str) -> Vapid01:
@@ -61,6 +67,47 @@ def topic_for(collapse_key: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(collapse_key.encode()).digest()[:24]).decode()
 
 
+class VettedPushSession(requests.Session):
+    """What pywebpush posts through: each endpoint is vetted as a webhook URL is (``core.delivery``:
+    https, public addresses only in every encoding) and the request goes, with httpx and no redirects,
+    to the very address that was vetted, with the endpoint's Host and TLS server name."""
+
+    def __init__(self, allow_private: bool, timeout_s: float) -> None:
+        super().__init__()
+        self._allow_private = allow_private
+        self._http = httpx.Client(follow_redirects=False, timeout=timeout_s)
+
+    def post(  # type: ignore[override]
+        self, url: str | bytes, data: Any = None, json: Any = None, **kwargs: Any
+    ) -> requests.Response:
+        endpoint = url.decode() if isinstance(url, bytes) else url
+        pinned = vet_destination_blocking(endpoint, allow_private=self._allow_private).pinned()
+        headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
+        headers["host"] = pinned.host_header
+        try:
+            answer = self._http.post(
+                pinned.url,
+                content=data,
+                headers=headers,
+                timeout=kwargs.get("timeout") or httpx.USE_CLIENT_DEFAULT,
+                extensions={"sni_hostname": pinned.sni_hostname} if pinned.sni_hostname else None,
+            )
+        except httpx.HTTPError as exc:
+            raise requests.ConnectionError(f"{exc.__class__.__name__}: {exc}") from exc
+        response = requests.Response()
+        response.status_code = answer.status_code
+        response.reason = answer.reason_phrase
+        response.headers = CaseInsensitiveDict(answer.headers)
+        response._content = answer.content
+        response.encoding = answer.encoding
+        response.url = endpoint
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+        super().close()
+
+
 class WebPushChannel:
     """Web push to one browser subscription."""
 
@@ -69,7 +116,7 @@ class WebPushChannel:
     def __init__(self, config: WebPushConfig) -> None:
         self.config = config
         self._vapid = load_vapid(config.vapid_private_key)
-        self._session = requests.Session()
+        self._session = VettedPushSession(config.allow_private, config.timeout_s)
 
     def _payload(self, message: OutboundMessage) -> str:
         data: dict[str, Any] = {
@@ -128,6 +175,10 @@ class WebPushChannel:
                 ) from exc
             error = classify_http_status(self.name, status, resp.text, resp.headers.get("Retry-After"))
             raise (error or TransientDeliveryError(self.name, str(exc))) from exc
+        except InvalidWebhookUrl as exc:
+            raise PermanentDeliveryError(
+                self.name, f"push endpoint refused: {exc}", disable_endpoint=True, code="invalid_url"
+            ) from exc
         except requests.RequestException as exc:
             raise TransientDeliveryError(self.name, f"connection failed: {exc}") from exc
         except ValueError as exc:  # malformed keys surface as ValueError from the crypto layer

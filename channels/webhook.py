@@ -28,7 +28,7 @@ from nftpulse.channels.base import (
     TransientDeliveryError,
     parse_retry_after,
 )
-from nftpulse.core.delivery import WEBHOOK_SECRET_PREFIX, InvalidWebhookUrl, validate_webhook_url
+from nftpulse.core.delivery import WEBHOOK_SECRET_PREFIX, InvalidWebhookUrl, vet_destination
 
 #: Seconds to wait before attempts 2…8: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -79,8 +79,6 @@ class WebhookConfig:
     allow_private: bool = False
     timeout_s: float = 15.0
     user_agent: str = "Pulse-Webhooks/1"
-    #: vet the URL (DNS) before every attempt too, not only at registration: DNS may have changed.
-    validate_on_send: bool = True
 
 
 def webhook_body(message: OutboundMessage) -> bytes:
@@ -96,7 +94,8 @@ def webhook_body(message: OutboundMessage) -> bytes:
 
 
 class WebhookChannel:
-    """Signed webhook POSTs with httpx; redirects are not followed (they could lead inward)."""
+    """Signed webhook POSTs with httpx to the address the URL was vetted at; redirects are not followed
+    (they could lead inward)."""
 
     name = "webhook"
 
@@ -114,11 +113,13 @@ class WebhookChannel:
         """POST one signed event; 2xx is success, 410 disables the endpoint, the rest is retried."""
         if not message.webhook_secret:
             raise PermanentDeliveryError(self.name, "endpoint has no signing secret", code="no_secret")
-        if self.config.validate_on_send:
-            try:
-                await validate_webhook_url(message.to, allow_private=self.config.allow_private)
-            except InvalidWebhookUrl as exc:
-                raise PermanentDeliveryError(self.name, str(exc), code="invalid_url") from exc
+        # Vetted again before every attempt (DNS may have changed since registration), and the request
+        # goes to the address vetted here: httpx resolving the name again could be answered otherwise.
+        try:
+            destination = await vet_destination(message.to, allow_private=self.config.allow_private)
+        except InvalidWebhookUrl as exc:
+            raise PermanentDeliveryError(self.name, str(exc), code="invalid_url") from exc
+        pinned = destination.pinned()
         body = webhook_body(message)
         msg_id = message_id(message.idempotency_key)
         try:
@@ -126,7 +127,12 @@ class WebhookChannel:
         except ValueError as exc:
             raise PermanentDeliveryError(self.name, str(exc), code="bad_secret") from exc
         try:
-            response = await self._client.post(message.to, content=body, headers=headers)
+            response = await self._client.post(
+                pinned.url,
+                content=body,
+                headers={**headers, "host": pinned.host_header},
+                extensions={"sni_hostname": pinned.sni_hostname} if pinned.sni_hostname else None,
+            )
         except httpx.HTTPError as exc:
             raise TransientDeliveryError(
                 self.name, f"request failed: {exc.__class__.__name__}: {exc}"

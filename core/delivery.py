@@ -18,6 +18,7 @@ import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -52,7 +53,7 @@ def generate_webhook_secret() -> str:
 
 
 class InvalidWebhookUrl(ValueError):
-    """A webhook URL refused at registration or before sending."""
+    """A webhook URL or web-push endpoint refused at registration or before sending."""
 
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -64,23 +65,97 @@ async def _resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+def _resolve_blocking(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: IPv6 ranges that only tunnel or translate to IPv4 and have no business as a delivery target:
+#: IPv4-compatible (``::a.b.c.d``, deprecated), IPv4-translated (``::ffff:0:a.b.c.d``), local-use NAT64,
+#: Teredo.
+_TUNNELS = tuple(ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "2001::/32"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def refused_address(ip: IPAddress) -> str | None:
+    """Why ``ip`` is not a public delivery target (None: it is). An IPv6 address that carries an IPv4
+    address (mapped, NAT64, 6to4) is judged by the IPv4 address too, since that is where it leads."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _TUNNELS):
+            return "an IPv4-compatible, translated or tunnelled IPv6 address"
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and refused_address(embedded):
+            return f"it leads to {embedded}, not a public address"
     # is_global is False for private, loopback, link-local, CGNAT (100.64/10), documentation, reserved
     # and unspecified ranges; multicast is refused separately because some multicast ranges are global.
-    return not ip.is_global or ip.is_multicast
+    if not ip.is_global or ip.is_multicast:
+        return "not a public address"
+    return None
 
 
-async def validate_webhook_url(
-    url: str, *, allow_private: bool = False, resolver: Resolver | None = None
-) -> list[str]:
-    """Vet a webhook URL; returns the addresses it resolves to, or raises :class:`InvalidWebhookUrl`.
+def _refused(ip: IPAddress) -> bool:
+    return refused_address(ip) is not None
 
-    https only, no credentials in the URL, and every resolved address must be public unless
-    ``allow_private`` (tests, intranets), in which case plain http is accepted too. All addresses are
-    checked, not just the first, since the HTTP client may pick any of them.
-    """
+
+@dataclass(frozen=True)
+class Destination:
+    """A vetted URL and the addresses it resolved to: the request goes to one of *these* (see
+    :meth:`pinned`), so a second DNS answer (rebinding) cannot send it elsewhere."""
+
+    scheme: str
+    host: str
+    port: int
+    target: str
+    addresses: tuple[str, ...]
+
+    def pinned(self) -> PinnedRequest:
+        """Where to connect (the first checked address), and the Host header and TLS server name that
+        keep the request addressed to the URL's host."""
+        address = self.addresses[0]
+        literal = f"[{address}]" if ":" in address else address
+        default = 443 if self.scheme == "https" else 80
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        host_header = shown if self.port == default else f"{shown}:{self.port}"
+        try:
+            ipaddress.ip_address(self.host)
+            sni = None  # an address literal has no server name to send
+        except ValueError:
+            sni = self.host if self.scheme == "https" else None
+        return PinnedRequest(f"{self.scheme}://{literal}:{self.port}{self.target}", host_header, sni)
+
+
+@dataclass(frozen=True)
+class PinnedRequest:
+    url: str
+    host_header: str
+    #: TLS server name (SNI) and the name the certificate is checked against; None for plain http.
+    sni_hostname: str | None
+
+
+#: Characters no delivery URL needs and parsers disagree on (``https://a#@b/``, ``https://a\\@b/``).
+_AMBIGUOUS = re.compile(r"[\s\\@#\x00-\x1f\x7f]")
+#: ``inet_aton`` also reads ``2130706433``, ``0x7f000001``, ``127.1`` and ``0177.0.0.1`` as addresses.
+_DOTTED_QUAD = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
+
+
+def _reads_as_ipv4(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
+
+
+def _shape(url: str, allow_private: bool) -> tuple[str, str, int, str]:
+    """The scheme, host, port and path?query of a delivery URL, or :class:`InvalidWebhookUrl`."""
+    if _AMBIGUOUS.search(url):
+        raise InvalidWebhookUrl(
+            "URL must not contain whitespace, control characters, '\\', '@' or a '#' fragment"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -89,26 +164,75 @@ async def validate_webhook_url(
     allowed_schemes = {"https", "http"} if allow_private else {"https"}
     if parts.scheme not in allowed_schemes:
         raise InvalidWebhookUrl(f"scheme must be {' or '.join(sorted(allowed_schemes))}")
-    if not parts.hostname:
-        raise InvalidWebhookUrl("URL has no host")
-    if parts.username or parts.password:
-        raise InvalidWebhookUrl("credentials in the URL are not accepted; use the signing secret")
     host = parts.hostname
+    if not host:
+        raise InvalidWebhookUrl("URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidWebhookUrl("credentials in the URL are not accepted; use the signing secret")
+    if ":" not in host and not _DOTTED_QUAD.match(host) and _reads_as_ipv4(host):
+        raise InvalidWebhookUrl(f"host {host!r} is an IPv4 address in a non-standard form")
     port = port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, host, port, target
+
+
+def _checked(
+    scheme: str, host: str, port: int, target: str, addresses: list[str], allow_private: bool
+) -> Destination:
+    if not addresses:
+        raise InvalidWebhookUrl(f"host {host!r} does not resolve")
+    if not allow_private:
+        bad = [a for a in addresses if _refused(ipaddress.ip_address(a.split("%")[0]))]
+        if bad:
+            raise InvalidWebhookUrl(f"host {host!r} resolves to a non-public address ({', '.join(bad)})")
+    return Destination(scheme, host, port, target, tuple(addresses))
+
+
+def _literal(host: str) -> list[str] | None:
     try:
-        addresses = [str(ipaddress.ip_address(host))]
+        return [str(ipaddress.ip_address(host))]
     except ValueError:
+        return None
+
+
+async def vet_destination(
+    url: str, *, allow_private: bool = False, resolver: Resolver | None = None
+) -> Destination:
+    """Vet a webhook URL or push endpoint and resolve it once; raises :class:`InvalidWebhookUrl`.
+
+    https only, no credentials, fragment or ambiguous characters, no IPv4 address in a non-standard
+    form, and every resolved address public (in every IPv6 encoding: see :func:`refused_address`)
+    unless ``allow_private`` (tests, intranets), which also accepts plain http. All addresses are
+    checked, not just the first. Send to :meth:`Destination.pinned`, never to the URL again.
+    """
+    scheme, host, port, target = _shape(url, allow_private)
+    addresses = _literal(host)
+    if addresses is None:
         try:
             addresses = await (resolver or _resolve)(host, port)
         except OSError as exc:
             raise InvalidWebhookUrl(f"host {host!r} does not resolve: {exc}") from exc
-    if not addresses:
-        raise InvalidWebhookUrl(f"host {host!r} does not resolve")
-    if not allow_private:
-        bad = [a for a in addresses if _refused(ipaddress.ip_address(a))]
-        if bad:
-            raise InvalidWebhookUrl(f"host {host!r} resolves to a non-public address ({', '.join(bad)})")
-    return addresses
+    return _checked(scheme, host, port, target, addresses, allow_private)
+
+
+def vet_destination_blocking(url: str, *, allow_private: bool = False) -> Destination:
+    """:func:`vet_destination` for code running in a thread (the web-push client is synchronous)."""
+    scheme, host, port, target = _shape(url, allow_private)
+    addresses = _literal(host)
+    if addresses is None:
+        try:
+            addresses = _resolve_blocking(host, port)
+        except OSError as exc:
+            raise InvalidWebhookUrl(f"host {host!r} does not resolve: {exc}") from exc
+    return _checked(scheme, host, port, target, addresses, allow_private)
+
+
+async def validate_webhook_url(
+    url: str, *, allow_private: bool = False, resolver: Resolver | None = None
+) -> list[str]:
+    """Vet a webhook URL (see :func:`vet_destination`); returns the addresses it resolves to."""
+    destination = await vet_destination(url, allow_private=allow_private, resolver=resolver)
+    return list(destination.addresses)
 
 
 # -- providers' status vocabularies -----------------------------------------------------------------------

@@ -86,7 +86,11 @@ def channels_config(settings: Settings) -> ChannelsConfig:
         else None
     )
     webpush = (
-        WebPushConfig(vapid_private_key=settings.vapid_private_key, vapid_subject=settings.vapid_subject)
+        WebPushConfig(
+            vapid_private_key=settings.vapid_private_key,
+            vapid_subject=settings.vapid_subject,
+            allow_private=settings.allow_private_webhooks,
+        )
         if settings.vapid_private_key and settings.vapid_subject
         else None
     )

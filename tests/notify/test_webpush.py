@@ -71,7 +71,9 @@ async def test_push_is_encrypted_and_vapid_signed(receiver: Receiver) -> None:
     browser = Browser(receiver.url + "/push/sub-1")
     receiver.respond = lambda _r: (201, {"Location": receiver.url + "/m/1"}, b"")
     key = _vapid_key()
-    channel = WebPushChannel(WebPushConfig(vapid_private_key=key, vapid_subject="mailto:ops@pulse.example"))
+    channel = WebPushChannel(
+        WebPushConfig(vapid_private_key=key, vapid_subject="mailto:ops@pulse.example", allow_private=True)
+    )
     try:
         receipt = await channel.send(_message(browser.subscription))
     finally:
@@ -115,7 +117,9 @@ def test_tampered_vapid_token_fails() -> None:
 async def test_gone_subscription_is_permanent(receiver: Receiver, status: int) -> None:
     receiver.respond = lambda _r: (status, {}, b"")
     channel = WebPushChannel(
-        WebPushConfig(vapid_private_key=_vapid_key(), vapid_subject="mailto:ops@pulse.example")
+        WebPushConfig(
+            vapid_private_key=_vapid_key(), vapid_subject="mailto:ops@pulse.example", allow_private=True
+        )
     )
     try:
         with pytest.raises(PermanentDeliveryError) as info:
@@ -128,7 +132,9 @@ async def test_gone_subscription_is_permanent(receiver: Receiver, status: int) -
 async def test_rate_limit_is_transient(receiver: Receiver) -> None:
     receiver.respond = lambda _r: (429, {"Retry-After": "12"}, b"slow down")
     channel = WebPushChannel(
-        WebPushConfig(vapid_private_key=_vapid_key(), vapid_subject="mailto:ops@pulse.example")
+        WebPushConfig(
+            vapid_private_key=_vapid_key(), vapid_subject="mailto:ops@pulse.example", allow_private=True
+        )
     )
     try:
         with pytest.raises(TransientDeliveryError) as info:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -169,6 +170,23 @@ class Feeds:
 
     changes: Tail[LoggedChange]
     others: dict[str, Tail[Any]] = field(default_factory=dict)
+    _encoded: OrderedDict[tuple[int, frozenset[str], bool], bytes] = field(default_factory=OrderedDict)
+
+    def encoded(self, row: LoggedChange, metrics: frozenset[str], *, sse: bool) -> bytes:
+        """A change as the wire carries it (an SSE event, or a WebSocket message's JSON), encoded once
+        for all the clients with the same metric filter: a change reaches thousands of clients at once."""
+        key = (row.cursor, metrics, sse)
+        hit = self._encoded.get(key)
+        if hit is None:
+            message = row.message(metrics)
+            if sse:
+                hit = f"id: {row.cursor}\nevent: change\ndata: {json.dumps(message)}\n\n".encode()
+            else:
+                hit = json.dumps({"type": "change", **message}).encode()
+            self._encoded[key] = hit
+            if len(self._encoded) > 4096:
+                self._encoded.popitem(last=False)
+        return hit
 
     async def close(self) -> None:
         for tail in [self.changes, *self.others.values()]:
@@ -346,10 +364,10 @@ def _require_read(principal: Principal) -> None:
 
 async def feed_messages(
     services: Services, feeds: Feeds, flt: FeedFilter, cursor: int | None, deadline: float | None = None
-) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+) -> AsyncGenerator[tuple[str, dict[str, Any] | LoggedChange], None]:
     """(event, message) pairs for one client: a gap notice if the cursor is older than the retention,
-    what it missed since its cursor, then the live changes. Ends at ``deadline`` (the loop's clock) or
-    when the client falls too far behind."""
+    what it missed since its cursor (``change`` with the logged row), then the live changes. Ends at
+    ``deadline`` (the loop's clock) or when the client falls too far behind."""
     loop = asyncio.get_running_loop()
     sub = await feeds.changes.subscribe(flt.wants)
     try:
@@ -378,7 +396,7 @@ async def feed_messages(
                     cursor = row.cursor
                     if flt.wants(row):
                         sent.add(row.cursor)
-                        yield "change", row.message(flt.metrics)
+                        yield "change", row
                 if len(page) < 500:
                     break
         while True:
@@ -395,7 +413,7 @@ async def feed_messages(
                 continue
             if row.cursor in sent:
                 continue
-            yield "change", row.message(flt.metrics)
+            yield "change", row
     finally:
         feeds.changes.unsubscribe(sub)
 
@@ -453,11 +471,13 @@ async def stream(
         messages = feed_messages(services, feeds, flt, start, deadline)
         try:
             async for event, message in messages:
-                if event == "keep-alive":
+                if isinstance(message, LoggedChange):
+                    yield feeds.encoded(message, flt.metrics, sse=True)
+                elif event == "keep-alive":
                     yield b": keep-alive\n\n"  # proxies close silent connections
-                    continue
-                ident = f"id: {message['cursor']}\n" if "cursor" in message else ""
-                yield f"{ident}event: {event}\ndata: {json.dumps(message)}\n\n".encode()
+                else:
+                    ident = f"id: {message['cursor']}\n" if "cursor" in message else ""
+                    yield f"{ident}event: {event}\ndata: {json.dumps(message)}\n\n".encode()
         finally:
             await messages.aclose()
 
@@ -509,7 +529,10 @@ async def websocket_feed(websocket: WebSocket) -> None:
                 event, message = nxt.result()
             except StopAsyncIteration:
                 break
-            if event != "keep-alive":
+            if isinstance(message, LoggedChange):
+                # A text frame: browsers hand binary frames to scripts as Blobs.
+                await websocket.send_text(feeds.encoded(message, flt.metrics, sse=False).decode())
+            elif event != "keep-alive":
                 await websocket.send_json({"type": event, **message})
     except WebSocketDisconnect:
         pass

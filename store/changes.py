@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlmodel import Session, col
 
 from nftpulse.domain.changes import MetricChange
 from nftpulse.store.models import ChangeLogRecord, ChangeLogState, StreamToken
-from nftpulse.store.sql import table_of, upsert_insert
+from nftpulse.store.sql import insert_many, table_of, upsert_insert
 
 #: Causes named per change: a busy batch applies thousands of events to one collection.
 MAX_CAUSES = 50
@@ -79,7 +79,9 @@ def append(
         for key, fields in by_entity.items()
     ]
     if rows:
-        session.execute(insert(table_of(ChangeLogRecord)), rows)
+        # One statement whatever the batch's size (on Postgres one JSON parameter): a busy batch changes
+        # thousands of NFTs, and this runs inside recalculation's transaction.
+        insert_many(session, table_of(ChangeLogRecord), rows, lambda stmt: stmt)
     return len(rows)
 
 

@@ -13,6 +13,7 @@ Every event's id is ``<chain>:<transaction hash>:<log index>`` (``:<item>`` adde
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -123,16 +124,16 @@ def hex_int(value: Any, where: str) -> int:
     raise DecodeError(where, "must be a 0x-prefixed hex quantity")
 
 
+_HEX = re.compile(r"0[xX](?:[0-9a-fA-F]{2})*")
+
+
 def hex_str(value: Any, where: str, nbytes: int | None = None) -> str:
-    if isinstance(value, str) and value[:2] in ("0x", "0X"):
-        body = value[2:]
-        if (nbytes is None or len(body) == 2 * nbytes) and len(body) % 2 == 0:
-            try:
-                bytes.fromhex(body)
-            except ValueError:
-                pass
-            else:
-                return "0x" + body.lower()
+    if (
+        isinstance(value, str)
+        and (nbytes is None or len(value) == 2 + 2 * nbytes)
+        and _HEX.fullmatch(value) is not None
+    ):
+        return "0x" + value[2:].lower()
     size = f"{nbytes}-byte " if nbytes else ""
     raise DecodeError(where, f"must be 0x-prefixed {size}hex")
 

@@ -91,24 +91,24 @@ class Follower:
         duplicates = sum(o.duplicate for o in outcomes)
         return len(outcomes) - duplicates, duplicates
 
-    async def _range(self, first: int, last: int) -> ChainRange:
+    async def _read(self, first: int, last: int) -> ChainRange:
         for attempt in range(5):
             try:
-                chunk = await self.reader.read(first, last)
-                break
+                return await self.reader.read(first, last)
             except ChainMoved as exc:
                 log.warning("follow.chain_moved", extra={"block": exc.block, "attempt": attempt + 1})
                 await asyncio.sleep(0.5 * (attempt + 1))
-        else:
-            chunk = await self.reader.read(first, last)
+        return await self.reader.read(first, last)
+
+    async def _store(self, chunk: ChainRange) -> ChainRange:
         accepted, duplicates = await asyncio.to_thread(self._append, chunk.decoded.events)
         self.report.add(chunk, accepted, duplicates)
         log.info(
             "follow.range",
             extra={
                 "chain": self.chain,
-                "first": first,
-                "last": last,
+                "first": chunk.first,
+                "last": chunk.last,
                 "logs": chunk.logs,
                 "accepted": accepted,
                 "duplicates": duplicates,
@@ -121,11 +121,27 @@ class Follower:
     async def backfill(
         self, first: int, last: int, progress: Callable[[ChainRange], None] | None = None
     ) -> FollowReport:
-        """Read blocks ``first``..``last`` into the event log; the checkpoint is left as it is."""
-        for start in range(first, last + 1, self.batch_blocks):
-            chunk = await self._range(start, min(last, start + self.batch_blocks - 1))
-            if progress is not None:
-                progress(chunk)
+        """Read blocks ``first``..``last`` into the event log; the checkpoint is left as it is. The next
+        range is read from the node while the current one is appended."""
+        starts = range(first, last + 1, self.batch_blocks)
+        ahead: asyncio.Task[ChainRange] | None = None
+        try:
+            for i, start in enumerate(starts):
+                chunk = (
+                    await ahead
+                    if ahead is not None
+                    else await self._read(start, min(last, start + self.batch_blocks - 1))
+                )
+                ahead = None
+                if i + 1 < len(starts):
+                    nxt = starts[i + 1]
+                    ahead = asyncio.create_task(self._read(nxt, min(last, nxt + self.batch_blocks - 1)))
+                await self._store(chunk)
+                if progress is not None:
+                    progress(chunk)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
         return self.report
 
     async def safe_head(self) -> int:
@@ -153,7 +169,7 @@ class Follower:
                 )
         if after >= safe:
             return None
-        chunk = await self._range(after + 1, min(safe, after + self.batch_blocks))
+        chunk = await self._store(await self._read(after + 1, min(safe, after + self.batch_blocks)))
         await asyncio.to_thread(
             checkpoints.save_checkpoint, self.db, self.chain, chunk.last, chunk.last_block.hash
         )

@@ -27,6 +27,16 @@ contract TestERC721 {
         emit Transfer(address(0), to, id);
     }
 
+    // Many mints in one transaction: how bench/follow.py fills blocks with logs quickly.
+    function mintMany(address to, uint256 first, uint256 count) external {
+        for (uint256 id = first; id < first + count; id++) {
+            require(owners[id] == address(0), "bad mint");
+            owners[id] = to;
+            emit Transfer(address(0), to, id);
+        }
+        balanceOf[to] += count;
+    }
+
     function setApprovalForAll(address operator, bool approved) external {
         isApprovedForAll[msg.sender][operator] = approved;
         emit ApprovalForAll(msg.sender, operator, approved);

@@ -41,9 +41,9 @@ def compile_contracts(out: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def anvil(port: int) -> Iterator[str]:
+def anvil(port: int, *extra: str) -> Iterator[str]:
     proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", "31337"],
+        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", "31337", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -96,8 +96,10 @@ class Eth:
     async def accounts(self) -> list[str]:
         return [a.lower() for a in await self.call("eth_accounts")]
 
-    async def send(self, sender: str, to: str | None, data: str, value: int = 0) -> dict[str, Any]:
-        tx: dict[str, Any] = {"from": sender, "data": data, "value": hex(value), "gas": hex(3_000_000)}
+    async def send(
+        self, sender: str, to: str | None, data: str, value: int = 0, gas: int = 3_000_000
+    ) -> dict[str, Any]:
+        tx: dict[str, Any] = {"from": sender, "data": data, "value": hex(value), "gas": hex(gas)}
         if to is not None:
             tx["to"] = to
         tx_hash = await self.call("eth_sendTransaction", tx)

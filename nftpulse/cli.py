@@ -317,15 +317,13 @@ def keys_create(
     name: Annotated[str, typer.Option(help="what the key is for")] = "cli",
 ) -> None:
     """Create an API key and print it (it is shown only once)."""
-    allowed = {"ingest", "read", "admin"}
-    for s in scope:
-        if s not in allowed and not s.startswith("user:"):
-            raise typer.BadParameter(
-                f"unknown scope {s!r}: use ingest, read, admin or user:<id>", param_hint="--scope"
-            )
-    db = _open_db(_settings())
     from nftpulse.store import keys
 
+    try:
+        keys.check_scopes(list(scope))
+    except keys.InvalidScope as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from None
+    db = _open_db(_settings())
     typer.echo(keys.create(db, name, list(scope)))
 
 
@@ -566,12 +564,14 @@ def demo(
 # -- chain follower -------------------------------------------------------------------------------
 
 
-async def _follow_until(stop: asyncio.Event, settings: Settings, db: Database, start: int | None) -> None:
+async def _follow_until(
+    stop: asyncio.Event, settings: Settings, db: Database, start: int | None, batch_blocks: int = 500
+) -> None:
     """Follow the chain until ``stop`` is set (``pulse follow``, and ``pulse up`` when PULSE_CHAIN_RPC_URL
     is set)."""
     from nftpulse.follow import Follower
 
-    follower = Follower.from_settings(settings, db)
+    follower = Follower.from_settings(settings, db, batch_blocks=batch_blocks)
     try:
         await follower.run(stop, start_block=start)
     finally:
@@ -623,7 +623,7 @@ def follow(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await _follow_until(stop, settings, db, from_block)
+        await _follow_until(stop, settings, db, from_block, batch_blocks)
 
     try:
         if to_block is not None and from_block is not None:

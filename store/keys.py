@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import threading
 import time
@@ -32,16 +33,51 @@ class Principal:
         return frozenset(s.removeprefix("user:") for s in self.scopes if s.startswith("user:"))
 
 
+#: A key's scopes: ``ingest``, ``read``, ``admin`` or ``user:<id>`` (a user id as the API accepts it).
+#: Nothing else, whitespace least of all: scopes are stored space-separated, so ``"user:eve admin"``
+#: would come back as two scopes, one of them admin.
+SCOPE = re.compile(r"^(ingest|read|admin|user:[A-Za-z0-9_.@:-]{1,120})$")
+
+
+class InvalidScope(ValueError):
+    """A scope outside :data:`SCOPE`."""
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    """``scopes`` unchanged, or :class:`InvalidScope` naming the first that is not one."""
+    if not scopes:
+        raise InvalidScope("a key needs at least one scope")
+    for scope in scopes:
+        if not SCOPE.fullmatch(scope):
+            raise InvalidScope(
+                f"unknown scope {scope!r}: use ingest, read, admin or user:<id>, one per --scope"
+            )
+    return scopes
+
+
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def handle(key: str) -> str:
+    """What identifies a key in listings and logs without revealing any of it: the start of its digest."""
+    return digest(key)[:HANDLE_LENGTH]
+
+
+#: Characters of the digest kept as a key's handle (``api_keys.prefix``). A bootstrap key stored with its
+#: first characters by an earlier version gets its handle when it is ensured again at start.
+HANDLE_LENGTH = 12
+
+
 def create(db: Database, name: str, scopes: list[str], key: str | None = None) -> str:
     """Create a key (random unless given) and return it; only its digest is kept."""
+    check_scopes(scopes)
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
     row = {
         "name": name,
-        "prefix": key[:10],
+        # A handle to tell keys apart, taken from the digest: the key's own first characters were
+        # a piece of the secret (all of a short bootstrap key's start).
+        "prefix": handle(key),
         "digest": digest(key),
         "scopes": " ".join(sorted(set(scopes))),
         "created_at": utcnow(),
@@ -51,7 +87,8 @@ def create(db: Database, name: str, scopes: list[str], key: str | None = None) -
         # An upsert: processes starting together (api, worker, dispatcher) all ensure the bootstrap key.
         stmt = upsert_insert(session)(ApiKey).values(row)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["digest"], set_={"scopes": stmt.excluded.scopes, "revoked_at": None}
+            index_elements=["digest"],
+            set_={"scopes": stmt.excluded.scopes, "revoked_at": None, "prefix": stmt.excluded.prefix},
         )
         session.execute(stmt)
     return key

@@ -204,7 +204,7 @@ class ChainReader:
         read in halves."""
         try:
             nft = await self._get_logs(first, last, self.contracts or None, [list(NFT_TOPICS)])
-            sales = await self._get_logs(first, last, None, [[ORDER_FULFILLED]])
+            sales = await self._get_logs(first, last, sorted(self.decoder.marketplaces), [[ORDER_FULFILLED]])
         except RpcError as exc:
             if first == last or not _too_large(exc):
                 raise

@@ -33,7 +33,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
 
 
 def _unsigned(reason: str) -> HTTPException:
-    EVENTS_INGESTED.labels("unknown", "unknown", "unauthenticated").inc()
+    EVENTS_INGESTED.labels("unknown", "unknown", "rejected").inc()
     return HTTPException(401, reason)
 
 

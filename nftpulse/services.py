@@ -27,6 +27,8 @@ def open_database(settings: Settings, *, upgrade: bool = False) -> Database:
     url = settings.effective_database_url
     if not upgrade and (missing := schema.missing_database(url)):
         raise SchemaError(missing)
+    if not settings.database_url:
+        private_data_dir(settings.data_dir)
     db = Database(url)
     try:
         if upgrade:
@@ -41,6 +43,20 @@ def open_database(settings: Settings, *, upgrade: bool = False) -> Database:
     if settings.bootstrap_admin_key:
         keys.create(db, "bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key)
     return db
+
+
+def private_data_dir(data_dir: Path) -> None:
+    """The embedded data dir and the SQLite files in it readable by their owner only: they hold webhook
+    secrets, e-mail addresses, phone numbers and push keys (and ``pulse up``'s admin key and Temporal
+    state). SQLite gives its ``-wal`` and ``-shm`` files the database file's mode."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, stat.S_IRWXU)
+    database = data_dir / "pulse.db"
+    if not database.exists():
+        # Created here, not by SQLite, which would use the umask (0644 as a rule).
+        database.touch(mode=stat.S_IRUSR | stat.S_IWUSR)
+    for path in data_dir.glob("pulse.db*"):
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
 
 
 def open_cache(settings: Settings, *, shares_process_with_worker: bool) -> EntityCache:

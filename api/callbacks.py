@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -183,6 +184,14 @@ def verify_sendgrid_event_signature(public_key: str, payload: str, signature: st
         return False
 
 
+def fresh(timestamp: str, max_age_s: float, now: float | None = None) -> bool:
+    """Whether a signed callback's timestamp (Unix seconds, ASCII digits) is within ``max_age_s`` of now,
+    either way (a provider's clock may run a little ahead)."""
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    return abs((time.time() if now is None else now) - int(timestamp)) <= max_age_s
+
+
 def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> list[store.Notification]:
     """Move the e-mail deliveries; an open or a click is the user acting on the notification, marked read
     like an in-app read. Returns the notifications that became read (their escalations stop)."""
@@ -231,6 +240,9 @@ async def sendgrid_callback(
         raise InvalidInput([{"field": "body", "reason": "not UTF-8 text"}]) from exc
     if not verify_sendgrid_event_signature(public_key, raw, signature, timestamp):
         raise HTTPException(403, "bad event webhook signature")
+    if not fresh(timestamp, services.settings.callback_max_age_s):
+        # Correctly signed, once: a recorded request sent again later is a replay.
+        raise HTTPException(403, "event webhook timestamp outside the accepted window (a replay?)")
     try:
         updates = parse_sendgrid_events(raw)
     except SendGridEventError as exc:

@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     sendgrid_webhook_public_key: str | None = Field(
         default=None, description="verifies SendGrid event webhooks; unset: the callback refuses requests"
     )
+    callback_max_age_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="signed provider callbacks (SendGrid's event webhook) older than this, or this far "
+        "ahead of the clock, are refused as replays",
+    )
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_username: str | None = None

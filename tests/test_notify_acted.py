@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -158,7 +159,7 @@ def _read_at(db: Database, nid: int) -> datetime | None:
 
 async def _email_open(a: Acting, row: store.Notification) -> None:
     body = json.dumps([{"event": "open", "pulse_notification_id": str(row.id)}]).encode()
-    timestamp = "1764230400"
+    timestamp = str(int(time.time()))
     signature = SENDGRID_KEY.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     resp = await a.http.post(
         "/v1/callbacks/sendgrid",
@@ -175,7 +176,7 @@ async def _email_open(a: Acting, row: store.Notification) -> None:
 async def _email_click_by_key(a: Acting, row: store.Notification) -> None:
     # Escalation repeats carry "_s<step>" on the provider side; the key still finds the notification.
     body = json.dumps([{"event": "click", "pulse_idempotency_key": f"{row.idempotency_key}_s2"}]).encode()
-    timestamp = "1764230401"
+    timestamp = str(int(time.time()))
     signature = SENDGRID_KEY.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     resp = await a.http.post(
         "/v1/callbacks/sendgrid",

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -401,9 +402,10 @@ async def test_twilio_callback_checks_signature(npulse: NotifyPulse) -> None:
 
 
 def _sendgrid_post(
-    body: bytes, key: ec.EllipticCurvePrivateKey = SENDGRID_KEY, timestamp: str = "1764230400"
+    body: bytes, key: ec.EllipticCurvePrivateKey = SENDGRID_KEY, timestamp: str | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments of a POST signed the way SendGrid signs its event webhook."""
+    """Keyword arguments of a POST signed the way SendGrid signs its event webhook (now, by default)."""
+    timestamp = timestamp or str(int(time.time()))
     signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return {
         "content": body,
@@ -482,8 +484,13 @@ async def test_sendgrid_event_webhook(npulse: NotifyPulse) -> None:
     tampered["content"] = flip.replace(b"open", b"click")
     assert (await p.http.post("/v1/callbacks/sendgrid", **tampered)).status_code == 403
     moved = _sendgrid_post(flip)
-    moved["headers"]["X-Twilio-Email-Event-Webhook-Timestamp"] = "1764230401"
+    signed_at = int(moved["headers"]["X-Twilio-Email-Event-Webhook-Timestamp"])
+    moved["headers"]["X-Twilio-Email-Event-Webhook-Timestamp"] = str(signed_at + 1)
     assert (await p.http.post("/v1/callbacks/sendgrid", **moved)).status_code == 403
+    # Correctly signed but outside the replay window: ancient, zero, in the future, not a number.
+    for stale in ("978307200", "0", str(int(time.time()) + 3600), "soon", f"{time.time():.3f}"):
+        replayed = _sendgrid_post(flip, timestamp=stale)
+        assert (await p.http.post("/v1/callbacks/sendgrid", **replayed)).status_code == 403, stale
     garbled = _sendgrid_post(flip)
     garbled["headers"]["X-Twilio-Email-Event-Webhook-Signature"] = "not base64!"
     assert (await p.http.post("/v1/callbacks/sendgrid", **garbled)).status_code == 403

@@ -30,11 +30,14 @@ from nftpulse.core.delivery import DeliveryStatus
 from nftpulse.core.metrics import DELIVERIES, NOTIFICATIONS_READ
 from nftpulse.domain.routing import DeliveryRoute
 from nftpulse.domain.rules import AlertSeverity, Explanation, NotificationKind
-from nftpulse.store import notifications
+from nftpulse.store import keys, notifications
 from nftpulse.store import notify as store
 from nftpulse.templates.renderer import inbox_text
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
+
+#: How often a live stream asks whether its key was revoked meanwhile (and how soon one then ends).
+KEY_RECHECK_S = 2.0
 
 
 class NotificationOut(BaseModel):
@@ -273,11 +276,19 @@ async def stream(
                     yield row.event()
                 if len(page) < 100:
                     break
+            checked = quiet_since = loop.time()
             while (left := deadline - loop.time()) > 0 and not (sub.overflowed and sub.queue.empty()):
+                if loop.time() - checked >= KEY_RECHECK_S:
+                    # A stream outlives the request that authenticated it: a revoked key ends it.
+                    if not await run_in_threadpool(keys.is_active, services.db, principal.key_id):
+                        break
+                    checked = loop.time()
                 try:
-                    row = await asyncio.wait_for(sub.queue.get(), timeout=min(left, 15.0))
+                    row = await asyncio.wait_for(sub.queue.get(), timeout=min(left, KEY_RECHECK_S))
                 except TimeoutError:
-                    yield b": keep-alive\n\n"  # proxies close silent connections
+                    if loop.time() - quiet_since >= 15.0:
+                        quiet_since = loop.time()
+                        yield b": keep-alive\n\n"  # proxies close silent connections
                     continue
                 if row.id not in sent:
                     yield row.event()

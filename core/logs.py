@@ -13,11 +13,15 @@ from opentelemetry import trace
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+def _utc(seconds: float | None = None) -> time.struct_time:
+    return time.gmtime(seconds)
+
+
 class JsonFormatter(logging.Formatter):
     """Timestamps in UTC (the ``Z`` says so), and the trace and span ids of the span a line was logged
     in, so a log line leads to its trace."""
 
-    converter = time.gmtime
+    converter = staticmethod(_utc)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

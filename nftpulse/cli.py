@@ -327,6 +327,21 @@ def keys_create(
     typer.echo(keys.create(db, name, list(scope)))
 
 
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="the key's handle (as stored, from its digest) or its name")],
+) -> None:
+    """Revoke API keys: requests with them are refused within seconds, and their open streams end."""
+    from nftpulse.store import keys
+
+    db = _open_db(_settings())
+    revoked = keys.revoke(db, key)
+    if not revoked:
+        console.print(f"no active key has the handle or name {escape(key)!r}")
+        raise typer.Exit(1)
+    typer.echo(f"revoked {revoked} key(s)")
+
+
 # -- database schema ------------------------------------------------------------------------------
 
 

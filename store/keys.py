@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlmodel import col
 
 from nftpulse.domain.events import utcnow
@@ -104,6 +104,29 @@ def authenticate(db: Database, key: str) -> Principal | None:
     return Principal(row.id, row.name, frozenset(row.scopes.split()))
 
 
+def is_active(db: Database, key_id: int) -> bool:
+    """Whether the key is still there and not revoked (long-lived streams ask again every few seconds)."""
+    with db.read() as session:
+        revoked = session.execute(
+            select(col(ApiKey.revoked_at)).where(col(ApiKey.id) == key_id)
+        ).one_or_none()
+    return revoked is not None and revoked[0] is None
+
+
+def revoke(db: Database, handle_or_name: str) -> int:
+    """Revoke the keys with this handle (``api_keys.prefix``) or name; returns how many were active."""
+    with db.write() as session:
+        result = session.exec(
+            update(ApiKey)
+            .where(
+                (col(ApiKey.prefix) == handle_or_name) | (col(ApiKey.name) == handle_or_name),
+                col(ApiKey.revoked_at).is_(None),
+            )
+            .values(revoked_at=utcnow())
+        )
+    return int(result.rowcount or 0)
+
+
 class KeyCache:
     """Authenticates with a short memory of recent answers.
 
@@ -112,7 +135,7 @@ class KeyCache:
     never remembered, so a key created a moment ago works at once.
     """
 
-    def __init__(self, db: Database, ttl_s: float = 10.0, max_keys: int = 4096) -> None:
+    def __init__(self, db: Database, ttl_s: float = 2.0, max_keys: int = 4096) -> None:
         self._db = db
         self._ttl = ttl_s
         self._max = max_keys

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     backlog_shed_threshold: int = Field(
         default=200_000, description="backlog past which low-priority events are refused with 429"
     )
+    key_rate_per_s: float = Field(
+        default=500.0,
+        ge=0,
+        description="requests per second one API key may make (a token bucket per key and API process); "
+        "beyond it 429 with Retry-After. 0: no limit",
+    )
+    key_rate_burst: int = Field(default=1000, ge=1, description="requests one API key may make at once")
     cache_ttl_s: float = 300.0
     cache_max_entries: int = 100_000
     change_log_retention_s: float = Field(

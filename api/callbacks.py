@@ -87,9 +87,10 @@ async def twilio_callback(
     x_twilio_signature: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Twilio message status callbacks (form-encoded), signature checked with the auth token."""
-    token = services.settings.twilio_auth_token
-    if not token:
+    secret = services.settings.twilio_auth_token
+    if not secret:
         raise HTTPException(503, "Twilio is not configured")
+    token = secret.get_secret_value()
     try:
         form = (await request.body()).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -260,9 +261,10 @@ def _twilio_params(
     services: Services, request: Request, body: bytes, signature: str | None
 ) -> dict[str, str]:
     """The form fields of a signed Twilio call (403 on a bad signature, 503 when Twilio is not set up)."""
-    token = services.settings.twilio_auth_token
-    if not token:
+    secret = services.settings.twilio_auth_token
+    if not secret:
         raise HTTPException(503, "Twilio is not configured")
+    token = secret.get_secret_value()
     try:
         form = body.decode("utf-8")
     except UnicodeDecodeError as exc:

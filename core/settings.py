@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WorkerRole = Literal["all", "shards", "events"]
@@ -26,6 +26,20 @@ class Settings(BaseSettings):
         default=None, description="host:port of a Temporal frontend; unset: `pulse up` starts a dev server"
     )
     temporal_namespace: str = "default"
+    temporal_api_key: SecretStr | None = Field(
+        default=None, description="API key for Temporal Cloud or a cluster that wants one (implies TLS)"
+    )
+    temporal_tls: bool = Field(
+        default=False, description="connect to Temporal over TLS (implied by an API key or a TLS file)"
+    )
+    temporal_tls_ca_cert: Path | None = Field(
+        default=None, description="PEM file of the CA that signed the Temporal server's certificate"
+    )
+    temporal_tls_client_cert: Path | None = Field(default=None, description="PEM client certificate (mTLS)")
+    temporal_tls_client_key: Path | None = Field(default=None, description="PEM client private key (mTLS)")
+    temporal_tls_server_name: str | None = Field(
+        default=None, description="the name the Temporal server's certificate is checked against"
+    )
     temporal_ui_url: str | None = Field(
         default=None,
         description="base URL of the Temporal Web UI that the failures list links to; default "
@@ -49,7 +63,7 @@ class Settings(BaseSettings):
         default=None, description="entity read cache in Redis instead of in process"
     )
     cache_prefix: str = Field(default="pulse:entity:", description="Redis key prefix of the read cache")
-    bootstrap_admin_key: str | None = Field(
+    bootstrap_admin_key: SecretStr | None = Field(
         default=None, description="an admin API key that exists after start"
     )
 
@@ -122,7 +136,7 @@ class Settings(BaseSettings):
         description="how providers and users reach this API (callbacks, links)",
     )
     email_from: str = "alerts@pulse.invalid"
-    sendgrid_api_key: str | None = None
+    sendgrid_api_key: SecretStr | None = None
     sendgrid_webhook_public_key: str | None = Field(
         default=None, description="verifies SendGrid event webhooks; unset: the callback refuses requests"
     )
@@ -135,12 +149,14 @@ class Settings(BaseSettings):
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_username: str | None = None
-    smtp_password: str | None = None
+    smtp_password: SecretStr | None = None
     twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = None
+    twilio_auth_token: SecretStr | None = None
     twilio_from_number: str | None = None
     twilio_messaging_service_sid: str | None = None
-    vapid_private_key: str | None = Field(default=None, description="web push VAPID key (PEM or base64url)")
+    vapid_private_key: SecretStr | None = Field(
+        default=None, description="web push VAPID key (PEM or base64url)"
+    )
     vapid_subject: str = "mailto:alerts@pulse.invalid"
 
     otlp_endpoint: str | None = Field(default=None, description="OTLP/gRPC endpoint for traces")

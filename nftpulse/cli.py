@@ -116,7 +116,7 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
     from nftpulse.api.app import create_app
     from nftpulse.dispatcher import Dispatcher
     from nftpulse.services import bootstrap_admin_key, open_cache
-    from nftpulse.temporal import DevServer, connect, ensure_search_attributes
+    from nftpulse.temporal import DevServer, connect, connect_options, ensure_search_attributes
     from nftpulse.worker import build_worker
 
     tracing.configure(settings, _service_name(api=api, worker=worker, dispatcher=dispatcher))
@@ -155,6 +155,7 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
             settings.temporal_namespace,
             metrics_bind=sdk_metrics,
             interceptors=tracing.client_interceptors(),
+            options=connect_options(settings),
         )
         if dev is None:
             await ensure_search_attributes(client)

@@ -69,7 +69,7 @@ def default_url(settings: Settings) -> str:
 def admin_key(settings: Settings) -> str | None:
     """The key ``pulse up`` printed: the configured bootstrap key, else the one it saved in the data dir."""
     if settings.bootstrap_admin_key:
-        return settings.bootstrap_admin_key
+        return settings.bootstrap_admin_key.get_secret_value()
     path = Path(settings.data_dir) / "admin.key"
     return path.read_text().strip() if path.exists() else None
 

@@ -41,7 +41,7 @@ def open_database(settings: Settings, *, upgrade: bool = False) -> Database:
         db.dispose()
         raise
     if settings.bootstrap_admin_key:
-        keys.create(db, "bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key)
+        keys.create(db, "bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key.get_secret_value())
     return db
 
 
@@ -73,7 +73,7 @@ def bootstrap_admin_key(settings: Settings, db: Database) -> str:
     """The admin key ``pulse up`` prints: the configured one, or one made on first start and kept in the
     data directory (only its digest is in the database)."""
     if settings.bootstrap_admin_key:
-        return settings.bootstrap_admin_key
+        return settings.bootstrap_admin_key.get_secret_value()
     path = Path(settings.data_dir) / "admin.key"
     if path.exists():
         key = path.read_text().strip()

@@ -14,17 +14,59 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, Interceptor
+from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import TLSConfig
 
+from nftpulse.core.settings import Settings
 from nftpulse.workflows.pipeline import SEARCH_ATTRIBUTES
 
 log = logging.getLogger("pulse.temporal")
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How to reach a Temporal that wants TLS, a client certificate or an API key (Temporal Cloud)."""
+
+    tls: bool | TLSConfig = False
+    api_key: str | None = None
+    rpc_metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def connect_options(settings: Settings, environ: Mapping[str, str] | None = None) -> ConnectOptions:
+    """TLS and credentials for the Temporal client: Temporal's own client configuration
+    (``temporalio.envconfig``: ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS_*``, ``TEMPORAL_PROFILE`` and its
+    ``temporal.toml``), overridden by Pulse's ``PULSE_TEMPORAL_API_KEY`` and ``PULSE_TEMPORAL_TLS*``
+    settings. The address and namespace stay Pulse's (``PULSE_TEMPORAL_ADDRESS``, ``…_NAMESPACE``)."""
+    profile = ClientConfigProfile.load(override_env_vars=environ)
+    configured = profile.to_client_connect_config()
+    tls: bool | TLSConfig = configured.get("tls", False)
+    api_key = configured.get("api_key")
+    if settings.temporal_api_key is not None:
+        api_key = settings.temporal_api_key.get_secret_value()
+    files = (
+        settings.temporal_tls_ca_cert,
+        settings.temporal_tls_client_cert,
+        settings.temporal_tls_client_key,
+    )
+    if any(files) or settings.temporal_tls_server_name:
+        ca, cert, key = (path.read_bytes() if path else None for path in files)
+        tls = TLSConfig(
+            server_root_ca_cert=ca,
+            client_cert=cert,
+            client_private_key=key,
+            domain=settings.temporal_tls_server_name,
+        )
+    elif settings.temporal_tls or (api_key and tls is False):
+        tls = True
+    return ConnectOptions(tls, api_key, configured.get("rpc_metadata") or {})
 
 
 async def connect(
@@ -34,18 +76,24 @@ async def connect(
     metrics_bind: str | None = None,
     attempts: int = 60,
     interceptors: Sequence[Interceptor] = (),
+    options: ConnectOptions | None = None,
 ) -> Client:
     """Connect, waiting for a server that is still starting."""
     runtime = None
     if metrics_bind is not None:
         runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=metrics_bind)))
+    options = options or ConnectOptions()
     last: Exception | None = None
     for _ in range(attempts):
         try:
-            if runtime is None:
-                return await Client.connect(address, namespace=namespace, interceptors=interceptors)
             return await Client.connect(
-                address, namespace=namespace, runtime=runtime, interceptors=interceptors
+                address,
+                namespace=namespace,
+                interceptors=interceptors,
+                tls=options.tls,
+                api_key=options.api_key,
+                rpc_metadata=options.rpc_metadata,
+                runtime=runtime,
             )
         except Exception as exc:  # the server may not be listening yet
             last = exc

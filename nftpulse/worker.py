@@ -59,7 +59,7 @@ def channels_config(settings: Settings) -> ChannelsConfig:
     """The delivery providers configured in ``settings``; one whose settings are unset is absent."""
     base = settings.public_base_url.rstrip("/")
     sendgrid = (
-        SendGridConfig(api_key=settings.sendgrid_api_key, from_email=settings.email_from)
+        SendGridConfig(api_key=settings.sendgrid_api_key.get_secret_value(), from_email=settings.email_from)
         if settings.sendgrid_api_key
         else None
     )
@@ -69,7 +69,7 @@ def channels_config(settings: Settings) -> ChannelsConfig:
             port=settings.smtp_port,
             from_email=settings.email_from,
             username=settings.smtp_username,
-            password=settings.smtp_password,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
         )
         if settings.smtp_host
         else None
@@ -77,7 +77,7 @@ def channels_config(settings: Settings) -> ChannelsConfig:
     twilio = (
         TwilioConfig(
             account_sid=settings.twilio_account_sid,
-            auth_token=settings.twilio_auth_token,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
             from_number=settings.twilio_from_number,
             messaging_service_sid=settings.twilio_messaging_service_sid,
             status_callback_url=f"{base}/v1/callbacks/twilio" if base else None,
@@ -87,7 +87,7 @@ def channels_config(settings: Settings) -> ChannelsConfig:
     )
     webpush = (
         WebPushConfig(
-            vapid_private_key=settings.vapid_private_key,
+            vapid_private_key=settings.vapid_private_key.get_secret_value(),
             vapid_subject=settings.vapid_subject,
             allow_private=settings.allow_private_webhooks,
         )

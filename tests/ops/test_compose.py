@@ -196,7 +196,7 @@ def test_every_volume_is_declared_or_exists(compose: dict[str, Any]) -> None:
 def test_temporal_persists_to_postgres_and_the_ui_points_at_it(compose: dict[str, Any]) -> None:
     services = compose["services"]
     temporal = services["temporal"]
-    assert temporal["image"].startswith(("temporalio/auto-setup:", "temporalio/server:"))
+    assert temporal["image"].startswith("temporalio/server:")
     assert _environment(temporal)["DB"] == "postgres12"
     assert _environment(temporal)["POSTGRES_SEEDS"] == "postgres"
     assert services["temporal-ui"]["image"].startswith("temporalio/ui:")
@@ -229,3 +229,33 @@ def test_dockerignore_keeps_local_state_out() -> None:
     ignored = (REPO / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", ".pulse", "tests"):
         assert entry in ignored
+
+
+def test_only_the_api_is_published_beyond_this_host(compose: dict[str, Any]) -> None:
+    """The API is the one public door (behind TLS termination); Temporal's frontend and Web UI (no login),
+    Prometheus and Grafana are bound to 127.0.0.1."""
+    for name, service in compose["services"].items():
+        for spec in service.get("ports", []):
+            parts = str(spec).split(":")
+            if name == "api":
+                assert len(parts) == 2, spec
+            else:
+                assert len(parts) == 3 and parts[0] == "127.0.0.1", (
+                    f"{name} publishes {spec} on every interface"
+                )
+
+
+def test_temporal_runs_the_server_image_after_an_admin_tools_schema_job(compose: dict[str, Any]) -> None:
+    """temporalio/auto-setup is deprecated: the server image, its schemas set up by admin-tools in a one-off
+    job of the same version, the namespace and search attributes by temporal-setup."""
+    services = compose["services"]
+    temporal, schema = services["temporal"], services["temporal-schema"]
+    version = temporal["image"].split(":", 1)[1]
+    assert temporal["image"].startswith("temporalio/server:")
+    assert schema["image"] == f"temporalio/admin-tools:{version}" and schema["restart"] == "no"
+    assert temporal["depends_on"]["temporal-schema"] == {"condition": "service_completed_successfully"}
+    script = " ".join(schema["command"])
+    for step in ("create", "setup-schema", "update-schema", "temporal_visibility"):
+        assert step in script, step
+    assert "namespace create" in " ".join(services["temporal-setup"]["command"])
+    assert not any("auto-setup" in str(s.get("image", "")) for s in services.values())

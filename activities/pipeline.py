@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import ParamSpec, TypeVar
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -76,6 +77,10 @@ def uninterruptible(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
 
     return shielded
+
+
+#: Errors of the database, not of an event: retried (the activity's retry policy), never isolated.
+STORE_ERRORS: tuple[type[BaseException], ...] = (TransientStoreError, SQLAlchemyError)
 
 
 def error_category(exc: BaseException) -> str:
@@ -281,7 +286,11 @@ class PipelineActivities:
         severity = SEVERITIES[0]
         for partition, book in by_partition.items():
             parsed, _ = self._parsed.parse(groups[partition])
-            impact = analyze_each([event for _, event in parsed], book)
+            try:
+                impact = analyze_each([event for _, event in parsed], book)
+            except Exception as exc:  # the plan only informs; recalculation isolates
+                log.warning("pipeline.impact_unknown", extra={"partition": partition, "reason": repr(exc)})
+                continue
             touched |= impact.entity_keys(book)
             factors |= {f"nft.{f}" for f in impact.nft_factors}
             factors |= {f"collection.{f}" for f in impact.collection_factors}
@@ -387,19 +396,36 @@ class PipelineActivities:
                     applied += group
                     continue
                 version = versions.get(partition, 0)
-                outcome = self._apply(session, partition, chain, contract, version, group)
+                try:
+                    outcome = self._apply(session, partition, chain, contract, version, group)
+                    views = [
+                        ViewWrite(outcome.book.nft_key(tid), "nft", partition, outcome.book.nft_view(tid))
+                        for tid in sorted(outcome.change.nfts)
+                        if tid in outcome.book.tokens
+                    ]
+                    if outcome.change.collection or not outcome.book.tokens:
+                        views.append(
+                            ViewWrite(partition, "collection", partition, outcome.book.collection_view())
+                        )
+                except STORE_ERRORS:
+                    raise
+                except Exception as exc:  # any other error is the domain's, see below
+                    # The pure domain raised outside one event's fold (headline metrics, rarity, views):
+                    # which event caused it is unknown, so each event of this partition goes to a
+                    # workflow of its own, where the guilty one fails for good and the others apply.
+                    # Other partitions of the batch, and the shard, go on.
+                    if inp.single:
+                        return empty, (group[0], exc)
+                    log.warning(
+                        "pipeline.partition_isolated",
+                        extra={"partition": partition, "events": len(group), "reason": repr(exc)},
+                    )
+                    poison += [(row, exc) for row in group]
+                    continue
                 if outcome.poison and inp.single:
                     return empty, outcome.poison[0]
                 saved.append(BookWrite(partition, version + 1, outcome.book))
-                writes += [
-                    ViewWrite(outcome.book.nft_key(tid), "nft", partition, outcome.book.nft_view(tid))
-                    for tid in sorted(outcome.change.nfts)
-                    if tid in outcome.book.tokens
-                ]
-                if outcome.change.collection or not outcome.book.tokens:
-                    writes.append(
-                        ViewWrite(partition, "collection", partition, outcome.book.collection_view())
-                    )
+                writes += views
                 change.merge(outcome.change)
                 alerts += outcome.alerts
                 applied += outcome.applied

@@ -51,6 +51,10 @@ EVENTS_FAILED = Counter(
     "Events that ended failed, by error category.",
     ["category"],
 )
+RULES_FAILED = Counter(
+    "pulse_rules_failed_total",
+    "Subscription rules left out of a detection because they could not be parsed or evaluated.",
+)
 PROCESSING_SECONDS = Histogram(
     "pulse_event_processing_seconds",
     "From received_at to processed_at, by priority class.",

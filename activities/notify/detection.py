@@ -49,11 +49,12 @@ from nftpulse.activities.notify.common import (
     entity_name,
     entity_url,
     inbox_only,
+    log,
     observe_delivery,
 )
 from nftpulse.activities.notify.watchers import WatcherCache, by_watched_key, parsed_rules
 from nftpulse.channels.registry import ChannelRegistry
-from nftpulse.core.metrics import NOTIFICATIONS_CREATED
+from nftpulse.core.metrics import NOTIFICATIONS_CREATED, RULES_FAILED
 from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.escalation import DEFAULT_CHAIN, DEFAULT_DELAY_S, DEFAULT_MAX_REPEATS
 from nftpulse.domain.evaluation import evaluate
@@ -473,7 +474,14 @@ def _evaluate(
     return what fired by user; counts evaluations and suppressions in ``result``."""
     # Each subscription's rules parsed once, not once per change: a busy collection has hundreds of
     # watchers and a batch several changed metrics per entity.
-    rules_of = {w.subscription_id: parsed_rules(w.rules_json) for w in found}
+    rules_of: dict[str, list[Rule]] = {}
+    for w in found:
+        if w.subscription_id not in rules_of:
+            try:
+                rules_of[w.subscription_id] = parsed_rules(w.rules_json)
+            except Exception as exc:  # a rule stored before its bounds existed: skip it, tell everyone else
+                _rule_broken(w, None, exc)
+                rules_of[w.subscription_id] = []
     states = watching.rule_states(
         s,
         [
@@ -520,9 +528,14 @@ def _evaluate(
                 same = (id(rule), id(change), stored_state)
                 outcome = outcomes.get(same)
                 if outcome is None:
-                    previous = orjson.loads(stored_state) if stored_state else None
-                    ev = evaluate(rule, RuleState.from_dict(previous), change)
-                    outcome = outcomes[same] = (ev, orjson.Fragment(orjson.dumps(ev.state.to_dict())))
+                    try:
+                        previous = orjson.loads(stored_state) if stored_state else None
+                        ev = evaluate(rule, RuleState.from_dict(previous), change)
+                        outcome = (ev, orjson.Fragment(orjson.dumps(ev.state.to_dict())))
+                    except Exception as exc:  # one rule's failure is its own: the others are evaluated
+                        _rule_broken(w, rule.id, exc)
+                        continue
+                    outcomes[same] = outcome
                 ev, changed_states[triple] = outcome
                 if not ev.fired or ev.severity is None or ev.explanation is None:
                     result.suppressed += ev.suppressed is not None
@@ -539,6 +552,21 @@ def _evaluate(
                 fired.setdefault(w.user_id, []).append(firing)
     watching.save_rule_states(s, changed_states, at)
     return fired
+
+
+def _rule_broken(watcher: watching.WatchEntry, rule_id: str | None, exc: Exception) -> None:
+    """A subscription's rule that cannot be parsed or evaluated is left out of this detection (its state
+    unchanged), so that it holds back no other rule, user or shard; the log names it and why."""
+    RULES_FAILED.inc()
+    log.warning(
+        "detection.rule_failed",
+        extra={
+            "subscription_id": watcher.subscription_id,
+            "user_id": watcher.user_id,
+            "rule_id": rule_id,
+            "reason": repr(exc)[:500],
+        },
+    )
 
 
 def _watch_alerts(

@@ -27,6 +27,7 @@ from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 
+from nftpulse.api.common import parse_row_id
 from nftpulse.api.deps import Services, ServicesDep
 from nftpulse.api.errors import InvalidInput
 from nftpulse.api.inbox import _signal_read
@@ -341,9 +342,10 @@ _CLICK_DOC = (
     responses={404: {"description": "unknown notification or wrong token"}},
     description=_CLICK_DOC + " Redirects (303) to the entity.",
 )
-async def push_click(notification_id: int, token: str, services: ServicesDep) -> RedirectResponse:
+async def push_click(notification_id: str, token: str, services: ServicesDep) -> RedirectResponse:
     """A click on a web-push notification (opened by the service worker)."""
-    target, acted = await run_in_threadpool(_push_click, services, notification_id, token)
+    nid = parse_row_id(notification_id, "notification_id", "must be a notification id")
+    target, acted = await run_in_threadpool(_push_click, services, nid, token)
     await _signal_read(services, acted)
     return RedirectResponse(target, status_code=303)
 
@@ -355,8 +357,9 @@ async def push_click(notification_id: int, token: str, services: ServicesDep) ->
     responses={404: {"description": "unknown notification or wrong token"}},
     description=_CLICK_DOC + " For ``navigator.sendBeacon``: answers 204.",
 )
-async def push_click_beacon(notification_id: int, token: str, services: ServicesDep) -> Response:
+async def push_click_beacon(notification_id: str, token: str, services: ServicesDep) -> Response:
     """A click on a web-push notification, reported by the service worker itself."""
-    _, acted = await run_in_threadpool(_push_click, services, notification_id, token)
+    nid = parse_row_id(notification_id, "notification_id", "must be a notification id")
+    _, acted = await run_in_threadpool(_push_click, services, nid, token)
     await _signal_read(services, acted)
     return Response(status_code=204)

@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from nftpulse.api.common import IsoTime
+from nftpulse.api.common import IsoTime, parse_row_id
 from nftpulse.api.deps import PrincipalDep, Services, ServicesDep, get_services
 from nftpulse.api.errors import InvalidInput
 from nftpulse.store import changes as changelog
@@ -352,9 +352,7 @@ def feed_filter(keys: Sequence[str], prefixes: Sequence[str], metrics: Sequence[
 def parse_cursor(raw: str | None, field_name: str) -> int | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 19:
-        raise InvalidInput([{"field": field_name, "reason": "a cursor from an earlier message"}])
-    return int(raw)
+    return parse_row_id(raw, field_name, "a cursor from an earlier message")
 
 
 def _require_read(principal: Principal) -> None:

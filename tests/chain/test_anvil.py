@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from nftpulse.adapters.logs import SEAPORT
 from nftpulse.follow import Follower
 from nftpulse.store import chain as checkpoints
 from nftpulse.store import events as event_log
+from nftpulse.store import schema
+from nftpulse.store.db import Database
 from nftpulse.store.models import EventRecord
 from nftpulse.verify import verify
 from tests.chain.anvil import Eth, anvil, calldata, compile_contracts, missing_tools
@@ -153,3 +158,53 @@ async def test_follower_keeps_pulse_equal_to_the_chain(pulse: RunningPulse, chai
 def _chain_events(pulse: RunningPulse) -> list[EventRecord]:
     with pulse.db.read() as session:
         return list(session.exec(select(EventRecord).where(col(EventRecord.source) == "chain")))
+
+
+async def test_pulse_follow_command_backfills_then_follows(chain: Chain, tmp_path: Path) -> None:
+    """The command itself: a backfill (progress bar, summary, checkpoint untouched), then live following
+    from the checkpoint-less start until SIGTERM."""
+    eth, c = chain.eth, chain
+    for token in (1, 2):
+        await eth.send(c.alice, c.nft, calldata("mint(address,uint256)", c.alice, token))
+    db = Database(f"sqlite:///{tmp_path / 'pulse.db'}")
+    schema.upgrade(db)
+    env = {
+        **os.environ,
+        "PULSE_DATABASE_URL": db.url,
+        "PULSE_CHAIN_RPC_URL": eth.url,
+        "PULSE_CHAIN_CONTRACTS": c.nft,
+        "PULSE_CHAIN_CONFIRMATIONS": "0",
+    }
+    pulse_cli = str(Path(sys.executable).with_name("pulse"))
+    head = await eth.head()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [pulse_cli, "follow", "--from-block", "1", "--to-block", str(head)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 event(s) accepted, 0 already known" in done.stdout
+    assert checkpoints.checkpoint(db, "ethereum") is None  # a backfill leaves the checkpoint alone
+
+    live = await asyncio.create_subprocess_exec(
+        pulse_cli, "follow", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await eth.send(c.alice, c.nft, calldata("transferFrom(address,address,uint256)", c.alice, c.bob, 1))
+        deadline = asyncio.get_running_loop().time() + 30
+        while (
+            saved := checkpoints.checkpoint(db, "ethereum")
+        ) is None or saved.block_number < await eth.head():
+            assert live.returncode is None, await live.communicate()
+            assert asyncio.get_running_loop().time() < deadline, "the follower did not catch up"
+            await asyncio.sleep(0.2)
+        live.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(live.wait(), 10) == 0
+    finally:
+        if live.returncode is None:
+            live.kill()
+            await live.wait()
+    db.dispose()

@@ -1,12 +1,12 @@
-"""Liveness, readiness and Prometheus metrics: the only routes without a key."""
+"""Liveness and readiness: the only routes without a key. (The API's Prometheus metrics have a port of
+their own, ``PULSE_API_METRICS_PORT``, away from the public one.)"""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from nftpulse.api.deps import ServicesDep
@@ -35,8 +35,3 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         DEPENDENCY_UP.labels(name).set(1 if up else 0)
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
-
-
-@router.get("/metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
+    api_metrics_port: int = Field(
+        default=9467,
+        description="the API's Prometheus metrics, on a port of their own: the API's port is the public one",
+    )
     worker_metrics_port: int = 9464
     dispatcher_metrics_port: int = 9465
     temporal_sdk_metrics_port: int = 9466

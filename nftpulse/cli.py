@@ -163,6 +163,8 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
         parts: dict[asyncio.Task[Any], str] = {}
         server: uvicorn.Server | None = None
         if api:
+            # Not on the API's (public) port: scraped over the private network only.
+            start_http_server(settings.api_metrics_port, addr=settings.host)
             config = uvicorn.Config(
                 create_app(settings, db, cache, client),
                 host=settings.host,
@@ -240,7 +242,7 @@ def _print_where(settings: Settings, key: str) -> None:
     table = Table(title="Pulse is up", show_header=False)
     h = settings.host
     table.add_row("API", f"http://{h}:{settings.api_port}  (docs at /docs)")
-    table.add_row("API metrics", f"http://{h}:{settings.api_port}/metrics")
+    table.add_row("API metrics", f"http://{h}:{settings.api_metrics_port}/metrics")
     table.add_row("Worker metrics", f"http://{h}:{settings.worker_metrics_port}/metrics")
     table.add_row("Dispatcher metrics", f"http://{h}:{settings.dispatcher_metrics_port}/metrics")
     table.add_row("Temporal SDK metrics", f"http://{h}:{settings.temporal_sdk_metrics_port}/metrics")

@@ -36,7 +36,7 @@ class PulseProcesses:
     migrated: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("api", "worker_metrics", "dispatcher_metrics", "sdk_metrics"):
+        for name in ("api", "api_metrics", "worker_metrics", "dispatcher_metrics", "sdk_metrics"):
             self.ports[name] = free_port()
 
     @property
@@ -49,6 +49,7 @@ class PulseProcesses:
             PULSE_WORKFLOW_ID_PREFIX=f"{self.task_queue}/",
             PULSE_BOOTSTRAP_ADMIN_KEY=self.admin_key,
             PULSE_API_PORT=str(self.ports["api"]),
+            PULSE_API_METRICS_PORT=str(self.ports["api_metrics"]),
             PULSE_WORKER_METRICS_PORT=str(self.ports["worker_metrics"]),
             PULSE_DISPATCHER_METRICS_PORT=str(self.ports["dispatcher_metrics"]),
             PULSE_TEMPORAL_SDK_METRICS_PORT=str(self.ports["sdk_metrics"]),

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import redis
+from prometheus_client import generate_latest
 from temporalio.client import Client
 
 from nftpulse.store.cache import MemoryCache, RedisCache
@@ -96,7 +97,7 @@ async def test_shedding_refuses_low_priority_and_keeps_critical(
         assert (
             await pulse.http.get("/v1/events/burst/m15", headers=pulse.keys.auth("read"))
         ).status_code == 404
-        metrics = (await pulse.http.get("/metrics")).text
+        metrics = generate_latest().decode()
         assert "pulse_events_shed_total{priority=" in metrics
 
 

@@ -207,7 +207,7 @@ def pulse_metrics_targets(running_pulse: object) -> dict[str, list[str]]:
     """Prometheus job name → the ``host:port`` of each real Pulse process's ``/metrics``."""
     ports = running_pulse.ports  # type: ignore[attr-defined]
     return {
-        JOB_API: [f"127.0.0.1:{ports['api']}"],
+        JOB_API: [f"127.0.0.1:{ports['api_metrics']}"],
         JOB_DISPATCHER: [f"127.0.0.1:{ports['dispatcher_metrics']}"],
         JOB_WORKER: [f"127.0.0.1:{ports['worker_metrics']}"],
         JOB_TEMPORAL_SDK: [f"127.0.0.1:{ports['sdk_metrics']}"],

@@ -67,6 +67,7 @@ def pulse_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         name: free_port()
         for name in (
             "API",
+            "API_METRICS",
             "TEMPORAL",
             "TEMPORAL_UI",
             "WORKER_METRICS",

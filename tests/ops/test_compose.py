@@ -161,7 +161,7 @@ def test_ports_match_the_settings_defaults(compose: dict[str, Any]) -> None:
         or [f"{n}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
         for job in prom["scrape_configs"]
     }
-    assert scraped["pulse-api"] == [f"api:{defaults.api_port}"]
+    assert scraped["pulse-api"] == [f"api:{defaults.api_metrics_port}"]
     assert scraped["pulse-dispatcher"] == [f"dispatcher:{defaults.dispatcher_metrics_port}"]
     workers = ("worker", "event-worker")
     assert scraped["pulse-worker"] == [f"{w}:{defaults.worker_metrics_port}" for w in workers]

@@ -18,7 +18,15 @@ import pytest
 
 from tests.ops.conftest import REPO_ROOT, free_port
 
-PORTS = ("API", "TEMPORAL", "TEMPORAL_UI", "WORKER_METRICS", "DISPATCHER_METRICS", "TEMPORAL_SDK_METRICS")
+PORTS = (
+    "API",
+    "API_METRICS",
+    "TEMPORAL",
+    "TEMPORAL_UI",
+    "WORKER_METRICS",
+    "DISPATCHER_METRICS",
+    "TEMPORAL_SDK_METRICS",
+)
 
 
 def _env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:

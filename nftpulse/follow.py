@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nftpulse.adapters.chain import ChainMoved, ChainRange, ChainReader, Rpc, RpcError, RpcUnavailable
-from nftpulse.adapters.logs import LogDecoder
+from nftpulse.adapters.logs import DecodeError, LogDecoder
 from nftpulse.core.settings import Settings
 from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
 from nftpulse.domain.events import Event
@@ -177,14 +177,17 @@ class Follower:
 
     async def run(self, stop: asyncio.Event, *, start_block: int | None = None, poll_s: float = 2.0) -> None:
         """Follow until ``stop`` is set: ranges back to back while behind, a poll every ``poll_s`` after.
-        A node that stays unreachable through the RPC client's retries is tried again after a pause."""
+        A range that cannot be read (the node unreachable through the RPC client's retries) is tried again
+        after a pause."""
         start = start_block
         while not stop.is_set():
             try:
                 chunk = await self.step(start)
                 start = None
-            except (RpcError, RpcUnavailable) as exc:
-                log.error("follow.rpc_failed", extra={"chain": self.chain, "error": str(exc)})
+            except (RpcError, RpcUnavailable, ChainMoved, DecodeError) as exc:
+                # The node is unreachable, keeps moving under the read or answers what no node should:
+                # said in the logs and tried again after a pause, never skipped.
+                log.error("follow.read_failed", extra={"chain": self.chain, "error": str(exc)})
                 chunk = None
             if chunk is None:
                 with contextlib.suppress(TimeoutError):

@@ -3,6 +3,7 @@ Retry-After, 5xx, a dropped connection, a JSON-RPC rate-limit error, and log ran
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,10 @@ import pytest
 
 from nftpulse.adapters.chain import ChainReader, Rpc, RpcError, RpcUnavailable
 from nftpulse.adapters.logs import LogDecoder
+from nftpulse.core.settings import Settings
+from nftpulse.follow import Follower
+from nftpulse.store import chain as checkpoints
+from nftpulse.store.db import Database
 from tests.adapters import logs_factory as f
 from tests.conftest import local_http_server
 
@@ -146,3 +151,30 @@ async def test_reader_halves_ranges_the_node_refuses(node: str) -> None:
     assert chunk.decoded.events[0].occurred_at == datetime.fromtimestamp(1_700_000_012, tz=UTC)
     assert chunk.last_block.number == 40 and chunk.logs == 40
     assert rpc.retries == 0  # refused ranges were halved, not asked again
+
+
+async def test_follower_survives_a_node_that_fails_and_catches_up_after(node: str, db: Database) -> None:
+    """Live following through a node that refuses eth_getLogs: the follower keeps running (the failure is
+    logged), and reads the blocks once the node answers again; nothing is skipped."""
+    for block in range(1, 6):
+        Node.logs[block] = [f.erc721_transfer(NFT, f.ZERO, ALICE, block, block=block, index=0, tx=block)]
+    Node.script = [
+        (200, {}, {"result": "0x5"}),
+        (200, {}, {"error": {"code": -32000, "message": "internal"}}),
+    ]
+    settings = Settings(chain_rpc_url=node, chain_contracts=NFT, chain_confirmations=0)
+    follower = Follower.from_settings(settings, db)
+    stop = asyncio.Event()
+    running = asyncio.create_task(follower.run(stop, start_block=1, poll_s=0.05))
+    try:
+        for _ in range(200):
+            saved = checkpoints.checkpoint(db, "ethereum")
+            if saved is not None and saved.block_number == 5:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await follower.aclose()
+    assert saved is not None and saved.block_number == 5
+    assert follower.report.accepted == 5

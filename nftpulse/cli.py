@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nftpulse import __version__
-from nftpulse.core import logs, tracing
+from nftpulse.core import logs
 from nftpulse.core.settings import WORKER_ROLES, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -113,7 +113,10 @@ def _exit_after(seconds: float, code: int, dev: DevServer | None) -> None:
 
 
 async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: bool, embedded: bool) -> None:
+    # Imported here, like the parts below: OpenTelemetry and the Temporal client cost seconds to import,
+    # which `pulse --help`, `pulse keys` and `pulse db` do not need.
     from nftpulse.api.app import create_app
+    from nftpulse.core import tracing
     from nftpulse.dispatcher import Dispatcher
     from nftpulse.services import bootstrap_admin_key, open_cache
     from nftpulse.temporal import DevServer, connect, connect_options, ensure_search_attributes

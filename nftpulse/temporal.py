@@ -23,7 +23,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client, Interceptor
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from nftpulse.core.settings import Settings
 from nftpulse.workflows.pipeline import SEARCH_ATTRIBUTES
@@ -101,11 +101,20 @@ async def connect(
     raise RuntimeError(f"cannot reach Temporal at {address}: {last}")
 
 
-async def ensure_search_attributes(client: Client) -> None:
-    """Register Pulse's search attributes on a server that lacks them (idempotent)."""
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
-    )
+async def ensure_search_attributes(client: Client, attempts: int = 60) -> None:
+    """Register Pulse's search attributes on a server that lacks them (idempotent). A server that went
+    away after the connection is waited for, as :func:`connect` waits: a process starting during a
+    Temporal outage waits for it rather than exit."""
+    for attempt in range(attempts):
+        try:
+            existing = await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=client.namespace)
+            )
+            break
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.UNAVAILABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(1)
     missing = {k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES}
     for name in list(missing):
         if name in existing.custom_attributes:

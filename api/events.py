@@ -213,6 +213,11 @@ async def accept(services: Services, batch: list[Event], started: float) -> Inge
     """Classify, shed past the backlog bound, append and count validated events: what every way in
     (``POST /v1/events``, the sources' webhooks) does once it has events."""
     settings = services.settings
+    known = settings.metric_source_names
+
+    def label(source: str) -> str:
+        return source if source in known else "other"
+
     thresholds = Thresholds(settings.significant_priority, settings.large_move)
     floors = await _floors(services.db)
     verdicts = [classify(e, ClassifyContext(thresholds, floor=floors.get(e.collection_key))) for e in batch]
@@ -227,7 +232,7 @@ async def accept(services: Services, batch: list[Event], started: float) -> Inge
         ]
         for ref in refused:
             SHED.labels(verdicts[ref.index].priority_class).inc()
-            EVENTS_INGESTED.labels(batch[ref.index].source, batch[ref.index].type.value, "shed").inc()
+            EVENTS_INGESTED.labels(label(batch[ref.index].source), batch[ref.index].type.value, "shed").inc()
     outcomes = []
     if keep:
         outcomes = await run_in_threadpool(
@@ -244,7 +249,7 @@ async def accept(services: Services, batch: list[Event], started: float) -> Inge
         ref = EventRef(index=index, source=o.source, id=o.id, seq=o.seq)
         (duplicates if o.duplicate else accepted).append(ref)
         EVENTS_INGESTED.labels(
-            o.source, batch[index].type.value, "duplicate" if o.duplicate else "accepted"
+            label(o.source), batch[index].type.value, "duplicate" if o.duplicate else "accepted"
         ).inc()
     services.backlog.add(len(accepted))
     result = IngestResult(
@@ -255,7 +260,7 @@ async def accept(services: Services, batch: list[Event], started: float) -> Inge
         refused_ids=refused,
     )
     took = time.perf_counter() - started
-    for source, kind in {(e.source, e.type.value) for e in batch}:
+    for source, kind in {(label(e.source), e.type.value) for e in batch}:
         INGEST_SECONDS.labels(source, kind).observe(took)
     if refused:
         return JSONResponse(

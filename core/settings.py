@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         default=None,
         description="Standard Webhooks secrets of other producers, `name=whsec_...` comma-separated",
     )
+    metric_sources: str = Field(
+        default="chain,alchemy,opensea",
+        description="event sources that get a label value of their own in metrics, comma-separated (with "
+        "the names in PULSE_SOURCE_SECRETS); other sources count as `other`, so producer-chosen names "
+        "cannot multiply the series",
+    )
     chain_rpc_url: str | None = Field(
         default=None, description="EVM JSON-RPC endpoint the follower reads; unset: no follower"
     )
@@ -201,6 +207,12 @@ class Settings(BaseSettings):
         """``PULSE_SOURCE_SECRETS`` as source name -> secret (entries without ``=`` are ignored)."""
         pairs = (item.split("=", 1) for item in (self.source_secrets or "").split(",") if "=" in item)
         return {name.strip(): secret.strip() for name, secret in pairs if name.strip() and secret.strip()}
+
+    @property
+    def metric_source_names(self) -> frozenset[str]:
+        """The sources metrics name; the rest are labelled ``other``."""
+        listed = (name.strip() for name in self.metric_sources.split(","))
+        return frozenset(name for name in listed if name) | self.source_secret_map.keys()
 
     @property
     def chain_contract_list(self) -> list[str]:

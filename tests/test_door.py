@@ -295,3 +295,24 @@ async def test_twilio_callback_refuses_a_body_that_is_not_utf8(door: Door) -> No
         headers={"content-type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"},
     )
     assert 400 <= resp.status_code < 500, resp.text
+
+
+async def test_metric_labels_name_known_sources_only(door: Door) -> None:
+    """Producers choose `source`: 3,000 of them must not make 3,000 label values. Sources outside
+    PULSE_METRIC_SOURCES (and PULSE_SOURCE_SECRETS) are counted as `other`."""
+    from prometheus_client import REGISTRY
+
+    def series(source: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "pulse_events_ingested_total", {"source": source, "type": "sale", "outcome": "accepted"}
+        )
+        return value or 0.0
+
+    other_before, chain_before = series("other"), series("chain")
+    batch = [sale(id=f"m-{i}", source=f"producer-{i}", log_index=i) for i in range(30)]
+    batch.append(sale(id="m-chain", source="chain", log_index=99))
+    resp = await door.http.post("/v1/events", json={"events": batch}, headers=door.ingest)
+    assert resp.status_code == 202 and resp.json()["accepted"] == 31
+    assert series("other") == other_before + 30
+    assert series("chain") == chain_before + 1
+    assert all(series(f"producer-{i}") == 0.0 for i in range(30))

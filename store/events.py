@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, true, update
+from sqlalchemy import ColumnElement, and_, func, or_, true, update
 from sqlmodel import Session, col, select
 
 from nftpulse.domain.events import SCHEMA_VERSION, Event, EventType, nft_key, utcnow
@@ -221,16 +221,21 @@ def stale_dispatched(db: Database, older_than: datetime) -> StaleWork:
 # -- worker ---------------------------------------------------------------------------------------
 
 
+def _pending(session: Session, partitions: Sequence[str]) -> ColumnElement[bool]:
+    """Routine events handed to these partitions and not yet applied."""
+    return and_(
+        one_of(session, col(EventRecord.partition), partitions),
+        col(EventRecord.route) == Route.PARTITION.value,
+        col(EventRecord.status) == EventStatus.DISPATCHED.value,
+    )
+
+
 def pending_in_partitions(session: Session, partitions: Sequence[str], limit: int) -> list[EventRecord]:
     """The oldest routine events handed to the given partitions and not yet applied, in log order."""
     return list(
         session.exec(
             select(EventRecord)
-            .where(
-                one_of(session, col(EventRecord.partition), partitions),
-                col(EventRecord.route) == Route.PARTITION.value,
-                col(EventRecord.status) == EventStatus.DISPATCHED.value,
-            )
+            .where(_pending(session, partitions))
             .order_by(col(EventRecord.seq))
             .limit(limit)
         )
@@ -245,11 +250,7 @@ def pending_seqs_in_partitions(
         (seq or 0, partition)
         for seq, partition in session.exec(
             select(col(EventRecord.seq), col(EventRecord.partition))
-            .where(
-                one_of(session, col(EventRecord.partition), partitions),
-                col(EventRecord.route) == Route.PARTITION.value,
-                col(EventRecord.status) == EventStatus.DISPATCHED.value,
-            )
+            .where(_pending(session, partitions))
             .order_by(col(EventRecord.seq))
             .limit(limit)
         )

@@ -28,10 +28,8 @@ SCHEMA_VERSION = 1
 MAX_BATCH = 1000
 
 # -- bounds: what the engines, the event log and both databases hold ------------------------------------
-#: Block numbers and quantities: a signed 64-bit column on either database.
+#: Block numbers, log indexes and quantities: a signed 64-bit column on either database.
 INT64_MAX = 2**63 - 1
-#: Log indexes (positions within one block, in the thousands at most): the event log's 32-bit column.
-INT32_MAX = 2**31 - 1
 #: Amounts and rates: at most 15 integer and 18 fractional digits (wei), no exponent. The engines quantize
 #: prices to 1e-12 within a 28-digit context, which a larger integer part would overflow.
 MAX_INT_DIGITS, MAX_FRACTION_DIGITS = 15, 18
@@ -319,7 +317,7 @@ class Event(BaseModel):
     contract: str
     token_id: str | None = None
     block_number: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    log_index: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    log_index: int | None = Field(default=None, ge=0, le=INT64_MAX)
     tx_hash: str | None = Field(default=None, max_length=80)
     data: dict[str, Any] = Field(default_factory=dict)
 

@@ -86,7 +86,8 @@ class EventRecord(SQLModel, table=True):
     contract: str = Field(max_length=42)
     token_id: str | None = Field(default=None, max_length=80)
     block_number: int | None = Field(default=None, sa_type=BigInteger)
-    log_index: int | None = None
+    #: 64-bit on Postgres like ``block_number`` (the API accepts any int64); SQLite's INTEGER is 64-bit.
+    log_index: int | None = Field(default=None, sa_type=BigId)
     tx_hash: str | None = Field(default=None, max_length=80)
     #: W3C traceparent of the request that brought the event, when tracing is on.
     traceparent: str | None = Field(default=None, max_length=64)

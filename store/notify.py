@@ -79,6 +79,10 @@ class Subscription(SQLModel, table=True):
     rules: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(sa_type=_tz())
     updated_at: datetime = Field(sa_type=_tz())
+    #: Set when one of its rules raised in detection: detection leaves the subscription out until its
+    #: owner updates the rules (which validates them again and clears both).
+    disabled_at: datetime | None = Field(default=None, sa_type=_tz())
+    disabled_reason: str | None = Field(default=None, max_length=500)
 
 
 class SubscriptionKey(SQLModel, table=True):

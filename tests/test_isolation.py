@@ -22,7 +22,7 @@ from nftpulse.activities.contracts.pipeline import ChangeSet
 from nftpulse.activities.notify.detection import DetectionActivities
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.domain.changes import MetricChange
-from nftpulse.domain.events import INT32_MAX, INT64_MAX
+from nftpulse.domain.events import INT64_MAX
 from nftpulse.store import events as event_store
 from nftpulse.store import notify as notify_store
 from nftpulse.store import schema, watching
@@ -77,7 +77,7 @@ extremes = st.fixed_dictionaries(
     {},
     optional={
         "block_number": st.sampled_from([0, 1, INT64_MAX]),
-        "log_index": st.sampled_from([0, INT32_MAX]),
+        "log_index": st.sampled_from([0, INT64_MAX]),
         "occurred_at": st.sampled_from(["1970-01-01T00:00:00Z", "2199-12-31T23:59:59Z"]),
     },
 )

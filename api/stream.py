@@ -87,7 +87,14 @@ class Tail(Generic[T]):
         self._poll, self._settle, self._limit = poll_s, settle_s, limit
         self._subscribers: set[Subscriber[T]] = set()
         self._task: asyncio.Task[None] | None = None
+        # Held by the reader around each read and fan-out, and by a subscription while it joins: a
+        # client joins between two reads, so it gets every row after its floor exactly once. (Without
+        # it, a thousand clients connecting at once each saw "no reader yet" and started one of their own.)
+        self._lock = asyncio.Lock()
+        self._listening = asyncio.Event()
         self._floor = 0
+        self._seen: set[int] = set()
+        self._missing: dict[int, float] = {}
 
     @property
     def clients(self) -> int:
@@ -96,13 +103,17 @@ class Tail(Generic[T]):
     async def subscribe(self, wants: Callable[[T], bool]) -> Subscriber[T]:
         """Register a client; rows committed from now on reach its queue."""
         sub: Subscriber[T] = Subscriber(wants)
-        if self._task is None or self._task.done():
-            # Everything up to here is in the table for the client's own catch-up read.
-            self._floor = await run_in_threadpool(self._head)
+        async with self._lock:
+            if not self._subscribers:
+                # Nobody listened until now: what is in the table is history, read by the client's own
+                # catch-up; the reader starts from here.
+                self._floor = await run_in_threadpool(self._head)
+                self._seen.clear()
+                self._missing.clear()
             self._subscribers.add(sub)
-            self._task = asyncio.create_task(self._run())
-        else:
-            self._subscribers.add(sub)
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._run())
+            self._listening.set()
         return sub
 
     def unsubscribe(self, sub: Subscriber[T]) -> None:
@@ -115,23 +126,27 @@ class Tail(Generic[T]):
                 await self._task
 
     async def _run(self) -> None:
-        seen: set[int] = set()
-        missing: dict[int, float] = {}
-        while self._subscribers:
-            try:
-                rows = await run_in_threadpool(self._fetch, self._floor, self._limit)
-            except Exception:  # the database is briefly away: keep the clients, try again
-                log.exception("stream.tail_failed")
+        """The one reader: reads while anyone listens, sleeps (without reading) while nobody does."""
+        while True:
+            if not self._subscribers:
+                self._listening.clear()
+                await self._listening.wait()
+            async with self._lock:
+                try:
+                    rows = await run_in_threadpool(self._fetch, self._floor, self._limit)
+                except Exception:  # the database is briefly away: keep the clients, try again
+                    log.exception("stream.tail_failed")
+                    rows = None
+                if rows:
+                    for row in rows:
+                        ident = self._ident(row)
+                        if ident not in self._seen:
+                            self._seen.add(ident)
+                            self._fan_out(row)
+                    self._advance()
+            if rows is None:
                 await asyncio.sleep(1.0)
-                continue
-            for row in rows:
-                ident = self._ident(row)
-                if ident in seen:
-                    continue
-                seen.add(ident)
-                self._fan_out(row)
-            self._advance(seen, missing)
-            if len(rows) < self._limit:
+            elif len(rows) < self._limit:
                 await asyncio.sleep(self._poll)
 
     def _fan_out(self, row: T) -> None:
@@ -143,8 +158,9 @@ class Tail(Generic[T]):
             except asyncio.QueueFull:
                 sub.overflowed = True
 
-    def _advance(self, seen: set[int], missing: dict[int, float]) -> None:
+    def _advance(self) -> None:
         """Move the floor over every id seen and every id missing for longer than ``settle_s``."""
+        seen, missing = self._seen, self._missing
         if not seen:
             return
         now = time.monotonic()

@@ -13,8 +13,9 @@ from temporalio.service import RPCError
 
 from nftpulse.api.common import QueryInt, RowId
 from nftpulse.api.deps import AdminKey, Services, ServicesDep
-from nftpulse.store import events, notifications
+from nftpulse.store import events, notifications, watching
 from nftpulse.store.events import ReplayFilter
+from nftpulse.store.notify import Subscription
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
 
@@ -44,9 +45,19 @@ class NotificationFailure(BaseModel):
     web_ui: str | None
 
 
+class DisabledSubscription(BaseModel):
+    """A subscription one of whose rules failed in detection: disabled until its owner updates the rules."""
+
+    subscription_id: str
+    user_id: str
+    reason: str | None
+    disabled_at: datetime | None
+
+
 class FailureList(BaseModel):
     items: list[Failure]
     notifications: list[NotificationFailure]
+    subscriptions: list[DisabledSubscription]
     limit: int
     offset: int
 
@@ -96,7 +107,12 @@ async def list_failures(
         with services.db.read() as session:
             return notifications.failed_deliveries(session, limit, offset)
 
+    def disabled() -> list[Subscription]:
+        with services.db.read() as session:
+            return watching.disabled_subscriptions(session, limit, offset)
+
     deliveries = await run_in_threadpool(failed_deliveries)
+    subscriptions = await run_in_threadpool(disabled)
     return FailureList(
         items=[
             Failure(
@@ -126,6 +142,15 @@ async def list_failures(
                 web_ui=link(d.workflow_id),
             )
             for d in deliveries
+        ],
+        subscriptions=[
+            DisabledSubscription(
+                subscription_id=sub.id,
+                user_id=sub.user_id,
+                reason=sub.disabled_reason,
+                disabled_at=sub.disabled_at,
+            )
+            for sub in subscriptions
         ],
         limit=limit,
         offset=offset,

@@ -68,6 +68,14 @@ class SubscriptionPatch(Strict):
     rules: list[dict[str, Any]] | None = Field(default=None, min_length=1, max_length=50)
 
 
+class InvalidRule(BaseModel):
+    """A stored rule that does not validate any more, and why."""
+
+    index: int
+    id: str | None
+    reason: str
+
+
 class SubscriptionOut(BaseModel):
     """A subscription as stored: its entity (or wallets) and its validated rules."""
 
@@ -80,6 +88,13 @@ class SubscriptionOut(BaseModel):
     rules: list[Rule]
     created_at: IsoTime
     updated_at: IsoTime
+    #: ``disabled`` once one of its rules failed in detection: it notifies nothing until its rules are
+    #: updated (``PATCH`` with ``rules``, validated again, re-enables it).
+    status: Literal["active", "disabled"] = "active"
+    disabled_at: IsoTime | None = None
+    disabled_reason: str | None = None
+    #: Stored rules that no longer validate (kept by an earlier version): listed here, not in ``rules``.
+    invalid_rules: list[InvalidRule] = Field(default_factory=list)
 
 
 class SubscriptionList(BaseModel):
@@ -88,6 +103,18 @@ class SubscriptionList(BaseModel):
 
 def sub_out(sub: store.Subscription) -> SubscriptionOut:
     """The API shape of a subscription."""
+    rules: list[Rule] = []
+    invalid: list[InvalidRule] = []
+    for i, raw in enumerate(sub.rules):
+        try:
+            rules.append(Rule.model_validate(raw))
+        except ValidationError as exc:
+            # Reasons name fields only, never the stored values (Infinity or NaN would not render).
+            reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            rule_id = raw.get("id") if isinstance(raw, dict) else None
+            invalid.append(
+                InvalidRule(index=i, id=str(rule_id)[:80] if rule_id else None, reason=reason[:500])
+            )
     return SubscriptionOut.model_validate(
         {
             "id": sub.id,
@@ -96,9 +123,13 @@ def sub_out(sub: store.Subscription) -> SubscriptionOut:
             "entity_key": sub.entity_key,
             "wallets": sub.wallets,
             "label": sub.label,
-            "rules": sub.rules,
+            "rules": rules,
+            "invalid_rules": invalid,
             "created_at": sub.created_at,
             "updated_at": sub.updated_at,
+            "status": "active" if sub.disabled_at is None else "disabled",
+            "disabled_at": sub.disabled_at,
+            "disabled_reason": sub.disabled_reason,
         }
     )
 
@@ -223,7 +254,8 @@ async def get_subscription(
 async def patch_subscription(
     user_id: UserId, sub_id: str, body: SubscriptionPatch, principal: PrincipalDep, services: ServicesDep
 ) -> SubscriptionOut:
-    """Change a subscription's entity, wallets, label or rules. Changed rules start with fresh state."""
+    """Change a subscription's entity, wallets, label or rules. Changed rules start with fresh state, and
+    re-enable a subscription that a failing rule disabled."""
     authorize(principal, user_id)
     current = await run_in_threadpool(_own_sub, services, user_id, sub_id)
     fields = body.model_fields_set
@@ -240,6 +272,9 @@ async def patch_subscription(
             if sub is None:
                 raise HTTPException(404, f"no subscription {sub_id!r}")
             sub.entity_key, sub.wallets, sub.rules = key, wallets, rules
+            if body.rules is not None:
+                # Validated again above: a subscription a failing rule disabled watches again.
+                sub.disabled_at = sub.disabled_reason = None
             if "label" in fields:
                 sub.label = body.label
             sub.updated_at = datetime.now(UTC)

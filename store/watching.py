@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func, select
+from sqlalchemy import Text, cast, delete, func, select, update
 from sqlmodel import Session, col
 
 from nftpulse.store.models import EntityView, Rate
@@ -55,6 +55,37 @@ def bump_watch_generation(session: Session) -> None:
     )
 
 
+def disable_subscriptions(session: Session, reasons: dict[str, str], at: datetime) -> int:
+    """Disable subscriptions whose rules failed in detection (``reasons``: subscription id -> why); the
+    first reason stands. Moves the watch generation, so that detection's cache drops them. Returns how many
+    were newly disabled."""
+    if not reasons:
+        return 0
+    changed = 0
+    for sub_id, reason in sorted(reasons.items()):
+        result = session.execute(
+            update(Subscription)
+            .where(col(Subscription.id) == sub_id, col(Subscription.disabled_at).is_(None))
+            .values(disabled_at=at, disabled_reason=reason[:500])
+        )
+        changed += int(getattr(result, "rowcount", 0) or 0)
+    if changed:
+        bump_watch_generation(session)
+    return changed
+
+
+def disabled_subscriptions(session: Session, limit: int, offset: int) -> list[Subscription]:
+    """Subscriptions disabled by a failing rule, most recently disabled first (the ops failures list)."""
+    stmt = (
+        select(Subscription)
+        .where(col(Subscription.disabled_at).is_not(None))
+        .order_by(col(Subscription.disabled_at).desc(), col(Subscription.id))
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.execute(stmt).scalars())
+
+
 def wallets_watched(session: Session) -> bool:
     """Whether any subscription watches a wallet (its own or a portfolio's): one probe of the key index."""
     probe = (
@@ -95,6 +126,7 @@ def watch_entries(session: Session, entity_keys: Iterable[str]) -> list[WatchEnt
             )
             .join(Subscription, col(Subscription.id) == col(SubscriptionKey.subscription_id))
             .where(one_of(session, col(SubscriptionKey.entity_key), keys[start : start + 500]))
+            .where(col(Subscription.disabled_at).is_(None))
         ).all()
         out += [
             WatchEntry(key, sub_id, user_id, rules, target) for key, sub_id, user_id, rules, target in rows

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlmodel import Session, col
 from temporalio.client import Client
@@ -475,12 +476,14 @@ def _evaluate(
     # Each subscription's rules parsed once, not once per change: a busy collection has hundreds of
     # watchers and a batch several changed metrics per entity.
     rules_of: dict[str, list[Rule]] = {}
+    #: Subscriptions whose rules raised, with why: disabled in this transaction (``_rule_broken``).
+    broken: dict[str, str] = {}
     for w in found:
         if w.subscription_id not in rules_of:
             try:
                 rules_of[w.subscription_id] = parsed_rules(w.rules_json)
             except Exception as exc:  # a rule stored before its bounds existed: skip it, tell everyone else
-                _rule_broken(w, None, exc)
+                _rule_broken(w, _unreadable_rule(w.rules_json), exc, broken)
                 rules_of[w.subscription_id] = []
     states = watching.rule_states(
         s,
@@ -533,7 +536,7 @@ def _evaluate(
                         ev = evaluate(rule, RuleState.from_dict(previous), change)
                         outcome = (ev, orjson.Fragment(orjson.dumps(ev.state.to_dict())))
                     except Exception as exc:  # one rule's failure is its own: the others are evaluated
-                        _rule_broken(w, rule.id, exc)
+                        _rule_broken(w, rule.id, exc, broken)
                         continue
                     outcomes[same] = outcome
                 ev, changed_states[triple] = outcome
@@ -551,12 +554,47 @@ def _evaluate(
                 firing = Firing(candidate, rule, w.subscription_id, ev.explanation, change.cause)
                 fired.setdefault(w.user_id, []).append(firing)
     watching.save_rule_states(s, changed_states, at)
+    if broken:
+        # Disabled with the rest of this detection's writes: a broken subscription notifies nothing more
+        # (not even by its other rules, here or later) until its owner updates the rules.
+        watching.disable_subscriptions(s, broken, at)
+        for user_id in list(fired):
+            kept = [f for f in fired[user_id] if f.subscription_id not in broken]
+            if kept:
+                fired[user_id] = kept
+            else:
+                del fired[user_id]
     return fired
 
 
-def _rule_broken(watcher: watching.WatchEntry, rule_id: str | None, exc: Exception) -> None:
+def _unreadable_rule(rules_json: str) -> str | None:
+    """The id of the first stored rule that does not validate (asked only once parsing them failed)."""
+    try:
+        items = orjson.loads(rules_json)
+    except orjson.JSONDecodeError:
+        return None
+    for item in items if isinstance(items, list) else []:
+        try:
+            Rule.model_validate(item)
+        except ValidationError:
+            rule_id = item.get("id") if isinstance(item, dict) else None
+            return str(rule_id)[:80] if rule_id is not None else None
+    return None
+
+
+def _rule_broken(
+    watcher: watching.WatchEntry, rule_id: str | None, exc: Exception, broken: dict[str, str]
+) -> None:
     """A subscription's rule that cannot be parsed or evaluated is left out of this detection (its state
-    unchanged), so that it holds back no other rule, user or shard; the log names it and why."""
+    unchanged), so that it holds back no other rule, user or shard; the subscription is recorded in
+    ``broken`` to be disabled, and the log names it and why."""
+    if isinstance(exc, ValidationError):
+        # Fields and messages, not the stored values (which may be Infinity or NaN).
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    reason = f"rule {rule_id or '?'} failed in detection: {why}"[:500]
+    broken.setdefault(watcher.subscription_id, reason)
     RULES_FAILED.inc()
     log.warning(
         "detection.rule_failed",

@@ -27,7 +27,10 @@ from nftpulse.activities.contracts.pipeline import (
     ANALYZE_IMPACT,
     INVALIDATE_CACHE,
     RECALCULATE,
+    TICK_CLOCKS,
     ChangeSet,
+    ClockInput,
+    ClockResult,
     ImpactInput,
     ImpactPlan,
     InvalidateInput,
@@ -48,7 +51,7 @@ from nftpulse.domain.book import Change, CollectionBook, InconsistentEventError,
 from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.events import Event, EventType, utcnow
 from nftpulse.domain.impact import SEVERITIES, analyze_each
-from nftpulse.store import books, entities, events
+from nftpulse.store import books, clocks, entities, events
 from nftpulse.store import changes as changelog
 from nftpulse.store.books import BookWrite
 from nftpulse.store.cache import EntityCache
@@ -431,6 +434,7 @@ class PipelineActivities:
                 applied += outcome.applied
                 poison += outcome.poison
             books.save_books(session, saved)
+            clocks.set_due(session, [(w.key, w.book.next_moment(), w.book.clock_us) for w in saved])
             views_at = utcnow()
             # The cache's floors rise before the commit: a reader that loads an old row until then cannot
             # cache it afterwards, so once the events below read processed, every read shows their effect.
@@ -548,6 +552,16 @@ class PipelineActivities:
         for row in rows:
             base, quote = row.data["pair"].split("/")
             entities.add_rate(session, base, quote, row.occurred_at, row.data["rate"], row.seq or 0)
+
+    # -- time without events ------------------------------------------------------------------------
+
+    @TICK_CLOCKS.implement
+    @uninterruptible
+    def tick_clocks(self, inp: ClockInput) -> ClockResult:
+        """Clock events for the collections whose next moment has come (``store.clocks``)."""
+        _count_action()
+        ticked, following, more = clocks.tick(self._db, datetime.fromisoformat(inp.now), inp.limit)
+        return ClockResult(ticked, "" if following is None else following.isoformat(), more)
 
     # -- cache invalidation -------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ URGENCY: dict[EventType, float] = {
     EventType.BID: 0.3,
     EventType.PRICE_TICK: 0.25,
     EventType.SOCIAL_SIGNAL: 0.2,
+    EventType.CLOCK: 0.3,
 }
 FRAUD_URGENCY = {"critical": 1.0, "high": 0.9, "medium": 0.6, "low": 0.4}
 CATEGORY: dict[EventType, str] = {
@@ -69,6 +70,7 @@ CATEGORY: dict[EventType, str] = {
     EventType.FRAUD_FINDING: "fraud",
     EventType.SOCIAL_SIGNAL: "social",
     EventType.PRICE_TICK: "market_data",
+    EventType.CLOCK: "time",
 }
 WEIGHTS = {"urgency": 0.35, "impact": 0.25, "watchers": 0.15, "reliability": 0.10}
 

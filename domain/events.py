@@ -123,6 +123,9 @@ class EventType(StrEnum):
     FRAUD_FINDING = "fraud_finding"
     SOCIAL_SIGNAL = "social_signal"
     PRICE_TICK = "price_tick"
+    #: Time passing for a collection: Pulse's clock appends one at each instant a figure moves with no
+    #: event (a listing expires, the time-weighted floor's window slides, a new day).
+    CLOCK = "clock"
 
 
 class Severity(StrEnum):
@@ -275,6 +278,12 @@ class PriceTickData(_Data):
         return v.upper()
 
 
+class ClockData(_Data):
+    """A clock event carries nothing but its instant (``occurred_at``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.MINT: MintData,
     EventType.TRANSFER: TransferData,
@@ -287,6 +296,7 @@ DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.FRAUD_FINDING: FraudFindingData,
     EventType.SOCIAL_SIGNAL: SocialSignalData,
     EventType.PRICE_TICK: PriceTickData,
+    EventType.CLOCK: ClockData,
 }
 
 #: Event types that concern one token and therefore need ``token_id``.

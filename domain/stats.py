@@ -151,6 +151,21 @@ class ListingIndex:
             stack.extend(child for child in (2 * at + 1, 2 * at + 2) if child < len(heap))
         return out
 
+    def next_expiry(self) -> str | None:
+        """The earliest expiry of an active listing (read-only): the next moment the floor can move with
+        no event. A best-first walk of the heap that passes over entries a later listing replaced."""
+        heap = self._expiry
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier:
+            (expires, token_id), at = heapq.heappop(frontier)
+            entry = self.entries.get(token_id)
+            if entry is not None and entry[1] == expires:
+                return expires
+            for child in (2 * at + 1, 2 * at + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return None
+
     @property
     def floor(self) -> Decimal | None:
         """The cheapest active listing."""

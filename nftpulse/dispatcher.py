@@ -24,6 +24,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from nftpulse.activities.pipeline import event_workflow_id
@@ -42,6 +43,7 @@ from nftpulse.store import events
 from nftpulse.store.db import Database
 from nftpulse.store.events import DispatchMark
 from nftpulse.store.models import EventRecord, Route
+from nftpulse.workflows.clock import ClockRun, ClockWorkflow, clock_workflow_id
 from nftpulse.workflows.pipeline import (
     SHARD_TASK_TIMEOUT,
     EventInput,
@@ -300,6 +302,7 @@ class Dispatcher:
         """Hand off again what was dispatched long ago and is still unfinished (lost signal or start), and
         at start-up whatever a predecessor dispatched: the database, not a dispatcher's memory, is where a
         deferred wake is kept (its events are ``dispatched``), and a second hand-off is harmless."""
+        await self.ensure_clock()
         cutoff = self._started_at or datetime.now(UTC) - STALE_AFTER
         stale = await asyncio.to_thread(events.stale_dispatched, self._db, cutoff)
         if not stale.partitions and not stale.own:
@@ -314,6 +317,21 @@ class Dispatcher:
             *[self._start_event(row, row.priority_class, "unknown") for row in stale.own],
         )
         self._started_at = None
+
+    async def ensure_clock(self) -> None:
+        """Start Pulse's clock (``workflows.clock``) unless it runs: checked at every sweep, so a clock
+        that failed or was terminated is back within ``SWEEP_EVERY_S``."""
+        try:
+            await self._client.start_workflow(
+                ClockWorkflow.run,
+                ClockRun(),
+                id=clock_workflow_id(self._settings.workflow_id_prefix),
+                task_queue=self._settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            )
+        except WorkflowAlreadyStartedError:
+            return
+        TEMPORAL_ACTIONS.labels("workflow_start").inc()
 
 
 def pause_after_tick(moved: int, batch_max: int, took_s: float, interval_s: float) -> float:

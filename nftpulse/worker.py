@@ -34,10 +34,11 @@ from nftpulse.channels.webhook import WebhookConfig
 from nftpulse.core.settings import Settings
 from nftpulse.store.cache import EntityCache
 from nftpulse.store.db import Database
+from nftpulse.workflows.clock import ClockWorkflow
 from nftpulse.workflows.notify import DigestWorkflow, NotificationWorkflow
 from nftpulse.workflows.pipeline import EventWorkflow, ShardWorkflow
 
-WORKFLOWS = [ShardWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow]
+WORKFLOWS = [ShardWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow, ClockWorkflow]
 STICKY_TIMEOUT = timedelta(seconds=3)
 GRACEFUL_SHUTDOWN = timedelta(seconds=2)
 
@@ -120,6 +121,7 @@ def build_worker(
         pipeline.analyze_impact,
         pipeline.recalculate,
         pipeline.invalidate_cache,
+        pipeline.tick_clocks,
         detection.detect_significant_changes,
     ]
     # Few slots on purpose: the pipeline's steps are CPU-bound Python, and a worker that runs more of them

@@ -136,6 +136,18 @@ class CollectionBookRecord(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=_tz())
 
 
+class CollectionClock(SQLModel, table=True):
+    """A live collection's next moment at which a figure moves with time alone (a listing's expiry, the
+    time-weighted floor's window, a new day): Pulse's clock workflow appends a clock event for it then.
+    Written with the book; a collection whose events are far older than their arrival (a replayed
+    history) has none."""
+
+    __tablename__ = "collection_clocks"
+
+    partition: str = Field(primary_key=True, max_length=120)
+    due_at: datetime = Field(sa_type=_tz(), index=True)
+
+
 class BookHistoryRecord(SQLModel, table=True):
     """History entries (sales, listing entries) one save of a collection book added. The book is its row
     in ``collection_books`` plus all of these, oldest first (``domain.book.CollectionBook.from_stored``);

@@ -134,6 +134,22 @@ class InvalidateResult:
     processed: int
 
 
+@dataclass
+class ClockInput:
+    #: The clock workflow's time (ISO 8601): moments due at or before it get their clock events.
+    now: str
+    limit: int = 1000
+
+
+@dataclass
+class ClockResult:
+    ticked: int
+    #: The next moment after ``now`` (ISO 8601; empty: none recorded).
+    next_due: str = ""
+    #: More moments were due than ``limit``.
+    more: bool = False
+
+
 #: Transient failures (database busy or down, a worker lost) retry without end: an accepted event must
 #: end processed or visibly failed, never dropped. Permanent ones fail at once.
 PIPELINE_RETRY = RetryPolicy(
@@ -156,4 +172,8 @@ RECALCULATE: ActivityContract[RecalcInput, RecalcResult] = ActivityContract(
 #: (``workflows.pipeline.INVALIDATION_IN_RECALCULATION``).
 INVALIDATE_CACHE: ActivityContract[InvalidateInput, InvalidateResult] = ActivityContract(
     "invalidate_cache", InvalidateInput, InvalidateResult, timedelta(seconds=30), PIPELINE_RETRY, local=True
+)
+#: Pulse's clock (``workflows.clock``): appends the clock events of collections whose moment came.
+TICK_CLOCKS: ActivityContract[ClockInput, ClockResult] = ActivityContract(
+    "tick_clocks", ClockInput, ClockResult, timedelta(seconds=30), PIPELINE_RETRY, local=True
 )

@@ -118,6 +118,14 @@ class BookFold(BookViews):
         owns = [self._own_tokens(event) for event in events]
         candidates = set().union(*owns)
         before = {tid: self._nft_headline(tid) for tid in candidates if tid in self.tokens}
+        # Listings the batch's clock will pass (a clock event's whole point): their tokens' views show
+        # the listing, so they are rewritten although no event names them.
+        latest = max((event.occurred_at.isoformat() for event in events), default=None)
+        lapsing = (
+            self._d.listings.expiring(latest)
+            if latest is not None and (self.clock is None or latest > self.clock)
+            else set()
+        )
         # Rarity is brought up to date once, after the batch: the tokens whose liveness or traits an
         # event changed, in order, and the live-token counts the batch passed through (rank epsilons).
         pending: dict[str, None] = {}
@@ -173,6 +181,7 @@ class BookFold(BookViews):
             change.all_nfts = True
             driven = self._driven_nfts()
             change.nfts |= driven
+        change.nfts |= {tid for tid in lapsing - own if tid in self.tokens}
 
         rarity = self._d.rarity
         # The smallest rank epsilon of any size the batch passed through: the drift bound stays an upper

@@ -16,6 +16,10 @@ from nftpulse.domain.book.state import TWAP_WINDOW_US, BookState, _sale_order
 from nftpulse.domain.stats import DAY_US, OPEN, FloorSeries, gini, to_us, top_share
 from nftpulse.domain.trust import SaleRecord, TrustResult
 
+#: While the time-weighted floor's window still holds an earlier step, time alone moves it: it is brought
+#: up to date at least this often for a quiet collection (``BookViews.next_moment``).
+TWAP_STEP_US = 3_600 * 1_000_000
+
 
 class BookViews(BookState):
     """The read models of a book's state."""
@@ -29,6 +33,27 @@ class BookViews(BookState):
         if self._d.twap is None or self._d.twap[0] != key:
             self._d.twap = (key, self._series().average(now - TWAP_WINDOW_US, now))
         return self._d.twap[1]
+
+    def next_moment(self) -> int | None:
+        """The next instant after the book's clock (microseconds) at which a figure moves with time alone:
+        the earliest expiry of an active listing (the floor), the time-weighted floor's window while it
+        still holds an earlier step (hourly, and the instant the last step leaves it), and the next UTC
+        day (the age factor, the last sale's decay, the daily series). None: the book has no clock yet.
+
+        A clock event at that instant (``EventType.CLOCK``) makes the figures move through the normal
+        fold, so the state at any instant equals a recompute of the log up to it."""
+        now = self.clock_us
+        if now is None:
+            return None
+        moments = [(now // DAY_US + 1) * DAY_US]
+        expiry = self._d.listings.next_expiry()
+        if expiry is not None:
+            moments.append(to_us(expiry))
+        times = self._series().times
+        last = bisect_right(times, now) - 1
+        if last >= 0 and times[last] + TWAP_WINDOW_US > now:
+            moments.append(min(times[last] + TWAP_WINDOW_US, now + TWAP_STEP_US))
+        return min(moment for moment in moments if moment > now)
 
     def _series(self) -> FloorSeries:
         version = self._d.history_version

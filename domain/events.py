@@ -67,13 +67,18 @@ def _time_in_range(v: datetime) -> datetime:
 BoundedTime = Annotated[datetime, AfterValidator(_time_in_range)]
 
 
+#: Unicode's control characters (category Cc) exactly: one regex pass instead of a lookup per character,
+#: which was a third of decoding a chain log.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def normalize_id(value: Any) -> Any:
     """Ids compare as Unicode NFC: the NFD and NFC spellings of one id are one id."""
     if not isinstance(value, str):
         return value
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
-    return unicodedata.normalize("NFC", value)
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
 
 
 def check_json_value(value: Any, depth: int = 0) -> tuple[tuple[str | int, ...], str] | None:

@@ -16,6 +16,7 @@ from nftpulse.api import (
     entities,
     errors,
     events,
+    feedback,
     health,
     inbox,
     ops,
@@ -64,6 +65,18 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
     docs.install(app)
     app.add_middleware(BodyLimit)
 
-    for module in (health, events, sources, entities, ops, users, subscriptions, inbox, callbacks, stream):
+    for module in (
+        health,
+        events,
+        sources,
+        entities,
+        ops,
+        users,
+        subscriptions,
+        inbox,
+        feedback,
+        callbacks,
+        stream,
+    ):
         app.include_router(module.router)
     return app

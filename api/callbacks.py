@@ -13,8 +13,8 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -38,6 +38,7 @@ from nftpulse.core.delivery import (
     DeliveryStatus,
     map_twilio_status,
 )
+from nftpulse.core.metrics import NOTIFICATION_CLICKS
 from nftpulse.store import notifications
 from nftpulse.store import notify as store
 
@@ -122,6 +123,8 @@ class SendGridStatus:
     #: From ``custom_args``: the notification's row id (preferred) and its idempotency key (fallback).
     notification_id: int | None
     idempotency_key: str | None
+    #: SendGrid's event name (``open``, ``click`` …): counts clicks, not part of the status update.
+    event: str = field(default="", compare=False)
 
 
 class SendGridEventError(ValueError):
@@ -171,7 +174,7 @@ def parse_sendgrid_events(body: str) -> list[SendGridStatus]:
             raise SendGridEventError(f"body.{i}.{SENDGRID_IDEMPOTENCY_ARG}", "must be a string")
         if notification_id is None and not raw_key:
             continue
-        out.append(SendGridStatus(status, notification_id, raw_key or None))
+        out.append(SendGridStatus(status, notification_id, raw_key or None, name))
     return out
 
 
@@ -209,6 +212,13 @@ def _apply_sendgrid(services: Services, updates: list[SendGridStatus]) -> list[s
         notifications.apply_provider_statuses(s, "email", by_id, by_key, now)
         acted = [nid for nid, status in by_id if status == "read"]
         acted += notifications.ids_for_keys(s, [key for key, status in by_key if status == "read"])
+        clicked = [u.notification_id for u in updates if u.event == "click" and u.notification_id]
+        if clicked:
+            kinds: Iterable[str] = s.execute(
+                select(col(store.Notification.kind)).where(col(store.Notification.id).in_(clicked))
+            ).scalars()
+            for kind in kinds:
+                NOTIFICATION_CLICKS.labels(kind, "email").inc()
         return notifications.mark_acted_on(s, acted, now)
 
 
@@ -251,7 +261,7 @@ async def sendgrid_callback(
         raise InvalidInput([{"field": exc.field, "reason": exc.reason}]) from exc
     if updates:
         acted = await run_in_threadpool(_apply_sendgrid, services, updates)
-        await _signal_read(services, acted)
+        await _signal_read(services, acted, "email")
     return Response(status_code=204)
 
 
@@ -310,7 +320,7 @@ async def twilio_inbound(
     if not phone:
         raise InvalidInput([{"field": "From", "reason": "required"}])
     acted = await run_in_threadpool(_sms_reply, services, phone)
-    await _signal_read(services, acted)
+    await _signal_read(services, acted, "sms")
     return Response(_EMPTY_TWIML, media_type="application/xml")
 
 
@@ -326,6 +336,7 @@ def _push_click(services: Services, notification_id: int, token: str) -> tuple[s
             raise HTTPException(404, f"no notification {notification_id} with this click token")
         notifications.upsert_delivery(s, notification_id, "push", "read", now)
         changed = notifications.mark_acted_on(s, [notification_id], now)
+        NOTIFICATION_CLICKS.labels(row.kind, "push").inc()
         return str(row.context.get("entity_url") or "/"), changed
 
 
@@ -346,7 +357,7 @@ async def push_click(notification_id: str, token: str, services: ServicesDep) ->
     """A click on a web-push notification (opened by the service worker)."""
     nid = parse_row_id(notification_id, "notification_id", "must be a notification id")
     target, acted = await run_in_threadpool(_push_click, services, nid, token)
-    await _signal_read(services, acted)
+    await _signal_read(services, acted, "push")
     return RedirectResponse(target, status_code=303)
 
 
@@ -361,5 +372,5 @@ async def push_click_beacon(notification_id: str, token: str, services: Services
     """A click on a web-push notification, reported by the service worker itself."""
     nid = parse_row_id(notification_id, "notification_id", "must be a notification id")
     _, acted = await run_in_threadpool(_push_click, services, nid, token)
-    await _signal_read(services, acted)
+    await _signal_read(services, acted, "push")
     return Response(status_code=204)

@@ -27,10 +27,11 @@ from nftpulse.api.common import IsoTime, QueryInt, UserId, authorize, parse_row_
 from nftpulse.api.deps import PrincipalDep, Services, ServicesDep
 from nftpulse.api.stream import StreamPrincipalDep, Tail, feeds_of
 from nftpulse.core.delivery import DeliveryStatus
-from nftpulse.core.metrics import DELIVERIES, NOTIFICATIONS_READ
+from nftpulse.core.metrics import DELIVERIES, NOTIFICATION_READS, NOTIFICATIONS_READ
+from nftpulse.domain.feedback import Verdict
 from nftpulse.domain.routing import DeliveryRoute
 from nftpulse.domain.rules import AlertSeverity, Explanation, NotificationKind
-from nftpulse.store import keys, notifications
+from nftpulse.store import feedback, keys, notifications
 from nftpulse.store import notify as store
 from nftpulse.templates.renderer import inbox_text
 
@@ -38,6 +39,16 @@ router = APIRouter(prefix="/v1", tags=["notifications"])
 
 #: How often a live stream asks whether its key was revoked meanwhile (and how soon one then ends).
 KEY_RECHECK_S = 2.0
+
+
+class FeedbackState(BaseModel):
+    """The user's verdict on a notification and how to give or change it."""
+
+    verdict: Verdict | None = Field(description="the current verdict; null until the user gives one")
+    url: str = Field(description='POST {"verdict": …} here with the user\'s key')
+    links: dict[str, str] | None = Field(
+        default=None, description="one link per verdict, proved by the notification's token (no key needed)"
+    )
 
 
 class NotificationOut(BaseModel):
@@ -57,6 +68,9 @@ class NotificationOut(BaseModel):
     read_at: IsoTime | None
     archived_at: IsoTime | None
     deliveries: dict[str, DeliveryStatus] = Field(description="status by channel")
+    feedback: FeedbackState | None = Field(
+        default=None, description="useful / not_useful / too_many: the verdict and where to give it"
+    )
 
 
 class InboxPage(BaseModel):
@@ -75,8 +89,10 @@ class Archived(BaseModel):
     archived_at: IsoTime | None
 
 
-def notification_out(row: store.Notification, deliveries: list[store.Delivery]) -> NotificationOut:
-    """The API shape of an inbox row."""
+def notification_out(
+    row: store.Notification, deliveries: list[store.Delivery], verdict: str | None = None
+) -> NotificationOut:
+    """The API shape of an inbox row; ``verdict``: the user's verdict on it, if any."""
     title, body = inbox_text(row.kind, row.context, row.title, row.body)
     return NotificationOut.model_validate(
         {
@@ -94,6 +110,11 @@ def notification_out(row: store.Notification, deliveries: list[store.Delivery]) 
             "read_at": row.read_at,
             "archived_at": row.archived_at,
             "deliveries": {d.channel: d.status for d in deliveries},
+            "feedback": {
+                "verdict": verdict,
+                "url": f"/v1/users/{row.user_id}/notifications/{row.id}/feedback",
+                "links": feedback.feedback_links(row, "in_app"),
+            },
         }
     )
 
@@ -126,8 +147,11 @@ async def list_notifications(
             rows = notifications.inbox(s, user_id, unread=unread, before_id=before, limit=limit + 1)
             page = rows[:limit]
             deliveries = notifications.deliveries_for(s, [r.id for r in page if r.id is not None])
+            verdicts = feedback.verdicts_of(s, [r.id for r in page if r.id is not None])
             return InboxPage(
-                items=[notification_out(r, deliveries.get(r.id or 0, [])) for r in page],
+                items=[
+                    notification_out(r, deliveries.get(r.id or 0, []), verdicts.get(r.id or 0)) for r in page
+                ],
                 next_cursor=str(page[-1].id) if len(rows) > limit else None,
                 unread_count=notifications.unread_count(s, user_id),
             )
@@ -135,10 +159,13 @@ async def list_notifications(
     return await run_in_threadpool(read)
 
 
-async def _signal_read(services: Services, rows: list[store.Notification]) -> None:
-    """Tell escalation workflows their notification was read, so they stop."""
+async def _signal_read(services: Services, rows: list[store.Notification], channel: str = "in_app") -> None:
+    """Tell escalation workflows their notification was read, so they stop. ``channel``: where the user
+    acted on it."""
     NOTIFICATIONS_READ.inc(len(rows))
     DELIVERIES.labels("in_app", "read").inc(len(rows))
+    for row in rows:
+        NOTIFICATION_READS.labels(row.kind, channel).inc()
     if services.temporal is None:
         return
     for row in rows:

@@ -25,8 +25,8 @@ from nftpulse.api.errors import InvalidInput
 from nftpulse.api.users import load_user
 from nftpulse.domain.events import wallet_key
 from nftpulse.domain.rules import Rule
+from nftpulse.store import feedback, watching
 from nftpulse.store import notify as store
-from nftpulse.store import watching
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
@@ -275,6 +275,9 @@ async def patch_subscription(
             if body.rules is not None:
                 # Validated again above: a subscription a failing rule disabled watches again.
                 sub.disabled_at = sub.disabled_reason = None
+            if body.rules is not None:
+                # The user's new rules are their own setting: feedback starts adapting them afresh.
+                feedback.forget_adaptation(sub)
             if "label" in fields:
                 sub.label = body.label
             sub.updated_at = datetime.now(UTC)

@@ -32,6 +32,7 @@ from nftpulse.store import notify as store
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
 _PREF_KEYS = {k.value for k in NotificationKind} | {"default", "digest"}
+SendTime = Literal["immediate", "learned"]
 #: The bounds a user may set on escalation: no faster than every 30 s, no slower than weekly.
 _MIN_DELAY_S, _MAX_DELAY_S, _MAX_REPEATS = 30, 7 * 86400, 10
 
@@ -116,6 +117,11 @@ class UserIn(Strict):
     )
     hourly_budget: int = Field(default=10, ge=0, le=1000)
     escalation: EscalationIn = Field(default_factory=EscalationIn)
+    send_time: SendTime = Field(
+        default="immediate",
+        description="learned: informational alerts wait for the hour this user reads most, and a daily or "
+        "weekly digest goes out then",
+    )
 
     @field_validator("locale")
     @classmethod
@@ -199,6 +205,7 @@ class UserOut(BaseModel):
     critical_breakthrough: bool
     hourly_budget: int
     escalation: EscalationOut
+    send_time: SendTime = "immediate"
     updated_at: IsoTime
 
 
@@ -229,6 +236,7 @@ def user_out(user: store.NotifyUser, *, reveal_secrets: bool = False) -> UserOut
             "critical_breakthrough": user.critical_breakthrough,
             "hourly_budget": user.hourly_budget,
             "escalation": user.escalation or {},
+            "send_time": user.send_time or "immediate",
             "updated_at": user.updated_at,
         }
     )
@@ -278,6 +286,7 @@ async def put_user(user_id: UserId, body: UserIn, principal: PrincipalDep, servi
             user.critical_breakthrough = body.critical_breakthrough
             user.hourly_budget = body.hourly_budget
             user.escalation = body.escalation.model_dump(mode="json")
+            user.send_time = body.send_time
             user.updated_at = datetime.now(UTC)
             s.add(user)
             return user

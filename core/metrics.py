@@ -90,6 +90,30 @@ DELIVERY_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 NOTIFICATIONS_READ = Counter("pulse_notifications_read_total", "Notifications marked read by their user.")
+NOTIFICATION_READS = Counter(
+    "pulse_notification_reads_total",
+    "Notifications their user acted on for the first time, by kind and where (in_app read, email open or "
+    "click, push click, sms reply).",
+    ["kind", "channel"],
+)
+NOTIFICATION_CLICKS = Counter(
+    "pulse_notification_clicks_total",
+    "Clicks on a notification's link, by kind and channel (email link, push notification).",
+    ["kind", "channel"],
+)
+FEEDBACK = Counter(
+    "pulse_notification_feedback_total",
+    "Users' verdicts on notifications (useful, not_useful, too_many), by notification kind, the kind of the "
+    "rule that produced it (watch: no rule) and the channel the verdict came from. A changed verdict counts "
+    "again under its new value.",
+    ["verdict", "kind", "rule_kind", "channel"],
+)
+RULES_ADAPTED = Counter(
+    "pulse_rules_adapted_total",
+    "Rules whose sensitivity feedback changed, by direction (less, more: a step back, reset) and mode "
+    "(widen, digest, cooldown).",
+    ["direction", "mode"],
+)
 SHED = Counter(
     "pulse_events_shed_total",
     "Events refused with 429 because the backlog passed its bound, by priority class.",

@@ -150,6 +150,16 @@ class Settings(BaseSettings):
         description="signed provider callbacks (SendGrid's event webhook) older than this, or this far "
         "ahead of the clock, are refused as replays",
     )
+    send_time_default_hour: int = Field(
+        default=9,
+        ge=0,
+        le=23,
+        description="local hour at which a user with learned send times gets non-urgent items until "
+        "enough of their reads are known (cold start)",
+    )
+    send_time_min_reads: int = Field(
+        default=5, ge=1, description="reads needed before a user's own most-read hour replaces the default"
+    )
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_username: str | None = None

@@ -114,6 +114,8 @@ def build_worker(
         task_queue=settings.task_queue,
         workflow_id_prefix=settings.workflow_id_prefix,
         public_base_url=base_url,
+        send_time_default_hour=settings.send_time_default_hour,
+        send_time_min_reads=settings.send_time_min_reads,
     )
     delivery = DeliveryActivities(db, registry)
     digests = DigestActivities(db, registry, public_base_url=base_url)

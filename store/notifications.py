@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlmodel import Session, col
 
+from nftpulse.store.feedback import record_read
 from nftpulse.store.notify import (
     Delivery,
     Notification,
@@ -265,6 +266,8 @@ def mark_read(session: Session, user_id: str, ids: Sequence[int] | None, now: da
             )
             .values(status="read", updated_at=now)
         )
+        # Send-time learning: this user reads at this hour (once per reading, however many rows).
+        record_read(session, user_id, now)
     return rows
 
 

@@ -60,6 +60,9 @@ class NotifyUser(SQLModel, table=True):
     hourly_budget: int = 10
     #: ``BudgetState`` (send times of the last hour), updated by detection under a row lock.
     budget: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: ``learned``: non-urgent items wait for the hour the user reads most (``domain.sendtime``); null or
+    #: ``immediate``: they go out when they happen.
+    send_time: str | None = Field(default=None, max_length=16)
     updated_at: datetime = Field(sa_type=_tz())
 
 
@@ -75,8 +78,12 @@ class Subscription(SQLModel, table=True):
     entity_key: str | None = Field(default=None, max_length=200)
     wallets: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     label: str | None = Field(default=None, max_length=200)
-    #: ``Rule.model_dump(mode="json")`` for each rule.
+    #: ``Rule.model_dump(mode="json")`` for each rule: what detection evaluates, adapted by feedback.
     rules: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    #: The user's own rules as they set them, kept while feedback has adapted any of them (else null).
+    original_rules: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    #: ``{rule_id: RuleAdaptation}`` (``domain.feedback``): sensitivity step, mode, reason, notice due.
+    adaptation: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(sa_type=_tz())
     updated_at: datetime = Field(sa_type=_tz())
     #: Set when one of its rules raised in detection: detection leaves the subscription out until its
@@ -198,3 +205,36 @@ class WatchGeneration(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True)
     generation: int = 0
+
+
+class FeedbackRecord(SQLModel, table=True):
+    """A user's verdict on one notification (``useful``, ``not_useful``, ``too_many``); the latest wins.
+    Rule, kinds and channel are copied from the notification so that adaptation reads one table."""
+
+    __tablename__ = "notification_feedback"
+    __table_args__ = (Index("ix_notification_feedback_rule", "subscription_id", "rule_id", "updated_at"),)
+
+    notification_id: int = Field(sa_type=BigId, primary_key=True)
+    user_id: str = Field(max_length=120)
+    subscription_id: str | None = Field(default=None, max_length=40)
+    rule_id: str | None = Field(default=None, max_length=80)
+    kind: str = Field(max_length=32)
+    rule_kind: str = Field(max_length=32)
+    #: Where the verdict came from: in_app (the API), email, push, webhook.
+    channel: str = Field(max_length=16)
+    verdict: str = Field(max_length=16)
+    created_at: datetime = Field(sa_type=_tz())
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class ReadHours(SQLModel, table=True):
+    """When a user reads: how many reads (in-app reads, e-mail opens and clicks, push clicks, SMS replies)
+    fell into each local hour of the day, for send-time learning (``domain.sendtime``)."""
+
+    __tablename__ = "notify_read_hours"
+
+    user_id: str = Field(primary_key=True, max_length=120)
+    #: 24 counts, index = local hour.
+    hours: list[int] = Field(default_factory=lambda: [0] * 24, sa_column=Column(JSON, nullable=False))
+    reads: int = 0
+    updated_at: datetime = Field(sa_type=_tz())

@@ -32,6 +32,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from nftpulse.domain.feedback import Notice
 from nftpulse.templates.gsm import SmsSegments, segment, to_gsm_friendly
 
 SOURCES = Path(__file__).parent / "sources"
@@ -130,6 +131,17 @@ class Activity(BaseModel):
     event_id: str | None = None
 
 
+class FeedbackLinks(BaseModel):
+    """Where the user rates the notification (``api.feedback``), proved by the notification's token."""
+
+    model_config = ConfigDict(frozen=True)
+
+    useful: str
+    not_useful: str
+    too_many: str
+    url: str | None = Field(default=None, description='POST {"verdict": …} here (webhook receivers)')
+
+
 class NotificationContext(BaseModel):
     """Everything a template may show. Values are raw (Decimal strings, labels); templates format them."""
 
@@ -157,6 +169,10 @@ class NotificationContext(BaseModel):
     preferences_url: str | None = None
     #: Web push: the beacon that records the click (stopping escalation) and redirects to ``entity_url``.
     click_url: str | None = None
+    #: One link per verdict (useful, not_useful, too_many), and ``url`` for a POST of ``{"verdict": …}``.
+    feedback: FeedbackLinks | None = None
+    #: The rule fired with a sensitivity feedback changed since its last notification: say so.
+    adaptation: Notice | None = None
 
 
 @dataclass(frozen=True)

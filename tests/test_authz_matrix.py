@@ -48,6 +48,12 @@ ACCESS: dict[str, str] = {
     "POST /v1/callbacks/twilio/inbound": "provider",
     "GET /v1/callbacks/push/{notification_id}/click": "provider",
     "POST /v1/callbacks/push/{notification_id}/click": "provider",
+    "POST /v1/users/{user_id}/notifications/{notification_id}/feedback": "user",
+    "GET /v1/callbacks/feedback/{notification_id}": "provider",
+    "POST /v1/callbacks/feedback/{notification_id}": "provider",
+    "GET /v1/callbacks/feedback/{notification_id}/reset": "provider",
+    "GET /v1/users/{user_id}/subscriptions/{sub_id}/sensitivity": "user",
+    "POST /v1/users/{user_id}/subscriptions/{sub_id}/sensitivity/reset": "user",
     "POST /v1/stream/tokens": "reader",
     "GET /v1/stream": "read",
 }

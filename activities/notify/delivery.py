@@ -37,7 +37,7 @@ from nftpulse.channels.base import (
 from nftpulse.channels.registry import ChannelRegistry, UnknownChannelError
 from nftpulse.channels.webhook import next_retry_delay
 from nftpulse.core.metrics import DELIVERIES
-from nftpulse.store import notifications
+from nftpulse.store import feedback, notifications
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.templates.renderer import NotificationContext, render
@@ -50,6 +50,15 @@ def click_url(row: store.Notification) -> str | None:
     if not token or not base or row.id is None:
         return None
     return f"{base}/v1/callbacks/push/{row.id}/click?token={token}"
+
+
+def reset_url(row: store.Notification) -> str | None:
+    """The link in an adapted rule's notice that puts the rule back to the user's own setting
+    (``api.feedback``), proved by the notification's token like its feedback links."""
+    token, base = row.context.get("click_token"), row.context.get("click_base")
+    if not token or not base or row.id is None:
+        return None
+    return f"{base}/v1/callbacks/feedback/{row.id}/reset?token={token}"
 
 
 class DbInboxWriter:
@@ -249,6 +258,11 @@ class DeliveryActivities:
         context["timezone"] = user.timezone
         if channel_name == "push":
             context["click_url"] = click_url(row)
+        links = feedback.feedback_links(row, channel_name)
+        if links is not None:
+            context["feedback"] = {**links, "url": feedback.feedback_url(row, channel_name)}
+        if isinstance(context.get("adaptation"), dict):
+            context["adaptation"] = {**context["adaptation"], "reset_url": reset_url(row)}
         try:
             ctx = NotificationContext.model_validate(context)
         except ValidationError as exc:

@@ -62,6 +62,7 @@ from nftpulse.domain.evaluation import evaluate
 from nftpulse.domain.exposure import (
     Position,
 )
+from nftpulse.domain.feedback import notice
 from nftpulse.domain.routing import (
     BudgetState,
     Candidate,
@@ -86,7 +87,9 @@ from nftpulse.domain.rules import (
     idempotency_key,
     watch_rule,
 )
-from nftpulse.store import entities, notifications, watching
+from nftpulse.domain.sendtime import best_hour, digest_schedule
+from nftpulse.domain.sendtime import next_send_at as learned_send_at
+from nftpulse.store import entities, feedback, notifications, watching
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.templates.renderer import Activity, Finding, Holding, NotificationContext, render
@@ -139,6 +142,8 @@ class DetectionActivities:
         task_queue: str | None = None,
         workflow_id_prefix: str = "",
         public_base_url: str = "http://127.0.0.1:8000",
+        send_time_default_hour: int = 9,
+        send_time_min_reads: int = 5,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -147,6 +152,8 @@ class DetectionActivities:
         self._task_queue = task_queue
         self._prefix = workflow_id_prefix
         self._base = public_base_url.rstrip("/")
+        self._default_hour = send_time_default_hour
+        self._min_reads = send_time_min_reads
 
     @DETECT.implement
     async def detect_significant_changes(self, inp: DetectInput) -> DetectResult:
@@ -229,6 +236,11 @@ class DetectionActivities:
         positions = holdings.positions(
             s, {user: [f.candidate.entity_key for f in fs] for user, fs in fired.items()}, facts, at
         )
+        learning = [u.id for u in users.values() if u.send_time == "learned"]
+        read_hours = feedback.read_hours(s, learning) if learning else {}
+        hours = {
+            uid: best_hour(read_hours.get(uid, []), self._default_hour, self._min_reads) for uid in learning
+        }
         pending: list[tuple[store.NotifyUser, list[store.Notification]]] = []
         for user_id, firings in fired.items():
             user = users.get(user_id)
@@ -241,6 +253,12 @@ class DetectionActivities:
                 by_key[f.candidate.idempotency_key] = (f, position)
                 candidates.append(f.candidate.model_copy(update={"exposure": exposure}))
             decisions, budget = route_user(user, candidates, at)
+            decisions = [
+                _adjust(
+                    user, d, by_key[d.candidate.idempotency_key][0], subscriptions, hours.get(user.id), at
+                )
+                for d in decisions
+            ]
             user.budget = budget.to_dict()
             s.add(user)
             # Decisions come most exposed first. The inbox lists newest (highest id) first, so the
@@ -251,7 +269,7 @@ class DetectionActivities:
                 subscription = subscriptions[firing.subscription_id]
                 rows.append(self._row(user, decision, firing, subscription, position, at))
             pending.append((user, rows))
-        return self._insert(s, pending, at, result)
+        return self._insert(s, pending, at, result, hours)
 
     def _insert(
         self,
@@ -259,6 +277,7 @@ class DetectionActivities:
         pending: list[tuple[store.NotifyUser, list[store.Notification]]],
         at: datetime,
         result: DetectResult,
+        hours: dict[str, int] | None = None,
     ) -> list[int]:
         """Store every user's notifications at once (ids follow the order given); the new ones become
         requests in ``result``, and those whose whole delivery is the inbox are recorded delivered."""
@@ -273,7 +292,7 @@ class DetectionActivities:
                 if new and row.id is not None:
                     NOTIFICATIONS_CREATED.labels(row.kind, row.severity).inc()
                     created.append(row.id)
-                    requests.append(self._request(user, row))
+                    requests.append(self._request(user, row, (hours or {}).get(user.id)))
                     if row.inbox_at is not None:
                         in_inbox.append(row)  # delivered by this commit: no workflow
                     elif row.workflow_id:
@@ -309,6 +328,18 @@ class DetectionActivities:
         rule = firing.rule
         exp = firing.explanation
         watch = rule.metric in WATCH_METRICS
+        state = feedback.due_notice(subscription, rule.id)
+        own = feedback.own_rule(subscription, rule.id) if state is not None else None
+        adaptation = None
+        if state is not None and own is not None:
+            # The first notification since feedback changed the rule says so, and how to undo it.
+            adaptation = notice(
+                own,
+                rule.model_dump(mode="json"),
+                state,
+                settings_url=f"{self._base}/v1/users/{user.id}/subscriptions/{subscription.id}/sensitivity",
+            )
+            feedback.announced(subscription, rule.id)
         ctx = NotificationContext(
             idempotency_key=c.idempotency_key,
             severity=c.severity.value,
@@ -337,6 +368,7 @@ class DetectionActivities:
             finding=finding_context(firing.payload) if exp.metric == FINDING_METRIC else None,
             activity=activity_context(firing.payload) if exp.metric == ACTIVITY_METRIC else None,
             preferences_url=f"{self._base}/v1/users/{user.id}",
+            adaptation=adaptation,
         )
         context = ctx.model_dump(mode="json")
         context["explanation"] = exp.model_dump(mode="json")
@@ -384,7 +416,10 @@ class DetectionActivities:
             created_at=at,
         )
 
-    def _request(self, user: store.NotifyUser, row: store.Notification) -> NotifyRequest:
+    def _request(
+        self, user: store.NotifyUser, row: store.Notification, hour: int | None = None
+    ) -> NotifyRequest:
+        """``hour``: the user's learned send hour, when they chose learned send times."""
         assert row.id is not None
         if row.route != DeliveryRoute.DIGEST.value and row.workflow_id != notification_workflow_id(
             self._prefix, row.id
@@ -421,7 +456,7 @@ class DetectionActivities:
             not_before=_iso(row.not_before) if row.not_before else None,
             escalation=escalation,
             quiet_hours=quiet,
-            digest=dict(user.digest, tz=user.timezone) if user.digest else None,
+            digest=_digest_schedule(user, hour),
             cause=row.cause,
         )
 
@@ -713,6 +748,43 @@ def route_user(
     )
     budget = BudgetState.model_validate(user.budget) if user.budget else None
     return route_candidates(candidates, prefs, budget, at)
+
+
+def _adjust(
+    user: store.NotifyUser,
+    decision: RoutingDecision,
+    firing: Firing,
+    subscriptions: dict[str, store.Subscription],
+    hour: int | None,
+    at: datetime,
+) -> RoutingDecision:
+    """What feedback and learned send times change about a routing decision: a rule adapted into the
+    digest sends its non-critical firings there; an informational item of a user who chose learned send
+    times waits for their hour (``domain.sendtime``), out of quiet hours."""
+    c = decision.candidate
+    if decision.route is not DeliveryRoute.NOW or c.severity is AlertSeverity.CRITICAL:
+        return decision
+    sub = subscriptions.get(firing.subscription_id)
+    state = feedback.adaptations(sub).get(firing.rule.id) if sub is not None else None
+    if state is not None and state.mode == "digest" and state.step > 0 and user.digest is not None:
+        return decision.model_copy(update={"route": DeliveryRoute.DIGEST})
+    if hour is None or c.severity is not AlertSeverity.INFO:
+        return decision
+    quiet = None
+    if user.quiet_hours:
+        quiet = QuietHours(start=user.quiet_hours["start"], end=user.quiet_hours["end"], tz=user.timezone)
+    when = learned_send_at(at, hour, user.timezone, quiet)
+    if when <= at:
+        return decision
+    return decision.model_copy(update={"route": DeliveryRoute.DEFER, "not_before": when})
+
+
+def _digest_schedule(user: store.NotifyUser, hour: int | None) -> dict[str, Any] | None:
+    """The user's digest schedule for the digest workflow; at the learned hour when they chose so."""
+    if not user.digest:
+        return None
+    schedule = dict(user.digest, tz=user.timezone)
+    return digest_schedule(schedule, hour) if hour is not None else schedule
 
 
 def _iso(value: datetime) -> str:

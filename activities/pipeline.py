@@ -48,10 +48,11 @@ from nftpulse.core.metrics import (
     TEMPORAL_ACTIONS,
 )
 from nftpulse.domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
+from nftpulse.domain.book.retract import RetractionPlan, plan_batch, refold_change
 from nftpulse.domain.changes import MetricChange
-from nftpulse.domain.events import Event, EventType, utcnow
+from nftpulse.domain.events import Event, EventType, retraction_target, utcnow
 from nftpulse.domain.impact import SEVERITIES, analyze_each
-from nftpulse.store import books, clocks, entities, events
+from nftpulse.store import books, clocks, entities, events, retractions
 from nftpulse.store import changes as changelog
 from nftpulse.store.books import BookWrite
 from nftpulse.store.cache import EntityCache
@@ -538,15 +539,59 @@ class PipelineActivities:
             change.nfts |= set(book.tokens)
         ordered = sorted(parsed, key=lambda pair: _order(pair[1]))
         row_of = {id(event): row for row, event in ordered}
-        statuses = finding_statuses(book, [event for _, event in ordered])
+        step = self._retractions(session, partition, ordered)
+        if step.refold:
+            # A retraction met an event whose effect is stored: the book is derived again from the log
+            # without it (exact), and what that moved is reported as any change is.
+            batch = {r.seq for r in rows}
+            history = [
+                events.to_event(r)
+                for r in events.processed_events_of(session, partition)
+                if r.seq not in batch
+            ]
+            refolded = CollectionBook.recompute(chain, contract, history, rates)
+            change.merge(refold_change(book, refolded))
+            self._drop_gone_views(session, book, refolded)
+            book = refolded
+        statuses = finding_statuses(book, step.apply)
         # A poison event leaves no trace in the book: apply_batch isolates it and goes on.
-        batch_change, failures = book.apply_batch([event for _, event in ordered], rates)
+        batch_change, failures = book.apply_batch(step.apply, rates)
         change.merge(batch_change)
         failed = {id(event) for event, _ in failures}
         poison += [(row_of[id(event)], exc) for event, exc in failures]
-        applied = [row for row, event in ordered if id(event) not in failed]
-        alerts = alert_changes(book, [event for _, event in ordered if id(event) not in failed], statuses)
+        skipped = {id(event) for event in step.skipped}
+        applied = [row for row, event in ordered if id(event) not in failed and id(event) not in skipped]
+        alerts = alert_changes(book, [event for event in step.apply if id(event) not in failed], statuses)
         return _Applied(book, change, applied, poison, alerts)
+
+    def _retractions(
+        self, session: Session, partition: str, pairs: list[tuple[EventRecord, Event]]
+    ) -> RetractionPlan:
+        """How the batch meets retractions (``domain.book.retract``); records the batch's retractions and
+        marks what they take back. Without a retraction in sight this is one indexed read."""
+        batch = [event for _, event in pairs]
+        named = [(t, row.seq or 0) for row, e in pairs if (t := retraction_target(e)) is not None]
+        refs = {(e.source, e.id) for e in batch if e.type is not EventType.RETRACTION}
+        retracted = retractions.retracted_among(session, partition, refs | {t for t, _ in named})
+        applied = retractions.applied_among(session, partition, {t for t, _ in named}) if named else set()
+        step = plan_batch(batch, retracted, applied)
+        now = utcnow()
+        if named:
+            first: dict[tuple[str, str], int] = {}
+            for target, seq in named:
+                first.setdefault(target, seq)
+            retractions.record(session, partition, sorted(first.items()), now)
+        gone = [*step.undone, *((e.source, e.id) for e in step.skipped)]
+        if gone:
+            retractions.mark_retracted(session, partition, gone, now)
+            log.info("pipeline.retracted", extra={"partition": partition, "events": len(gone)})
+        return step
+
+    def _drop_gone_views(self, session: Session, before: CollectionBook, after: CollectionBook) -> None:
+        """Tokens only retracted events made (a retracted mint) have no view any more."""
+        gone = [before.nft_key(t) for t in before.tokens if t not in after.tokens]
+        if gone:
+            self._cache.invalidate(entities.drop_views(session, gone))
 
     def _apply_rates(self, session: Session, rows: list[EventRecord]) -> None:
         for row in rows:

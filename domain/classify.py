@@ -56,6 +56,8 @@ URGENCY: dict[EventType, float] = {
     EventType.PRICE_TICK: 0.25,
     EventType.SOCIAL_SIGNAL: 0.2,
     EventType.CLOCK: 0.3,
+    # As urgent as a sale: what it undoes may have been alerted on.
+    EventType.RETRACTION: 0.6,
 }
 FRAUD_URGENCY = {"critical": 1.0, "high": 0.9, "medium": 0.6, "low": 0.4}
 CATEGORY: dict[EventType, str] = {
@@ -71,6 +73,7 @@ CATEGORY: dict[EventType, str] = {
     EventType.SOCIAL_SIGNAL: "social",
     EventType.PRICE_TICK: "market_data",
     EventType.CLOCK: "time",
+    EventType.RETRACTION: "correction",
 }
 WEIGHTS = {"urgency": 0.35, "impact": 0.25, "watchers": 0.15, "reliability": 0.10}
 

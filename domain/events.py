@@ -131,6 +131,7 @@ class EventType(StrEnum):
     #: Time passing for a collection: Pulse's clock appends one at each instant a figure moves with no
     #: event (a listing expires, the time-weighted floor's window slides, a new day).
     CLOCK = "clock"
+    RETRACTION = "retraction"
 
 
 class Severity(StrEnum):
@@ -289,6 +290,32 @@ class ClockData(_Data):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RetractedEvent(BaseModel):
+    """The event a retraction takes back, by the (source, id) it was accepted under."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="the retracted event's source; absent: the retraction's own",
+    )
+    id: str = Field(min_length=1, max_length=200)
+
+    _id = field_validator("id", mode="before")(lambda cls, v: normalize_id(v))
+
+
+class RetractionData(_Data):
+    """Takes back an event of the same collection (a log of an orphaned block, a delivery an Alchemy
+    webhook re-sent with ``removed: true``): the state becomes what it would be had the event never been
+    accepted. Retracting twice, or an event not seen yet, is harmless; the latter arrives as a no-op."""
+
+    retracts: RetractedEvent
+    reason: str | None = Field(default=None, max_length=200)
+
+
 DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.MINT: MintData,
     EventType.TRANSFER: TransferData,
@@ -302,6 +329,7 @@ DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.SOCIAL_SIGNAL: SocialSignalData,
     EventType.PRICE_TICK: PriceTickData,
     EventType.CLOCK: ClockData,
+    EventType.RETRACTION: RetractionData,
 }
 
 #: Event types that concern one token and therefore need ``token_id``.
@@ -408,6 +436,14 @@ class DataValidationError(ValueError):
         super().__init__(
             "; ".join(f"data.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner.errors())
         )
+
+
+def retraction_target(event: Event) -> tuple[str, str] | None:
+    """The (source, id) a retraction takes back; None for any other event."""
+    if event.type is not EventType.RETRACTION:
+        return None
+    ref = event.data["retracts"]
+    return (ref.get("source") or event.source, normalize_id(ref["id"]))
 
 
 def collection_key(chain: str, contract: str) -> str:

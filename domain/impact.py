@@ -159,6 +159,14 @@ class _Drift:
 
 def _analyze_one(event: Event, book: CollectionBook, drift: _Drift) -> Impact:
     impact = Impact(collection=book.key)
+    if event.type is EventType.RETRACTION:
+        # What the retracted event moved is not in the book to read: the collection is refolded from its
+        # log, so every figure and view may move.
+        impact.collection_factors |= {"holder_stats", "trust", "floor", "volume", "market", "risk"}
+        impact.nft_drivers |= {"trust", "risk", "floor", "twap_floor"}
+        impact.add("view", set(book.tokens))
+        impact.escalate("medium", "a retraction refolds the collection")
+        return impact
     tid = event.token_id
     token = book.tokens.get(tid) if tid is not None else None
     if event.occurred_at.isoformat() > (book.clock or ""):

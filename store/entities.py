@@ -195,3 +195,12 @@ class RateBook:
             else:
                 break
         return best
+
+
+def drop_views(session: Session, keys: Sequence[str]) -> dict[str, int]:
+    """Delete these read models (their entity no longer exists); returns, per key deleted, the version a
+    cached copy must be newer than (none can be), for the cache's floors."""
+    versions = view_versions(session, keys)
+    if versions:
+        session.exec(delete(EntityView).where(one_of(session, col(EntityView.key), list(versions))))
+    return {key: version + 1 for key, version in versions.items()}

@@ -30,6 +30,8 @@ class EventStatus(StrEnum):
     APPLIED = "applied"
     PROCESSED = "processed"
     FAILED = "failed"
+    #: Taken back by a retraction (``store.retractions``): not part of the state, for good.
+    RETRACTED = "retracted"
 
     @property
     def public(self) -> str:
@@ -227,6 +229,32 @@ class ChainCursor(SQLModel, table=True):
     block_number: int = Field(sa_type=BigInteger)
     block_hash: str = Field(max_length=66)
     updated_at: datetime = Field(sa_type=_tz())
+
+
+class ChainBlock(SQLModel, table=True):
+    """A recent block header the follower read: enough of them (confirmations + 64) to find, when a height's
+    hash changes, the common ancestor of the old and the new branch."""
+
+    __tablename__ = "chain_blocks"
+
+    chain: str = Field(primary_key=True, max_length=32)
+    number: int = Field(primary_key=True, sa_type=BigInteger)
+    hash: str = Field(max_length=66)
+    parent_hash: str = Field(max_length=66)
+
+
+class EventRetraction(SQLModel, table=True):
+    """An event a retraction took back, by its (source, id); the event may not have arrived yet, and then
+    it is a no-op when it does. The first retraction of an event is the one recorded. A retraction names an
+    event of its own collection (partition): one naming it under another collection takes nothing back."""
+
+    __tablename__ = "event_retractions"
+
+    partition: str = Field(primary_key=True, max_length=120)
+    source: str = Field(primary_key=True, max_length=100)
+    external_id: str = Field(primary_key=True, max_length=200)
+    retraction_seq: int = Field(sa_type=BigInteger)
+    retracted_at: datetime = Field(sa_type=_tz())
 
 
 class ChangeLogRecord(SQLModel, table=True):

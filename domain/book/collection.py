@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from nftpulse.domain import price as price_engine
 from nftpulse.domain.book.codec import BookCodec
+from nftpulse.domain.book.retract import effective
 from nftpulse.domain.book.state import RateLookup
 from nftpulse.domain.events import Event
 from nftpulse.domain.significance import Epsilons
@@ -24,10 +25,11 @@ class CollectionBook(BookCodec):
         epsilons: Epsilons | None = None,
         price_params: price_engine.PriceParams | None = None,
     ) -> CollectionBook:
-        """The reference: fold every event of the collection in chain order, then derive from scratch."""
+        """The reference: fold every event of the collection in chain order, then derive from scratch.
+        Retracted events and the retractions themselves do not count (``retract.effective``)."""
         book = cls.empty(chain, contract, epsilons, price_params)
         book._bulk = True
-        for event in sorted(events, key=lambda e: (e.order_key, e.source, e.id)):
+        for event in sorted(effective(events), key=lambda e: (e.order_key, e.source, e.id)):
             book.apply(event, rates)
         book._bulk = False
         # What was folded in bulk is the whole history, not an addition to one: only later entries count

@@ -363,6 +363,9 @@ class BookFold(BookViews):
         """
         if event.chain != self.chain or event.contract != self.contract:
             raise InconsistentEventError(f"event for {event.collection_key} applied to {self.key}")
+        if event.type is EventType.RETRACTION:
+            # Folded, it would move the clock: a retraction acts on the log (``retract.plan_batch``).
+            raise InconsistentEventError("a retraction is not folded; its collection is refolded without")
         prepare = _PREPARE.get(event.type)
         prepared = None if prepare is None else prepare(self, event, rates)
         self._d.state_version += 1

@@ -11,7 +11,7 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 TOLERANCE_S = 300
 SECRET_PREFIX = "whsec_"
@@ -32,8 +32,11 @@ def _key(secret: str) -> bytes:
     return key
 
 
-def verify(secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None) -> str:
-    """Check ``body``'s Standard Webhooks signature under ``secret``; returns the message id."""
+def verify(
+    secret: str | Sequence[str], headers: Mapping[str, str], body: bytes, now: float | None = None
+) -> str:
+    """Check ``body``'s Standard Webhooks signature under ``secret`` (or any of several: a source's secrets
+    during a rotation); returns the message id."""
     msg_id = headers.get("webhook-id")
     stamp = headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature")
@@ -45,7 +48,9 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: float | No
         raise SignatureError("webhook-timestamp must be Unix seconds") from None
     if abs((time.time() if now is None else now) - timestamp) > TOLERANCE_S:
         raise SignatureError("webhook-timestamp is more than five minutes from now")
-    expected = hmac.new(_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    expected = [hmac.new(_key(k), signed, hashlib.sha256).digest() for k in keys]
     for candidate in signatures.split():
         version, _, value = candidate.partition(",")
         if version != "v1":
@@ -54,6 +59,6 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: float | No
             given = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             continue
-        if hmac.compare_digest(expected, given):
+        if any(hmac.compare_digest(e, given) for e in expected):
             return msg_id
     raise SignatureError("no signature matches the source's secret")

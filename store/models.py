@@ -301,3 +301,46 @@ class StreamToken(SQLModel, table=True):
     scopes: str = Field(max_length=2000)
     expires_at: datetime = Field(sa_type=_tz())
     created_at: datetime = Field(sa_type=_tz())
+
+
+class SourceSecret(SQLModel, table=True):
+    """A Standard Webhooks secret of a signed source (``POST /v1/sources/{name}/secrets``), kept as it is
+    given out: verifying an HMAC needs the key itself, as a user's webhook secrets do. Several may be valid
+    at once (rotation); a revoked one stays for the record."""
+
+    __tablename__ = "source_secrets"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=100, index=True)
+    secret: str = Field(max_length=200)
+    created_at: datetime = Field(sa_type=_tz())
+    revoked_at: datetime | None = Field(default=None, sa_type=_tz())
+
+
+class MetadataFetch(SQLModel, table=True):
+    """A token whose metadata the fetcher is to read (a mint without traits, an ERC-4906 update), by the
+    chain position that asked for it: the follower writes these with the range's events, so a crash loses
+    none, and reading a block twice asks once."""
+
+    __tablename__ = "metadata_fetches"
+    __table_args__ = (
+        UniqueConstraint(
+            "chain", "contract", "token_id", "block_number", "log_index", name="uq_metadata_fetches_cause"
+        ),
+        Index("ix_metadata_fetches_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    chain: str = Field(max_length=32)
+    contract: str = Field(max_length=42)
+    token_id: str = Field(max_length=80)
+    block_number: int = Field(sa_type=BigInteger)
+    log_index: int
+    occurred_at: datetime = Field(sa_type=_tz())
+    #: ``mint`` (a mint without traits) or ``update`` (ERC-4906): an update never takes a cached answer.
+    reason: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_type=_tz())
+    #: ``pending`` until fetched (then deleted) or ``failed`` after the last attempt.
+    status: str = Field(default="pending", max_length=16)
+    error: str | None = Field(default=None, max_length=500)

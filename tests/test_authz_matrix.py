@@ -27,6 +27,9 @@ ACCESS: dict[str, str] = {
     "GET /v1/events/{source}/{event_id}": "read",
     "POST /v1/sources/alchemy": "provider",
     "POST /v1/sources/{name}": "provider",
+    "GET /v1/sources": "admin",
+    "POST /v1/sources/{name}/secrets": "admin",
+    "DELETE /v1/sources/{name}/secrets/{secret_id}": "admin",
     "GET /v1/nfts/{chain}/{contract}/{token_id}": "read",
     "GET /v1/collections/{chain}/{contract}": "read",
     "GET /v1/ops/failures": "admin",
@@ -60,6 +63,7 @@ ACCESS: dict[str, str] = {
 CALLERS = ("none", "unknown", "ingest", "read", "admin", "self", "other")
 PATH_VALUES = {"user_id": "alice", "notification_id": "1", "sub_id": "sub_x", "source": "s", "event_id": "e"}
 PATH_VALUES |= {"chain": "ethereum", "contract": "0x" + "ab" * 20, "token_id": "1", "name": "custom"}
+PATH_VALUES |= {"secret_id": "1"}
 
 
 def expected(access: str, caller: str) -> set[int] | str:

@@ -207,6 +207,46 @@ class Settings(BaseSettings):
     chain_name: str = Field(
         default="ethereum", pattern=r"^[a-z0-9-]+$", description="the followed chain's name in events"
     )
+    opensea_api_key: SecretStr | None = Field(
+        default=None, description="OpenSea API key for the Stream API; unset: no OpenSea stream"
+    )
+    opensea_collections: str = Field(
+        default="",
+        description="collection slugs `pulse stream opensea` and `pulse up` follow, comma-separated; `*` for "
+        "every collection",
+    )
+    opensea_stream_url: str = Field(
+        default="wss://stream-api.opensea.io/socket/websocket",
+        description="the Stream API's Phoenix WebSocket endpoint (the API key is added as `token`)",
+    )
+    opensea_chain_events: bool = Field(
+        default=True,
+        description="take item_sold and item_transferred from OpenSea; turn off when the chain follower or "
+        "Alchemy already reports the same contracts (their ids differ, so both would count)",
+    )
+    metadata_fetch: bool = Field(
+        default=True,
+        description="the follower reads tokenURI/uri and the metadata JSON of mints without traits and of "
+        "ERC-4906 updates",
+    )
+    ipfs_gateway: str = Field(
+        default="https://ipfs.io/ipfs/",
+        description="HTTP gateway that ipfs:// metadata URIs are read through",
+    )
+    metadata_fetch_concurrency: int = Field(default=8, ge=1, description="metadata fetches at once")
+    metadata_fetch_attempts: int = Field(
+        default=6, ge=1, description="tries per token (exponential backoff) before its fetch is marked failed"
+    )
+    metadata_fetch_timeout_s: float = Field(default=15.0, gt=0, description="one metadata request's timeout")
+    metadata_fetch_max_range: int = Field(
+        default=10_000,
+        ge=1,
+        description="tokens one BatchMetadataUpdate range may ask for; a larger range is cut there (logged)",
+    )
+    metadata_allow_private: bool = Field(
+        default=False,
+        description="fetch metadata from private or loopback addresses, and over http (tests, intranets)",
+    )
 
     @property
     def alchemy_signing_keys(self) -> list[str]:
@@ -223,6 +263,10 @@ class Settings(BaseSettings):
         """The sources metrics name; the rest are labelled ``other``."""
         listed = (name.strip() for name in self.metric_sources.split(","))
         return frozenset(name for name in listed if name) | self.source_secret_map.keys()
+
+    @property
+    def opensea_collection_list(self) -> list[str]:
+        return [c.strip() for c in self.opensea_collections.split(",") if c.strip()]
 
     @property
     def chain_contract_list(self) -> list[str]:

@@ -196,9 +196,41 @@ class _Transferish(_Data):
         return None if v is None else _wallet(v)
 
 
-class MintData(_Transferish):
+TraitValue = str | int | float | bool
+
+
+class Attribute(BaseModel):
+    """One entry of standard token metadata's ``attributes`` (OpenSea's metadata standard)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    trait_type: str | None = Field(default=None, max_length=200)
+    value: TraitValue
+    display_type: str | None = Field(default=None, max_length=64)
+
+
+def traits_of(attributes: list[Attribute]) -> dict[str, TraitValue]:
+    """The ``traits`` mapping that standard ``attributes`` describe: entries without a ``trait_type`` name
+    no trait and are left out; of repeated trait types the last one counts."""
+    return {a.trait_type: a.value for a in attributes if a.trait_type}
+
+
+class _WithTraits(_Data):
+    """Traits as Pulse's mapping (``traits``) or as standard metadata ``attributes``; given attributes and no
+    mapping, the mapping is derived from them, so rarity reads one shape."""
+
+    traits: dict[str, TraitValue] | None = None
+    attributes: list[Attribute] | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _derive_traits(self) -> _WithTraits:
+        if self.traits is None and self.attributes is not None:
+            object.__setattr__(self, "traits", traits_of(self.attributes))
+        return self
+
+
+class MintData(_Transferish, _WithTraits):
     to: str
-    traits: dict[str, str | int | float | bool] | None = None
 
 
 class TransferData(_Transferish):
@@ -240,8 +272,12 @@ class BidData(_Data):
     _bidder = field_validator("bidder")(lambda cls, v: _wallet(v))
 
 
-class MetadataUpdateData(_Data):
-    traits: dict[str, str | int | float | bool]
+class MetadataUpdateData(_WithTraits):
+    @model_validator(mode="after")
+    def _some_traits(self) -> MetadataUpdateData:
+        if self.traits is None:
+            raise ValueError("traits or attributes is required")
+        return self
 
 
 class FraudFindingData(_Data):

@@ -38,6 +38,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="The database schema: upgrade it, show its revision.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+stream_app = typer.Typer(help="Marketplace streams into the event log.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
 console = Console(stderr=True)
 log = logging.getLogger("pulse.cli")
 
@@ -187,6 +189,10 @@ async def _serve(settings: Settings, *, api: bool, worker: bool, dispatcher: boo
             parts[asyncio.create_task(Dispatcher(settings, db, client).run(stop))] = "dispatcher"
         if embedded and settings.chain_rpc_url:
             parts[asyncio.create_task(_follow_until(stop, settings, db, None))] = "follower"
+        if embedded and settings.opensea_api_key and settings.opensea_collection_list:
+            parts[
+                asyncio.create_task(_stream_opensea(stop, settings, db, settings.opensea_collection_list))
+            ] = "opensea stream"
         if embedded:
             key = bootstrap_admin_key(settings, db)
             _print_where(settings, key)
@@ -590,13 +596,26 @@ async def _follow_until(
 ) -> None:
     """Follow the chain until ``stop`` is set (``pulse follow``, and ``pulse up`` when PULSE_CHAIN_RPC_URL
     is set)."""
+    from nftpulse.adapters.chain import Rpc
     from nftpulse.follow import Follower
+    from nftpulse.metadata import MetadataFetcher
 
     follower = Follower.from_settings(settings, db, batch_blocks=batch_blocks)
+    fetcher: MetadataFetcher | None = None
+    fetching: asyncio.Task[None] | None = None
+    if settings.metadata_fetch and settings.chain_rpc_url:
+        # Beside the follower, never in its way: it drains the queue the follower fills.
+        fetcher = MetadataFetcher(settings, db, Rpc(settings.chain_rpc_url))
+        fetching = asyncio.create_task(fetcher.run(stop))
     try:
         await follower.run(stop, start_block=start)
     finally:
         await follower.aclose()
+        if fetching is not None and fetcher is not None:
+            stop.set()
+            await asyncio.gather(fetching, return_exceptions=True)
+            await fetcher.rpc.aclose()
+            await fetcher.aclose()
 
 
 @app.command()
@@ -651,6 +670,52 @@ def follow(
             asyncio.run(backfill(from_block, to_block))
         else:
             asyncio.run(live())
+    finally:
+        db.dispose()
+
+
+# -- marketplace streams ----------------------------------------------------------------------------
+
+
+async def _stream_opensea(
+    stop: asyncio.Event, settings: Settings, db: Database, collections: list[str]
+) -> None:
+    from nftpulse.opensea import OpenSeaStream
+
+    await OpenSeaStream(settings, db, collections).run(stop)
+
+
+@stream_app.command("opensea")
+def stream_opensea(
+    collection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--collection",
+            help="a collection slug to follow (repeatable), or * for every collection; default: "
+            "PULSE_OPENSEA_COLLECTIONS",
+        ),
+    ] = None,
+) -> None:
+    """Follow OpenSea's Stream API (PULSE_OPENSEA_API_KEY): listings, sales, transfers, metadata updates,
+    cancellations and offers of the collections into the event log, until interrupted."""
+    settings = _settings()
+    if not settings.opensea_api_key:
+        console.print("[bold red]error:[/bold red] PULSE_OPENSEA_API_KEY is not set")
+        raise typer.Exit(2)
+    slugs = [c.strip() for c in collection or [] if c.strip()] or settings.opensea_collection_list
+    if not slugs:
+        raise typer.BadParameter("give --collection SLUG (or *), or set PULSE_OPENSEA_COLLECTIONS")
+    db = _open_db(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await _stream_opensea(stop, settings, db, slugs)
+
+    try:
+        asyncio.run(run())
     finally:
         db.dispose()
 

@@ -17,11 +17,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nftpulse import metadata
 from nftpulse.adapters.chain import ChainMoved, ChainRange, ChainReader, Rpc, RpcError, RpcUnavailable
 from nftpulse.adapters.logs import DecodeError, LogDecoder
 from nftpulse.core.settings import Settings
 from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
-from nftpulse.domain.events import Event
+from nftpulse.domain.events import Event, utcnow
 from nftpulse.store import chain as checkpoints
 from nftpulse.store import events
 from nftpulse.store.db import Database
@@ -102,6 +103,10 @@ class Follower:
 
     async def _store(self, chunk: ChainRange) -> ChainRange:
         accepted, duplicates = await asyncio.to_thread(self._append, chunk.decoded.events)
+        if self.settings.metadata_fetch:
+            # Enqueued before the checkpoint moves: a crash re-reads the range and asks again (once).
+            wanted = metadata.requests_for(chunk.decoded, self.settings.metadata_fetch_max_range, utcnow())
+            await asyncio.to_thread(metadata.enqueue, self.db, wanted)
         self.report.add(chunk, accepted, duplicates)
         log.info(
             "follow.range",

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Test contracts for tests/chain/test_anvil.py, compiled there with solcjs 0.8.28 (npm `solc`).
 // They emit the standard events with their real signatures: ERC-721 Transfer, ERC-1155 TransferSingle and
-// TransferBatch, ERC-4906 MetadataUpdate and BatchMetadataUpdate, and Seaport's OrderFulfilled.
+// TransferBatch, ERC-4906 MetadataUpdate and BatchMetadataUpdate, and Seaport's OrderFulfilled; the tokens
+// answer tokenURI (ERC-721) and uri (ERC-1155) for the metadata fetcher.
 pragma solidity 0.8.28;
 
 contract TestERC721 {
@@ -66,6 +67,31 @@ contract TestERC721 {
     function refreshRange(uint256 first, uint256 last) external {
         emit BatchMetadataUpdate(first, last);
     }
+
+    // ERC-721 metadata: tokenURI is <base><id>.json, for minted tokens only.
+    string private baseURI;
+
+    function setBaseURI(string calldata base) external {
+        baseURI = base;
+    }
+
+    function tokenURI(uint256 id) external view returns (string memory) {
+        require(owners[id] != address(0), "not minted");
+        return string.concat(baseURI, decimal(id), ".json");
+    }
+
+    function decimal(uint256 value) private pure returns (string memory) {
+        if (value == 0) return "0";
+        uint256 digits;
+        for (uint256 v = value; v != 0; v /= 10) digits++;
+        bytes memory out = new bytes(digits);
+        while (value != 0) {
+            digits--;
+            out[digits] = bytes1(uint8(48 + (value % 10)));
+            value /= 10;
+        }
+        return string(out);
+    }
 }
 
 contract TestERC1155 {
@@ -77,6 +103,17 @@ contract TestERC1155 {
     );
 
     mapping(uint256 => mapping(address => uint256)) public balanceOf;
+
+    // ERC-1155 metadata: one URI for every id, with {id} for the client to substitute.
+    string private template;
+
+    function setURI(string calldata value) external {
+        template = value;
+    }
+
+    function uri(uint256) external view returns (string memory) {
+        return template;
+    }
 
     function mint(address to, uint256 id, uint256 value) external {
         balanceOf[id][to] += value;

@@ -6,7 +6,9 @@ Address Activity), ``erc721TokenId`` or ``erc1155Metadata: [{tokenId, value}]`` 
 (``erc721``/``erc1155``; Address Activity's ``external``, ``internal`` and ``token`` are not NFTs) and the
 ``log`` it came from (``transactionHash``, ``logIndex``, ``blockNumber``, ``removed``). Events get the same
 ids as the chain follower's (:func:`nftpulse.adapters.logs.event_id`) under the same source, so a log that
-both report is one event. A delivery carries no block time: events take its ``createdAt``.
+both report is one event. A delivery carries no block time: events take its ``createdAt``. A log re-sent with
+``removed: true`` (its block left the chain) becomes the retraction of the event it made, under the id the
+follower would give that retraction, so that both reporting one reorganisation is one retraction.
 
 The signature is ``X-Alchemy-Signature``: the hex HMAC-SHA256 of the raw body under the webhook's
 signing key.
@@ -31,6 +33,7 @@ from nftpulse.adapters.logs import (
     hex_str,
     move_event,
 )
+from nftpulse.domain.book.retract import retraction_of
 
 SIGNATURE_HEADER = "X-Alchemy-Signature"
 
@@ -130,9 +133,6 @@ def _activity(item: Any, where: str, chain: str, source: str, at: datetime, out:
     contract = _address(contract_value or log.get("address"), f"{where}.contractAddress")
     sender = _address(item.get("fromAddress"), f"{where}.fromAddress")
     receiver = _address(item.get("toAddress"), f"{where}.toAddress")
-    if removed:
-        out.skipped.append(Skipped(block, log_index, "removed by a reorganisation"))
-        return
     moves: list[tuple[int, int, int | None]] = []
     if category.lower() == "erc721":
         moves.append((hex_int(item.get("erc721TokenId"), f"{where}.erc721TokenId"), 1, None))
@@ -154,5 +154,8 @@ def _activity(item: Any, where: str, chain: str, source: str, at: datetime, out:
         made = move_event(ref, source, at, sender, receiver, token, quantity)
         if isinstance(made, str):
             out.skipped.append(Skipped(block, log_index, made))
+        elif removed:
+            # The log left the chain (a reorganisation): the event it made is retracted, by its id.
+            out.events.append(retraction_of(made, "removed by a reorganisation"))
         else:
             out.events.append(made)

@@ -14,7 +14,7 @@ import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -169,6 +169,9 @@ class ChainRange:
     decoded: Decoded
     last_block: Block
     logs: int
+    #: The headers read: of ``last`` and of every block with a log (the follower keeps recent ones to find
+    #: where a reorganised chain forked).
+    blocks: dict[int, Block] = field(default_factory=dict)
 
 
 class ChainReader:
@@ -253,7 +256,7 @@ class ChainReader:
         if self.contracts:
             wanted = set(self.contracts)
             decoded.events = [e for e in decoded.events if e.contract in wanted]
-        return ChainRange(first, last, decoded, blocks[last], len(logs))
+        return ChainRange(first, last, decoded, blocks[last], len(logs), blocks)
 
 
 class ChainMoved(RuntimeError):

@@ -21,10 +21,11 @@ from nftpulse import metadata
 from nftpulse.adapters.chain import ChainMoved, ChainRange, ChainReader, Rpc, RpcError, RpcUnavailable
 from nftpulse.adapters.logs import DecodeError, LogDecoder
 from nftpulse.core.settings import Settings
+from nftpulse.domain.book.retract import RETRACTION_SUFFIX, retraction_of
 from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
 from nftpulse.domain.events import Event, utcnow
 from nftpulse.store import chain as checkpoints
-from nftpulse.store import events
+from nftpulse.store import events, retractions
 from nftpulse.store.db import Database
 from nftpulse.store.entities import FloorCache
 
@@ -42,6 +43,8 @@ class FollowReport:
     duplicates: int = 0
     refreshes: int = 0
     skipped: int = 0
+    #: Events of orphaned blocks retracted after reorganisations.
+    retracted: int = 0
 
     def add(self, chunk: ChainRange, accepted: int, duplicates: int) -> None:
         self.blocks += chunk.last - chunk.first + 1
@@ -102,7 +105,8 @@ class Follower:
         return await self.reader.read(first, last)
 
     async def _store(self, chunk: ChainRange) -> ChainRange:
-        accepted, duplicates = await asyncio.to_thread(self._append, chunk.decoded.events)
+        batch = await asyncio.to_thread(self._renamed, chunk)
+        accepted, duplicates = await asyncio.to_thread(self._append, batch)
         if self.settings.metadata_fetch:
             # Enqueued before the checkpoint moves: a crash re-reads the range and asks again (once).
             wanted = metadata.requests_for(chunk.decoded, self.settings.metadata_fetch_max_range, utcnow())
@@ -166,19 +170,80 @@ class Follower:
             after = saved.block_number
             current = await self.reader.block(after)
             if current.hash != saved.block_hash:
-                # Deeper than the confirmations: the orphaned blocks' events stay in the log (there are no
-                # retractions yet); the new branch is read from here on.
-                log.error(
-                    "follow.reorganised_below_checkpoint",
-                    extra={"block": after, "was": saved.block_hash, "now": current.hash},
-                )
+                after = await self._reorganised(after, saved.block_hash, current.hash)
         if after >= safe:
             return None
         chunk = await self._store(await self._read(after + 1, min(safe, after + self.batch_blocks)))
+        headers = [(b.number, b.hash, b.parent_hash) for b in chunk.blocks.values()]
+        await asyncio.to_thread(
+            retractions.save_headers, self.db, self.chain, headers, self.keep_headers, chunk.last
+        )
         await asyncio.to_thread(
             checkpoints.save_checkpoint, self.db, self.chain, chunk.last, chunk.last_block.hash
         )
         return chunk
+
+    @property
+    def keep_headers(self) -> int:
+        """Recent headers kept: a reorganisation up to this deep is found and undone exactly."""
+        return self.settings.chain_confirmations + 64
+
+    async def _reorganised(self, checkpoint: int, was: str, now: str) -> int:
+        """The chain forked below the checkpoint: find the common ancestor among the kept headers (the
+        highest whose hash the node still has), retract the events of the orphaned blocks above it, and
+        return it, so that the new branch is read from the block after it."""
+        kept = await asyncio.to_thread(retractions.recent_headers, self.db, self.chain, checkpoint)
+        ancestor = None
+        for number, block_hash in kept:
+            if (await self.reader.block(number)).hash == block_hash:
+                ancestor = number
+                break
+        if ancestor is None:
+            # Deeper than every kept header: everything they cover is retracted (an exact undo of those
+            # blocks; anything below them was past the confirmations and stays).
+            ancestor = (kept[-1][0] - 1) if kept else checkpoint
+            log.error(
+                "follow.reorganised_below_kept_headers",
+                extra={"block": checkpoint, "was": was, "now": now, "from": ancestor},
+            )
+        orphaned = await asyncio.to_thread(
+            retractions.events_after_block, self.db, self.chain, self.reader.decoder.source, ancestor
+        )
+        undo = [
+            retraction_of(events.to_event(row), f"block {row.block_number} left the chain")
+            for row in orphaned
+        ]
+        accepted, _ = await asyncio.to_thread(self._append, undo)
+        await asyncio.to_thread(retractions.forget_headers_after, self.db, self.chain, ancestor)
+        self.report.retracted += accepted
+        log.warning(
+            "follow.reorganised",
+            extra={
+                "chain": self.chain,
+                "checkpoint": checkpoint,
+                "ancestor": ancestor,
+                "retracted": accepted,
+            },
+        )
+        return ancestor
+
+    def _renamed(self, chunk: ChainRange) -> list[Event]:
+        """The range's events, those whose id a retraction already took back (a transaction of an orphaned
+        block included again in the new branch) under an id that names their block: a new event, not a
+        duplicate of the retracted one."""
+        batch = chunk.decoded.events
+        taken = retractions.retracted_by_id(
+            self.db, self.reader.decoder.source, [e.id for e in batch], RETRACTION_SUFFIX
+        )
+        if not taken:
+            return batch
+        out = []
+        for event in batch:
+            block = chunk.blocks.get(event.block_number or -1)
+            if event.id in taken and block is not None:
+                event = event.model_copy(update={"id": f"{event.id}@{block.hash[:18]}"})
+            out.append(event)
+        return out
 
     async def run(self, stop: asyncio.Event, *, start_block: int | None = None, poll_s: float = 2.0) -> None:
         """Follow until ``stop`` is set: ranges back to back while behind, a poll every ``poll_s`` after.

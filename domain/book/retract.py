@@ -109,3 +109,26 @@ def refold_change(before: BookViews, after: BookViews) -> Change:
         for metric in _NFT_METRICS:
             change.note(after.nft_key(token_id), metric, old.get(metric), new.get(metric))
     return change
+
+
+#: What :func:`retraction_of` appends to the retracted event's id.
+RETRACTION_SUFFIX = "~retracted"
+
+
+def retraction_of(event: Event, reason: str) -> Event:
+    """The retraction of ``event``, under its source and an id derived from its own (``<id>~retracted``), so
+    that retracting one event twice (a reorganisation seen twice) is one retraction. It names the event's
+    collection and token, by which it is routed and its changes are attributed."""
+    return Event(
+        id=event.id + RETRACTION_SUFFIX,
+        source=event.source,
+        type=EventType.RETRACTION,
+        occurred_at=event.occurred_at,
+        chain=event.chain,
+        contract=event.contract,
+        token_id=event.token_id,
+        block_number=event.block_number,
+        log_index=event.log_index,
+        tx_hash=event.tx_hash,
+        data={"retracts": {"source": event.source, "id": event.id}, "reason": reason},
+    )

@@ -164,6 +164,32 @@ async def test_alchemy_nft_activity_is_ingested_once(http: httpx.AsyncClient, db
     assert count(db) == 3
 
 
+async def test_alchemy_removed_log_is_a_retraction_of_its_event(
+    http: httpx.AsyncClient, db: Database
+) -> None:
+    raw = orjson.dumps(nft_activity())
+    assert (await http.post("/v1/sources/alchemy", content=raw, headers=signed(raw))).json()["accepted"] == 3
+    # The same logs re-sent with removed: true (their block left the chain), in a delivery of its own.
+    body = nft_activity()
+    body["id"] = "whevt_removed"
+    for item in body["event"]["activity"]:
+        item["log"]["removed"] = True
+    removed = orjson.dumps(body)
+    answer = await http.post("/v1/sources/alchemy", content=removed, headers=signed(removed))
+    assert answer.status_code == 202 and answer.json()["accepted"] == 3, answer.text
+    for original in (
+        event_id("ethereum", TX, 0x10D),
+        event_id("ethereum", TX2, 7, 0),
+        event_id("ethereum", TX2, 7, 1),
+    ):
+        row = event_log.get(db, "chain", original + "~retracted")
+        assert row is not None and row.type == "retraction", original
+        assert row.data["retracts"] == {"source": "chain", "id": original}
+    # Re-sent again (Alchemy retries): one retraction per event still.
+    again = await http.post("/v1/sources/alchemy", content=removed, headers=signed(removed))
+    assert again.json()["accepted"] == 0 and count(db) == 6
+
+
 async def test_alchemy_address_activity_keeps_only_nfts(http: httpx.AsyncClient, db: Database) -> None:
     raw = orjson.dumps(address_activity())
     answer = await http.post("/v1/sources/alchemy", content=raw, headers=signed(raw))

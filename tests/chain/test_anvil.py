@@ -208,3 +208,53 @@ async def test_pulse_follow_command_backfills_then_follows(chain: Chain, tmp_pat
             live.kill()
             await live.wait()
     db.dispose()
+
+
+async def test_a_reorganisation_is_undone_exactly(pulse: RunningPulse, chain: Chain) -> None:
+    """evm_snapshot, a branch Pulse follows (a transfer, a mint), evm_revert, then a longer different branch
+    (the same transfer again, another one, empty blocks): the orphaned blocks' events are retracted, the new
+    branch's ingested, and Pulse's owners equal ownerOf again, with `pulse verify` clean."""
+    eth, c = chain.eth, chain
+    settings = pulse.settings.model_copy(
+        update={"chain_rpc_url": eth.url, "chain_confirmations": 0, "chain_contracts": c.nft}
+    )
+    follower = Follower.from_settings(settings, pulse.db, batch_blocks=2)
+    try:
+        await follower.step(start_block=1)
+        for token in (1, 2, 3):
+            await eth.send(c.alice, c.nft, calldata("mint(address,uint256)", c.alice, token))
+        await settle(pulse, follower)
+        await check_owners(pulse, c, range(1, 4))
+
+        snapshot = await eth.call("evm_snapshot")
+        move = calldata("transferFrom(address,address,uint256)", c.alice, c.bob, 1)
+        await eth.send(c.alice, c.nft, move)
+        await eth.send(c.alice, c.nft, calldata("mint(address,uint256)", c.alice, 4))
+        await settle(pulse, follower)
+        await check_owners(pulse, c, range(1, 5))
+        old_head = await eth.head()
+
+        assert await eth.call("evm_revert", snapshot) is True
+        await eth.send(c.alice, c.nft, move)  # the same transaction, in the new branch
+        await eth.send(c.alice, c.nft, calldata("transferFrom(address,address,uint256)", c.alice, c.carol, 2))
+        await eth.call("anvil_mine", "0x3")
+        assert await eth.head() > old_head
+        await settle(pulse, follower)
+
+        assert follower.report.retracted >= 1
+        await check_owners(pulse, c, range(1, 4))
+        assert await eth.owner_of(c.nft, 4) is None
+        gone = await pulse.http.get(f"/v1/nfts/ethereum/{c.nft}/4", headers=pulse.keys.auth("read"))
+        assert gone.status_code == 404, gone.text
+        rows = await asyncio.to_thread(_chain_events, pulse)
+        assert any(r.status == "retracted" for r in rows)
+        assert all(r.status in ("processed", "retracted") for r in rows), [
+            (r.external_id, r.status) for r in rows
+        ]
+
+        # Following on after the new branch: a later transfer lands as usual.
+        await eth.send(c.bob, c.nft, calldata("transferFrom(address,address,uint256)", c.bob, c.carol, 1))
+        await settle(pulse, follower)
+        await check_owners(pulse, c, range(1, 4))
+    finally:
+        await follower.aclose()

@@ -42,6 +42,8 @@ PULSE_JOBS_RE = "|".join(PULSE_JOBS)
 # Seed objectives (design: p95 received→processed within 30 s, processed→delivered within 60 s).
 PROCESSING_P95_OBJECTIVE_S = 30
 DELIVERY_P95_OBJECTIVE_S = 60
+#: The seed's target: more than 80 % of notifications rated useful.
+USEFUL_TARGET = 0.8
 
 DATASOURCE_VAR = "datasource"
 # Every panel and query points at the dashboard's datasource variable, so one JSON works in any Grafana

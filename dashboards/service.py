@@ -11,6 +11,7 @@ from nftpulse.dashboards.kit import (
     PULSE_JOBS_RE,
     RATE,
     RED,
+    USEFUL_TARGET,
     Board,
     p,
     q,
@@ -138,6 +139,62 @@ def overview() -> dict[str, object]:
         unit="percentunit",
         steps=[(None, AMBER), (0.2, GREEN)],
         decimals=1,
+    )
+    useful = 'pulse_notification_feedback_total{verdict="useful"}'
+    b.stat(
+        f"Useful rate (target {USEFUL_TARGET:.0%})",
+        "Verdicts 'useful' per verdict given (useful, not_useful, too_many) over the time range: the seed's "
+        "usefulness target is 80 %. A changed verdict counts under its new value.",
+        [
+            q(
+                f"sum(increase({useful}[$__range])) "
+                "/ sum(increase(pulse_notification_feedback_total[$__range]))",
+                "useful rate",
+            )
+        ],
+        unit="percentunit",
+        steps=[(None, RED), (USEFUL_TARGET * 0.75, AMBER), (USEFUL_TARGET, GREEN)],
+        decimals=1,
+    )
+    b.graph(
+        "Usefulness next to the 80 % target, with read and click rates",
+        "Useful verdicts per verdict; notifications read (in-app read, e-mail open or click, push click, SMS "
+        "reply) and clicked (e-mail link, push) per notification created. Dashed line: the 80 % target.",
+        [
+            q(
+                f"sum(rate({useful}[{RATE}])) / sum(rate(pulse_notification_feedback_total[{RATE}]))",
+                "useful rate",
+            ),
+            q(
+                f"sum(rate(pulse_notification_reads_total[{RATE}])) "
+                f"/ sum(rate(pulse_notifications_created_total[{RATE}]))",
+                "read rate",
+            ),
+            q(
+                # "or … * 0": no click yet is a rate of 0, not a missing line.
+                f"(sum(rate(pulse_notification_clicks_total[{RATE}])) "
+                f"or sum(rate(pulse_notifications_created_total[{RATE}])) * 0) "
+                f"/ sum(rate(pulse_notifications_created_total[{RATE}]))",
+                "click rate",
+            ),
+        ],
+        unit="percentunit",
+        objective=USEFUL_TARGET,
+    )
+    b.graph(
+        "Useful rate by rule kind, notification kind and channel",
+        "Useful verdicts per verdict, per kind of the rule that fired (watch: fraud findings and wallet "
+        "activity), per notification kind and per channel the verdict came from.",
+        [
+            q(
+                f"sum by ({label}) (rate({useful}[{RATE}])) "
+                f"/ sum by ({label}) (rate(pulse_notification_feedback_total[{RATE}]))",
+                f"{{{{{label}}}}}",
+            )
+            for label in ("rule_kind", "kind", "channel")
+        ],
+        unit="percentunit",
+        objective=USEFUL_TARGET,
     )
     b.stat(
         "Backlog",

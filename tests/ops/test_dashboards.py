@@ -108,7 +108,7 @@ def test_panels_do_not_overlap() -> None:
 def test_overview_shows_the_seed_objectives() -> None:
     overview = json.loads((GENERATED / "pulse-overview.json").read_text())
     titles = " | ".join(p["title"] for p in _panels(overview))
-    for needle in ("Processing p95", "delivered p95", "Availability", "accuracy", "Read rate"):
+    for needle in ("Processing p95", "delivered p95", "Availability", "accuracy", "Read rate", "Useful rate"):
         assert needle in titles, f"overview lacks {needle!r}: {titles}"
     objectives = {
         p["title"]: [s["value"] for s in p["fieldConfig"]["defaults"]["thresholds"]["steps"]]
@@ -117,6 +117,13 @@ def test_overview_shows_the_seed_objectives() -> None:
     }
     assert objectives["Processing p95 (objective 30 s)"][-1] == 30
     assert objectives["Processed → delivered p95 (objective 60 s)"][-1] == 60
+    useful = {
+        p["title"]: p for p in _panels(overview) if "Useful" in p["title"] or "Usefulness" in p["title"]
+    }
+    steps = useful["Useful rate (target 80%)"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1]["value"] == 0.8  # green from the seed's 80 % target
+    beside = useful["Usefulness next to the 80 % target, with read and click rates"]
+    assert [t["legendFormat"] for t in beside["targets"]] == ["useful rate", "read rate", "click rate"]
 
 
 def _metric_names(expr: str) -> set[str]:

@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 
 from nftpulse.adapters.logs import LogDecoder, RawLog
 from nftpulse.domain.book import CollectionBook
+from nftpulse.domain.book.retract import retraction_of
 from nftpulse.domain.events import Event
 from tests.adapters import logs_factory as f
 from tests.domain.eventgen import assert_close, dedupe, rates
+from tests.domain.test_retractions import incremental
 
 NFT = "0x" + "c" * 40
 SEAPORT_16 = "0x0000000000000068f116a894984e2db1123eb395"
@@ -99,3 +101,32 @@ def test_any_arrival_order_and_repeats_give_the_chains_state(seed: int, steps: i
     arrived = fold(dedupe(decode(deliveries)))
     assert_close(views(arrived), views(in_order))
     assert {t: in_order.nft_view(t)["owner"] for t in truth} == truth
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), steps=st.integers(2, 30), repeats=st.integers(0, 10))
+def test_an_orphaned_branch_retracted_in_any_order_gives_the_canonical_chains_state(
+    seed: int, steps: int, repeats: int
+) -> None:
+    """A chain and a branch that left it: the branch's logs arrive (some twice), then or before them their
+    retractions (as the follower and Alchemy's removed: true make them), in any order and batches: the state
+    is the canonical chain's."""
+    rng = random.Random(seed)
+    records, truth = simulate(rng, steps)
+    canonical = decode(records)
+    # The orphaned branch: other logs in later blocks (another transaction hash), that the chain dropped.
+    fork = rng.randrange(len(records) + 1)
+    branch_rng = random.Random(seed + 1)
+    branch, _ = simulate(branch_rng, rng.randint(1, 10))
+    for record in branch:
+        record["transactionHash"] = "0x" + "f" * 8 + record["transactionHash"][10:]
+        record["blockNumber"] = hex(int(record["blockNumber"], 16) + 10_000)
+    orphaned = decode(branch)
+    retractions = [retraction_of(e, "block left the chain") for e in orphaned]
+    deliveries = canonical[:fork] + orphaned + canonical[fork:]
+    deliveries += retractions + [rng.choice(deliveries + retractions) for _ in range(repeats)]
+    rng.shuffle(deliveries)
+    cuts = sorted(rng.randrange(len(deliveries) + 1) for _ in range(rng.randint(0, 5)))
+    arrived = incremental(deliveries, cuts)
+    assert_close(views(arrived), views(fold(canonical)))
+    assert {t: arrived.nft_view(t)["owner"] for t in truth} == truth

@@ -207,6 +207,21 @@ def _traits(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return attributes
 
 
+#: Seaport item types that are NFTs (ERC-721, ERC-1155, and either with criteria).
+_NFT_ITEM_TYPES = frozenset({2, 3, 4, 5})
+
+
+def _maker_buys(body: Mapping[str, Any]) -> bool:
+    """Whether the sold order was an offer (its maker pays and receives the NFT), which the Seaport order in
+    ``protocol_data`` tells by what its maker gives: an NFT in a listing, currency in an offer. Without the
+    order, the maker is taken for the seller (a listing filled, the usual case)."""
+    offer = _get(body, "protocol_data.parameters.offer")
+    if not isinstance(offer, list) or not offer:
+        return False
+    types = {item.get("itemType") for item in offer if isinstance(item, Mapping)}
+    return bool(types) and not types & _NFT_ITEM_TYPES
+
+
 def map_event(event_type: str, body: Mapping[str, Any], sent_at: Any = None) -> Mapped:
     """One Stream API event (its type and inner payload) as a Pulse event."""
     if event_type not in EVENT_TYPES:
@@ -241,9 +256,12 @@ def map_event(event_type: str, body: Mapping[str, Any], sent_at: Any = None) -> 
         data["marketplace"] = MARKETPLACE
     elif event_type == "item_sold":
         kind = EventType.SALE
+        seller, buyer = _address(body, "maker.address"), _address(body, "taker.address")
+        if _maker_buys(body):
+            seller, buyer = buyer, seller
         data = {
-            "from": _address(body, "maker.address"),
-            "to": _address(body, "taker.address"),
+            "from": seller,
+            "to": buyer,
             "price": price_of(body, "sale_price"),
             "quantity": _quantity(body),
             "marketplace": MARKETPLACE,

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from copy import deepcopy
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +25,8 @@ from nftpulse.adapters import opensea
 from nftpulse.adapters.logs import DecodeError
 from nftpulse.opensea import OpenSeaStream, stream_url
 from nftpulse.store import events as event_log
+from nftpulse.store import schema
+from nftpulse.store.db import Database
 from tests.conftest import RunningPulse
 
 CONTRACT = "0x495f947276749ce646f68ac8c248420045cb7b5e"
@@ -293,6 +299,27 @@ def test_each_documented_event_type_maps_to_a_pulse_event() -> None:
     assert skipped.event is None and "order_invalidate" in str(skipped.skipped)
 
 
+def test_an_accepted_offer_is_sold_by_its_taker() -> None:
+    """In a filled offer the order's maker is the buyer: the Seaport order's offer holds the currency."""
+    accepted = deepcopy(SOLD)
+    body = accepted["payload"]["payload"]
+    body["maker"], body["taker"] = {"address": BUYER}, {"address": SELLER}
+    weth = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2"
+    body["protocol_data"] = {
+        "parameters": {
+            "offer": [{"itemType": 1, "token": weth, "startAmount": "750000000000000000"}],
+            "consideration": [{"itemType": 2, "token": CONTRACT, "identifierOrCriteria": "7"}],
+        }
+    }
+    sale = mapped(accepted)
+    assert (sale.data["from"], sale.data["to"]) == (SELLER, BUYER)
+    listing_filled = deepcopy(SOLD)
+    listing_filled["payload"]["payload"]["protocol_data"] = {
+        "parameters": {"offer": [{"itemType": 2, "token": CONTRACT, "identifierOrCriteria": "7"}]}
+    }
+    assert (mapped(listing_filled).data["from"], mapped(listing_filled).data["to"]) == (SELLER, BUYER)
+
+
 def test_ids_are_derived_from_the_payload_and_ignore_moving_rates() -> None:
     again = deepcopy(LISTED)
     again["payload"]["sent_at"] = "2022-12-01T17:00:00Z"
@@ -461,3 +488,40 @@ async def test_a_refused_key_is_retried_with_backoff(pulse: RunningPulse) -> Non
         stop.set()
         await asyncio.wait_for(task, timeout=10)
     assert len(phoenix.tokens) >= 3 and phoenix.connections == 0 and client.report.accepted == 0
+
+
+async def test_pulse_stream_opensea_command(tmp_path: Path) -> None:
+    """The command itself: it streams the collections it is given into the event log and stops cleanly
+    on SIGTERM."""
+    db = Database(f"sqlite:///{tmp_path / 'pulse.db'}")
+    schema.upgrade(db)
+    async with phoenix_server() as (phoenix, url):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+        env |= {"PULSE_DATABASE_URL": db.url, "PULSE_OPENSEA_API_KEY": KEY, "PULSE_OPENSEA_STREAM_URL": url}
+        pulse_cli = str(Path(sys.executable).with_name("pulse"))
+        proc = await asyncio.create_subprocess_exec(
+            pulse_cli,
+            "stream",
+            "opensea",
+            "--collection",
+            "boredfrens",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.wait_for(phoenix.pushed_all.wait(), timeout=60)
+            deadline = asyncio.get_running_loop().time() + 30
+            while sum(event_log.status_counts(db).values()) < 10:
+                assert proc.returncode is None, await proc.communicate()
+                assert asyncio.get_running_loop().time() < deadline, event_log.status_counts(db)
+                await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert phoenix.joins == ["collection:boredfrens", "collection:boredfrens"]
+    assert sum(event_log.status_counts(db).values()) == 10
+    db.dispose()

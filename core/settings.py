@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     bootstrap_admin_key: SecretStr | None = Field(
         default=None, description="an admin API key that exists after start"
     )
+    key_pepper: SecretStr | None = Field(
+        default=None,
+        description="server-side secret (16+ characters) API key digests are keyed with (HMAC-SHA256), the "
+        "same for every process; unset: made on first start and kept in the data dir (`key.pepper`, 0600)",
+    )
 
     host: str = "127.0.0.1"
     api_port: int = 8000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def open_database(settings: Settings, *, upgrade: bool = False) -> Database:
         raise SchemaError(missing)
     if not settings.database_url:
         private_data_dir(settings.data_dir)
-    db = Database(url)
+    db = Database(url, key_pepper=key_pepper(settings))
     try:
         if upgrade:
             result = schema.upgrade(db)
@@ -57,6 +58,58 @@ def private_data_dir(data_dir: Path) -> None:
         database.touch(mode=stat.S_IRUSR | stat.S_IWUSR)
     for path in data_dir.glob("pulse.db*"):
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+
+#: The file in the data dir that keeps a generated pepper (``key_pepper``).
+PEPPER_FILE = "key.pepper"
+MIN_PEPPER_LENGTH = 16
+
+
+def key_pepper(settings: Settings) -> bytes:
+    """The secret API key digests are keyed with: ``PULSE_KEY_PEPPER``, or one made on first start and
+    kept in the data dir (0600), like ``pulse up``'s admin key. Every process that authenticates or creates
+    keys must have the same one: on several hosts, set ``PULSE_KEY_PEPPER``."""
+    if settings.key_pepper is not None:
+        value = settings.key_pepper.get_secret_value()
+        if len(value) < MIN_PEPPER_LENGTH:
+            # Not a settings constraint: pydantic would print the value in its error.
+            raise ValueError(f"PULSE_KEY_PEPPER must be at least {MIN_PEPPER_LENGTH} characters")
+        return value.encode()
+    if settings.database_url:
+        log.warning(
+            "PULSE_KEY_PEPPER is not set: API key digests use the pepper in %s; every process that "
+            "checks keys must share it",
+            Path(settings.data_dir) / PEPPER_FILE,
+        )
+    return _data_dir_pepper(Path(settings.data_dir) / PEPPER_FILE)
+
+
+def _data_dir_pepper(path: Path) -> bytes:
+    """The pepper kept at ``path``, made there first if there is none. Processes starting together (api,
+    worker, dispatcher) race to make it: each writes its own candidate to a file of its own and links it
+    into place, which succeeds for one of them, and all read that one."""
+    if not path.exists():
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, stat.S_IRWXU)
+        candidate = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        try:
+            os.write(fd, (secrets.token_hex(32) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            candidate.unlink()
+    # Linked into place only once written: a reader never sees a partial one.
+    value = path.read_text().strip()
+    if len(value) < MIN_PEPPER_LENGTH:
+        raise ValueError(f"{path} holds no usable pepper ({MIN_PEPPER_LENGTH}+ characters)")
+    return value.encode()
 
 
 def open_cache(settings: Settings, *, shares_process_with_worker: bool) -> EntityCache:

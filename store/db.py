@@ -41,8 +41,14 @@ class Database:
     two workers never apply events of one collection at the same time.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = 10, key_pepper: bytes | None = None
+    ) -> None:
         self.url = url
+        #: The server-side secret API key digests are keyed with (``store.keys``). Pulse's processes open
+        #: their database through ``services.open_database``, which sets it; without one (tests,
+        #: benchmarks) keys use a fixed development pepper.
+        self.key_pepper = key_pepper
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:

@@ -1,8 +1,16 @@
-"""API keys: created once, shown once, stored as digests."""
+"""API keys: created once, shown once, stored as digests keyed with a server-side pepper.
+
+A key's digest is HMAC-SHA256 of the key under the pepper (``Database.key_pepper``, from
+``PULSE_KEY_PEPPER`` or the data dir): the database alone, a dump or a backup, does not let anyone test
+guesses of a key, which matters for a bootstrap key a person chose. Digests stored by earlier versions
+(plain SHA-256) still authenticate, and are replaced by the keyed digest on their first use (or when the
+bootstrap key is ensured at start).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import threading
@@ -10,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from nftpulse.domain.events import utcnow
 from nftpulse.store.db import Database
@@ -55,13 +63,29 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return scopes
 
 
-def digest(key: str) -> str:
+#: The pepper of a database opened without one (tests, benchmarks): public, so no protection; Pulse's
+#: processes always have a secret one (``services.key_pepper``).
+DEVELOPMENT_PEPPER = b"pulse development pepper: not a secret"
+
+
+def pepper_of(db: Database) -> bytes:
+    return db.key_pepper if db.key_pepper is not None else DEVELOPMENT_PEPPER
+
+
+def digest(key: str, pepper: bytes) -> str:
+    """The stored form of a key: HMAC-SHA256 under the server's pepper. Keys are 256 random bits (a
+    bootstrap key may be chosen, hence the pepper), so no slow hash is needed."""
+    return hmac.new(pepper, key.encode(), hashlib.sha256).hexdigest()
+
+
+def legacy_digest(key: str) -> str:
+    """The unkeyed SHA-256 digest earlier versions stored; recognised once, then replaced."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def handle(key: str) -> str:
+def handle(key: str, pepper: bytes) -> str:
     """What identifies a key in listings and logs without revealing any of it: the start of its digest."""
-    return digest(key)[:HANDLE_LENGTH]
+    return digest(key, pepper)[:HANDLE_LENGTH]
 
 
 #: Characters of the digest kept as a key's handle (``api_keys.prefix``). A bootstrap key stored with its
@@ -73,17 +97,20 @@ def create(db: Database, name: str, scopes: list[str], key: str | None = None) -
     """Create a key (random unless given) and return it; only its digest is kept."""
     check_scopes(scopes)
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+    pepper = pepper_of(db)
     row = {
         "name": name,
         # A handle to tell keys apart, taken from the digest: the key's own first characters were
         # a piece of the secret (all of a short bootstrap key's start).
-        "prefix": handle(key),
-        "digest": digest(key),
+        "prefix": handle(key, pepper),
+        "digest": digest(key, pepper),
         "scopes": " ".join(sorted(set(scopes))),
         "created_at": utcnow(),
         "revoked_at": None,
     }
     with db.write() as session:
+        # A bootstrap key stored by an earlier version: its row takes the keyed digest, then the upsert.
+        _rehash(session, key, pepper)
         # An upsert: processes starting together (api, worker, dispatcher) all ensure the bootstrap key.
         stmt = upsert_insert(session)(ApiKey).values(row)
         stmt = stmt.on_conflict_do_update(
@@ -94,13 +121,35 @@ def create(db: Database, name: str, scopes: list[str], key: str | None = None) -
     return key
 
 
+def _rehash(session: Session, key: str, pepper: bytes) -> int:
+    """Give the row stored with ``key``'s legacy digest the keyed digest and its handle; how many rows
+    changed (0 or 1: a concurrent rehash of the same row finds it done)."""
+    result = session.execute(
+        update(ApiKey)
+        .where(col(ApiKey.digest) == legacy_digest(key))
+        .values(digest=digest(key, pepper), prefix=handle(key, pepper))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def authenticate(db: Database, key: str) -> Principal | None:
+    pepper = pepper_of(db)
+    keyed, legacy = digest(key, pepper), legacy_digest(key)
     with db.read() as session:
-        row = session.execute(
-            select(ApiKey).where(col(ApiKey.digest) == digest(key), col(ApiKey.revoked_at).is_(None))
-        ).scalar_one_or_none()
+        rows: list[ApiKey] = list(
+            session.execute(
+                select(ApiKey).where(
+                    col(ApiKey.digest).in_([keyed, legacy]), col(ApiKey.revoked_at).is_(None)
+                )
+            ).scalars()
+        )
+    row = next((r for r in rows if r.digest == keyed), rows[0] if rows else None)
     if row is None or row.id is None:
         return None
+    if row.digest == legacy:
+        # Stored by an earlier version: right once more, and from now on keyed.
+        with db.write() as session:
+            _rehash(session, key, pepper)
     return Principal(row.id, row.name, frozenset(row.scopes.split()))
 
 

@@ -111,7 +111,8 @@ class EventRecord(SQLModel, table=True):
 
 
 class ApiKey(SQLModel, table=True):
-    """API keys are stored as SHA-256 digests: keys are 32 random bytes, so no slow hash is needed."""
+    """API keys are stored as HMAC-SHA256 digests under the server's pepper (``store.keys``); keys are 32
+    random bytes, so no slow hash is needed."""
 
     __tablename__ = "api_keys"
 

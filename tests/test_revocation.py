@@ -26,7 +26,7 @@ async def test_revocation_ends_open_inbox_streams_and_refuses_the_key(db: Databa
 
         async def revoke_soon() -> float:
             await asyncio.sleep(1.0)
-            assert await asyncio.to_thread(keys.revoke, db, keys.handle(key)) == 1
+            assert await asyncio.to_thread(keys.revoke, db, keys.handle(key, keys.pepper_of(db))) == 1
             return time.monotonic()
 
         revoking = asyncio.create_task(revoke_soon())

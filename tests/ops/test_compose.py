@@ -111,6 +111,10 @@ def test_pulse_services_are_wired_to_the_stack(compose: dict[str, Any]) -> None:
     api_env = _environment(compose["services"]["api"])
     # required in the shared stack: compose refuses to start without it rather than invent a key
     assert re.fullmatch(r"\$\{PULSE_BOOTSTRAP_ADMIN_KEY:\?.+\}", api_env["PULSE_BOOTSTRAP_ADMIN_KEY"])
+    for name in PULSE_SERVICES:  # one pepper for all, or keys made by one process fail in another
+        assert re.fullmatch(
+            r"\$\{PULSE_KEY_PEPPER:\?.+\}", _environment(compose["services"][name])["PULSE_KEY_PEPPER"]
+        )
     assert "/readyz" in " ".join(compose["services"]["api"]["healthcheck"]["test"])
 
 

@@ -32,6 +32,8 @@ class EventStatus(StrEnum):
     FAILED = "failed"
     #: Taken back by a retraction (``store.retractions``): not part of the state, for good.
     RETRACTED = "retracted"
+    #: Parked until what it needs arrives (``waiting_for``); fails after ``PULSE_WAIT_MAX_SECONDS``.
+    WAITING = "waiting"
 
     @property
     def public(self) -> str:
@@ -75,6 +77,7 @@ class EventRecord(SQLModel, table=True):
         Index("ix_events_pending", "status", "seq"),
         Index("ix_events_partition_pending", "partition", "status", "seq"),
         Index("ix_events_received_at", "received_at"),
+        Index("ix_events_waiting", "status", "waiting_for"),
     )
 
     seq: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -108,6 +111,10 @@ class EventRecord(SQLModel, table=True):
     ever_applied: bool = False
     error: str | None = None
     error_category: str | None = Field(default=None, max_length=64)
+    #: What a ``waiting`` event waits for (``rate:USDC/ETH``); the reason is in ``error``.
+    waiting_for: str | None = Field(default=None, max_length=64)
+    #: When it first started waiting: it fails once it has waited ``PULSE_WAIT_MAX_SECONDS``.
+    waiting_since: datetime | None = Field(default=None, sa_type=_tz())
 
 
 class ApiKey(SQLModel, table=True):

@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from nftpulse.api import (
     callbacks,
+    consumers,
     docs,
     entities,
     errors,
@@ -77,6 +78,7 @@ def create_app(settings: Settings, db: Database, cache: EntityCache, temporal: C
         feedback,
         callbacks,
         stream,
+        consumers,
     ):
         app.include_router(module.router)
     return app

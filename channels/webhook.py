@@ -28,7 +28,12 @@ from nftpulse.channels.base import (
     TransientDeliveryError,
     parse_retry_after,
 )
-from nftpulse.core.delivery import WEBHOOK_SECRET_PREFIX, InvalidWebhookUrl, vet_destination
+from nftpulse.core.delivery import (
+    WEBHOOK_SECRET_PREFIX,
+    InvalidWebhookUrl,
+    vet_destination,
+    webhook_message_id,
+)
 
 #: Seconds to wait before attempts 2…8: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -69,7 +74,7 @@ def signed_headers(secret: str, msg_id: str, body: bytes, timestamp: int | None 
 
 def message_id(idempotency_key: str) -> str:
     """``webhook-id`` for a notification: stable across retries."""
-    return "msg_" + idempotency_key
+    return webhook_message_id(idempotency_key)
 
 
 @dataclass(frozen=True)

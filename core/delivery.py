@@ -52,6 +52,11 @@ def generate_webhook_secret() -> str:
     return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def webhook_message_id(idempotency_key: str) -> str:
+    """``webhook-id`` of a message: derived from its idempotency key, so stable across retries."""
+    return "msg_" + idempotency_key
+
+
 class InvalidWebhookUrl(ValueError):
     """A webhook URL or web-push endpoint refused at registration or before sending."""
 

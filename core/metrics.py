@@ -90,6 +90,17 @@ DELIVERY_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 NOTIFICATIONS_READ = Counter("pulse_notifications_read_total", "Notifications marked read by their user.")
+CONSUMER_DELIVERIES = Counter(
+    "pulse_consumer_deliveries_total",
+    "Attempts to deliver a change to a consumer (/v1/consumers), by consumer and outcome (delivered, "
+    "retry, failed: the retry schedule is spent, gone: 410, the consumer disabled).",
+    ["consumer", "outcome"],
+)
+CONSUMER_LAG = Gauge(
+    "pulse_consumer_lag_changes",
+    "Change log entries past a consumer's read cursor, as its runner last read.",
+    ["consumer"],
+)
 NOTIFICATION_READS = Counter(
     "pulse_notification_reads_total",
     "Notifications their user acted on for the first time, by kind and where (in_app read, email open or "

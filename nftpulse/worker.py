@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +22,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from nftpulse.activities.consumers import ConsumerActivities, ensure_runners
 from nftpulse.activities.notify.delivery import DbInboxWriter, DeliveryActivities
 from nftpulse.activities.notify.detection import DetectionActivities
 from nftpulse.activities.notify.digests import DigestActivities
@@ -35,10 +36,18 @@ from nftpulse.core.settings import Settings
 from nftpulse.store.cache import EntityCache
 from nftpulse.store.db import Database
 from nftpulse.workflows.clock import ClockWorkflow
+from nftpulse.workflows.consumers import ConsumerWorkflow
 from nftpulse.workflows.notify import DigestWorkflow, NotificationWorkflow
 from nftpulse.workflows.pipeline import EventWorkflow, ShardWorkflow
 
-WORKFLOWS = [ShardWorkflow, EventWorkflow, NotificationWorkflow, DigestWorkflow, ClockWorkflow]
+WORKFLOWS = [
+    ShardWorkflow,
+    EventWorkflow,
+    NotificationWorkflow,
+    DigestWorkflow,
+    ConsumerWorkflow,
+    ClockWorkflow,
+]
 STICKY_TIMEOUT = timedelta(seconds=3)
 GRACEFUL_SHUTDOWN = timedelta(seconds=2)
 
@@ -48,9 +57,11 @@ class Workers:
     """The workers of one process, run and shut down together."""
 
     workers: Sequence[Worker]
+    #: Run once the workers are polling (the consumers' runners ensured).
+    started: Callable[[], Awaitable[None]] | None = None
 
     async def run(self) -> None:
-        await asyncio.gather(*(w.run() for w in self.workers))
+        await asyncio.gather(*(w.run() for w in self.workers), *([self.started()] if self.started else []))
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(w.shutdown() for w in self.workers))
@@ -119,6 +130,9 @@ def build_worker(
     )
     delivery = DeliveryActivities(db, registry)
     digests = DigestActivities(db, registry, public_base_url=base_url)
+    consumers = ConsumerActivities(
+        db, registry.get("webhook"), timedelta(seconds=settings.change_log_retention_s)
+    )
     steps: list[Callable[..., Any]] = [
         pipeline.analyze_impact,
         pipeline.recalculate,
@@ -169,11 +183,23 @@ def build_worker(
             worker(
                 settings.task_queue,
                 WORKFLOWS,
-                [*steps, delivery.deliver, digests.send_digest],
+                [
+                    *steps,
+                    delivery.deliver,
+                    digests.send_digest,
+                    consumers.read_changes,
+                    consumers.deliver_change,
+                ],
                 settings.worker_local_activity_slots,
             )
         )
     if settings.worker_role in ("all", "events"):
         event_slots = settings.worker_event_local_activity_slots
         workers.append(worker(settings.event_task_queue, [EventWorkflow], steps, event_slots))
-    return Workers(workers), registry
+    started = None
+    if settings.worker_role in ("all", "shards"):
+
+        async def started() -> None:
+            await ensure_runners(client, db, settings.workflow_id_prefix, settings.task_queue)
+
+    return Workers(workers, started), registry

@@ -352,3 +352,56 @@ class MetadataFetch(SQLModel, table=True):
     #: ``pending`` until fetched (then deleted) or ``failed`` after the last attempt.
     status: str = Field(default="pending", max_length=16)
     error: str | None = Field(default=None, max_length=500)
+
+
+class ConsumerRecord(SQLModel, table=True):
+    """Another service's webhook endpoint, fed the change log's changes that match its filters
+    (``/v1/consumers``). The secret is kept as given out: signing needs the key itself."""
+
+    __tablename__ = "consumers"
+
+    id: str = Field(primary_key=True, max_length=40)
+    url: str = Field(max_length=2000)
+    secret: str = Field(max_length=200)
+    keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    prefixes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    metrics: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    event_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    #: ``active``, or ``disabled`` (the endpoint answered 410 Gone; ``disabled_reason`` says so).
+    status: str = Field(default="active", max_length=16)
+    disabled_reason: str | None = Field(default=None, max_length=500)
+    #: The change log cursor the runner has read through (its filters applied).
+    cursor: int = Field(default=0, sa_type=BigInteger)
+    #: Replays asked for so far: a replay's deliveries are its generation (``ConsumerDelivery``).
+    replays: int = 0
+    created_at: datetime = Field(sa_type=_tz())
+    updated_at: datetime = Field(sa_type=_tz())
+
+
+class ConsumerDelivery(SQLModel, table=True):
+    """One change (``cursor``) for one consumer: the runner's outbox and the delivery log. ``generation`` 0
+    is the live delivery, a replay's are 1, 2, …; ``message_id`` (``webhook-id``) stays the same."""
+
+    __tablename__ = "consumer_deliveries"
+    __table_args__ = (
+        UniqueConstraint("consumer_id", "cursor", "generation", name="uq_consumer_deliveries_item"),
+        Index("ix_consumer_deliveries_consumer", "consumer_id", "id"),
+        Index("ix_consumer_deliveries_created", "consumer_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    consumer_id: str = Field(max_length=40)
+    cursor: int = Field(sa_type=BigInteger)
+    generation: int = 0
+    entity_key: str = Field(max_length=200)
+    message_id: str = Field(max_length=100)
+    #: The ``data`` of the signed envelope, fixed when the change was read (the log may be pruned before
+    #: the last retry).
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: ``pending``, ``delivered``, ``failed`` (gave up after the retry schedule) or ``gone`` (410).
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    response_code: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(sa_type=_tz())
+    updated_at: datetime = Field(sa_type=_tz())

@@ -59,11 +59,17 @@ ACCESS: dict[str, str] = {
     "POST /v1/users/{user_id}/subscriptions/{sub_id}/sensitivity/reset": "user",
     "POST /v1/stream/tokens": "reader",
     "GET /v1/stream": "read",
+    "POST /v1/consumers": "admin",
+    "GET /v1/consumers": "admin",
+    "GET /v1/consumers/{consumer_id}": "admin",
+    "DELETE /v1/consumers/{consumer_id}": "admin",
+    "POST /v1/consumers/{consumer_id}/replay": "admin",
+    "GET /v1/consumers/{consumer_id}/deliveries": "admin",
 }
 CALLERS = ("none", "unknown", "ingest", "read", "admin", "self", "other")
 PATH_VALUES = {"user_id": "alice", "notification_id": "1", "sub_id": "sub_x", "source": "s", "event_id": "e"}
 PATH_VALUES |= {"chain": "ethereum", "contract": "0x" + "ab" * 20, "token_id": "1", "name": "custom"}
-PATH_VALUES |= {"secret_id": "1"}
+PATH_VALUES |= {"secret_id": "1", "consumer_id": "con_0123456789abcdef"}
 
 
 def expected(access: str, caller: str) -> set[int] | str:

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("disabled_reason", sa.String(length=500), nullable=True),
         sa.Column("cursor", sa.BigInteger(), nullable=False),
+        sa.Column("replays", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),

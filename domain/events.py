@@ -189,6 +189,9 @@ class _Transferish(_Data):
     from_: str | None = Field(default=None, alias="from")
     to: str | None = None
     quantity: int = Field(default=1, ge=1, le=INT64_MAX)
+    #: ``erc1155`` (or any quantity other than 1) makes the token's state balances per wallet, moved by
+    #: ``quantity``; otherwise the token has one owner (ERC-721).
+    standard: Literal["erc721", "erc1155"] | None = None
 
     @field_validator("from_", "to")
     @classmethod
@@ -265,6 +268,9 @@ class ListingCancelledData(_Data):
 
 
 class BidData(_Data):
+    """An offer on a token (``token_id`` set) or on any token of the collection (a collection offer).
+    A bidder's newer offer replaces its older one; an amount of 0 withdraws it."""
+
     bidder: str
     price: Price
     expires_at: BoundedTime | None = None
@@ -299,6 +305,8 @@ class SocialSignalData(_Data):
     platform: str = Field(min_length=1, max_length=64)
     metric: str = Field(min_length=1, max_length=64, description="mentions, sentiment, followers, ...")
     value: float = Field(allow_inf_nan=False)
+    #: What the signal adds to the collection's ``attention`` (see ``domain.attention``); default 1.
+    weight: float = Field(default=1.0, ge=0, le=1e9, allow_inf_nan=False)
 
 
 class PriceTickData(_Data):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nftpulse.domain.book import NFT_DRIVERS, CollectionBook, Token
+from nftpulse.domain.book.fold import _move_key, _multi, _party
 from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType, creator_key, wallet_key
 
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -136,7 +137,18 @@ def _after(token: Token | None, event: Event) -> tuple[bool, dict[str, Any] | No
     kind, data = event.type, event.data
     if kind == EventType.TRANSFER and data.get("from") == ZERO_ADDRESS:
         kind = EventType.MINT
-    if kind in (EventType.MINT, EventType.TRANSFER, EventType.SALE, EventType.BURN) and newer_owner:
+    moves = kind in (EventType.MINT, EventType.TRANSFER, EventType.SALE, EventType.BURN)
+    if moves and (_multi(event) or (token is not None and token.multi)):
+        # ERC-1155: live while units are in circulation; only an ERC-1155 move moves them.
+        units = 0 if token is None else token.units
+        if _multi(event):
+            sender = None if kind == EventType.MINT else _party(data.get("from"))
+            receiver = None if kind == EventType.BURN else _party(data.get("to"))
+            quantity = int(data.get("quantity", 1))
+            if token is None or _move_key(event, sender, receiver, quantity) not in token.moves:
+                units += quantity * ((sender is None) - (receiver is None))
+        live = units > 0
+    elif moves and newer_owner:
         to = None if kind == EventType.BURN else data.get("to")
         live = to not in (None, ZERO_ADDRESS)
     if kind == EventType.MINT and data.get("traits") is not None and newer_traits:
@@ -171,8 +183,17 @@ def _analyze_one(event: Event, book: CollectionBook, drift: _Drift) -> Impact:
     token = book.tokens.get(tid) if tid is not None else None
     if event.occurred_at.isoformat() > (book.clock or ""):
         # The clock moves age (trust), the TWAP window, the market series and price-estimate decay.
-        impact.collection_factors |= {"clock", "trust", "twap_floor", "market", "risk"}
-        impact.nft_drivers |= {"day", "trust", "risk", "twap_floor"}
+        # Offers expire and attention decays by it too.
+        impact.collection_factors |= {
+            "clock",
+            "trust",
+            "twap_floor",
+            "market",
+            "risk",
+            "best_offer",
+            "attention",
+        }
+        impact.nft_drivers |= {"day", "trust", "risk", "twap_floor", "best_offer", "best_offer_id"}
         stamp = event.occurred_at.isoformat()
         # Read off the expiry heap: a scan of every listing per event grew with the collection.
         expiring = book.listing_index.expiring(stamp)
@@ -249,6 +270,17 @@ def _analyze_one(event: Event, book: CollectionBook, drift: _Drift) -> Impact:
             )
         else:
             impact.escalate("low", f"{kind.value} may move the floor")
+    if kind == EventType.BID:
+        # A token's offer moves its best offer and estimate; a collection offer every token's.
+        impact.add("best_offer", {tid} if tid else set())
+        impact.add("price_estimate", {tid} if tid else set())
+        impact.collection_factors.add("best_offer")
+        if tid is None:
+            impact.nft_drivers |= {"best_offer", "best_offer_id"}
+        impact.escalate("low", "an offer may move the best offer and price estimates")
+    if kind == EventType.SOCIAL_SIGNAL:
+        impact.collection_factors.add("attention")
+        impact.escalate("low", "a social signal moves the collection's attention")
     if kind == EventType.FRAUD_FINDING:
         fid = str(event.data.get("finding_id"))
         tokens: set[str] = {tid} if tid else set()

@@ -7,6 +7,10 @@ wash-flagged pulls the estimate towards itself with a weight halving every ``hal
 days (whole days so that estimates move at day boundaries, not on every tick of the clock). The bounds
 are the smallest and largest of the inputs (floor, TWAP, anchor with premium, last sale), widened by
 ``spread`` when they collapse into one point.
+
+The best standing offer (the token's own or a collection offer, not expired at the book's clock) is a
+price the token can be sold at now: it is a floor under the estimate. The low bound, the value and the
+high bound are each raised to at least the offer; with nothing else to go by, the offer is the estimate.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def estimate(
     last_sale_age_days: int | None,
     currency: str,
     params: PriceParams | None = None,
+    best_offer: Decimal | None = None,
 ) -> dict[str, Any]:
     """The estimate; every amount is None when there is neither a floor nor a clean sale to go by."""
     p = params or PriceParams()
@@ -65,11 +70,16 @@ def estimate(
     else:
         value = base if base is not None else last_sale
     if value is None:
+        value = best_offer
+    if value is None:
         return {"value": None, "low": None, "high": None, "currency": currency}
     candidates = [x for x in (floor, twap, base, last_sale, value) if x is not None]
     low, high = min(candidates), max(candidates)
     if low == high:
         low, high = value * (1 - p.spread), value * (1 + p.spread)
+    if best_offer is not None and best_offer > 0:
+        # Someone stands ready to pay the offer: nothing below it is a fair estimate.
+        low, value, high = max(low, best_offer), max(value, best_offer), max(high, best_offer)
     return {
         "value": str(value.quantize(QUANTUM)),
         "low": str(low.quantize(QUANTUM)),

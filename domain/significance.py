@@ -24,6 +24,8 @@ class Epsilons:
     trust_abs: float = 0.5
     share_abs: float = 0.005
     entropy_rel: float = 0.001
+    #: A collection's social attention (``domain.attention``).
+    attention_rel: float = 0.01
     #: Modified z-scores of the market condition.
     z_abs: float = 0.25
     rarity_score_abs: float = 0.01

@@ -50,6 +50,7 @@ from nftpulse.domain.book.state import (
     UnpricedEventError,
     normalise_currency,
     quote_currency,
+    rate_keys,
 )
 
 __all__ = [
@@ -67,4 +68,5 @@ __all__ = [
     "UnpricedEventError",
     "normalise_currency",
     "quote_currency",
+    "rate_keys",
 ]

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, Self
 
 from nftpulse.domain import price as price_engine
-from nftpulse.domain.book.fold import BookFold
+from nftpulse.domain.book.fold import BookFold, apply_move
 from nftpulse.domain.book.state import OrderKey, Token, _entry_sort_key, _key, _sale_order
 from nftpulse.domain.significance import Epsilons
 from nftpulse.domain.stats import ListingEntry
@@ -78,9 +78,14 @@ class BookCodec(BookFold):
                     "last_sale_key": t.last_sale_key,
                     "listing": t.listing,
                     "listing_key": t.listing_key,
+                    # Only where there are any: most tokens of most collections have neither.
+                    **({"moves": t.moves} if t.multi else {}),
+                    **({"offers": t.offers} if t.offers else {}),
                 }
                 for tid, t in self.tokens.items()
             },
+            "collection_offers": self.collection_offers,
+            "signals": {uid: [at, w] for uid, (at, w) in self.signals.items()},
             "findings": {
                 fid: {
                     "key": list(f.key),
@@ -166,7 +171,12 @@ class BookCodec(BookFold):
                 last_sale_key=_key(t["last_sale_key"]),
                 listing=t["listing"],
                 listing_key=_key(t["listing_key"]),
+                multi="moves" in t,
+                moves=dict(t.get("moves", {})),
+                offers=dict(t.get("offers", {})),
             )
+            for sender, receiver, quantity in book.tokens[tid].moves.values():
+                apply_move(book.tokens[tid], sender, receiver, int(quantity))
         # Sorted (stable, so equal keys keep the order they were added in, as the live book keeps them):
         # a history given in parts comes back as each part's entries in turn. Already sorted
         # lists, a whole-book save's, cost one pass.
@@ -198,6 +208,8 @@ class BookCodec(BookFold):
         book.creator = raw.get("creator")
         book.creator_at = stamp(raw.get("creator_at"))
         book.daily_volume = {int(day): Decimal(v) for day, v in raw.get("daily_volume", {}).items()}
+        book.collection_offers = dict(raw.get("collection_offers", {}))
+        book.signals = {uid: (int(at), float(w)) for uid, (at, w) in raw.get("signals", {}).items()}
         book.published = dict(raw.get("published", {}))
         book._rebuild()
         book._d.publisher.reset(

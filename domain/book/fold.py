@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, localcontext
 from typing import Any
 
+from nftpulse.domain import attention as attention_engine
 from nftpulse.domain import risk as risk_engine
 from nftpulse.domain import trust as trust_engine
 from nftpulse.domain.book.state import (
@@ -61,13 +62,25 @@ _COLLECTION_RULES: dict[str, tuple[str | None, str | None]] = {
     "clean_sales": (None, None),
     "verified_creator": (None, None),
     "rarity_entropy": ("rel", "entropy_rel"),
+    "best_offer": ("rel", "floor_rel"),
+    "best_offer_id": (None, None),
+    "attention": ("rel", "attention_rel"),
     "day": (None, None),
 }
 #: Cost of indexing one (token, attribute) pair in a rebuild against moving one token in a plan.
 REBUILD_WEIGHT = 2
 
 _HIDDEN_METRICS = frozenset(
-    {"day", "anomaly_z", "trust_factors", "risk_reasons", "open_findings", "age_days", "clean_sales"}
+    {
+        "best_offer_id",
+        "day",
+        "anomaly_z",
+        "trust_factors",
+        "risk_reasons",
+        "open_findings",
+        "age_days",
+        "clean_sales",
+    }
 )
 
 
@@ -378,13 +391,24 @@ class BookFold(BookViews):
         token = self.tokens.get(event.token_id) if event.token_id is not None else None
         was_live = token is not None and token.live
         was_traits = token.traits if token is not None else None
+        held = set() if token is None else set(token.holders())
         handler = _HANDLERS.get(event.type)
         if handler is not None:
             handler(self, event, prepared)
+        token = self.tokens.get(event.token_id) if event.token_id is not None else None
+        if token is not None:
+            if event.type in _MOVES and _multi(event):
+                _move_units(token, event)
+            # Who holds the token is a function of its facts (owner, or ERC-1155 balances): the holder
+            # counts follow the difference, whatever moved it.
+            now_held = set(token.holders())
+            for wallet in held - now_held:
+                self._count_holder(wallet, -1, token.token_id)
+            for wallet in now_held - held:
+                self._count_holder(wallet, +1, token.token_id)
         if self._bulk:
             return 0
         moved_live = 0
-        token = self.tokens.get(event.token_id) if event.token_id is not None else None
         if token is not None:
             if token.live != was_live or (token.live and token.traits != was_traits):
                 moved_live = token.live - was_live
@@ -454,14 +478,9 @@ class BookFold(BookViews):
         self._history(token.token_id, (key, "end", None, None))
         if not _newer(key, token.owner_key):
             return
-        old = token.owner if token.live else None
         token.owner_key = key
         token.owner = None if owner in (None, ZERO_ADDRESS) else owner
         token.burned = token.owner is None
-        new = token.owner if token.live else None
-        if old != new:
-            self._count_holder(old, -1, token.token_id)
-            self._count_holder(new, +1, token.token_id)
         # An ownership change ends any listing the previous owner had made before it.
         if token.listing is not None and token.listing_key is not None and key > token.listing_key:
             token.listing = None
@@ -491,6 +510,58 @@ class BookFold(BookViews):
             held.discard(token_id)
             if not held:
                 del self._d.holdings[wallet]
+
+
+#: Event types that move a token between wallets (and, for ERC-1155, move units).
+_MOVES = frozenset({EventType.MINT, EventType.TRANSFER, EventType.BURN, EventType.SALE})
+
+
+def _multi(event: Event) -> bool:
+    """An ERC-1155 move: said so, or a quantity other than 1."""
+    return event.data.get("standard") == "erc1155" or int(event.data.get("quantity", 1)) != 1
+
+
+def _party(value: Any) -> str | None:
+    return None if value in (None, ZERO_ADDRESS) else str(value)
+
+
+def _move_key(event: Event, sender: str | None, receiver: str | None, quantity: int) -> str:
+    """One ERC-1155 move's identity. Within a transaction, a move of ``quantity`` units of the token from
+    ``sender`` to ``receiver`` is one move however many reports of it arrive (the ``TransferSingle`` log
+    and the ``OrderFulfilled`` sale of it, a stream's ``item_sold`` and ``item_transferred``); without a
+    transaction hash, the event is the move."""
+    if event.tx_hash:
+        return f"{event.tx_hash}:{event.token_id}:{sender}:{receiver}:{quantity}"
+    return f"{event.source}:{event.id}"
+
+
+def _move_units(token: Token, event: Event) -> None:
+    """Fold an ERC-1155 move into the token's balances: sums of a set of moves, so any order and any
+    repetition give the same balances."""
+    data = event.data
+    sender = None if event.type == EventType.MINT else _party(data.get("from"))
+    receiver = None if event.type == EventType.BURN else _party(data.get("to"))
+    quantity = int(data.get("quantity", 1))
+    key = _move_key(event, sender, receiver, quantity)
+    token.multi = True
+    if key in token.moves:
+        return
+    token.moves[key] = [sender, receiver, quantity]
+    apply_move(token, sender, receiver, quantity)
+
+
+def apply_move(token: Token, sender: str | None, receiver: str | None, quantity: int) -> None:
+    """Add one move to the derived balances (a negative ``quantity`` takes it back)."""
+    for wallet, delta in ((sender, -quantity), (receiver, quantity)):
+        if wallet is None:
+            # The zero address: units leave it when minted and enter it when burned.
+            token.units -= delta
+            continue
+        balance = token.balances.get(wallet, 0) + delta
+        if balance:
+            token.balances[wallet] = balance
+        else:
+            token.balances.pop(wallet, None)
 
 
 def _hashable(value: Any) -> Any:
@@ -672,6 +743,45 @@ def _fraud_finding(book: BookFold, event: Event, prepared: tuple[Finding, str]) 
     book._index_finding(finding, +1)
 
 
+def _prep_bid(book: BookFold, event: Event, rates: RateLookup) -> tuple[str, dict[str, Any]]:
+    data = event.data
+    expires = data.get("expires_at")
+    bidder = str(data["bidder"])
+    offer = {
+        "price": str(book.to_quote(event, data["price"], rates)),
+        "currency": book.currency,
+        "offered": data["price"],
+        "bidder": bidder,
+        "at": event.occurred_at.isoformat(),
+        "expires_at": None if expires is None else utc_iso(expires),
+        "key": [*event.order_key, f"{event.source}:{event.id}"],
+    }
+    return bidder, offer
+
+
+def _bid(book: BookFold, event: Event, prepared: tuple[str, dict[str, Any]]) -> None:
+    bidder, offer = prepared
+    # A token's offers, or the collection's when the bid names no token (a collection offer).
+    offers = book.collection_offers if event.token_id is None else book._token(event.token_id).offers
+    current = offers.get(bidder)
+    # Last writer wins per bidder, by chain position then event uid: a bidder has one standing offer.
+    if current is None or tuple(offer["key"]) > tuple(current["key"]):
+        offers[bidder] = offer
+
+
+def _prep_signal(book: BookFold, event: Event, rates: RateLookup) -> tuple[str, int, float]:
+    weight = float(event.data.get("weight", 1.0))
+    if not 0 <= weight < float("inf"):
+        raise ValueError("a social signal's weight must be a finite non-negative number")
+    return f"{event.source}:{event.id}", to_us(event.occurred_at.isoformat()), weight
+
+
+def _signal(book: BookFold, event: Event, prepared: tuple[str, int, float]) -> None:
+    uid, at, weight = prepared
+    book.signals[uid] = (at, weight)
+    attention_engine.prune(book.signals, book.clock_us)
+
+
 _PREPARE: dict[EventType, Callable[[BookFold, Event, RateLookup], Any]] = {
     EventType.MINT: _prep_mint,
     EventType.TRANSFER: _prep_transfer,
@@ -681,6 +791,8 @@ _PREPARE: dict[EventType, Callable[[BookFold, Event, RateLookup], Any]] = {
     EventType.LISTING_CANCELLED: _prep_none,
     EventType.METADATA_UPDATE: _prep_metadata_update,
     EventType.FRAUD_FINDING: _prep_fraud_finding,
+    EventType.BID: _prep_bid,
+    EventType.SOCIAL_SIGNAL: _prep_signal,
 }
 
 _HANDLERS: dict[EventType, Callable[[BookFold, Event, Any], None]] = {
@@ -692,4 +804,6 @@ _HANDLERS: dict[EventType, Callable[[BookFold, Event, Any], None]] = {
     EventType.LISTING_CANCELLED: _listing_cancelled,
     EventType.METADATA_UPDATE: _metadata_update,
     EventType.FRAUD_FINDING: _fraud_finding,
+    EventType.BID: _bid,
+    EventType.SOCIAL_SIGNAL: _signal,
 }

@@ -28,7 +28,11 @@ from nftpulse.domain.trust import Finding, SaleRecord, TrustResult, WashIndex
 
 OrderKey = tuple[int, int, str]
 RateLookup = Callable[[str, str, datetime], Decimal | None]
-"""``(base, quote, at) -> rate``: how many ``quote`` one ``base`` was worth at ``at``, or None."""
+"""``(base, quote, at) -> rate``: how many ``quote`` one ``base`` was worth at ``at``, or None.
+
+The rule (``store.entities.RateBook``): the latest quote of the pair at or before ``at``; before a pair's
+first quote, that first quote (an event that waited for the pair's first rate is valued by it); the
+inverse pair's likewise when the pair itself has none; None only while neither was ever quoted."""
 
 NATIVE_CURRENCY = {"polygon": "POL", "bsc": "BNB", "avalanche": "AVAX"}
 """Each chain's quote currency for collection statistics; every other chain quotes in ETH."""
@@ -39,11 +43,28 @@ TWAP_WINDOW_US = DAY_US
 """The time-weighted floor averages the floor over the last 24 hours of the book's clock."""
 
 #: Collection figures that every NFT view is derived from: a significant move re-derives all NFTs.
-NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day")
+NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day", "best_offer", "best_offer_id")
 
 
 class UnpricedEventError(ValueError):
-    """A price could not be converted into the collection's quote currency: permanent until a rate arrives."""
+    """A price could not be converted into the collection's quote currency: permanent until a rate arrives.
+
+    ``waiting_for`` names that rate (``rate:USDC/ETH``): the pipeline parks the event until a price tick
+    of the pair (either way round) arrives, and fails it only after ``PULSE_WAIT_MAX_SECONDS``."""
+
+    def __init__(self, message: str, base: str = "", quote: str = "") -> None:
+        super().__init__(message)
+        self.base, self.quote = base, quote
+
+    @property
+    def waiting_for(self) -> str:
+        return f"rate:{self.base}/{self.quote}"
+
+
+def rate_keys(base: str, quote: str) -> list[str]:
+    """What a rate of ``base``/``quote`` releases: events waiting for the pair either way round."""
+    base, quote = base.upper(), quote.upper()
+    return [f"rate:{base}/{quote}", f"rate:{quote}/{base}"]
 
 
 class InconsistentEventError(ValueError):
@@ -114,11 +135,42 @@ class Token:
     last_sale_key: OrderKey | None = None
     listing: dict[str, Any] | None = None
     listing_key: OrderKey | None = None
+    #: An ERC-1155 token (an event said so, or moved a quantity other than 1): its state is ``balances``.
+    multi: bool = False
+    #: ERC-1155 moves by move key (see ``fold._move_key``) -> ``[from, to, quantity]`` (None: the zero
+    #: address): a set, so a move reported twice (a Transfer log and the sale it belongs to) counts once.
+    moves: dict[str, list[Any]] = field(default_factory=dict)
+    #: Derived from ``moves``: wallet -> units held (negative while moves arrive out of order).
+    balances: dict[str, int] = field(default_factory=dict)
+    #: Derived from ``moves``: units minted less units burned.
+    units: int = 0
+    #: Offers on this token by bidder (see :meth:`BookState.best_offer`).
+    offers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def live(self) -> bool:
-        """Owned and not burned: part of the collection's supply."""
+        """Part of the collection's supply: owned and not burned, or (ERC-1155) units in circulation."""
+        if self.multi:
+            return self.units > 0
         return self.owner is not None and not self.burned
+
+    def holders(self) -> list[str]:
+        """The wallets holding it: its owner, or (ERC-1155) every wallet with a positive balance."""
+        if self.multi:
+            return [w for w, q in self.balances.items() if q > 0]
+        return [self.owner] if self.live and self.owner is not None else []
+
+    @property
+    def gone(self) -> bool:
+        """Burned: its owner burned it, or (ERC-1155) units were burned and none are left."""
+        if self.multi:
+            return self.units <= 0 and any(move[1] is None for move in self.moves.values())
+        return self.burned
+
+    @property
+    def single_owner(self) -> str | None:
+        """Its owner when it has exactly one by nature (ERC-721) and is live."""
+        return self.owner if self.live and not self.multi else None
 
 
 def _entry_sort_key(entry: ListingEntry) -> tuple[tuple[int, int, str], str, str, str]:
@@ -215,6 +267,10 @@ class BookState:
     creator: str | None = None
     creator_at: tuple[OrderKey, str] | None = None
     daily_volume: dict[int, Decimal] = field(default_factory=dict)
+    #: Collection offers (any token of the collection) by bidder.
+    collection_offers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Social signals still counted by ``attention``: ``source:id -> (t_us, weight)``.
+    signals: dict[str, tuple[int, float]] = field(default_factory=dict)
     #: Last propagated collection headline (significance is measured against it).
     published: dict[str, Any] = field(default_factory=dict)
     epsilons: Epsilons = field(default_factory=Epsilons, compare=False)
@@ -327,10 +383,47 @@ class BookState:
         """``sale uid -> wash rules`` for one token's flagged sales."""
         return self._d.wash.flags.get(token_id, {})
 
+    def live_offer(self, offer: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The offer if it stands at the book's clock: not withdrawn, not expired."""
+        if offer is None or Decimal(offer["price"]) <= 0:
+            return None
+        expires = offer.get("expires_at")
+        if expires is not None and self.clock is not None and expires <= self.clock:
+            return None
+        return offer
+
+    def _best_of(self, offers: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        # Ties go to the earlier offer (chain order), then the bidder: the same answer in any fold order.
+        best: tuple[Decimal, Any, str] | None = None
+        found = None
+        for bidder, offer in offers.items():
+            if self.live_offer(offer) is None:
+                continue
+            rank = (-Decimal(offer["price"]), tuple(offer["key"]), bidder)
+            if best is None or rank < best:
+                best, found = rank, offer
+        return found
+
+    def best_collection_offer(self) -> dict[str, Any] | None:
+        """The highest standing collection offer (in the quote currency), or None."""
+        return self._best_of(self.collection_offers)
+
+    def best_offer(self, token_id: str) -> dict[str, Any] | None:
+        """The highest standing offer that would buy this token: its own offers and collection offers
+        (``scope`` says which), or None."""
+        token = self.tokens.get(token_id)
+        own = None if token is None else self._best_of(token.offers)
+        coll = self.best_collection_offer()
+        pick = [(o, scope) for o, scope in ((own, "token"), (coll, "collection")) if o is not None]
+        if not pick:
+            return None
+        offer, scope = max(pick, key=lambda p: (Decimal(p[0]["price"]), p[1] == "token"))
+        return {k: v for k, v in offer.items() if k != "key"} | {"scope": scope}
+
     def findings_for(self, token_id: str) -> list[Finding]:
         """Findings about the token itself or its current owner."""
         token = self.tokens.get(token_id)
-        owner = token.owner if token is not None and token.live else None
+        owner = token.single_owner if token is not None else None
         # From the indexes, not a scan: findings pile up with history. Sorted by id (every reader
         # either sorts by id or only counts and sums).
         fids = self._d.findings_by_token.get(token_id, set())
@@ -341,7 +434,7 @@ class BookState:
     def _findings_of(self, token_id: str) -> list[Finding]:
         """:meth:`findings_for` in no particular order (for readers that only count, sum or sort)."""
         token = self.tokens.get(token_id)
-        owner = token.owner if token is not None and token.live else None
+        owner = token.single_owner if token is not None else None
         fids = self._d.findings_by_token.get(token_id, set())
         if owner is not None and owner in self._d.findings_by_wallet:
             fids = fids | self._d.findings_by_wallet[owner]
@@ -386,8 +479,10 @@ class BookState:
         rate = rates(currency, self.currency, event.occurred_at)
         if rate is None:
             raise UnpricedEventError(
-                f"no {currency}/{self.currency} rate at or before {event.occurred_at.isoformat()}:"
-                f" send a price_tick for {currency}/{self.currency}, then replay this event"
+                f"no {currency}/{self.currency} rate is known yet: waiting for a price_tick of"
+                f" {currency}/{self.currency}",
+                currency,
+                self.currency,
             )
         return amount * rate
 
@@ -396,8 +491,8 @@ class BookState:
         d = _Derived(publisher=self._d.publisher)
         d.rarity = RarityIndex.build({tid: t.traits for tid, t in self.tokens.items() if t.live})
         for tid, token in self.tokens.items():
-            if token.live and token.owner is not None:
-                d.holdings.setdefault(token.owner, set()).add(tid)
+            for holder in token.holders():
+                d.holdings.setdefault(holder, set()).add(tid)
         d.hold_hist = holding_hist(self.holder_counts.values())
         d.by_end = sorted(
             (end, start, price) for start, end, price in listing_intervals(self.listing_history)

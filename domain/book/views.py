@@ -8,11 +8,12 @@ from bisect import bisect_right
 from decimal import Decimal
 from typing import Any
 
+from nftpulse.domain import attention as attention_engine
 from nftpulse.domain import market as market_engine
 from nftpulse.domain import price as price_engine
 from nftpulse.domain import risk as risk_engine
 from nftpulse.domain import trust as trust_engine
-from nftpulse.domain.book.state import TWAP_WINDOW_US, BookState, _sale_order
+from nftpulse.domain.book.state import TWAP_WINDOW_US, BookState, Token, _sale_order
 from nftpulse.domain.stats import DAY_US, OPEN, FloorSeries, gini, to_us, top_share
 from nftpulse.domain.trust import SaleRecord, TrustResult
 
@@ -114,6 +115,7 @@ class BookViews(BookState):
             clean_sales=clean,
         )
         market = self.market()
+        best_offer = self.best_collection_offer()
         risk = risk_engine.collection_risk(
             findings=self.findings.values(),
             trust=trust.score,
@@ -143,6 +145,10 @@ class BookViews(BookState):
             "clean_sales": clean,
             "verified_creator": self.verified,
             "rarity_entropy": round(self._d.rarity.entropy, 6),
+            "best_offer": None if best_offer is None else best_offer["price"],
+            # Which offer that is (a view shows its bidder and expiry): hidden, but a driver.
+            "best_offer_id": None if best_offer is None else "/".join(map(str, best_offer["key"])),
+            "attention": attention_engine.attention(self.signals, now),
             "day": None if now is None else now // DAY_US,
         }
         self._d.headline = (cache_key, headline, trust, risk)
@@ -158,7 +164,7 @@ class BookViews(BookState):
         _, coll_trust, coll_risk = self._collection_parts()
         findings = self._findings_of(token_id)
         token_wash = self.token_wash_share(token_id)
-        owner = t.owner if t.live else None
+        owner = t.single_owner
         return {
             "owner": owner,
             "trust": round(trust_engine.nft_trust(coll_trust, token_wash, findings).score, 2),
@@ -167,7 +173,15 @@ class BookViews(BookState):
             ),
             "price_estimate": self._price_estimate(token_id)["value"],
             "rarity_rank": self._d.rarity.rank(token_id),
-            "_core": (owner, t.burned, t.traits, t.last_sale, self._active_listing(t)),
+            "_core": (
+                owner,
+                t.gone,
+                t.traits,
+                t.last_sale,
+                self._active_listing(t),
+                self.balances_view(t) if t.multi else None,
+                self.best_offer(token_id),
+            ),
         }
 
     # -- read models -------------------------------------------------------------------------------
@@ -188,15 +202,16 @@ class BookViews(BookState):
         trust = trust_engine.nft_trust(coll_trust, token_wash, findings)
         rarity = self.rarity_view(token_id)
         estimate = self._price_estimate(token_id)
-        return {
+        view: dict[str, Any] = {
             "chain": self.chain,
             "contract": self.contract,
             "token_id": token_id,
-            "owner": t.owner if t.live else None,
-            "burned": t.burned,
+            "owner": t.single_owner,
+            "burned": t.gone,
             "traits": t.traits,
             "last_sale": t.last_sale,
             "active_listing": self._active_listing(t),
+            "best_offer": self.best_offer(token_id),
             "rarity": rarity,
             "trust": trust.view(),
             "price_estimate": estimate,
@@ -204,11 +219,31 @@ class BookViews(BookState):
                 collection=coll_risk, findings=findings, token_wash_share=token_wash
             ),
         }
+        if t.multi:
+            # An ERC-1155 token has no single owner: who holds how many units instead.
+            view["balances"] = self.balances_view(t)
+        return view
+
+    #: How many of an ERC-1155 token's holders its view lists.
+    TOP_HOLDERS = 10
+
+    def balances_view(self, token: Token) -> dict[str, Any]:
+        """``{supply, holders_count, top_holders: [{wallet, quantity}]}``: the largest balances first,
+        ties by wallet."""
+        held = sorted(((-q, w) for w, q in token.balances.items() if q > 0))
+        return {
+            "standard": "erc1155",
+            "supply": max(token.units, 0),
+            "holders_count": len(held),
+            "top_holders": [{"wallet": w, "quantity": -q} for q, w in held[: self.TOP_HOLDERS]],
+        }
 
     def _price_estimate(self, token_id: str) -> dict[str, Any]:
         clean = self._last_clean_sale(token_id)
         now = self.clock_us
+        offer = self.best_offer(token_id)
         return price_engine.estimate(
+            best_offer=None if offer is None else Decimal(offer["price"]),
             floor=self.floor,
             twap=self.twap_floor(),
             rarity_score=self._d.rarity.score(token_id),
@@ -248,6 +283,7 @@ class BookViews(BookState):
         """The API's read model of the collection."""
         headline, trust, risk = self._collection_parts()
         market = self.market()
+        best_offer = self.best_collection_offer()
         return {
             "chain": self.chain,
             "contract": self.contract,
@@ -265,6 +301,8 @@ class BookViews(BookState):
             "verified_creator": headline["verified_creator"],
             "creator": self.creator,
             "rarity_entropy": headline["rarity_entropy"],
+            "best_offer": None if best_offer is None else {k: v for k, v in best_offer.items() if k != "key"},
+            "attention": headline["attention"],
             "trust": trust.view(),
             "risk": risk,
             "market": {"trend": market["trend"], "anomaly": market["anomaly"]},

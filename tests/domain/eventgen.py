@@ -16,6 +16,8 @@ CONTRACT = "0x" + "c" * 40
 WALLETS = ["0x" + f"{i:040x}" for i in range(1, 6)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TOKENS = [str(i) for i in range(6)]
+#: ERC-1155 token ids: moved in quantities, held by many wallets at once.
+MULTI_TOKENS = ["1155", "1156"]
 TRAITS = {"bg": ["red", "blue", "green"], "hat": ["cap", "crown"], "eyes": ["laser", "sleepy", "wide"]}
 
 
@@ -59,12 +61,33 @@ def event_specs(draw: Any) -> dict[str, Any]:
                 "metadata_update",
                 "fraud_finding",
                 "bid",
+                "bid",
+                "mint1155",
+                "transfer1155",
+                "sale1155",
+                "burn1155",
+                "social_signal",
             ]
         )
     )
     token = draw(st.sampled_from(TOKENS))
     data: dict[str, Any]
-    if kind == "mint":
+    if kind.endswith("1155"):
+        token = draw(st.sampled_from(MULTI_TOKENS))
+        kind = kind.removesuffix("1155")
+        data = {"quantity": draw(st.sampled_from([1, 2, 5, 40])), "standard": "erc1155"}
+        if kind in ("transfer", "sale", "burn"):
+            data["from"] = draw(wallet_st)
+        if kind in ("mint", "transfer", "sale"):
+            data["to"] = draw(wallet_st)
+        if kind == "sale":
+            data["price"] = draw(price_st)
+    elif kind == "social_signal":
+        token = None
+        data = {"platform": "x", "metric": "mentions", "value": 3.0}
+        if draw(st.booleans()):
+            data["weight"] = draw(st.sampled_from([0.0, 0.5, 2.0, 10.0]))
+    elif kind == "mint":
         data = {"to": draw(wallet_st)}
         if draw(st.booleans()):
             data["traits"] = draw(traits_st)
@@ -97,7 +120,14 @@ def event_specs(draw: Any) -> dict[str, Any]:
         if not draw(st.booleans()):
             token = None
     else:
-        data = {"bidder": draw(wallet_st), "price": draw(price_st)}
+        data = {
+            "bidder": draw(wallet_st),
+            "price": draw(st.one_of(price_st, st.just({"amount": "0", "currency": "ETH"}))),
+        }
+        if draw(st.booleans()):
+            data["expires_at"] = (T0 + timedelta(hours=draw(st.integers(1, 400)))).isoformat()
+        if draw(st.integers(0, 2)) == 0:
+            token = None  # a collection offer
     if draw(st.integers(0, 9)) == 0:
         data["verified_creator"] = draw(st.booleans())
     return {"kind": kind, "token": token, "data": data, "chain_ordered": draw(st.integers(0, 5)) > 0}

@@ -36,6 +36,7 @@ ZERO = Epsilons(
     trust_abs=0.0,
     share_abs=0.0,
     entropy_rel=0.0,
+    attention_rel=0.0,
     z_abs=0.0,
     rarity_score_abs=0.0,
     rarity_rank_fraction=0.0,

@@ -9,7 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -27,7 +27,7 @@ from nftpulse.activities.notify.delivery import DbInboxWriter
 from nftpulse.activities.notify.detection import DetectionActivities
 from nftpulse.channels.registry import build_registry
 from nftpulse.domain.changes import MetricChange
-from nftpulse.store import keys
+from nftpulse.store import feedback, keys
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.worker import channels_config
@@ -143,9 +143,9 @@ async def test_verdicts_from_every_channel_adapt_the_rule_and_the_next_alert_say
     by_id = _by_notification(await _payloads(hooks, secret, 3))
     assert set(by_id) == set(first)
     for nid, data in by_id.items():
-        feedback = data["feedback"]
-        assert feedback["url"].startswith(f"{BASE}/v1/callbacks/feedback/{nid}?token=")
-        assert set(feedback["links"]) == {"useful", "not_useful", "too_many"}
+        offered = data["feedback"]
+        assert offered["url"].startswith(f"{BASE}/v1/callbacks/feedback/{nid}?token=")
+        assert set(offered["links"]) == {"useful", "not_useful", "too_many"}
         assert "adaptation" not in data
     webhook_before, email_before = _counted("not_useful", "webhook"), _counted("too_many", "email")
 
@@ -287,3 +287,57 @@ async def test_reset_and_pin_by_the_api_and_bad_verdicts(fpulse: FeedbackPulse, 
             s.execute(select(store.FeedbackRecord).where(store.FeedbackRecord.user_id == "alice")).scalars()
         )  # type: ignore[arg-type]
     assert len(stored) == 6 and {r.rule_kind for r in stored} == {"relative_change"}
+
+
+def test_useful_verdicts_step_the_rule_back_to_the_users_own(db: Database) -> None:
+    """The store's side of the rule: 3 negative verdicts widen, 5 useful in a row narrow back, and once no
+    rule differs from the user's own setting the kept copy goes."""
+    now = datetime.now(UTC)
+    with db.write() as s:
+        s.add(store.NotifyUser(id="una", updated_at=now))
+        s.flush()
+        s.add(
+            store.Subscription(
+                id="sub_una",
+                user_id="una",
+                target="collection",
+                entity_key=COLLECTION,
+                rules=[RULE],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        rows = [
+            store.Notification(
+                idempotency_key=f"ntf_una_{i}",
+                user_id="una",
+                subscription_id="sub_una",
+                rule_id="floor-20",
+                kind="price_movement",
+                severity="warning",
+                entity_key=COLLECTION,
+                context={"rule": {"kind": "relative_change"}},
+                created_at=now,
+            )
+            for i in range(8)
+        ]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id for r in rows]
+    steps = []
+    for i, (nid, verdict) in enumerate(zip(ids, ["not_useful"] * 3 + ["useful"] * 5, strict=True)):
+        with db.write() as s:
+            row = s.get(store.Notification, nid)
+            assert row is not None
+            # Each verdict a second after the previous: the window orders them by time.
+            done = feedback.record_verdict(
+                s, row, verdict, "in_app", now.replace(microsecond=0) + timedelta(seconds=i)
+            )
+            steps.append(done.adaptation.step if done.adaptation else None)
+    assert steps == [None, None, 1, None, None, None, None, 0]
+    with db.read() as s:
+        sub = s.get(store.Subscription, "sub_una")
+        assert sub is not None
+        assert sub.rules[0]["pct"] == 0.2 and sub.original_rules is None
+        state = feedback.adaptations(sub)["floor-20"]
+        assert state.step == 0 and state.reason == "useful" and state.announce

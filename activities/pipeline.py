@@ -585,6 +585,17 @@ class PipelineActivities:
         if gone:
             retractions.mark_retracted(session, partition, gone, now)
             log.info("pipeline.retracted", extra={"partition": partition, "events": len(gone)})
+        if step.undone:
+            # What only the undone events made Pulse tell someone: cancelled if not delivered yet, else
+            # corrected (detection's next run delivers the correction).
+            undone = retractions.undone_rows(session, partition, step.undone)
+            caused = retractions.caused_only_by(session, partition, undone)
+            cancelled, corrected = retractions.withdraw(session, caused, now)
+            if cancelled or corrected:
+                log.info(
+                    "pipeline.notifications_withdrawn",
+                    extra={"partition": partition, "cancelled": cancelled, "corrected": corrected},
+                )
         return step
 
     def _drop_gone_views(self, session: Session, before: CollectionBook, after: CollectionBook) -> None:

@@ -89,6 +89,8 @@ class NotificationKind(StrEnum):
     FRAUD_FINDING = "fraud_finding"
     MARKET_UPDATE = "market_update"
     WALLET_ACTIVITY = "wallet_activity"
+    #: An earlier notification's cause was retracted (``activities.notify.corrections``).
+    CORRECTION = "correction"
 
 
 #: Ordered risk labels as the collection engine emits them.

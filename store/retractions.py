@@ -12,8 +12,10 @@ from sqlalchemy import ColumnElement, delete, tuple_, update
 from sqlmodel import Session, col, select
 
 from nftpulse.domain.events import EventType
+from nftpulse.domain.rules import idempotency_key
 from nftpulse.store.db import Database
 from nftpulse.store.models import ChainBlock, EventRecord, EventRetraction, EventStatus
+from nftpulse.store.notify import Delivery, Notification
 from nftpulse.store.sql import insert_many, table_of
 
 EventRef = tuple[str, str]
@@ -167,3 +169,138 @@ def retracted_by_id(db: Database, source: str, ids: Sequence[str], suffix: str) 
                 )
             }
     return found
+
+
+# -- notifications an undone event caused --------------------------------------------------------------
+
+#: ``Notification.kind`` of a correction (``domain.rules.NotificationKind.CORRECTION``).
+CORRECTION = "correction"
+
+
+def undone_rows(session: Session, partition: str, refs: Sequence[EventRef]) -> list[EventRecord]:
+    rows: list[EventRecord] = []
+    for chunk in _chunks(sorted(set(refs))):
+        rows += session.exec(
+            select(EventRecord).where(
+                col(EventRecord.partition) == partition,
+                _named(col(EventRecord.source), col(EventRecord.external_id), chunk),
+            )
+        )
+    return rows
+
+
+def _batch_of(cause: str) -> tuple[str, int, int, str] | None:
+    """A notification's cause, ``<workflow>@<first>-<last>:<entity>:<metric>`` (detection's): the batch's
+    workflow, its seq range and the entity."""
+    workflow, _, rest = cause.rpartition("@")
+    span, _, tail = rest.partition(":")
+    entity, _, _metric = tail.rpartition(":")
+    first, _, last = span.partition("-")
+    if not workflow or not first.isdigit() or not last.isdigit() or not entity:
+        return None
+    return workflow, int(first), int(last), entity
+
+
+def caused_only_by(session: Session, partition: str, undone: Sequence[EventRecord]) -> dict[int, list[str]]:
+    """The notifications whose change came from a batch in which, for their entity, only undone events
+    were applied: by id, with those events (``source/id``). A notification its batch's other events also
+    caused stands."""
+    gone = {r.seq for r in undone}
+    out: dict[int, list[str]] = {}
+    for row in undone:
+        if not row.workflow_id:
+            continue
+        nft = f"nft:{partition.removeprefix('collection:')}:{row.token_id}" if row.token_id else None
+        candidates = session.exec(
+            select(Notification).where(
+                col(Notification.cause).startswith(row.workflow_id + "@", autoescape=True)
+            )
+        )
+        for note in candidates:
+            batch = _batch_of(note.cause or "")
+            if batch is None or batch[0] != row.workflow_id or not batch[1] <= (row.seq or 0) <= batch[2]:
+                continue
+            entity = batch[3]
+            if entity not in (partition, nft):
+                continue
+            live = select(col(EventRecord.seq)).where(
+                col(EventRecord.workflow_id) == row.workflow_id,
+                col(EventRecord.partition) == partition,
+                col(EventRecord.seq).between(batch[1], batch[2]),
+                col(EventRecord.status).in_([EventStatus.APPLIED.value, EventStatus.PROCESSED.value]),
+                col(EventRecord.type) != EventType.RETRACTION.value,
+            )
+            if entity == nft:
+                live = live.where(col(EventRecord.token_id) == row.token_id)
+            if any(seq not in gone for seq in session.exec(live)):
+                continue
+            found = out.setdefault(note.id or 0, [])
+            if f"{row.source}/{row.external_id}" not in found:
+                found.append(f"{row.source}/{row.external_id}")
+    return out
+
+
+def withdraw(session: Session, caused: dict[int, list[str]], at: datetime) -> tuple[int, int]:
+    """Cancel each of these notifications not delivered yet (delivery then sends nothing) and follow each
+    delivered one with a correction (``kind`` correction, delivered as any notification by detection's
+    next run). Idempotent: a notification is cancelled or corrected once. Returns (cancelled, corrected)."""
+    if not caused:
+        return 0, 0
+    notes = list(session.exec(select(Notification).where(col(Notification.id).in_(list(caused)))))
+    sent = {
+        d.notification_id
+        for d in session.exec(select(Delivery).where(col(Delivery.notification_id).in_(list(caused))))
+        if d.status in ("sent", "delivered", "read")
+    }
+    cancelled = corrected = 0
+    for note in notes:
+        context = dict(note.context)
+        if note.kind == CORRECTION or "cancelled" in context or "corrected_by" in context:
+            continue
+        retracted = caused[note.id or 0]
+        if note.inbox_at is None and note.id not in sent:
+            context["cancelled"] = {"retracted": retracted, "at": at.isoformat()}
+            note.context = context
+            session.add(note)
+            cancelled += 1
+            continue
+        key = idempotency_key(note.user_id, CORRECTION, note.entity_key, str(note.id))
+        context["corrected_by"] = key
+        note.context = context
+        session.add(note)
+        correction = {
+            "notification_id": note.id,
+            "original_title": note.title or note.entity_key,
+            "retracted": retracted,
+        }
+        session.add(
+            Notification(
+                idempotency_key=key,
+                user_id=note.user_id,
+                subscription_id=note.subscription_id,
+                rule_id=note.rule_id,
+                kind=CORRECTION,
+                severity=note.severity,
+                entity_key=note.entity_key,
+                context={**dict(note.context), "idempotency_key": key, "correction": correction},
+                route="now",
+                magnitude=note.magnitude,
+                cause=f"correction:{note.id}",
+                created_at=at,
+            )
+        )
+        corrected += 1
+    return cancelled, corrected
+
+
+def pending_corrections(session: Session) -> list[Notification]:
+    """Corrections not handed to delivery yet."""
+    return list(
+        session.exec(
+            select(Notification).where(
+                col(Notification.kind) == CORRECTION,
+                col(Notification.workflow_id).is_(None),
+                col(Notification.inbox_at).is_(None),
+            )
+        )
+    )

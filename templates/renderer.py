@@ -37,13 +37,27 @@ from nftpulse.templates.gsm import SmsSegments, segment, to_gsm_friendly
 
 SOURCES = Path(__file__).parent / "sources"
 
-KINDS = ("trust_change", "price_movement", "risk_change", "fraud_finding", "market_update", "wallet_activity")
+KINDS = (
+    "trust_change",
+    "price_movement",
+    "risk_change",
+    "fraud_finding",
+    "market_update",
+    "wallet_activity",
+    "correction",
+)
 CHANNELS = ("in_app", "email_html", "email_text", "sms", "push", "webhook")
 LOCALES = ("en", "de")
 DEFAULT_LOCALE = "en"
 
 TemplateKind = Literal[
-    "trust_change", "price_movement", "risk_change", "fraud_finding", "market_update", "wallet_activity"
+    "trust_change",
+    "price_movement",
+    "risk_change",
+    "fraud_finding",
+    "market_update",
+    "wallet_activity",
+    "correction",
 ]
 TemplateChannel = Literal["in_app", "email_html", "email_text", "sms", "push", "webhook"]
 
@@ -131,6 +145,19 @@ class Activity(BaseModel):
     event_id: str | None = None
 
 
+class Correction(BaseModel):
+    """What a correction takes back: an earlier notification caused only by events since retracted (a
+    chain reorganisation, a provider's ``removed`` log)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: The corrected notification's id and subject as it was sent.
+    notification_id: int
+    original_title: str
+    #: The retracted events, as ``source/id``.
+    retracted: list[str]
+
+
 class FeedbackLinks(BaseModel):
     """Where the user rates the notification (``api.feedback``), proved by the notification's token."""
 
@@ -166,6 +193,7 @@ class NotificationContext(BaseModel):
     holding: Holding | None = None
     finding: Finding | None = None
     activity: Activity | None = None
+    correction: Correction | None = None
     preferences_url: str | None = None
     #: Web push: the beacon that records the click (stopping escalation) and redirects to ``entity_url``.
     click_url: str | None = None

@@ -99,6 +99,9 @@ class DeliveryActivities:
                 f"notification {inp.notification_id} not found", type=NOT_FOUND, non_retryable=True
             )
         row, user, done = loaded
+        if "cancelled" in row.context:
+            # Its cause was retracted before it went out (``store.retractions.withdraw``): nothing to send.
+            return DeliverResult(row.id or 0, inp.channel, "cancelled", None, True)
         current = next((d for d in done if d.channel == inp.channel), None)
         if (
             inp.step == 0

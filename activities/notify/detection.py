@@ -89,7 +89,7 @@ from nftpulse.domain.rules import (
 )
 from nftpulse.domain.sendtime import best_hour, digest_schedule
 from nftpulse.domain.sendtime import next_send_at as learned_send_at
-from nftpulse.store import entities, feedback, notifications, watching
+from nftpulse.store import entities, feedback, notifications, retractions, watching
 from nftpulse.store import notify as store
 from nftpulse.store.db import Database
 from nftpulse.templates.renderer import Activity, Finding, Holding, NotificationContext, render
@@ -176,7 +176,32 @@ class DetectionActivities:
             merged.notifications += result.notifications
             merged.evaluated += result.evaluated
             merged.suppressed += result.suppressed
+        merged.notifications += self._corrections()
         return merged
+
+    def _corrections(self) -> list[NotifyRequest]:
+        """Corrections the pipeline stored for notifications whose cause it retracted: titled, put in the
+        inbox, and handed to delivery like any notification when more than the inbox carries them."""
+        out: list[NotifyRequest] = []
+        now = datetime.now(UTC)
+        with self._db.write() as s:
+            for row in retractions.pending_corrections(s):
+                user = s.get(store.NotifyUser, row.user_id)
+                if user is None:
+                    continue
+                rendered = render(row.kind, "in_app", user.locale, row.context)
+                row.title, row.body = rendered.subject[:500], rendered.text
+                channels = channels_for(user, row.kind, available_channels(user, self._registry))
+                critical = row.severity == AlertSeverity.CRITICAL.value
+                if inbox_only(row.route, channels, critical=critical, not_before=None):
+                    row.inbox_at = now
+                    s.add(row)
+                    s.flush()
+                    notifications.insert_inbox_deliveries(s, [row.id or 0], now)
+                    continue
+                out.append(self._request(user, row))
+                s.add(row)
+        return out
 
     def detect(self, inp: DetectInput, *, consume: int | None = None) -> DetectResult:
         """The synchronous core of detection (one write transaction). ``consume``: the saved change batch
@@ -312,8 +337,15 @@ class DetectionActivities:
         for row in sorted(rows, key=lambda r: r.id or 0):
             user = s.get(store.NotifyUser, row.user_id)
             if user is not None:
-                result.notifications.append(self._request(user, row))
+                result.notifications.append(self._request(user, row, self._learned_hour(s, user)))
         return result
+
+    def _learned_hour(self, s: Session, user: store.NotifyUser) -> int | None:
+        """The user's send hour when they chose learned send times."""
+        if user.send_time != "learned":
+            return None
+        counts = feedback.read_hours(s, [user.id]).get(user.id, [])
+        return best_hour(counts, self._default_hour, self._min_reads)
 
     def _row(
         self,

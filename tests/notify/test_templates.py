@@ -124,6 +124,22 @@ CONTEXTS: dict[str, dict[str, Any]] = {
             event_id="opensea/0xfeed:12",
         ),
     ),
+    "correction": dict(
+        severity="warning",
+        entity_key="nft:ethereum:0xbc4c:1234",
+        entity_name="Bored Ape #1234",
+        rule=dict(id="rule-owner", kind="threshold", metric="price_estimate", level="30", direction="above"),
+        metric="price_estimate",
+        before="31.5",
+        after="12.5",
+        unit="currency",
+        currency="ETH",
+        correction=dict(
+            notification_id=4211,
+            original_title="Bored Ape #1234 price estimate above 30 ETH",
+            retracted=["chain/ethereum:0xfeed:12"],
+        ),
+    ),
 }
 
 

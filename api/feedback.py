@@ -231,7 +231,11 @@ def _reset_by_link(services: Services, nid: int, token: str) -> str:
         row = s.get(store.Notification, nid)
         if row is None or not check(row):
             raise HTTPException(404, f"no notification {nid} reachable here")
-        sub = s.get(store.Subscription, row.subscription_id) if row.subscription_id else None
+        sub = (
+            s.get(store.Subscription, row.subscription_id, with_for_update=True)
+            if row.subscription_id
+            else None
+        )
         if sub is None or not row.rule_id or feedback.own_rule(sub, row.rule_id) is None:
             raise HTTPException(404, f"notification {nid} has no rule of yours to reset")
         before = feedback.adaptations(sub).get(row.rule_id)
@@ -312,7 +316,7 @@ async def reset_sensitivity(
 
     def write() -> store.Subscription:
         with services.db.write() as s:
-            sub = s.get(store.Subscription, sub_id)
+            sub = s.get(store.Subscription, sub_id, with_for_update=True)
             if sub is None:
                 raise HTTPException(404, f"no subscription {sub_id!r}")
             before = feedback.adaptations(sub)

@@ -122,7 +122,8 @@ def _set_rule(sub: Subscription, rule_id: str, state: RuleAdaptation, session: S
 def adapt(session: Session, subscription_id: str, rule_id: str, now: datetime) -> RuleAdaptation | None:
     """Apply the adaptation rule (``domain.feedback``) to one rule after a verdict; returns its new state
     when the step changed."""
-    sub = session.get(Subscription, subscription_id)
+    # Locked (Postgres; SQLite writes take turns anyway): two verdicts at once must not both step.
+    sub = session.get(Subscription, subscription_id, with_for_update=True)
     if sub is None:
         return None
     own = _own_rule(sub, rule_id)

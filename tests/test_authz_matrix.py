@@ -119,6 +119,7 @@ async def matrix(db: Database) -> AsyncIterator[tuple[httpx.AsyncClient, dict[st
 
 #: Bodies valid enough to pass validation, so that the answer shows what the key may do.
 BODIES = {
+    "POST /v1/users/{user_id}/notifications/{notification_id}/feedback": {"verdict": "useful"},
     "POST /v1/users/{user_id}/subscriptions": {
         "target": "collection",
         "entity_key": "collection:ethereum:0x" + "ab" * 20,

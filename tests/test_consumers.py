@@ -16,12 +16,13 @@ import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client
 
-from nftpulse.activities.contracts.consumers import consumer_workflow_id
+from nftpulse.activities.contracts.consumers import CONSUMER_WORKFLOW, ConsumerInput, consumer_workflow_id
+from nftpulse.core.delivery import generate_webhook_secret
 from nftpulse.store import changes as changelog
 from nftpulse.store import consumers as consumer_store
 from nftpulse.store.changes import LoggedChange
 from nftpulse.store.models import ConsumerRecord
-from tests.conftest import RunningPulse, local_http_server, run_pulse
+from tests.conftest import RunningPulse, local_http_server, replay_under_sandbox, run_pulse
 from tests.notify.conftest import Receiver, Recorded, _handler
 
 CONTRACT = "0x" + "c0" * 20
@@ -294,6 +295,64 @@ async def test_changes_reach_matching_consumers_once_in_order_with_retries_410_a
     assert (
         await pulse.http.get(f"/v1/consumers/{two['id']}", headers=pulse.keys.auth("admin"))
     ).status_code == 404
+
+    # The runners' histories (retries, a replay, a 410, a cancel) replay under the sandbox: deterministic.
+    replayed = await replay_under_sandbox(pulse.client, pulse.task_queue)
+    assert consumer_workflow_id(pulse.settings.workflow_id_prefix, gone["id"]) in replayed
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_runner_continues_as_new_with_its_queue_and_retry_timers(
+    pulse: RunningPulse, receiver: Receiver
+) -> None:
+    """A runner whose history grows past its limit carries its cursor, queued deliveries and a waiting
+    retry into the next run: everything arrives, once (the refused one twice), in order per entity."""
+    await _post(pulse, _ev("mint", "1", {"from": ZERO, "to": A}), _ev("mint", "2", {"from": ZERO, "to": A}))
+    with pulse.db.write() as session:
+        row = consumer_store.create(
+            session,
+            url=receiver.url + "/can",
+            secret=generate_webhook_secret(),
+            keys=[],
+            prefixes=[f"{NFT}:"],
+            metrics=["trust"],
+            event_types=[],
+            now=datetime.now(UTC),
+        )
+        consumer_id, secret, start = row.id, row.secret, row.cursor
+    refused: list[str] = []
+
+    def respond(rec: Recorded) -> tuple[int, dict[str, str], bytes]:
+        if not refused:
+            refused.append(rec.headers["webhook-id"])
+            return 503, {}, b"later"
+        return 200, {}, b"{}"
+
+    receiver.respond = respond
+    handle = await pulse.client.start_workflow(
+        CONSUMER_WORKFLOW,
+        ConsumerInput(consumer_id, history_limit=30),
+        id=consumer_workflow_id(pulse.settings.workflow_id_prefix, consumer_id),
+        task_queue=pulse.task_queue,
+    )
+    for _ in range(4):
+        await _post(pulse, _finding("1"))
+    with pulse.db.read() as session:
+        expected = {str(c.cursor) for c in changelog.after(session, start, prefixes=[f"{NFT}:"])}
+    assert len(expected) >= 5
+
+    def arrived() -> list[dict[str, Any]]:
+        return [_verified(secret, r)["data"] for r in _at(receiver, "/can")]
+
+    await _until(lambda: {d["cursor"] for d in arrived()} == expected, limit_s=60)
+    await asyncio.sleep(1)
+    ids = [r.headers["webhook-id"] for r in _at(receiver, "/can")]
+    assert len(ids) == len(expected) + 1 and ids.count(refused[0]) == 2
+    for key in {d["entity_key"] for d in arrived()}:
+        cursors = [int(d["cursor"]) for d in arrived() if d["entity_key"] == key]
+        assert cursors == sorted(cursors), (key, cursors)
+    runs = [e async for e in pulse.client.list_workflows(f"WorkflowId = '{handle.id}'")]
+    assert len(runs) >= 2, "the runner never continued as new"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -40,8 +40,6 @@ with workflow.unsafe.imports_passed_through():
 MAX_IN_FLIGHT = 8
 #: Deliveries read ahead and not yet finished; reading waits while this many are queued.
 MAX_QUEUED = 500
-#: Continue as new past this many history events (well before Temporal suggests it).
-HISTORY_LIMIT = 5000
 #: How long an idle read waits for a change before the loop looks at its signals again.
 READ_WAIT_S = 5.0
 
@@ -81,10 +79,16 @@ class ConsumerWorkflow:
     def _queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    def _state(self, consumer_id: str) -> ConsumerInput:
+    def _state(self, inp: ConsumerInput) -> ConsumerInput:
         queued = [item for queue in self._queues.values() for item in queue]
         return ConsumerInput(
-            consumer_id, self._cursor, self._generation, queued, self._gap_id, self._gap_since
+            inp.consumer_id,
+            self._cursor,
+            self._generation,
+            queued,
+            self._gap_id,
+            self._gap_since,
+            inp.history_limit,
         )
 
     @workflow.run
@@ -105,12 +109,12 @@ class ConsumerWorkflow:
                 if self._replays:
                     continue
                 return ConsumerOutcome(inp.consumer_id, self._stop)
-            if workflow.info().get_current_history_length() > HISTORY_LIMIT or (
+            if workflow.info().get_current_history_length() > inp.history_limit or (
                 workflow.info().is_continue_as_new_suggested()
             ):
                 self._draining = True
                 await workflow.wait_condition(lambda: not self._running)
-                workflow.continue_as_new(self._state(inp.consumer_id))
+                workflow.continue_as_new(self._state(inp))
             if self._queued() >= MAX_QUEUED:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await workflow.wait_condition(

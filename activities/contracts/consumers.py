@@ -60,6 +60,8 @@ class ConsumerInput:
     #: since when; see ``store.consumers.read``.
     gap_id: int | None = None
     gap_since: str | None = None
+    #: Continue as new past this many history events (tests make it small).
+    history_limit: int = 5000
 
 
 @dataclass

@@ -12,11 +12,13 @@ from typing import Any
 from sqlmodel import col, select
 from temporalio.testing import ActivityEnvironment
 
-from nftpulse.activities.contracts.notify import DeliverInput
+from nftpulse.activities.contracts.notify import DeliverInput, DigestGroupOut, SendDigestInput
 from nftpulse.activities.notify.delivery import DeliveryActivities
+from nftpulse.activities.notify.digests import DigestActivities
 from nftpulse.channels.registry import ChannelRegistry
 from nftpulse.store import keys
-from nftpulse.store.notify import Delivery, Notification
+from nftpulse.store.db import Database
+from nftpulse.store.notify import Delivery, Notification, NotifyUser
 from tests.conftest import RunningPulse
 
 CONTRACT = "0x" + "ab" * 20
@@ -130,3 +132,42 @@ async def test_a_retracted_sale_cancels_what_is_pending_and_corrects_what_was_de
     await asyncio.sleep(1)
     assert len([n for n in notes(pulse, "ada") if n.kind == "correction"]) == 1
     assert len(notes(pulse, "bea")) == 1
+
+
+async def test_a_digest_leaves_out_items_whose_cause_was_retracted(db: Database) -> None:
+    """A notification waiting in a digest when its cause is retracted is cancelled: the digest sends the
+    others and does not put the cancelled one in the inbox; a digest of cancelled items only sends nothing."""
+    now = datetime.now(UTC)
+    with db.write() as s:
+        s.add(NotifyUser(id="cy", updated_at=now))
+        s.flush()
+        rows = [
+            Notification(
+                idempotency_key=f"k{i}",
+                user_id="cy",
+                kind="market_update",
+                severity="info",
+                entity_key=COLLECTION,
+                title=f"item {i}",
+                route="digest",
+                context={"cancelled": {"retracted": ["market/sale-1"], "at": now.isoformat()}} if i else {},
+                created_at=now,
+            )
+            for i in range(2)
+        ]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id or 0 for r in rows]
+    digests = DigestActivities(db, ChannelRegistry())
+
+    def group(members: list[int]) -> DigestGroupOut:
+        return DigestGroupOut("market_update", COLLECTION, "info", ["t"] * len(members), members)
+
+    result = await digests.send_digest(SendDigestInput("cy", "dgst_1", "schedule", [group(ids)]))
+    assert result.channels == ["in_app"]
+    with db.read() as s:
+        kept, cancelled = (s.get(Notification, i) for i in ids)
+        assert kept is not None and kept.inbox_at is not None
+        assert cancelled is not None and cancelled.inbox_at is None
+    only = digests._load(SendDigestInput("cy", "dgst_2", "schedule", [group([ids[1]])]))
+    assert only is not None and only[1] is None  # nothing left to show: nothing is sent

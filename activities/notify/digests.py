@@ -132,10 +132,13 @@ class DigestActivities:
             stored: list[store.Notification] = list(
                 s.execute(select(store.Notification).where(col(store.Notification.id).in_(ids))).scalars()
             )
-            rows = {r.id: r for r in stored if r.id is not None}
+            rows = {r.id: r for r in stored if r.id is not None and "cancelled" not in r.context}
+            cancelled = {r.id for r in stored if "cancelled" in r.context}
         now = datetime.now(UTC)
         groups: list[DigestGroupContext] = []
         for g in inp.groups:
+            if g.notification_ids and all(i in cancelled for i in g.notification_ids):
+                continue  # every item's cause was retracted while it waited
             found = sorted(
                 (rows[i] for i in g.notification_ids if i in rows), key=lambda r: (r.created_at, r.id or 0)
             )
@@ -185,6 +188,8 @@ class DigestActivities:
             ).scalars()
             found: list[int] = []
             for row in rows:
+                if "cancelled" in row.context:
+                    continue  # its cause was retracted while it waited: left out of the digest
                 if row.inbox_at is None:
                     row.inbox_at = now
                     s.add(row)

@@ -23,12 +23,15 @@ from temporalio.client import Client
 
 from nftpulse.activities.contracts.notify import DetectInput
 from nftpulse.activities.contracts.pipeline import ChangeSet
-from nftpulse.activities.notify.delivery import DbInboxWriter
+from nftpulse.activities.notify.delivery import DbInboxWriter, DeliveryActivities
 from nftpulse.activities.notify.detection import DetectionActivities
-from nftpulse.channels.registry import build_registry
+from nftpulse.api.app import create_app
+from nftpulse.channels.registry import ChannelRegistry, build_registry
+from nftpulse.core.settings import Settings
 from nftpulse.domain.changes import MetricChange
-from nftpulse.store import feedback, keys
+from nftpulse.store import feedback, keys, watching
 from nftpulse.store import notify as store
+from nftpulse.store.cache import NoCache
 from nftpulse.store.db import Database
 from nftpulse.worker import channels_config
 from tests.conftest import run_pulse
@@ -341,3 +344,52 @@ def test_useful_verdicts_step_the_rule_back_to_the_users_own(db: Database) -> No
         assert sub.rules[0]["pct"] == 0.2 and sub.original_rules is None
         state = feedback.adaptations(sub)["floor-20"]
         assert state.step == 0 and state.reason == "useful" and state.announce
+
+
+async def test_the_email_and_push_links_record_the_verdict_with_their_channel(db: Database) -> None:
+    """The links as the e-mail and push channels render them (``DeliveryActivities._message``), followed
+    on the API: the verdict is stored under the channel the link came from."""
+    now = datetime.now(UTC)
+    with db.write() as s:
+        s.add(store.NotifyUser(id="vic", email="vic@example.org", updated_at=now))
+        s.flush()
+        s.add(
+            store.Subscription(
+                id="sub_vic",
+                user_id="vic",
+                target="collection",
+                entity_key=COLLECTION,
+                rules=[RULE],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        watching.replace_subscription_keys(s, "sub_vic", [COLLECTION])
+    detection = DetectionActivities(db, ChannelRegistry(), public_base_url=BASE)
+    changes = ChangeSet.of([MetricChange(COLLECTION, "floor", "10", "7")])
+    (req,) = detection.detect(DetectInput(changes, now.isoformat(), cause="links@1")).notifications
+    with db.read() as s:
+        row = s.get(store.Notification, req.notification_id)
+        user = s.get(store.NotifyUser, "vic")
+    assert row is not None and user is not None
+    delivery = DeliveryActivities(db, ChannelRegistry())
+    email = delivery._message(row, user, "email")
+    assert email.html is not None and email.to == "vic@example.org"
+    link = next(line for line in email.text.splitlines() if "verdict=not_useful" in line).split(": ", 1)[1]
+    assert "via=email" in link and link.replace("&", "&amp;") in email.html
+    push = delivery._message(row, user, "push")
+    actions = {a["action"]: a["url"] for a in push.payload["actions"]}
+    assert set(actions) == {"useful", "not_useful", "too_many"} and "via=push" in actions["useful"]
+
+    app = create_app(Settings(public_base_url=BASE), db, NoCache(), None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://pulse.test"
+    ) as http:
+        assert (await http.get(_local(link))).status_code == 200
+        with db.read() as s:
+            stored = s.get(store.FeedbackRecord, req.notification_id)
+            assert stored is not None and (stored.verdict, stored.channel) == ("not_useful", "email")
+        assert (await http.get(_local(actions["useful"]))).status_code == 200
+        with db.read() as s:
+            stored = s.get(store.FeedbackRecord, req.notification_id)
+            assert stored is not None and (stored.verdict, stored.channel) == ("useful", "push")

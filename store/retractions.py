@@ -35,6 +35,14 @@ def retracted_among(session: Session, partition: str, refs: Iterable[EventRef]) 
     """Those of ``refs`` a retraction of ``partition`` has named (before now)."""
     wanted = sorted(set(refs))
     found: set[EventRef] = set()
+    # Most collections never see a retraction: one point read spares their batches the lookup by id.
+    if (
+        not wanted
+        or not session.exec(
+            select(col(EventRetraction.source)).where(col(EventRetraction.partition) == partition).limit(1)
+        ).first()
+    ):
+        return found
     for chunk in _chunks(wanted):
         rows = session.exec(
             select(col(EventRetraction.source), col(EventRetraction.external_id)).where(

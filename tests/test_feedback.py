@@ -393,3 +393,61 @@ async def test_the_email_and_push_links_record_the_verdict_with_their_channel(db
         with db.read() as s:
             stored = s.get(store.FeedbackRecord, req.notification_id)
             assert stored is not None and (stored.verdict, stored.channel) == ("useful", "push")
+
+
+def _threshold_user(db: Database, user_id: str, digest: dict[str, Any] | None) -> None:
+    now = datetime.now(UTC)
+    with db.write() as s:
+        s.add(store.NotifyUser(id=user_id, digest=digest, updated_at=now))
+        s.flush()
+        rule = {"id": "trust-50", "kind": "threshold", "metric": "trust", "level": "50", "cooldown_s": 600}
+        s.add(
+            store.Subscription(
+                id=f"sub_{user_id}",
+                user_id=user_id,
+                target="collection",
+                entity_key=COLLECTION,
+                rules=[rule],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        watching.replace_subscription_keys(s, f"sub_{user_id}", [COLLECTION])
+
+
+def test_a_rule_without_a_width_goes_to_the_digest_or_cools_down_longer(db: Database) -> None:
+    """threshold rules cannot widen: adapted, their non-critical alerts go to the user's digest, and for a
+    user without a digest their cooldown grows (x1.5 of at least an hour)."""
+    _threshold_user(db, "wyn", {"frequency": "daily", "at": "08:00:00"})
+    _threshold_user(db, "xan", None)
+    detection = DetectionActivities(db, ChannelRegistry(), public_base_url=BASE)
+    now = datetime.now(UTC)
+
+    def trust(before: str, after: str, n: int) -> dict[str, Any]:
+        changes = ChangeSet.of([MetricChange(COLLECTION, "trust", before, after)])
+        result = detection.detect(
+            DetectInput(changes, (now + timedelta(hours=n)).isoformat(), cause=f"t@{n}")
+        )
+        return {r.user_id: r for r in result.notifications}
+
+    fired = [trust("60", "40", 0), trust("40", "60", 1), trust("60", "40", 2), trust("40", "60", 3)]
+    fired += [trust("60", "40", 4)]
+    ids = {u: [f[u].notification_id for f in fired if u in f] for u in ("wyn", "xan")}
+    assert len(ids["wyn"]) == 3 and all(f["wyn"].route == "now" for f in fired if "wyn" in f)
+    for nids in ids.values():
+        for i, nid in enumerate(nids):
+            with db.write() as s:
+                row = s.get(store.Notification, nid)
+                assert row is not None
+                feedback.record_verdict(s, row, "too_many", "in_app", now + timedelta(seconds=i))
+    with db.read() as s:
+        wyn, xan = s.get(store.Subscription, "sub_wyn"), s.get(store.Subscription, "sub_xan")
+        assert wyn is not None and xan is not None
+        assert feedback.adaptations(wyn)["trust-50"].mode == "digest"
+        assert wyn.rules[0]["cooldown_s"] == 600  # the rule stays; its alerts are routed
+        assert feedback.adaptations(xan)["trust-50"].mode == "cooldown"
+        assert xan.rules[0]["cooldown_s"] == 5400 and xan.original_rules is not None
+    trust("40", "60", 5)
+    after = trust("60", "40", 6)
+    assert after["wyn"].route == "digest"
+    assert after["xan"].route == "now"

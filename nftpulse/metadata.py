@@ -78,15 +78,23 @@ class FetchError(Exception):
 def requests_for(decoded: Decoded, max_range: int, now: datetime) -> list[FetchRequest]:
     """What a decoded range asks of the fetcher: mints that carry no traits, and each token of each
     ERC-4906 update (a range cut at ``max_range`` tokens, logged)."""
-    out = [
-        FetchRequest(e.chain, e.contract, e.token_id, e.block_number, e.log_index, e.occurred_at, "mint")
-        for e in decoded.events
-        if e.type is EventType.MINT
-        and e.token_id is not None
-        and e.block_number is not None
-        and e.log_index is not None
-        and e.data.get("traits") is None
-    ]
+    out: list[FetchRequest] = []
+    # An ERC-1155 id minted again and again (an open edition) is asked for once per range.
+    minted: set[tuple[str, str]] = set()
+    for e in decoded.events:
+        if (
+            e.type is not EventType.MINT
+            or e.token_id is None
+            or e.block_number is None
+            or e.log_index is None
+            or e.data.get("traits") is not None
+            or (e.contract, e.token_id) in minted
+        ):
+            continue
+        minted.add((e.contract, e.token_id))
+        out.append(
+            FetchRequest(e.chain, e.contract, e.token_id, e.block_number, e.log_index, e.occurred_at, "mint")
+        )
     for r in decoded.refreshes:
         last = r.last
         if last - r.first + 1 > max_range:

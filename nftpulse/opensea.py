@@ -31,13 +31,19 @@ from websockets.exceptions import InvalidHandshake, WebSocketException
 from nftpulse.adapters.logs import DecodeError
 from nftpulse.adapters.opensea import CHAIN_EVENT_TYPES, map_message, topic
 from nftpulse.core.settings import Settings
+from nftpulse.domain.events import Event
 from nftpulse.ingest import Ingestor
-from nftpulse.store.db import Database
+from nftpulse.store.db import Database, is_transient
 
 log = logging.getLogger("pulse.opensea")
 
 #: Phoenix's default heartbeat interval (phoenix.js), which OpenSea's server expects.
 HEARTBEAT_S = 30.0
+#: Tries to append one event while the database is unreachable (0.5 s, doubling, between them).
+STORE_ATTEMPTS = 6
+#: Events received but not yet appended (the reader waits beyond), and at most appended at once.
+QUEUE_MAX = 10_000
+BATCH_MAX = 1000
 
 
 class ConnectionLost(RuntimeError):
@@ -87,13 +93,28 @@ class OpenSeaStream:
         self.report = StreamReport()
         self._refs = itertools.count(1)
         self._failures = 0
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
 
     def _delay(self) -> float:
         cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(self._failures, 30))
         return random.uniform(cap / 2, cap)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stream until ``stop`` is set, reconnecting whenever the connection is lost."""
+        """Stream until ``stop`` is set, reconnecting whenever the connection is lost. Events received are
+        appended by a writer task in batches of what has arrived meanwhile (one transaction each), so a
+        burst costs one append rather than one per message; they are all appended before this returns."""
+        self._queue = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._writer = asyncio.create_task(self._write())
+        try:
+            await self._connect_loop(stop)
+        finally:
+            if not self._writer.done():  # a dead writer would never make room for the end marker
+                await self._queue.put(None)
+            writer, self._writer = self._writer, None
+            await writer
+
+    async def _connect_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 async with connect(
@@ -136,6 +157,9 @@ class OpenSeaStream:
         heartbeat: str | None = None
         next_beat = loop.time() + self.heartbeat_s
         while not stop.is_set():
+            if self._writer is not None and self._writer.done():
+                self._writer.result()  # the database stayed away: the stream stops with its error
+                raise RuntimeError("the OpenSea writer stopped")
             now = loop.time()
             if now >= next_beat:
                 if heartbeat is not None:
@@ -189,6 +213,40 @@ class OpenSeaStream:
             self.report.skipped += 1
             log.debug("opensea.skipped", extra={"event": message.get("event"), "reason": mapped.skipped})
             return
-        accepted, duplicates = await asyncio.to_thread(self.ingestor.append, [mapped.event])
+        # Bounded: when the database falls behind, reading waits (the socket buffers, then OpenSea).
+        await self._queue.put(mapped.event)
+
+    async def _write(self) -> None:
+        """Append what the reader queued, in batches of whatever has arrived, until the end marker."""
+        ending = False
+        while not ending:
+            first = await self._queue.get()
+            batch: list[Event] = []
+            if first is None:
+                ending = True
+            else:
+                batch.append(first)
+            while not ending and len(batch) < BATCH_MAX and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    ending = True
+                else:
+                    batch.append(item)
+            if batch:
+                await self._append(batch)
+
+    async def _append(self, batch: list[Event]) -> None:
+        for attempt in range(STORE_ATTEMPTS):
+            try:
+                accepted, duplicates = await asyncio.to_thread(self.ingestor.append, batch)
+                break
+            except Exception as exc:
+                # The stream does not send a message twice: a database that is away for a moment is waited
+                # for rather than the messages dropped; one away for longer stops the stream (and the
+                # process, whose supervisor restarts it).
+                if not is_transient(exc) or attempt + 1 == STORE_ATTEMPTS:
+                    raise
+                log.warning("opensea.store_retry", extra={"attempt": attempt + 1, "error": str(exc)[:200]})
+                await asyncio.sleep(0.5 * 2**attempt)
         self.report.accepted += accepted
         self.report.duplicates += duplicates

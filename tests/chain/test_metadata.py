@@ -111,8 +111,9 @@ def test_requests_for_mints_without_traits_and_each_token_of_an_update() -> None
         data={"to": "0x" + "cd" * 20},
     )
     with_traits = mint.model_copy(update={"token_id": "2", "data": {**mint.data, "traits": {"a": 1}}})
+    again = mint.model_copy(update={"id": "m2", "log_index": 1})  # more of the same ERC-1155 id
     decoded = Decoded(
-        events=[mint, with_traits],
+        events=[mint, with_traits, again],
         refreshes=[MetadataRefresh("ethereum", contract, 10, 10**6, 9, 3, "0x" + "11" * 32)],
     )
     wanted = requests_for(decoded, max_range=4, now=at)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -48,6 +51,26 @@ EVENT_TYPE = "entity.changed"
 POLL_S = 0.25
 
 
+#: Seconds between heartbeats while an endpoint takes its time to answer.
+HEARTBEAT_EVERY_S = 2.0
+
+T = TypeVar("T")
+
+
+async def _heartbeating(work: Awaitable[T]) -> T:
+    """Await ``work``, heartbeating meanwhile: the server then knows this worker is alive (see the
+    contract's ``heartbeat``)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        task.cancel()  # a no-op once done; else the attempt was cancelled under it
+
+
 class ConsumerActivities:
     """Built once by the worker with the webhook channel it sends on."""
 
@@ -64,6 +87,7 @@ class ConsumerActivities:
         gap_id, gap_since = inp.gap_id, datetime.fromisoformat(inp.gap_since) if inp.gap_since else None
         cursor = inp.cursor
         while True:
+            activity.heartbeat()
             outcome = await asyncio.to_thread(self._read, inp, cursor, gap_id, gap_since)
             if outcome.stop or outcome.queued or time.monotonic() >= deadline:
                 break
@@ -121,7 +145,7 @@ class ConsumerActivities:
             event_type=EVENT_TYPE,
         )
         try:
-            receipt = await self._webhook.send(message)
+            receipt = await _heartbeating(self._webhook.send(message))
         except TransientDeliveryError as exc:
             code = exc.code if isinstance(exc.code, int) else None
             scheduled = next_retry_delay(row.attempts + 1)

@@ -45,6 +45,9 @@ class ActivityContract(Generic[In, Out]):
     local: bool = False
     #: For regular activities: how long one may wait for a worker before the attempt counts as failed.
     schedule_to_start: timedelta | None = None
+    #: For regular activities that heartbeat: silence this long means the worker died, and the attempt is
+    #: retried then rather than at ``start_to_close``.
+    heartbeat: timedelta | None = None
 
     async def run(self, arg: In) -> Out:
         """Call the activity from inside a workflow and wait for its typed result."""
@@ -62,6 +65,7 @@ class ActivityContract(Generic[In, Out]):
             result_type=self.output,
             start_to_close_timeout=self.start_to_close,
             schedule_to_start_timeout=self.schedule_to_start,
+            heartbeat_timeout=self.heartbeat,
             retry_policy=self.retry,
         )
 

@@ -127,12 +127,26 @@ CONSUMER_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 
+#: Both heartbeat while they wait (the long poll, the endpoint's answer): a worker killed under them is
+#: noticed after :data:`HEARTBEAT`, and the attempt runs again on another.
+HEARTBEAT = timedelta(seconds=10)
+
 READ_CHANGES: ActivityContract[ReadInput, ReadResult] = ActivityContract(
-    "read_consumer_changes", ReadInput, ReadResult, timedelta(seconds=60), CONSUMER_RETRY
+    "read_consumer_changes",
+    ReadInput,
+    ReadResult,
+    timedelta(seconds=60),
+    CONSUMER_RETRY,
+    heartbeat=HEARTBEAT,
 )
 #: Longer than the webhook client's own timeout (15 s), so an attempt ends by its answer, not this.
 DELIVER_CHANGE: ActivityContract[DeliverChangeInput, DeliverChangeResult] = ActivityContract(
-    "deliver_consumer_change", DeliverChangeInput, DeliverChangeResult, timedelta(seconds=60), CONSUMER_RETRY
+    "deliver_consumer_change",
+    DeliverChangeInput,
+    DeliverChangeResult,
+    timedelta(seconds=60),
+    CONSUMER_RETRY,
+    heartbeat=HEARTBEAT,
 )
 
 

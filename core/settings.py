@@ -246,7 +246,8 @@ class Settings(BaseSettings):
     metadata_fetch_max_range: int = Field(
         default=10_000,
         ge=1,
-        description="tokens one BatchMetadataUpdate range may ask for; a larger range is cut there (logged)",
+        description="tokens one BatchMetadataUpdate may ask for; a wider range becomes the tokens Pulse "
+        "knows in it, at most this many (logged)",
     )
     metadata_allow_private: bool = Field(
         default=False,

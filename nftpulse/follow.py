@@ -23,7 +23,7 @@ from nftpulse.adapters.logs import DecodeError, LogDecoder
 from nftpulse.core.settings import Settings
 from nftpulse.domain.book.retract import RETRACTION_SUFFIX, retraction_of
 from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
-from nftpulse.domain.events import Event, utcnow
+from nftpulse.domain.events import Event
 from nftpulse.store import chain as checkpoints
 from nftpulse.store import events, retractions
 from nftpulse.store.db import Database
@@ -109,8 +109,8 @@ class Follower:
         accepted, duplicates = await asyncio.to_thread(self._append, batch)
         if self.settings.metadata_fetch:
             # Enqueued before the checkpoint moves: a crash re-reads the range and asks again (once).
-            wanted = metadata.requests_for(chunk.decoded, self.settings.metadata_fetch_max_range, utcnow())
-            await asyncio.to_thread(metadata.enqueue, self.db, wanted)
+            max_range = self.settings.metadata_fetch_max_range
+            await asyncio.to_thread(metadata.enqueue_decoded, self.db, chunk.decoded, max_range)
         self.report.add(chunk, accepted, duplicates)
         log.info(
             "follow.range",

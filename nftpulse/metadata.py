@@ -32,7 +32,7 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_to_bytes, urljoin
@@ -75,9 +75,17 @@ class FetchError(Exception):
         self.permanent = permanent
 
 
-def requests_for(decoded: Decoded, max_range: int, now: datetime) -> list[FetchRequest]:
+#: ``(chain, contract, first, last, limit) -> token ids``: the tokens Pulse knows in a range.
+KnownTokens = Callable[[str, str, int, int, int], list[int]]
+
+
+def requests_for(
+    decoded: Decoded, max_range: int, now: datetime, known: KnownTokens | None = None
+) -> list[FetchRequest]:
     """What a decoded range asks of the fetcher: mints that carry no traits, and each token of each
-    ERC-4906 update (a range cut at ``max_range`` tokens, logged)."""
+    ERC-4906 update. A range wider than ``max_range`` (``BatchMetadataUpdate(0, 2**256 - 1)`` is how a
+    contract says "all of them") becomes the tokens Pulse knows in it, at most ``max_range`` of them, or
+    without ``known`` its first ``max_range`` ids; either way logged."""
     out: list[FetchRequest] = []
     # An ERC-1155 id minted again and again (an open edition) is asked for once per range.
     minted: set[tuple[str, str]] = set()
@@ -96,18 +104,25 @@ def requests_for(decoded: Decoded, max_range: int, now: datetime) -> list[FetchR
             FetchRequest(e.chain, e.contract, e.token_id, e.block_number, e.log_index, e.occurred_at, "mint")
         )
     for r in decoded.refreshes:
-        last = r.last
-        if last - r.first + 1 > max_range:
+        tokens: Iterable[int]
+        if r.last - r.first + 1 <= max_range:
+            tokens = range(r.first, r.last + 1)
+        else:
+            # A narrow range is taken as it is: a token minted a moment ago may not be known yet.
+            tokens = (
+                known(r.chain, r.contract, r.first, r.last, max_range)
+                if known is not None
+                else range(r.first, r.first + max_range)
+            )
             log.warning(
                 "metadata.range_cut",
-                extra={"contract": r.contract, "first": r.first, "last": r.last, "kept": max_range},
+                extra={"contract": r.contract, "first": r.first, "last": r.last, "max": max_range},
             )
-            last = r.first + max_range - 1
         out.extend(
             # The block's time is not part of a refresh; ``now`` is close to it when following live, and
             # the chain position (block, log index) is what orders the update after the token's mint.
             FetchRequest(r.chain, r.contract, str(token), r.block_number, r.log_index, now, "update")
-            for token in range(r.first, last + 1)
+            for token in tokens
             if token < 10**78
         )
     return out
@@ -387,3 +402,15 @@ class MetadataFetcher:
 
 def enqueue(db: Database, requests: Sequence[FetchRequest]) -> None:
     queue.enqueue(db, requests, utcnow())
+
+
+def enqueue_decoded(db: Database, decoded: Decoded, max_range: int) -> int:
+    """Queue what a decoded range asks for (blocking: the follower calls it from a thread, before its
+    checkpoint moves); returns how many requests that was."""
+
+    def known(chain: str, contract: str, first: int, last: int, limit: int) -> list[int]:
+        return queue.known_tokens(db, chain, contract, first, last, limit)
+
+    wanted = requests_for(decoded, max_range, utcnow(), known)
+    queue.enqueue(db, wanted, utcnow())
+    return len(wanted)

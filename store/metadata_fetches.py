@@ -11,8 +11,9 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlmodel import col
 
+from nftpulse.domain.events import collection_key
 from nftpulse.store.db import Database
-from nftpulse.store.models import MetadataFetch
+from nftpulse.store.models import EntityView, MetadataFetch
 from nftpulse.store.sql import upsert_insert
 
 PENDING, FAILED = "pending", "failed"
@@ -92,6 +93,23 @@ def due(db: Database, now: datetime, limit: int, busy: Iterable[int] = ()) -> li
             )
             for row in rows
         ]
+
+
+def known_tokens(db: Database, chain: str, contract: str, first: int, last: int, limit: int) -> list[int]:
+    """The ids of the collection's tokens that have a read model, within ``first``..``last``, lowest first,
+    at most ``limit``: what a collection-wide metadata update means."""
+    prefix = f"nft:{chain}:{contract.lower()}:"
+    with db.read() as session:
+        keys: Iterable[str] = session.execute(
+            select(col(EntityView.key)).where(
+                col(EntityView.kind) == "nft",
+                col(EntityView.collection_key) == collection_key(chain, contract),
+            )
+        ).scalars()
+        ids = sorted(
+            int(k[len(prefix) :]) for k in keys if k.startswith(prefix) and k[len(prefix) :].isdigit()
+        )
+    return [i for i in ids if first <= i <= last][:limit]
 
 
 def done(db: Database, fetch_id: int) -> None:

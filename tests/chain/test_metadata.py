@@ -121,6 +121,16 @@ def test_requests_for_mints_without_traits_and_each_token_of_an_update() -> None
         ("1", 5, 0, "mint"),
         *[(str(t), 9, 3, "update") for t in range(10, 14)],  # the range is cut at max_range
     ]
+    # A range wider than max_range is the tokens Pulse knows in it.
+    asked: list[tuple[Any, ...]] = []
+
+    def known(*args: Any) -> list[int]:
+        asked.append(args)
+        return [11, 500]
+
+    wanted = requests_for(decoded, max_range=4, now=at, known=known)
+    assert [r.token_id for r in wanted if r.reason == "update"] == ["11", "500"]
+    assert asked == [("ethereum", contract, 10, 10**6, 4)]
 
 
 def test_attributes_are_kept_to_what_an_event_holds() -> None:
@@ -234,6 +244,7 @@ async def test_fetcher_brings_traits_from_token_uris(pulse: RunningPulse, chain:
             "chain_contracts": f"{c.nft},{c.multi}",
             "metadata_allow_private": True,
             "metadata_fetch_attempts": 3,
+            "metadata_fetch_max_range": 10,
             "ipfs_gateway": f"{host}/ipfs/",
         }
     )
@@ -287,6 +298,14 @@ async def test_fetcher_brings_traits_from_token_uris(pulse: RunningPulse, chain:
         assert (await nft_view(pulse, c.nft, 2))["traits"]["Eyes"] == "Pearl"
         assert MetadataHost.requests.count("/meta/2.json") == 4
         assert metadata_fetches.counts(pulse.db) == {"failed": 1}
+
+        # "Every token" (0 .. 2**256 - 1), wider than the range allowed: the tokens Pulse knows, 1 to 3.
+        MetadataHost.docs["/meta/1.json"] = token_doc("one", Eyes="Silver", Hat="Crown")
+        await eth.send(c.alice, c.nft, calldata("refreshRange(uint256,uint256)", 0, 2**256 - 1))
+        await settle(pulse, follower, fetcher)
+        assert (await nft_view(pulse, c.nft, 1))["traits"]["Eyes"] == "Silver"
+        assert MetadataHost.requests.count("/meta/2.json") == 5
+        assert metadata_fetches.counts(pulse.db) == {"failed": 2}, "token 3 once more, no other"
     finally:
         await follower.aclose()
         await fetcher.rpc.aclose()

@@ -47,7 +47,13 @@ from nftpulse.core.metrics import (
     RECALC_SECONDS,
     TEMPORAL_ACTIONS,
 )
-from nftpulse.domain.book import Change, CollectionBook, InconsistentEventError, UnpricedEventError
+from nftpulse.domain.book import (
+    Change,
+    CollectionBook,
+    InconsistentEventError,
+    UnpricedEventError,
+    rate_keys,
+)
 from nftpulse.domain.book.retract import RetractionPlan, plan_batch, refold_change
 from nftpulse.domain.changes import MetricChange
 from nftpulse.domain.events import Event, EventType, retraction_target, utcnow
@@ -253,7 +259,11 @@ class ParsedEvents:
 
 
 class PipelineActivities:
-    def __init__(self, db: Database, cache: EntityCache, workflow_id_prefix: str = "") -> None:
+    def __init__(
+        self, db: Database, cache: EntityCache, workflow_id_prefix: str = "", wait_max_s: float = 0.0
+    ) -> None:
+        #: How long an event lacking what it needs (``UnpricedEventError``) waits before it fails.
+        self._wait_max_s = wait_max_s
         self._books = BookCache()
         self._parsed = ParsedEvents()
         self._db = db
@@ -361,6 +371,14 @@ class PipelineActivities:
             self._books.release(plan.partitions)
         if failure is not None:
             row, error = failure
+            if self._parks(row, error):
+                # Its own workflow ends here; the event waits in the log, and what releases it (or the
+                # dispatcher, once it has waited too long) sends it through again.
+                assert isinstance(error, UnpricedEventError)
+                with self._db.write() as session:
+                    events.park(session, row.seq or 0, error.waiting_for, str(error))
+                log.info("pipeline.event_waiting", extra={"seq": row.seq, "waiting_for": error.waiting_for})
+                return RecalcResult(plan.partitions)
             category = error_category(error)
             with self._db.write() as session:
                 events.mark_failed(session, row.seq or 0, str(error), category, inp.workflow_id)
@@ -393,7 +411,8 @@ class PipelineActivities:
             started = time.perf_counter()
             groups = _by_partition(rows)
             versions = books.book_versions(session, list(groups))
-            for partition, group in groups.items():
+            # Rates first: an event of this batch that needs one of them is valued by it, not parked.
+            for partition, group in sorted(groups.items(), key=lambda item: not item[0].startswith("rates:")):
                 kind, chain, contract = split_partition(partition)
                 if kind == "rates":
                     self._apply_rates(session, group)
@@ -462,6 +481,17 @@ class PipelineActivities:
                 events_of = [(r.partition, r.token_id, r.source, r.external_id) for r in applied]
                 causes = changelog.causes_of(events_of, changes)
                 changelog.append(session, changes, versions, causes, views_at)
+            # An event lacking what it needs (a rate) waits for it; the rest, and one that has waited too
+            # long, go to workflows of their own (where it then fails, visibly).
+            waits = [
+                (row, exc)
+                for row, exc in poison
+                if isinstance(exc, UnpricedEventError) and self._parks(row, exc)
+            ]
+            for row, lacking in waits:
+                events.park(session, row.seq or 0, lacking.waiting_for, str(lacking))
+            parked = {id(row) for row, _ in waits}
+            poison = [(row, exc) for row, exc in poison if id(row) not in parked]
             isolated = [self._isolate(session, row, exc, inp.workflow_id) for row, exc in poison]
             RECALC_SECONDS.labels("book").observe(time.perf_counter() - started)
         log.info(
@@ -482,6 +512,10 @@ class PipelineActivities:
             views_at=views_at.isoformat() if writes else "",
             changes=len(changes) if seqs else 0,
         ), None
+
+    def _parks(self, row: EventRecord, exc: BaseException) -> bool:
+        """Whether the event waits for what it lacks rather than fail (see ``store.events.may_wait``)."""
+        return isinstance(exc, UnpricedEventError) and events.may_wait(row, self._wait_max_s)
 
     def _isolate(
         self, session: Session, row: EventRecord, exc: BaseException, batch_workflow_id: str
@@ -608,6 +642,10 @@ class PipelineActivities:
         for row in rows:
             base, quote = row.data["pair"].split("/")
             entities.add_rate(session, base, quote, row.occurred_at, row.data["rate"], row.seq or 0)
+            # The events waiting for this pair go through again, in the same transaction as the rate.
+            released = events.release_waiting(session, rate_keys(base, quote))
+            if released:
+                log.info("pipeline.waiting_released", extra={"pair": row.data["pair"], "events": released})
 
     # -- time without events ------------------------------------------------------------------------
 

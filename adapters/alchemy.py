@@ -151,7 +151,8 @@ def _activity(item: Any, where: str, chain: str, source: str, at: datetime, out:
             moves.append((token, value, j if batch else None))
     for token, quantity, sub in moves:
         ref = LogRef(chain, contract, tx, block, log_index, sub)
-        made = move_event(ref, source, at, sender, receiver, token, quantity)
+        standard = "erc1155" if category.lower() == "erc1155" else None
+        made = move_event(ref, source, at, sender, receiver, token, quantity, standard)
         if isinstance(made, str):
             out.skipped.append(Skipped(block, log_index, made))
         elif removed:

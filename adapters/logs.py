@@ -257,7 +257,14 @@ class LogRef:
 
 
 def move_event(
-    where: LogRef, source: str, at: datetime, sender: str, receiver: str, token: int, quantity: int
+    where: LogRef,
+    source: str,
+    at: datetime,
+    sender: str,
+    receiver: str,
+    token: int,
+    quantity: int,
+    standard: str | None = None,
 ) -> Event | str:
     """A token moving ``quantity`` from ``sender`` to ``receiver``: a mint (from the zero address), a burn
     (to it) or a transfer; or why it yields no event."""
@@ -276,6 +283,9 @@ def move_event(
         kind, data = EventType.TRANSFER, {"from": sender, "to": receiver}
     if quantity != 1:
         data["quantity"] = quantity
+    if standard is not None:
+        # ERC-1155: the books keep balances per wallet, even of a single unit.
+        data["standard"] = standard
     return Event(
         id=event_id(where.chain, where.tx_hash, where.log_index, where.item),
         source=source,
@@ -359,7 +369,8 @@ class LogDecoder:
         out: Decoded,
     ) -> None:
         where = LogRef(self.chain, log.address, log.tx_hash, log.block_number, log.log_index, item)
-        made = move_event(where, self.source, at, sender, receiver, token, quantity)
+        standard = "erc1155" if log.topics[0] in (TRANSFER_SINGLE, TRANSFER_BATCH) else None
+        made = move_event(where, self.source, at, sender, receiver, token, quantity, standard)
         if isinstance(made, str):
             out.skipped.append(Skipped(log.block_number, log.log_index, made))
         else:
@@ -451,6 +462,8 @@ class LogDecoder:
         }
         if quantity != 1:
             data["quantity"] = quantity
+        if nft[0] in (_ERC1155, _ERC1155_CRITERIA):
+            data["standard"] = "erc1155"
         sale = Event(
             id=event_id(self.chain, log.tx_hash, log.log_index),
             source=self.source,

@@ -81,6 +81,10 @@ class EventStatusOut(BaseModel):
     workflow_id: str | None
     priority: float
     priority_class: str
+    #: While ``status`` is ``waiting``: what the event waits for (``rate:USDC/ETH``; the reason is
+    #: ``error``) and since when; it fails once it has waited ``PULSE_WAIT_MAX_SECONDS``.
+    waiting_for: str | None = None
+    waiting_since: datetime | None = None
 
 
 class EventBatch(BaseModel):
@@ -295,4 +299,6 @@ def event_status(source: str, event_id: str, services: ServicesDep, _key: ReadKe
         workflow_id=row.workflow_id,
         priority=row.priority,
         priority_class=row.priority_class,
+        waiting_for=row.waiting_for if row.status == EventStatus.WAITING.value else None,
+        waiting_since=row.waiting_since if row.status == EventStatus.WAITING.value else None,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -54,10 +54,25 @@ class DisabledSubscription(BaseModel):
     disabled_at: datetime | None
 
 
+class Waiting(BaseModel):
+    """An event parked until what it needs arrives (``waiting_for``); it fails at ``fails_at`` without."""
+
+    seq: int
+    source: str
+    id: str
+    type: str
+    waiting_for: str | None
+    reason: str | None
+    waiting_since: datetime | None
+    fails_at: datetime | None
+
+
 class FailureList(BaseModel):
     items: list[Failure]
     notifications: list[NotificationFailure]
     subscriptions: list[DisabledSubscription]
+    #: Not failed (yet): events waiting for what they need, longest waiting first.
+    waiting: list[Waiting] = Field(default_factory=list)
     limit: int
     offset: int
 
@@ -113,7 +128,22 @@ async def list_failures(
 
     deliveries = await run_in_threadpool(failed_deliveries)
     subscriptions = await run_in_threadpool(disabled)
+    parked = await run_in_threadpool(events.waiting, services.db, limit, offset)
+    wait = timedelta(seconds=services.settings.wait_max_seconds)
     return FailureList(
+        waiting=[
+            Waiting(
+                seq=r.seq or 0,
+                source=r.source,
+                id=r.external_id,
+                type=r.type,
+                waiting_for=r.waiting_for,
+                reason=r.error,
+                waiting_since=r.waiting_since,
+                fails_at=None if r.waiting_since is None else r.waiting_since + wait,
+            )
+            for r in parked
+        ],
         items=[
             Failure(
                 seq=r.seq or 0,

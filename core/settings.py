@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     temporal_sdk_metrics_port: int = 9466
 
     dispatch_interval_s: float = Field(default=0.2, description="how often the dispatcher polls the log")
+    wait_max_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="how long an event that needs something not yet there (a price in a currency with no "
+        "rate yet) waits, status `waiting`, before it fails (replayable); 0: it fails at once",
+    )
     dispatch_batch_max: int = Field(default=5000, description="events read from the log per dispatcher tick")
     partition_wake_interval_s: float = Field(
         default=0.5, description="a shard is signalled at most this often (critical events at once)"

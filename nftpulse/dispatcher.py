@@ -105,6 +105,10 @@ class Dispatcher:
         #: dispatched before this dispatcher started, not only what is older than ``STALE_AFTER``.
         self._started_at: datetime | None = datetime.now(UTC)
         self._last_gauges = 0.0
+        #: Waiting events past ``PULSE_WAIT_MAX_SECONDS`` are looked for this often: a fraction of the wait
+        #: (they fail at most a quarter late), at most every sweep.
+        self._last_expiry = 0.0
+        self._expiry_every_s = min(SWEEP_EVERY_S, max(0.5, settings.wait_max_seconds / 4))
         self._woken_at: dict[int, float] = {}
         self._backlog = 0
         self._deferred: dict[int, Deferred] = {}
@@ -138,6 +142,13 @@ class Dispatcher:
         if self._started_at is not None or now - self._last_sweep > SWEEP_EVERY_S:
             self._last_sweep = now
             await self.sweep()
+        if now - self._last_expiry > self._expiry_every_s:
+            self._last_expiry = now
+            expired = await asyncio.to_thread(
+                events.expire_waiting, self._db, self._settings.wait_max_seconds
+            )
+            if expired:
+                log.info("dispatcher.waits_expired", extra={"events": expired})
         if now - self._last_gauges > GAUGES_EVERY_S:
             self._last_gauges = now
             await self.measure_backlog()

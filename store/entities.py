@@ -188,7 +188,9 @@ class RateBook:
 
     @staticmethod
     def _latest(history: list[tuple[datetime, Decimal]], at: datetime) -> Decimal | None:
-        best = None
+        """The latest rate at or before ``at``; before the first, the first: a sale that waited for a
+        pair's first quote is valued by it (the feed's quote usually postdates the sale)."""
+        best = history[0][1] if history else None
         for when, rate in history:
             if when <= at:
                 best = rate

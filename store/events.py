@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, true, update
@@ -346,6 +346,78 @@ def reopen_failed(session: Session, seq: int) -> bool:
     return bool(result.rowcount)
 
 
+# -- events that wait for what they need ----------------------------------------------------------
+
+
+def may_wait(row: EventRecord, max_s: float, now: datetime | None = None) -> bool:
+    """Whether an event that needs something not yet there may wait (again) rather than fail: it has
+    waited less than ``max_s`` seconds since it first started waiting (0: never waits)."""
+    if max_s <= 0:
+        return False
+    since = row.waiting_since
+    return since is None or ((now or utcnow()) - since).total_seconds() < max_s
+
+
+def park(session: Session, seq: int, waiting_for: str, reason: str) -> None:
+    """Park an event until ``waiting_for`` arrives (:func:`release_waiting`) or it has waited too long
+    (:func:`expire_waiting`); the first parking starts its clock."""
+    session.exec(
+        update(EventRecord)
+        .where(col(EventRecord.seq) == seq)
+        .values(
+            status=EventStatus.WAITING.value,
+            waiting_for=waiting_for[:64],
+            error=reason[:4000],
+            error_category="waiting",
+            waiting_since=func.coalesce(col(EventRecord.waiting_since), utcnow()),
+        )
+    )
+
+
+def release_waiting(session: Session, waiting_for: Sequence[str]) -> int:
+    """What the events waited for arrived: back to the dispatcher (``received``), which hands them on in
+    log order, and their batch applies them in chain order. Their waiting clock keeps running."""
+    result = session.exec(
+        update(EventRecord)
+        .where(
+            col(EventRecord.status) == EventStatus.WAITING.value,
+            col(EventRecord.waiting_for).in_(list(waiting_for)),
+        )
+        .values(status=EventStatus.RECEIVED.value, route=None, error=None, error_category=None)
+    )
+    return result.rowcount or 0
+
+
+def expire_waiting(db: Database, max_s: float) -> int:
+    """Events that have waited ``max_s`` seconds go back to the dispatcher one last time: still lacking
+    what they need, they fail (visibly, replayable) rather than wait again."""
+    cutoff = utcnow() - timedelta(seconds=max_s)
+    with db.write() as session:
+        result = session.exec(
+            update(EventRecord)
+            .where(
+                col(EventRecord.status) == EventStatus.WAITING.value,
+                col(EventRecord.waiting_since) <= cutoff,
+            )
+            .values(status=EventStatus.RECEIVED.value, route=None)
+        )
+        return result.rowcount or 0
+
+
+def waiting(db: Database, limit: int, offset: int = 0) -> list[EventRecord]:
+    """Waiting events, those waiting longest first."""
+    with db.read() as session:
+        return list(
+            session.exec(
+                select(EventRecord)
+                .where(col(EventRecord.status) == EventStatus.WAITING.value)
+                .order_by(col(EventRecord.waiting_since), col(EventRecord.seq))
+                .offset(offset)
+                .limit(limit)
+            )
+        )
+
+
 def isolate(session: Session, seq: int, workflow_id: str) -> None:
     """Take a poison event out of its partition's batches; its own workflow will try it alone."""
     session.exec(
@@ -463,6 +535,9 @@ def requeue(db: Database, seqs: Sequence[int]) -> int:
                     error=None,
                     error_category=None,
                     processed_at=None,
+                    # A replayed event may wait afresh for what it needs.
+                    waiting_for=None,
+                    waiting_since=None,
                 )
             )
             changed += result.rowcount or 0

@@ -195,12 +195,16 @@ async def run_pulse(
 ) -> AsyncIterator[RunningPulse]:
     task_queue = f"pulse-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(
-        database_url=database_url,
-        task_queue=task_queue,
-        workflow_id_prefix=f"{task_queue}/",
-        dispatch_interval_s=0.05,
-        partition_wake_interval_s=0.1,
-        **overrides,
+        **{
+            "database_url": database_url,
+            "task_queue": task_queue,
+            "workflow_id_prefix": f"{task_queue}/",
+            "dispatch_interval_s": 0.05,
+            "partition_wake_interval_s": 0.1,
+            # An event lacking a rate fails at once unless a test is about waiting (tests/test_waiting.py).
+            "wait_max_seconds": 0,
+            **overrides,
+        }
     )
     db = Database(database_url)
     schema.upgrade(db)

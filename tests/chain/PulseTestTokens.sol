@@ -102,7 +102,12 @@ contract TestERC1155 {
         address indexed operator, address indexed from, address indexed to, uint256[] ids, uint256[] values
     );
 
-    mapping(uint256 => mapping(address => uint256)) public balanceOf;
+    mapping(uint256 => mapping(address => uint256)) private balances;
+
+    // ERC-1155's balanceOf(account, id): what Pulse's balances are checked against.
+    function balanceOf(address account, uint256 id) external view returns (uint256) {
+        return balances[id][account];
+    }
 
     // ERC-1155 metadata: one URI for every id, with {id} for the client to substitute.
     string private template;
@@ -116,8 +121,22 @@ contract TestERC1155 {
     }
 
     function mint(address to, uint256 id, uint256 value) external {
-        balanceOf[id][to] += value;
+        balances[id][to] += value;
         emit TransferSingle(msg.sender, address(0), to, id, value);
+    }
+
+    // safeTransferFrom without the data argument and the receiver hook: the same balances and event.
+    function transfer(address from, address to, uint256 id, uint256 value) external {
+        require(msg.sender == from, "not the holder");
+        balances[id][from] -= value;
+        balances[id][to] += value;
+        emit TransferSingle(msg.sender, from, to, id, value);
+    }
+
+    function burn(address from, uint256 id, uint256 value) external {
+        require(msg.sender == from, "not the holder");
+        balances[id][from] -= value;
+        emit TransferSingle(msg.sender, from, address(0), id, value);
     }
 
     function safeBatchTransferFrom(address from, address to, uint256[] calldata ids, uint256[] calldata values)
@@ -125,8 +144,8 @@ contract TestERC1155 {
     {
         require(msg.sender == from && ids.length == values.length, "bad batch");
         for (uint256 i = 0; i < ids.length; i++) {
-            balanceOf[ids[i]][from] -= values[i];
-            balanceOf[ids[i]][to] += values[i];
+            balances[ids[i]][from] -= values[i];
+            balances[ids[i]][to] += values[i];
         }
         emit TransferBatch(msg.sender, from, to, ids, values);
     }

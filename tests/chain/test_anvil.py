@@ -91,6 +91,27 @@ async def check_owners(pulse: RunningPulse, chain: Chain, tokens: range) -> None
     assert report.ok, report.differences[:5]
 
 
+async def check_balances(pulse: RunningPulse, chain: Chain, tokens: tuple[int, ...]) -> None:
+    """Each ERC-1155 id's holders and quantities in Pulse equal ``balanceOf`` on the chain."""
+    wallets = (chain.alice, chain.bob, chain.carol)
+    for token in tokens:
+        answer = await pulse.http.get(
+            f"/v1/nfts/ethereum/{chain.multi}/{token}", headers=pulse.keys.auth("read")
+        )
+        assert answer.status_code == 200, answer.text
+        view = answer.json()
+        held = {h["wallet"]: h["quantity"] for h in view["balances"]["top_holders"]}
+        truth = {
+            w: await chain.eth.view(chain.multi, "balanceOf(address,uint256)", w, token, returns="uint256")
+            for w in wallets
+        }
+        assert {w: held.get(w, 0) for w in wallets} == truth, (token, view["balances"])
+        assert view["owner"] is None and view["balances"]["supply"] == sum(truth.values())
+        assert view["balances"]["holders_count"] == sum(1 for q in truth.values() if q > 0)
+    report = await asyncio.to_thread(verify, pulse.db)
+    assert report.ok, report.differences[:5]
+
+
 async def test_follower_keeps_pulse_equal_to_the_chain(pulse: RunningPulse, chain: Chain) -> None:
     eth, c = chain.eth, chain
     settings = pulse.settings.model_copy(
@@ -120,6 +141,7 @@ async def test_follower_keeps_pulse_equal_to_the_chain(pulse: RunningPulse, chai
             if e.contract == c.multi and e.type == "transfer"
         ]
         assert entry.data["quantity"] == 4 and entry.external_id.endswith(":0")
+        await check_balances(pulse, c, (7,))
 
         await eth.send(c.alice, c.nft, calldata("refresh(uint256)", 2))
         await eth.send(c.alice, c.nft, calldata("refreshRange(uint256,uint256)", 1, 3))
@@ -145,10 +167,25 @@ async def test_follower_keeps_pulse_equal_to_the_chain(pulse: RunningPulse, chai
             c.bob,
         )
 
+        # ERC-1155 in quantities: another id, a batch of both ids, a single transfer and a burn. Pulse's
+        # balances then equal balanceOf on the chain, wallet by wallet.
+        await eth.send(c.alice, c.multi, calldata("mint(address,uint256,uint256)", c.alice, 8, 5))
+        both = calldata(
+            "safeBatchTransferFrom(address,address,uint256[],uint256[])", c.alice, c.carol, [7, 8], [2, 3]
+        )
+        await eth.send(c.alice, c.multi, both)
+        await eth.send(
+            c.bob, c.multi, calldata("transfer(address,address,uint256,uint256)", c.bob, c.carol, 7, 1)
+        )
+        await eth.send(c.carol, c.multi, calldata("burn(address,uint256,uint256)", c.carol, 8, 1))
+        await settle(pulse, follower)
+        await check_balances(pulse, c, (7, 8))
+
         # Reading every block again (a backfill over the followed range) adds nothing.
         before = sum(event_log.status_counts(pulse.db).values())
         report = await follower.backfill(1, await eth.head())
         assert report.duplicates > 0 and sum(event_log.status_counts(pulse.db).values()) == before
+        await check_balances(pulse, c, (7, 8))
         saved = checkpoints.checkpoint(pulse.db, "ethereum")
         assert saved is not None and saved.block_number == await eth.head()
     finally:

@@ -80,6 +80,8 @@ def pulse_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     env.update(
         PULSE_DATA_DIR=str(work / "data"),
         PULSE_LOG_LEVEL="WARNING",
+        # The unpriced sale below is to fail at once, not wait for a rate.
+        PULSE_WAIT_MAX_SECONDS="0",
         PULSE_PUBLIC_BASE_URL=f"http://127.0.0.1:{ports['API']}",
     )
     log = work / "up.log"

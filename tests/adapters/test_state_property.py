@@ -130,3 +130,96 @@ def test_an_orphaned_branch_retracted_in_any_order_gives_the_canonical_chains_st
     arrived = incremental(deliveries, cuts)
     assert_close(views(arrived), views(fold(canonical)))
     assert {t: arrived.nft_view(t)["owner"] for t in truth} == truth
+
+
+MULTI = "0x" + "e" * 40
+
+
+def simulate_1155(rng: random.Random, steps: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+    """Logs of a consistent ERC-1155 chain (mints, single and batch transfers, burns, Seaport sales of a
+    quantity: the TransferSingle and the OrderFulfilled in one transaction) and each id's balances at its
+    end."""
+    held: dict[int, dict[str, int]] = {}
+    logs: list[dict[str, Any]] = []
+    operator = WALLETS[0]
+    for step in range(steps):
+        block, tx, index = 100 + step // 2, 1 + step, 2 * (step % 2)
+        owned = [(t, w, q) for t, wallets in held.items() for w, q in wallets.items() if q > 0]
+        action = rng.choice(["mint", "transfer", "batch", "burn", "sale"] if owned else ["mint"])
+        if action == "mint":
+            token, to, qty = rng.randrange(1, 4), rng.choice(WALLETS), rng.randrange(1, 50)
+            logs.append(
+                f.transfer_single(MULTI, operator, f.ZERO, to, token, qty, block=block, index=index, tx=tx)
+            )
+            held.setdefault(token, {})[to] = held.get(token, {}).get(to, 0) + qty
+            continue
+        token, holder, have = rng.choice(owned)
+        qty = rng.randrange(1, have + 1)
+        to = rng.choice([w for w in WALLETS if w != holder])
+        if action == "burn":
+            to = f.ZERO
+            logs.append(
+                f.transfer_single(MULTI, holder, holder, to, token, qty, block=block, index=index, tx=tx)
+            )
+        elif action == "batch":
+            # Every id the holder has, part of each.
+            ids = sorted(t for t, w, _ in owned if w == holder)
+            values = [rng.randrange(1, held[t][holder] + 1) for t in ids]
+            logs.append(
+                f.transfer_batch(MULTI, holder, holder, to, ids, values, block=block, index=index, tx=tx)
+            )
+            for t, v in zip(ids, values, strict=True):
+                held[t][holder] -= v
+                held[t][to] = held[t].get(to, 0) + v
+            continue
+        else:
+            logs.append(
+                f.transfer_single(MULTI, holder, holder, to, token, qty, block=block, index=index, tx=tx)
+            )
+            if action == "sale":
+                price = rng.randrange(10**16, 5 * 10**18)
+                paid = [(f.NATIVE, f.ZERO, 0, price, holder)]
+                logs.append(
+                    f.order_fulfilled(
+                        SEAPORT_16,
+                        holder,
+                        to,
+                        [(f.ERC1155, MULTI, token, qty)],
+                        paid,
+                        block=block,
+                        index=index + 1,
+                        tx=tx,
+                    )
+                )
+        held[token][holder] -= qty
+        if to != f.ZERO:
+            held[token][to] = held[token].get(to, 0) + qty
+    return logs, {str(t): {w: q for w, q in wallets.items() if q} for t, wallets in held.items()}
+
+
+def fold_multi(events: list[Event]) -> CollectionBook:
+    book = CollectionBook.empty("ethereum", MULTI)
+    for event in events:
+        book.apply(event, rates)
+    return book
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), steps=st.integers(1, 40), repeats=st.integers(0, 20))
+def test_erc1155_balances_in_any_order_and_repeats_are_the_chains(
+    seed: int, steps: int, repeats: int
+) -> None:
+    rng = random.Random(seed)
+    records, truth = simulate_1155(rng, steps)
+    in_order = fold_multi(decode(records))
+    deliveries = records + [rng.choice(records) for _ in range(repeats)]
+    rng.shuffle(deliveries)
+    arrived = fold_multi(dedupe(decode(deliveries)))
+    assert_close(views(arrived), views(in_order))
+    for token, balances in truth.items():
+        view = in_order.nft_view(token)
+        assert view["owner"] is None
+        assert {h["wallet"]: h["quantity"] for h in view["balances"]["top_holders"]} == {
+            w: q for w, q in balances.items() if q > 0
+        }
+        assert view["balances"]["supply"] == sum(balances.values())

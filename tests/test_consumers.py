@@ -7,21 +7,32 @@ a replay from a cursor delivers again; URLs are held to the SSRF rules; only adm
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
+from nftpulse.activities.consumers import ConsumerActivities
 from nftpulse.activities.contracts.consumers import CONSUMER_WORKFLOW, ConsumerInput, consumer_workflow_id
+from nftpulse.channels.webhook import RETRY_SCHEDULE, WebhookChannel, WebhookConfig
 from nftpulse.core.delivery import generate_webhook_secret
+from nftpulse.domain.changes import MetricChange
 from nftpulse.store import changes as changelog
 from nftpulse.store import consumers as consumer_store
 from nftpulse.store.changes import LoggedChange
+from nftpulse.store.db import Database
 from nftpulse.store.models import ConsumerRecord
+from nftpulse.workflows.consumers import ConsumerWorkflow
 from tests.conftest import RunningPulse, local_http_server, replay_under_sandbox, run_pulse
 from tests.notify.conftest import Receiver, Recorded, _handler
 
@@ -426,3 +437,77 @@ def test_filters() -> None:
     assert not consumer_store.wants(consumer, _change(2, f"{NFT}:8"), {})
     owner = LoggedChange(3, "collection:ethereum:0x1", 1, {"owner": [A, B]}, ["s/1"], datetime.now(UTC))
     assert not consumer_store.wants(consumer, owner, {"s/1": "sale"})
+
+
+def _test_server() -> str | None:
+    found = Path(sys.executable).parent / "temporal-test-server"
+    return str(found) if found.exists() else shutil.which("temporal-test-server")
+
+
+@pytest.mark.skipif(_test_server() is None, reason="temporal-test-server not installed")
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_change_the_endpoint_keeps_refusing_is_retried_on_the_schedule_then_given_up(
+    db: Database, receiver: Receiver
+) -> None:
+    """The time-skipping server runs the whole schedule (5 s … 10 h, about 33 hours) in seconds: eight
+    attempts under one webhook-id, the workflow's timers exactly the webhook schedule, then ``failed``, and
+    the entity's next change is delivered after it."""
+    statuses = iter([500] * 8 + [200] * 10)
+    receiver.respond = lambda _rec: (next(statuses), {}, b"")
+    now = datetime.now(UTC)
+    with db.write() as session:
+        row = consumer_store.create(
+            session,
+            url=receiver.url + "/hook",
+            secret=generate_webhook_secret(),
+            keys=[f"{NFT}:1"],
+            prefixes=[],
+            metrics=[],
+            event_types=[],
+            now=now,
+        )
+        consumer_id = row.id
+        for trust in (80.0, 70.0):
+            changelog.append(session, [MetricChange(f"{NFT}:1", "trust", trust + 10, trust)], {}, {}, now)
+    channel = WebhookChannel(WebhookConfig(allow_private=True))
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=_test_server())
+    queue = f"consumer-retries-{uuid.uuid4().hex[:8]}"
+    activities = ConsumerActivities(db, channel, timedelta(days=3))
+    try:
+        async with Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[ConsumerWorkflow],
+            activities=[activities.read_changes, activities.deliver_change],
+        ):
+            handle = await env.client.start_workflow(
+                CONSUMER_WORKFLOW,
+                # No long poll (a running activity holds skipping back): an hour's timer between reads.
+                ConsumerInput(consumer_id, read_wait_s=0.0, idle_s=3600.0),
+                id=f"consumer/{consumer_id}",
+                task_queue=queue,
+            )
+            async with asyncio.timeout(120):
+                while len(receiver.requests) < 9:
+                    await env.sleep(timedelta(hours=1))
+            history = await handle.fetch_history()
+            await handle.cancel()
+    finally:
+        await env.shutdown()
+        await channel.aclose()
+    first, *retries, after = receiver.requests
+    assert {r.headers["webhook-id"] for r in retries} == {first.headers["webhook-id"]} and len(retries) == 7
+    assert after.headers["webhook-id"] != first.headers["webhook-id"]
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta().total_seconds()
+        for e in history.events
+        if e.HasField("timer_started_event_attributes")
+    ]
+    retry_timers = [t for t in timers if t != 3600.0]  # the rest: the idle timer between reads
+    assert retry_timers == list(RETRY_SCHEDULE), timers
+    with db.read() as session:
+        log = consumer_store.deliveries(session, consumer_id, limit=10)
+    assert [(r.status, r.attempts, r.response_code) for r in log] == [
+        ("delivered", 1, 200),
+        ("failed", 8, 500),
+    ]

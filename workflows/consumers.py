@@ -40,8 +40,6 @@ with workflow.unsafe.imports_passed_through():
 MAX_IN_FLIGHT = 8
 #: Deliveries read ahead and not yet finished; reading waits while this many are queued.
 MAX_QUEUED = 500
-#: How long an idle read waits for a change before the loop looks at its signals again.
-READ_WAIT_S = 5.0
 
 
 @workflow.defn(name=CONSUMER_WORKFLOW)
@@ -89,6 +87,8 @@ class ConsumerWorkflow:
             self._gap_id,
             self._gap_since,
             inp.history_limit,
+            inp.read_wait_s,
+            inp.idle_s,
         )
 
     @workflow.run
@@ -129,7 +129,7 @@ class ConsumerWorkflow:
                     self._generation,
                     self._gap_id,
                     self._gap_since,
-                    wait_s=0.0 if self._replays else READ_WAIT_S,
+                    wait_s=0.0 if self._replays else inp.read_wait_s,
                 )
             )
             if result.stop is not None:
@@ -140,6 +140,12 @@ class ConsumerWorkflow:
             if not self._replays:  # else the replay's cursor wins
                 self._cursor = result.cursor
                 self._gap_id, self._gap_since = result.gap_id, result.gap_since
+            if not result.queued and inp.idle_s > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: bool(self._replays) or self._stop is not None,
+                        timeout=timedelta(seconds=inp.idle_s),
+                    )
 
     def _start(self, consumer_id: str) -> None:
         """A delivery task for each entity with queued changes and none running."""

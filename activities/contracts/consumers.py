@@ -62,6 +62,11 @@ class ConsumerInput:
     gap_since: str | None = None
     #: Continue as new past this many history events (tests make it small).
     history_limit: int = 5000
+    #: How long a read waits for a new change (a long poll in the activity); and how long the workflow
+    #: then waits on a timer before the next read. Tests on the time-skipping server, which skips timers
+    #: but not a running activity, trade the first for the second.
+    read_wait_s: float = 5.0
+    idle_s: float = 0.0
 
 
 @dataclass

@@ -25,6 +25,10 @@ The five rule kinds:
     Risk rises (``low`` < ``medium`` < ``high`` < ``critical``) above the last level alerted, or a count of
     open fraud findings grows. Re-arms once risk falls back to ``rearm_level``.
 
+A rule watches one metric by name: a collection's headline metrics (``floor``, ``twap_floor``, ``volume``,
+``sales_count``, ``holders_count``, ``best_offer``, ``attention``, ``trust``, ``risk``, ...) or an NFT's
+(``owner``, ``trust``, ``risk``, ``price_estimate``, ``rarity_rank``, ``rarity_score``).
+
 Every rule also has a cooldown: a firing inside ``cooldown_s`` of the previous one is suppressed (and
 reported as such, so the caller can log it).
 """
@@ -316,6 +320,9 @@ _METRIC_KIND = {
     "floor": NotificationKind.PRICE_MOVEMENT,
     "price_estimate": NotificationKind.PRICE_MOVEMENT,
     "twap": NotificationKind.PRICE_MOVEMENT,
+    "best_offer": NotificationKind.PRICE_MOVEMENT,
+    # A collection's social attention (``domain.attention``): news about the market, not a price.
+    "attention": NotificationKind.MARKET_UPDATE,
     "risk": NotificationKind.RISK_CHANGE,
     "fraud_finding": NotificationKind.FRAUD_FINDING,
     "fraud_findings": NotificationKind.FRAUD_FINDING,

@@ -105,6 +105,30 @@ def decode_delivery(body: Any, source: str = CHAIN_SOURCE) -> Decoded:
     return out
 
 
+def block_hashes(body: Any) -> dict[tuple[str, int], str]:
+    """(transaction hash, log index) -> the ``blockHash`` of each log of a delivery that names one: which
+    block a log was in, to tell a transaction included again after a reorganisation from the retracted
+    one (``store.retractions.reincluded``)."""
+    out: dict[tuple[str, int], str] = {}
+    activity = body.get("event", {}).get("activity", []) if isinstance(body, dict) else []
+    for item in activity if isinstance(activity, list) else []:
+        log = item.get("log") if isinstance(item, dict) else None
+        if not isinstance(log, dict) or not isinstance(log.get("blockHash"), str):
+            continue
+        try:
+            tx = hex_str(log.get("transactionHash") or item.get("hash"), "log.transactionHash", 32)
+            index = hex_int(log.get("logIndex"), "log.logIndex")
+        except DecodeError:
+            continue
+        out[(tx, index)] = str(_block_hash(log))
+    return out
+
+
+def _block_hash(log: dict[str, Any]) -> str | None:
+    value = log.get("blockHash")
+    return value.lower() if isinstance(value, str) else None
+
+
 def _address(value: Any, where: str) -> str:
     return hex_str(value, where, 20)
 
@@ -157,6 +181,7 @@ def _activity(item: Any, where: str, chain: str, source: str, at: datetime, out:
             out.skipped.append(Skipped(block, log_index, made))
         elif removed:
             # The log left the chain (a reorganisation): the event it made is retracted, by its id.
-            out.events.append(retraction_of(made, "removed by a reorganisation"))
+            reason = "removed by a reorganisation"
+            out.events.append(retraction_of(made, reason, _block_hash(log)))
         else:
             out.events.append(made)

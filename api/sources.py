@@ -18,13 +18,14 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from nftpulse.adapters import alchemy, webhooks
-from nftpulse.adapters.logs import DecodeError
+from nftpulse.adapters.logs import CHAIN_SOURCE, DecodeError
 from nftpulse.api.common import IsoTime, parse_row_id
 from nftpulse.api.deps import AdminKey, ServicesDep
 from nftpulse.api.errors import InvalidInput
 from nftpulse.api.events import IngestResult, InvalidBatch, ShedResult, accept, parse_batch
 from nftpulse.core.metrics import EVENTS_INGESTED
-from nftpulse.store import source_secrets
+from nftpulse.domain.events import Event
+from nftpulse.store import retractions, source_secrets
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
@@ -72,7 +73,15 @@ async def alchemy_webhook(request: Request, services: ServicesDep) -> Any:
         raise InvalidInput(
             [{"field": exc.field, "reason": exc.reason}], "invalid Alchemy delivery; nothing was accepted"
         ) from None
-    return await accept(services, decoded.events, started)
+    hashes = alchemy.block_hashes(body)
+
+    def block_hash(event: Event) -> str | None:
+        return hashes.get((event.tx_hash or "", event.log_index if event.log_index is not None else -1))
+
+    batch = await run_in_threadpool(
+        retractions.reincluded, services.db, CHAIN_SOURCE, decoded.events, block_hash
+    )
+    return await accept(services, batch, started)
 
 
 @router.post(

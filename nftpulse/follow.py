@@ -21,7 +21,7 @@ from nftpulse import metadata
 from nftpulse.adapters.chain import ChainMoved, ChainRange, ChainReader, Rpc, RpcError, RpcUnavailable
 from nftpulse.adapters.logs import DecodeError, LogDecoder
 from nftpulse.core.settings import Settings
-from nftpulse.domain.book.retract import RETRACTION_SUFFIX, retraction_of
+from nftpulse.domain.book.retract import retraction_of
 from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
 from nftpulse.domain.events import Event
 from nftpulse.store import chain as checkpoints
@@ -209,8 +209,15 @@ class Follower:
         orphaned = await asyncio.to_thread(
             retractions.events_after_block, self.db, self.chain, self.reader.decoder.source, ancestor
         )
+        # The orphaned blocks' hashes, where kept: a later delivery of the same log from the same block
+        # is then known for the retracted one (``retractions.reincluded``).
+        hashes = dict(kept)
         undo = [
-            retraction_of(events.to_event(row), f"block {row.block_number} left the chain")
+            retraction_of(
+                events.to_event(row),
+                f"block {row.block_number} left the chain",
+                hashes.get(row.block_number if row.block_number is not None else -1),
+            )
             for row in orphaned
         ]
         accepted, _ = await asyncio.to_thread(self._append, undo)
@@ -228,22 +235,14 @@ class Follower:
         return ancestor
 
     def _renamed(self, chunk: ChainRange) -> list[Event]:
-        """The range's events, those whose id a retraction already took back (a transaction of an orphaned
-        block included again in the new branch) under an id that names their block: a new event, not a
-        duplicate of the retracted one."""
-        batch = chunk.decoded.events
-        taken = retractions.retracted_by_id(
-            self.db, self.reader.decoder.source, [e.id for e in batch], RETRACTION_SUFFIX
-        )
-        if not taken:
-            return batch
-        out = []
-        for event in batch:
-            block = chunk.blocks.get(event.block_number or -1)
-            if event.id in taken and block is not None:
-                event = event.model_copy(update={"id": f"{event.id}@{block.hash[:18]}"})
-            out.append(event)
-        return out
+        """The range's events; one a reorganisation retracted and the new branch includes again gets an
+        id naming its block (``retractions.reincluded``)."""
+
+        def block_hash(event: Event) -> str | None:
+            block = chunk.blocks.get(event.block_number if event.block_number is not None else -1)
+            return None if block is None else block.hash
+
+        return retractions.reincluded(self.db, self.reader.decoder.source, chunk.decoded.events, block_hash)
 
     async def run(self, stop: asyncio.Event, *, start_block: int | None = None, poll_s: float = 2.0) -> None:
         """Follow until ``stop`` is set: ranges back to back while behind, a poll every ``poll_s`` after.

@@ -4,14 +4,15 @@ reads only applied and processed events) and `pulse verify` agrees with the refo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, tuple_, update
 from sqlmodel import Session, col, select
 
-from nftpulse.domain.events import EventType
+from nftpulse.domain.book.retract import RETRACTION_SUFFIX
+from nftpulse.domain.events import Event, EventType
 from nftpulse.domain.rules import idempotency_key
 from nftpulse.store.db import Database
 from nftpulse.store.models import ChainBlock, EventRecord, EventRetraction, EventStatus
@@ -161,21 +162,21 @@ def events_after_block(db: Database, chain: str, source: str, number: int) -> li
         )
 
 
-def retracted_by_id(db: Database, source: str, ids: Sequence[str], suffix: str) -> set[str]:
+def retracted_by_id(db: Database, source: str, ids: Sequence[str], suffix: str) -> dict[str, str | None]:
     """Those of ``ids`` (of ``source``) whose retraction (id: the event's id plus ``suffix``, as
-    ``retract.retraction_of`` names them) is in the event log, applied or not yet."""
-    found: set[str] = set()
+    ``retract.retraction_of`` names them) is in the event log, applied or not yet, with the hash of the
+    block the retracted log was in when the retraction names it."""
+    found: dict[str, str | None] = {}
     with db.read() as session:
         for start in range(0, len(ids), 500):
             names = [i + suffix for i in ids[start : start + 500]]
-            found |= {
-                name.removesuffix(suffix)
-                for name in session.exec(
-                    select(col(EventRecord.external_id)).where(
-                        col(EventRecord.source) == source, col(EventRecord.external_id).in_(names)
-                    )
+            for name, data in session.exec(
+                select(col(EventRecord.external_id), col(EventRecord.data)).where(
+                    col(EventRecord.source) == source, col(EventRecord.external_id).in_(names)
                 )
-            }
+            ):
+                block = data.get("block_hash") if isinstance(data, dict) else None
+                found[name.removesuffix(suffix)] = block if isinstance(block, str) else None
     return found
 
 
@@ -312,3 +313,36 @@ def pending_corrections(session: Session) -> list[Notification]:
             )
         )
     )
+
+
+def reincluded(
+    db: Database, source: str, batch: Sequence[Event], block_hash: Callable[[Event], str | None]
+) -> list[Event]:
+    """``batch`` with each event whose id a retraction already took back, seen in another block than the
+    retracted log (a transaction of an orphaned block included again in the new branch, same transaction
+    hash and log index), under an id naming its block, ``<id>@<block hash prefix>``: a new event rather than
+    a duplicate of the retracted one. Reading that block again gives the same id; the retracted log itself
+    delivered again stays what it was. A retraction of such an event (``retract.retraction_of``, as a
+    provider's ``removed`` log makes it) is pointed at the renamed event the same way."""
+
+    def base(event: Event) -> str:
+        return event.id.removesuffix(RETRACTION_SUFFIX) if event.type is EventType.RETRACTION else event.id
+
+    ours = [e for e in batch if e.source == source]
+    taken = retracted_by_id(db, source, sorted({base(e) for e in ours}), RETRACTION_SUFFIX)
+    if not taken:
+        return list(batch)
+    out = []
+    for event in batch:
+        found = block_hash(event) if event.source == source and base(event) in taken else None
+        if found is not None and found == taken[base(event)]:
+            found = None  # the retracted log itself, delivered again: the same event (or retraction)
+        if found and event.type is EventType.RETRACTION and event.id == base(event) + RETRACTION_SUFFIX:
+            if event.data["retracts"].get("source", source) == source:
+                target = f"{base(event)}@{found[:18]}"
+                data = {**event.data, "retracts": {"source": source, "id": target}}
+                event = event.model_copy(update={"id": target + RETRACTION_SUFFIX, "data": data})
+        elif found and event.type is not EventType.RETRACTION:
+            event = event.model_copy(update={"id": f"{event.id}@{found[:18]}"})
+        out.append(event)
+    return out

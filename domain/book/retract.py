@@ -115,10 +115,14 @@ def refold_change(before: BookViews, after: BookViews) -> Change:
 RETRACTION_SUFFIX = "~retracted"
 
 
-def retraction_of(event: Event, reason: str) -> Event:
+def retraction_of(event: Event, reason: str, block_hash: str | None = None) -> Event:
     """The retraction of ``event``, under its source and an id derived from its own (``<id>~retracted``), so
     that retracting one event twice (a reorganisation seen twice) is one retraction. It names the event's
-    collection and token, by which it is routed and its changes are attributed."""
+    collection and token, by which it is routed and its changes are attributed, and, when known, the hash
+    of the block that left the chain (``data.block_hash``)."""
+    data: dict[str, object] = {"retracts": {"source": event.source, "id": event.id}, "reason": reason}
+    if block_hash:
+        data["block_hash"] = block_hash
     return Event(
         id=event.id + RETRACTION_SUFFIX,
         source=event.source,
@@ -130,5 +134,5 @@ def retraction_of(event: Event, reason: str) -> Event:
         block_number=event.block_number,
         log_index=event.log_index,
         tx_hash=event.tx_hash,
-        data={"retracts": {"source": event.source, "id": event.id}, "reason": reason},
+        data=data,
     )

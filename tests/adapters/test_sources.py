@@ -188,6 +188,25 @@ async def test_alchemy_removed_log_is_a_retraction_of_its_event(
     # Re-sent again (Alchemy retries): one retraction per event still.
     again = await http.post("/v1/sources/alchemy", content=removed, headers=signed(removed))
     assert again.json()["accepted"] == 0 and count(db) == 6
+    # The original delivery retried late (the retracted logs, from their block): duplicates still.
+    late = await http.post("/v1/sources/alchemy", content=raw, headers=signed(raw))
+    assert late.json()["accepted"] == 0 and count(db) == 6
+    # The transaction included again in the new branch (another block): a new event, not the retracted one.
+    body = nft_activity()
+    body["id"], body["event"]["activity"] = "whevt_again", body["event"]["activity"][:1]
+    body["event"]["activity"][0]["log"]["blockHash"] = "0x" + "ee" * 32
+    back = orjson.dumps(body)
+    answer = await http.post("/v1/sources/alchemy", content=back, headers=signed(back))
+    original = event_id("ethereum", TX, 0x10D)
+    assert [ref["id"] for ref in answer.json()["accepted_ids"]] == [original + "@0x" + "ee" * 8]
+    # And that one removed in turn: its retraction names it, not the original.
+    body["id"] = "whevt_again_removed"
+    body["event"]["activity"][0]["log"]["removed"] = True
+    gone = orjson.dumps(body)
+    answer = await http.post("/v1/sources/alchemy", content=gone, headers=signed(gone))
+    (ref,) = answer.json()["accepted_ids"]
+    row = event_log.get(db, "chain", ref["id"])
+    assert row is not None and row.data["retracts"]["id"] == original + "@0x" + "ee" * 8
 
 
 async def test_alchemy_address_activity_keeps_only_nfts(http: httpx.AsyncClient, db: Database) -> None:

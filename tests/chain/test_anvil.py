@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -247,6 +248,19 @@ async def test_pulse_follow_command_backfills_then_follows(chain: Chain, tmp_pat
     db.dispose()
 
 
+async def send_fixed(eth: Eth, sender: str, to: str, data: str) -> dict[str, Any]:
+    """A legacy transaction with every field fixed, so that sending it again after evm_revert (same nonce)
+    is the same signed transaction, with the same hash."""
+    tx = {"from": sender, "to": to, "data": data, "gas": hex(300_000), "gasPrice": hex(50 * 10**9)}
+    tx_hash = await eth.call("eth_sendTransaction", tx)
+    for _ in range(200):
+        receipt = await eth.call("eth_getTransactionReceipt", tx_hash)
+        if receipt is not None:
+            return receipt  # type: ignore[no-any-return]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no receipt for {tx_hash}")
+
+
 async def test_a_reorganisation_is_undone_exactly(pulse: RunningPulse, chain: Chain) -> None:
     """evm_snapshot, a branch Pulse follows (a transfer, a mint), evm_revert, then a longer different branch
     (the same transfer again, another one, empty blocks): the orphaned blocks' events are retracted, the new
@@ -265,14 +279,17 @@ async def test_a_reorganisation_is_undone_exactly(pulse: RunningPulse, chain: Ch
 
         snapshot = await eth.call("evm_snapshot")
         move = calldata("transferFrom(address,address,uint256)", c.alice, c.bob, 1)
-        await eth.send(c.alice, c.nft, move)
+        first = await send_fixed(eth, c.alice, c.nft, move)
         await eth.send(c.alice, c.nft, calldata("mint(address,uint256)", c.alice, 4))
         await settle(pulse, follower)
         await check_owners(pulse, c, range(1, 5))
         old_head = await eth.head()
 
         assert await eth.call("evm_revert", snapshot) is True
-        await eth.send(c.alice, c.nft, move)  # the same transaction, in the new branch
+        await eth.call("anvil_mine", "0x1")
+        # The same signed transaction, included again one block later in the new branch.
+        again = await send_fixed(eth, c.alice, c.nft, move)
+        assert again["transactionHash"] == first["transactionHash"]
         await eth.send(c.alice, c.nft, calldata("transferFrom(address,address,uint256)", c.alice, c.carol, 2))
         await eth.call("anvil_mine", "0x3")
         assert await eth.head() > old_head
@@ -285,6 +302,9 @@ async def test_a_reorganisation_is_undone_exactly(pulse: RunningPulse, chain: Ch
         assert gone.status_code == 404, gone.text
         rows = await asyncio.to_thread(_chain_events, pulse)
         assert any(r.status == "retracted" for r in rows)
+        # Included again in another block: a new event under an id naming that block, applied.
+        (back,) = [r for r in rows if "@" in r.external_id]
+        assert back.status == "processed" and back.external_id.endswith("@" + again["blockHash"][:18])
         assert all(r.status in ("processed", "retracted") for r in rows), [
             (r.external_id, r.status) for r in rows
         ]

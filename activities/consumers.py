@@ -18,7 +18,6 @@ from typing import TypeVar
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from nftpulse.activities.contracts.consumers import (
     DELIVER_CHANGE,
@@ -199,6 +198,7 @@ async def ensure_runners(client: Client, db: Database, prefix: str, task_queue: 
     try:
         for consumer_id in await asyncio.to_thread(active):
             await ensure_runner(client, prefix, task_queue, consumer_id)
-    except (RPCError, OSError):
-        # Not fatal for the worker: the API ensures a consumer's runner at creation and at each replay.
+    except Exception:
+        # Never fatal for the worker (Temporal or the database briefly away as it starts): the API ensures
+        # a consumer's runner at creation and at each replay, and the next worker start tries again.
         log.exception("consumer.ensure_failed")

@@ -29,6 +29,7 @@ from nftpulse.core.delivery import generate_webhook_secret
 from nftpulse.domain.changes import MetricChange
 from nftpulse.store import changes as changelog
 from nftpulse.store import consumers as consumer_store
+from nftpulse.store import schema
 from nftpulse.store.changes import LoggedChange
 from nftpulse.store.db import Database
 from nftpulse.store.models import ConsumerRecord
@@ -364,6 +365,35 @@ async def test_runner_continues_as_new_with_its_queue_and_retry_timers(
         assert cursors == sorted(cursors), (key, cursors)
     runs = [e async for e in pulse.client.list_workflows(f"WorkflowId = '{handle.id}'")]
     assert len(runs) >= 2, "the runner never continued as new"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_consumer_stored_without_a_runner_gets_one_when_a_worker_starts(
+    database_url: str, temporal_client: Client, receiver: Receiver
+) -> None:
+    """Created while Temporal was away (the API stores it and answers 201): the next worker starts it."""
+    db = Database(database_url)
+    schema.upgrade(db)
+    with db.write() as session:
+        row = consumer_store.create(
+            session,
+            url=receiver.url + "/late",
+            secret=generate_webhook_secret(),
+            keys=[],
+            prefixes=[f"{NFT}:"],
+            metrics=[],
+            event_types=[],
+            now=datetime.now(UTC),
+        )
+        consumer_id = row.id
+    db.dispose()
+    async with run_pulse(database_url, temporal_client, allow_private_webhooks=True) as pulse:
+        await _post(pulse, _ev("mint", "5", {"from": ZERO, "to": A}))
+        await _until(lambda: bool(_at(receiver, "/late")))
+        handle = pulse.client.get_workflow_handle(
+            consumer_workflow_id(pulse.settings.workflow_id_prefix, consumer_id)
+        )
+        assert (await handle.describe()).workflow_type == CONSUMER_WORKFLOW
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

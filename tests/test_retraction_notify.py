@@ -171,3 +171,19 @@ async def test_a_digest_leaves_out_items_whose_cause_was_retracted(db: Database)
         assert cancelled is not None and cancelled.inbox_at is None
     only = digests._load(SendDigestInput("cy", "dgst_2", "schedule", [group([ids[1]])]))
     assert only is not None and only[1] is None  # nothing left to show: nothing is sent
+
+
+async def test_a_malformed_retraction_is_a_422_naming_the_field(pulse: RunningPulse) -> None:
+    for data, field in (
+        ({}, "retracts"),
+        ({"retracts": {}}, "retracts.id"),
+        ({"retracts": {"id": ""}}, "retracts.id"),
+    ):
+        answer = await pulse.post([event("r-bad", "retraction", data, 0)])
+        assert answer.status_code == 422, answer.text
+        fields = [e["field"] for e in answer.json()["errors"]]
+        assert any(f.endswith(f"data.{field}") for f in fields), fields
+    assert (
+        await pulse.post([event("r-ok", "retraction", {"retracts": {"id": "never-seen"}}, 0)])
+    ).status_code == 202
+    assert (await pulse.wait_final([("market", "r-ok")])) == {("market", "r-ok"): "processed"}

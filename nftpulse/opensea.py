@@ -61,8 +61,15 @@ class StreamReport:
 
 
 def stream_url(base: str, token: str) -> str:
-    """``base`` with the API key as ``token`` and Phoenix's v1 (JSON object) serializer asked for."""
+    """``base`` with the API key as ``token`` and Phoenix's v1 (JSON object) serializer asked for; a base
+    that is not a ws:// or wss:// URL with a host is a ValueError naming the setting."""
     parts = urlsplit(base)
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError(f"PULSE_OPENSEA_STREAM_URL has no valid port: {base!r}") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"PULSE_OPENSEA_STREAM_URL must be a ws:// or wss:// URL with a host: {base!r}")
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("token", "vsn")]
     query += [("token", token), ("vsn", "1.0.0")]
     return urlunsplit(parts._replace(query=urlencode(query)))
@@ -85,7 +92,8 @@ class OpenSeaStream:
             raise ValueError("no collection to follow: give a slug, or * for every collection")
         self.settings = settings
         self.collections = list(dict.fromkeys(collections))
-        self.url = stream_url(settings.opensea_stream_url, settings.opensea_api_key.get_secret_value())
+        self._key = settings.opensea_api_key.get_secret_value()
+        self.url = stream_url(settings.opensea_stream_url, self._key)
         self.heartbeat_s = heartbeat_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -132,11 +140,9 @@ class OpenSeaStream:
                     break
                 self._failures += 1
                 delay = self._delay()
-                # The URL carries the API key: never logged.
-                log.warning(
-                    "opensea.disconnected",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": round(delay, 3)},
-                )
+                # The URL carries the API key, and some errors quote the URL: the key never reaches the logs.
+                error = f"{type(exc).__name__}: {exc}".replace(self._key, "<PULSE_OPENSEA_API_KEY>")
+                log.warning("opensea.disconnected", extra={"error": error, "retry_in_s": round(delay, 3)})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 

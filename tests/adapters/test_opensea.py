@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 
 from nftpulse.adapters import opensea
 from nftpulse.adapters.logs import DecodeError
+from nftpulse.core.settings import Settings
 from nftpulse.opensea import OpenSeaStream, stream_url
 from nftpulse.store import events as event_log
 from nftpulse.store import schema
@@ -525,3 +526,13 @@ async def test_pulse_stream_opensea_command(tmp_path: Path) -> None:
     assert phoenix.joins == ["collection:boredfrens", "collection:boredfrens"]
     assert sum(event_log.status_counts(db).values()) == 10
     db.dispose()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://stream.example/socket", "ws://127.0.0.1:port/socket", "wss:///socket"]
+)
+def test_a_malformed_stream_url_is_refused_at_start(url: str) -> None:
+    settings = Settings(opensea_api_key=SecretStr("os-secret-key"), opensea_stream_url=url)
+    with pytest.raises(ValueError, match="PULSE_OPENSEA_STREAM_URL") as refused:
+        OpenSeaStream(settings, Database("sqlite://"), ["boredfrens"])
+    assert "os-secret-key" not in str(refused.value)

@@ -705,6 +705,13 @@ def stream_opensea(
     slugs = [c.strip() for c in collection or [] if c.strip()] or settings.opensea_collection_list
     if not slugs:
         raise typer.BadParameter("give --collection SLUG (or *), or set PULSE_OPENSEA_COLLECTIONS")
+    from nftpulse.opensea import stream_url
+
+    try:
+        stream_url(settings.opensea_stream_url, "")
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     db = _open_db(settings)
 
     async def run() -> None:

@@ -6,12 +6,16 @@ import logging
 import os
 import secrets
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
 
 from nftpulse.core.settings import Settings
 from nftpulse.store import keys, schema
 from nftpulse.store.cache import EntityCache, MemoryCache, NoCache, RedisCache
-from nftpulse.store.db import Database
+from nftpulse.store.db import Database, TransientStoreError, is_transient
 from nftpulse.store.schema import SchemaError
 
 log = logging.getLogger("pulse.services")
@@ -37,13 +41,41 @@ def open_database(settings: Settings, *, upgrade: bool = False) -> Database:
             if result.changed:
                 log.info("database schema upgraded from %s to %s", result.before.current, result.after)
         else:
-            schema.require_current(db)
+            _once_reachable(lambda: schema.require_current(db))
+        if settings.bootstrap_admin_key:
+            secret = settings.bootstrap_admin_key.get_secret_value()
+            _once_reachable(lambda: keys.create(db, "bootstrap-admin", ["admin"], key=secret))
     except BaseException:
         db.dispose()
         raise
-    if settings.bootstrap_admin_key:
-        keys.create(db, "bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key.get_secret_value())
     return db
+
+
+#: How long a starting process waits for a database it cannot reach before giving up.
+REACH_TIMEOUT_S = 60.0
+
+
+def _unreachable(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, SchemaError | TransientStoreError) else exc
+    return isinstance(cause, OperationalError) or (cause is not None and is_transient(cause))
+
+
+def _once_reachable(step: Callable[[], object]) -> None:
+    """Run a start-up step, again while the database cannot be reached: a connection dropped under a
+    starting process (a failover, a restart, ``pg_terminate_backend``) or a database still starting
+    delays the process, as a Temporal outage does, instead of ending it."""
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    pause = 0.1
+    while True:
+        try:
+            step()
+            return
+        except (SchemaError, TransientStoreError, OperationalError) as exc:
+            if not _unreachable(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("database not reachable at start, trying again: %s", str(exc).splitlines()[0])
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def private_data_dir(data_dir: Path) -> None:

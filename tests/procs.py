@@ -28,6 +28,8 @@ class PulseProcesses:
     admin_key: str = field(default_factory=lambda: f"pk_test_{uuid.uuid4().hex}")
     #: One pepper for all the processes, as a deployment on several hosts must have.
     key_pepper: str = field(default_factory=lambda: f"pepper-{uuid.uuid4().hex}")
+    #: One pepper for all the processes, as a deployment on several hosts must have.
+    key_pepper: str = field(default_factory=lambda: f"pepper-{uuid.uuid4().hex}")
     task_queue: str = field(default_factory=lambda: f"pulse-proc-{uuid.uuid4().hex[:8]}")
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -36,6 +38,9 @@ class PulseProcesses:
     #: production pacing.
     fast_dispatch: bool = True
     migrated: bool = False
+    #: Added to the processes' Postgres ``application_name`` (``pulse-<name><suffix>``): a test that
+    #: terminates its own processes' backends tells them from those of tests running beside it.
+    application_suffix: str = ""
 
     def __post_init__(self) -> None:
         for name in ("api", "api_metrics", "worker_metrics", "dispatcher_metrics", "sdk_metrics"):
@@ -50,6 +55,7 @@ class PulseProcesses:
             PULSE_TASK_QUEUE=self.task_queue,
             PULSE_WORKFLOW_ID_PREFIX=f"{self.task_queue}/",
             PULSE_BOOTSTRAP_ADMIN_KEY=self.admin_key,
+            PULSE_KEY_PEPPER=self.key_pepper,
             PULSE_KEY_PEPPER=self.key_pepper,
             PULSE_API_PORT=str(self.ports["api"]),
             PULSE_API_METRICS_PORT=str(self.ports["api_metrics"]),
@@ -74,7 +80,9 @@ class PulseProcesses:
             # Names the process's Postgres backends in pg_stat_activity (the pipeline bench charges their
             # CPU to the part that uses them).
             sep = "&" if "?" in self.database_url else "?"
-            env["PULSE_DATABASE_URL"] = f"{self.database_url}{sep}application_name=pulse-{name}"
+            env["PULSE_DATABASE_URL"] = (
+                f"{self.database_url}{sep}application_name=pulse-{name}{self.application_suffix}"
+            )
         if name != part:
             for key in ("worker_metrics", "sdk_metrics"):
                 self.ports[f"{name}_{key}"] = free_port()

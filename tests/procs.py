@@ -28,8 +28,6 @@ class PulseProcesses:
     admin_key: str = field(default_factory=lambda: f"pk_test_{uuid.uuid4().hex}")
     #: One pepper for all the processes, as a deployment on several hosts must have.
     key_pepper: str = field(default_factory=lambda: f"pepper-{uuid.uuid4().hex}")
-    #: One pepper for all the processes, as a deployment on several hosts must have.
-    key_pepper: str = field(default_factory=lambda: f"pepper-{uuid.uuid4().hex}")
     task_queue: str = field(default_factory=lambda: f"pulse-proc-{uuid.uuid4().hex[:8]}")
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -55,7 +53,6 @@ class PulseProcesses:
             PULSE_TASK_QUEUE=self.task_queue,
             PULSE_WORKFLOW_ID_PREFIX=f"{self.task_queue}/",
             PULSE_BOOTSTRAP_ADMIN_KEY=self.admin_key,
-            PULSE_KEY_PEPPER=self.key_pepper,
             PULSE_KEY_PEPPER=self.key_pepper,
             PULSE_API_PORT=str(self.ports["api"]),
             PULSE_API_METRICS_PORT=str(self.ports["api_metrics"]),

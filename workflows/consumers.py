@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 #: Deliveries one consumer has in flight at once (each to a different entity).
-MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT = 32
 #: Deliveries read ahead and not yet finished; reading waits while this many are queued.
 MAX_QUEUED = 500
 

@@ -10,6 +10,7 @@ retry and replay of a change carries the same ``webhook-id``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -119,6 +120,20 @@ class ConsumerActivities:
             if outcome.stop is None:
                 store.prune_deliveries(s, inp.consumer_id, now - self._retention)
                 CONSUMER_LAG.labels(inp.consumer_id).set(max(0, changes.head(s) - outcome.cursor))
+        if outcome.stop is not None:
+            with contextlib.suppress(KeyError):  # no series of a consumer that is no more
+                CONSUMER_LAG.remove(inp.consumer_id)
+        if outcome.lost_from is not None:
+            # Behind the change log's retention (a runner stopped for longer than it): what was pruned
+            # cannot be delivered any more.
+            log.warning(
+                "consumer.behind_retention",
+                extra={
+                    "consumer": inp.consumer_id,
+                    "cursor": outcome.lost_from,
+                    "resumed_at": outcome.cursor,
+                },
+            )
         return outcome
 
     @DELIVER_CHANGE.implement

@@ -133,6 +133,8 @@ class ReadOutcome:
     gap_id: int | None = None
     gap_since: datetime | None = None
     stop: str | None = None
+    #: The read started past changes the retention had already pruned: the cursor it wanted.
+    lost_from: int | None = None
 
 
 def _contiguous(
@@ -203,8 +205,10 @@ def read(
     if consumer.status != ACTIVE:
         return ReadOutcome(cursor=consumer.cursor, stop="disabled")
     start = consumer.cursor if cursor is None else cursor
-    # Past the retention the log has nothing left to give: read on from what it kept.
-    start = max(start, changes.pruned_through(session))
+    # Past the retention the log has nothing left to give: read on from what it kept (and say so).
+    pruned = changes.pruned_through(session)
+    lost_from = start if start < pruned else None
+    start = max(start, pruned)
     rows = changes.after(session, start, limit=limit)
     taken, gap_id, gap_since = _contiguous(rows, start, gap_id, gap_since, now)
     through = taken[-1].cursor if taken else start
@@ -246,7 +250,7 @@ def read(
     if through != consumer.cursor:
         consumer.cursor = through
         session.add(consumer)
-    return ReadOutcome(queued, through, gap_id, gap_since)
+    return ReadOutcome(queued, through, gap_id, gap_since, lost_from=lost_from)
 
 
 def prune_deliveries(session: Session, consumer_id: str, before: datetime) -> int:

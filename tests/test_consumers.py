@@ -541,3 +541,32 @@ async def test_a_change_the_endpoint_keeps_refusing_is_retried_on_the_schedule_t
         ("delivered", 1, 200),
         ("failed", 8, 500),
     ]
+
+
+def test_a_read_behind_the_retention_resumes_at_what_is_kept_and_says_so(db: Database) -> None:
+    now = datetime.now(UTC)
+    with db.write() as session:
+        consumer_id = consumer_store.create(
+            session,
+            url="https://hooks.example.com/",
+            secret=generate_webhook_secret(),
+            keys=[],
+            prefixes=[],
+            metrics=[],
+            event_types=[],
+            now=now,
+        ).id
+        for i in range(3):
+            changelog.append(session, [MetricChange(f"{NFT}:{i}", "trust", 1.0, 2.0)], {}, {}, now)
+    with db.write() as session:
+        assert changelog.prune(session, now + timedelta(days=2), timedelta(hours=24)) == 2
+    with db.write() as session:
+        outcome = consumer_store.read(
+            session, consumer_id, 0, 0, gap_id=None, gap_since=None, limit=10, now=now
+        )
+    assert outcome.lost_from == 0 and [c for _, _, c in outcome.queued] == [outcome.cursor]
+    with db.write() as session:
+        again = consumer_store.read(
+            session, consumer_id, None, 0, gap_id=None, gap_since=None, limit=10, now=now
+        )
+    assert again.lost_from is None and again.queued == [] and again.cursor == outcome.cursor

@@ -42,9 +42,13 @@ class BookCodec(BookFold):
         listings: dict[str, list[ListingEntry]] = {}
         for token_id, entry in appended.listings:
             listings.setdefault(token_id, []).append(entry)
+        moves: dict[str, list[list[Any]]] = {}
+        for token_id, key, move in appended.moves:
+            moves.setdefault(token_id, []).append([key, *move])
         return {
             "sales": {tid: [sale.to_list() for sale in rows] for tid, rows in sales.items()},
             "listing_history": listings,
+            "moves": moves,
         }
 
     def _history_dict(
@@ -54,6 +58,12 @@ class BookCodec(BookFold):
             "sales": {tid: self._sale_rows(tid, rows) for tid, rows in sales.items()},
             # orjson writes tuples as arrays: copy the lists, not every entry.
             "listing_history": {tid: list(entries) for tid, entries in listings.items()},
+            # ERC-1155 moves (``[key, from, to, quantity]``): history too, growing with every transfer.
+            "moves": {
+                tid: [[key, *move] for key, move in t.moves.items()]
+                for tid, t in self.tokens.items()
+                if t.moves
+            },
         }
 
     def core_dict(self) -> dict[str, Any]:
@@ -79,7 +89,7 @@ class BookCodec(BookFold):
                     "listing": t.listing,
                     "listing_key": t.listing_key,
                     # Only where there are any: most tokens of most collections have neither.
-                    **({"moves": t.moves} if t.multi else {}),
+                    **({"multi": True} if t.multi else {}),
                     **({"offers": t.offers} if t.offers else {}),
                 }
                 for tid, t in self.tokens.items()
@@ -129,12 +139,16 @@ class BookCodec(BookFold):
         e.g. successive :meth:`appended_history_dict`), oldest first."""
         sales: dict[str, list[Any]] = {}
         listings: dict[str, list[Any]] = {}
+        moves: dict[str, list[Any]] = {}
         for part in history:
             for tid, rows in part["sales"].items():
                 sales.setdefault(tid, []).extend(rows)
             for tid, entries in part["listing_history"].items():
                 listings.setdefault(tid, []).extend(entries)
-        return cls.from_dict({**core, "sales": sales, "listing_history": listings}, epsilons, price_params)
+            for tid, rows in part.get("moves", {}).items():
+                moves.setdefault(tid, []).extend(rows)
+        whole = {**core, "sales": sales, "listing_history": listings, "moves": moves}
+        return cls.from_dict(whole, epsilons, price_params)
 
     @classmethod
     def from_dict(
@@ -158,6 +172,7 @@ class BookCodec(BookFold):
         book.clock = raw.get("clock")
         book.first_seen = raw.get("first_seen")
         book.holder_counts = dict(raw.get("holder_counts", {}))
+        moves = raw.get("moves", {})
         for tid, t in raw.get("tokens", {}).items():
             book.tokens[tid] = Token(
                 token_id=tid,
@@ -171,8 +186,8 @@ class BookCodec(BookFold):
                 last_sale_key=_key(t["last_sale_key"]),
                 listing=t["listing"],
                 listing_key=_key(t["listing_key"]),
-                multi="moves" in t,
-                moves=dict(t.get("moves", {})),
+                multi=bool(t.get("multi")) or tid in moves,
+                moves={str(row[0]): list(row[1:]) for row in moves.get(tid, ())},
                 offers=dict(t.get("offers", {})),
             )
             for sender, receiver, quantity in book.tokens[tid].moves.values():

@@ -398,7 +398,7 @@ class BookFold(BookViews):
         token = self.tokens.get(event.token_id) if event.token_id is not None else None
         if token is not None:
             if event.type in _MOVES and _multi(event):
-                _move_units(token, event)
+                _move_units(self, token, event)
             # Who holds the token is a function of its facts (owner, or ERC-1155 balances): the holder
             # counts follow the difference, whatever moved it.
             now_held = set(token.holders())
@@ -535,7 +535,7 @@ def _move_key(event: Event, sender: str | None, receiver: str | None, quantity: 
     return f"{event.source}:{event.id}"
 
 
-def _move_units(token: Token, event: Event) -> None:
+def _move_units(book: BookFold, token: Token, event: Event) -> None:
     """Fold an ERC-1155 move into the token's balances: sums of a set of moves, so any order and any
     repetition give the same balances."""
     data = event.data
@@ -546,7 +546,9 @@ def _move_units(token: Token, event: Event) -> None:
     token.multi = True
     if key in token.moves:
         return
-    token.moves[key] = [sender, receiver, quantity]
+    move = token.moves[key] = [sender, receiver, quantity]
+    # History, like sales: a busy ERC-1155 id's moves are stored in segments, not with every save.
+    book._appended.moves.append((token.token_id, key, move))
     apply_move(token, sender, receiver, quantity)
 
 

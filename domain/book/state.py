@@ -235,9 +235,11 @@ class AppendedHistory:
 
     sales: list[SaleRecord] = field(default_factory=list)
     listings: list[tuple[str, ListingEntry]] = field(default_factory=list)
+    #: ERC-1155 moves: ``(token_id, move key, [from, to, quantity])``.
+    moves: list[tuple[str, str, list[Any]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.sales or self.listings)
+        return bool(self.sales or self.listings or self.moves)
 
 
 @dataclass

@@ -176,3 +176,18 @@ def test_attention_is_a_decayed_sum_of_signal_weights() -> None:
     book.apply(ev(3, "mint", "1", {"to": A}, at=T0 + 3 * day), rates)
     assert book.collection_view()["attention"] == pytest.approx(4 / 8 + 1 / 4)
     assert attention({"x": (0, 1.0)}, 41 * HALF_LIFE_US) == 0.0
+
+
+def test_erc1155_moves_are_history_saved_in_segments() -> None:
+    history = erc1155_history()
+    book = fold(history[:2])
+    base = book.history_dict()
+    book.mark_history()
+    for event in history[2:]:
+        book.apply(event, rates)
+    appended = book.appended_history_dict()
+    assert appended is not None and len(appended["moves"]["7"]) == 2  # the sale's move counted once
+    core = book.core_dict()
+    assert core["tokens"]["7"].get("multi") is True and "moves" not in core["tokens"]["7"]
+    again = CollectionBook.from_parts(core, [base, appended])
+    assert again.nft_view("7") == book.nft_view("7") and again.nft_view("8") == book.nft_view("8")

@@ -144,8 +144,10 @@ class ConsumerActivities:
             return DeliverChangeResult(MISSING)
         row, consumer = loaded
         if row.status != "pending":
-            # An earlier attempt finished it (its result was lost with a worker): do not send again.
-            return DeliverChangeResult(row.status, row.response_code)
+            # An earlier attempt finished it (its result was lost with a worker), or it was let go when
+            # the consumer was disabled: do not send it again (a replay sends what it asks for anew).
+            done = DELIVERED if row.status == DELIVERED else GAVE_UP
+            return DeliverChangeResult(done, row.response_code)
         if consumer.status != store.ACTIVE:
             return DeliverChangeResult(GONE)
         message = OutboundMessage(

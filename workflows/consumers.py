@@ -114,6 +114,9 @@ class ConsumerWorkflow:
             ):
                 self._draining = True
                 await workflow.wait_condition(lambda: not self._running)
+                self._draining = False
+                if self._replays:
+                    continue  # a signal must not be left behind in this run: apply it first
                 workflow.continue_as_new(self._state(inp))
             if self._queued() >= MAX_QUEUED:
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -40,6 +40,8 @@ db_app = typer.Typer(help="The database schema: upgrade it, show its revision.",
 app.add_typer(db_app, name="db")
 stream_app = typer.Typer(help="Marketplace streams into the event log.", no_args_is_help=True)
 app.add_typer(stream_app, name="stream")
+metadata_app = typer.Typer(help="The token metadata fetcher's queue.", no_args_is_help=True)
+app.add_typer(metadata_app, name="metadata")
 console = Console(stderr=True)
 log = logging.getLogger("pulse.cli")
 
@@ -670,6 +672,42 @@ def follow(
             asyncio.run(backfill(from_block, to_block))
         else:
             asyncio.run(live())
+    finally:
+        db.dispose()
+
+
+# -- token metadata ---------------------------------------------------------------------------------
+
+
+@metadata_app.command("status")
+def metadata_status(
+    limit: Annotated[int, typer.Option(min=0, help="failed requests to list")] = 20,
+) -> None:
+    """How many metadata requests are pending and failed, and why the first failed ones failed."""
+    from nftpulse.store import metadata_fetches
+
+    db = _open_db(_settings())
+    try:
+        counts = metadata_fetches.counts(db)
+        typer.echo(f"{counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed")
+        for chain, contract, token, error in metadata_fetches.failures(db)[:limit]:
+            typer.echo(f"{chain} {contract} {token}: {error}")
+    finally:
+        db.dispose()
+
+
+@metadata_app.command("retry")
+def metadata_retry(
+    contract: Annotated[str | None, typer.Option(help="only this contract's failed requests")] = None,
+) -> None:
+    """Queue the failed metadata requests again (all, or one contract's), with fresh attempts: for after
+    their cause is fixed. The follower's fetcher picks them up."""
+    from nftpulse.domain.events import utcnow
+    from nftpulse.store import metadata_fetches
+
+    db = _open_db(_settings())
+    try:
+        typer.echo(f"{metadata_fetches.retry_failed(db, utcnow(), contract)} request(s) queued again")
     finally:
         db.dispose()
 

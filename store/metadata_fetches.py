@@ -157,3 +157,14 @@ def counts(db: Database) -> dict[str, int]:
             select(col(MetadataFetch.status), func.count()).group_by(col(MetadataFetch.status))
         ).all()
     return {r[0]: int(r[1]) for r in rows}
+
+
+def retry_failed(db: Database, now: datetime, contract: str | None = None) -> int:
+    """Put requests given up on back in the queue (all, or one contract's) with fresh attempts; returns
+    how many. For after the cause is fixed: a gateway back, a host allowed."""
+    query = update(MetadataFetch).where(col(MetadataFetch.status) == FAILED)
+    if contract is not None:
+        query = query.where(col(MetadataFetch.contract) == contract.lower())
+    with db.write() as session:
+        result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=now, error=None))
+    return int(getattr(result, "rowcount", 0) or 0)

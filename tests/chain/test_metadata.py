@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,8 +32,9 @@ from nftpulse.domain.events import Event
 from nftpulse.follow import Follower
 from nftpulse.metadata import FetchError, MetadataFetcher, attributes_of, gateway_url, requests_for
 from nftpulse.store import events as event_log
-from nftpulse.store import metadata_fetches
+from nftpulse.store import metadata_fetches, schema
 from nftpulse.store.db import Database
+from nftpulse.store.metadata_fetches import FetchRequest
 from nftpulse.store.models import EventRecord
 from tests.chain.anvil import Eth, anvil, calldata, compile_contracts, missing_tools
 from tests.conftest import RunningPulse, free_port, local_http_server
@@ -182,6 +185,32 @@ async def test_private_hosts_are_refused_and_data_uris_read_in_place(host: str) 
     assert MetadataHost.requests == [], "a refused URL is never requested"
 
 
+def test_pulse_metadata_status_and_retry(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'pulse.db'}")
+    schema.upgrade(db)
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    contract = "0x" + "ab" * 20
+    metadata_fetches.enqueue(db, [FetchRequest("ethereum", contract, "7", 5, 0, at, "mint")], at)
+    (due,) = metadata_fetches.due(db, at, 10)
+    metadata_fetches.fail(db, due.id, 3, "HTTP 404 from https://meta.example/7.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")} | {"PULSE_DATABASE_URL": db.url}
+    cli = str(Path(sys.executable).with_name("pulse"))
+    status = subprocess.run([cli, "metadata", "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines() == [
+        "0 pending, 1 failed",
+        f"ethereum {contract} 7: HTTP 404 from https://meta.example/7.json",
+    ]
+    other = subprocess.run(
+        [cli, "metadata", "retry", "--contract", "0x" + "cd" * 20], env=env, capture_output=True, text=True
+    )
+    assert other.stdout.strip() == "0 request(s) queued again"
+    retried = subprocess.run([cli, "metadata", "retry"], env=env, capture_output=True, text=True, timeout=60)
+    assert retried.returncode == 0 and retried.stdout.strip() == "1 request(s) queued again"
+    assert metadata_fetches.counts(db) == {"pending": 1}
+    db.dispose()
+
+
 # -- against anvil ----------------------------------------------------------------------------------------
 
 
@@ -306,6 +335,13 @@ async def test_fetcher_brings_traits_from_token_uris(pulse: RunningPulse, chain:
         assert (await nft_view(pulse, c.nft, 1))["traits"]["Eyes"] == "Silver"
         assert MetadataHost.requests.count("/meta/2.json") == 5
         assert metadata_fetches.counts(pulse.db) == {"failed": 2}, "token 3 once more, no other"
+
+        # The cause fixed (token 3's document is there now): what failed is queued again and succeeds.
+        MetadataHost.docs["/meta/3.json"] = token_doc("three", Eyes="Laser", Hat="Fez")
+        assert metadata_fetches.retry_failed(pulse.db, datetime.now(UTC), c.nft) == 2
+        await settle(pulse, follower, fetcher)
+        assert (await nft_view(pulse, c.nft, 3))["traits"] == {"Eyes": "Laser", "Hat": "Fez", "Level": 2}
+        assert metadata_fetches.counts(pulse.db) == {}
     finally:
         await follower.aclose()
         await fetcher.rpc.aclose()

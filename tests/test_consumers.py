@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -365,6 +366,52 @@ async def test_runner_continues_as_new_with_its_queue_and_retry_timers(
         assert cursors == sorted(cursors), (key, cursors)
     runs = [e async for e in pulse.client.list_workflows(f"WorkflowId = '{handle.id}'")]
     assert len(runs) >= 2, "the runner never continued as new"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_replay_revives_a_runner_still_finishing_after_a_410(
+    pulse: RunningPulse, receiver: Receiver
+) -> None:
+    """A 410 on one token while another token's delivery is still in flight: the run waits for it, and a
+    replay arriving meanwhile revives that same run, which sends the changes again."""
+    await _post(pulse, _ev("mint", "1", {"from": ZERO, "to": A}), _ev("mint", "2", {"from": ZERO, "to": A}))
+    back: list[bool] = []
+    held: list[str] = []
+
+    def respond(rec: Recorded) -> tuple[int, dict[str, str], bytes]:
+        if back:
+            return 200, {}, b""
+        if rec.json()["data"]["entity_key"] == f"{NFT}:1":
+            return 410, {}, b""
+        held.append(rec.headers["webhook-id"])
+        time.sleep(4)  # token 2's delivery stays in flight meanwhile
+        return 200, {}, b""
+
+    receiver.respond = respond
+    consumer = await _create(pulse, url=receiver.url + "/r", prefixes=[f"{NFT}:"], metrics=["trust"])
+    handle = pulse.client.get_workflow_handle(
+        consumer_workflow_id(pulse.settings.workflow_id_prefix, consumer["id"])
+    )
+    first_run = (await handle.describe()).run_id
+    await _post(pulse, _finding("1"))
+    admin = pulse.keys.auth("admin")
+    url = f"/v1/consumers/{consumer['id']}"
+    async with asyncio.timeout(15):
+        while (await pulse.http.get(url, headers=admin)).json()["status"] != "disabled":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert held, "token 2's delivery is not in flight"
+    back.append(True)
+    resp = await pulse.http.post(
+        f"/v1/consumers/{consumer['id']}/replay", json={"from_cursor": consumer["cursor"]}, headers=admin
+    )
+    assert resp.status_code == 202, resp.text
+    await _until(lambda: len(_at(receiver, "/r")) >= 4)
+    again = [_verified(consumer["secret"], r)["data"]["entity_key"] for r in _at(receiver, "/r")[2:]]
+    assert sorted(again) == [f"{NFT}:1", f"{NFT}:2"]
+    described = await handle.describe()
+    assert described.run_id == first_run and described.status == WorkflowExecutionStatus.RUNNING
+    got = (await pulse.http.get(f"/v1/consumers/{consumer['id']}", headers=admin)).json()
+    assert got["status"] == "active"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

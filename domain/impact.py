@@ -193,7 +193,15 @@ def _analyze_one(event: Event, book: CollectionBook, drift: _Drift) -> Impact:
             "best_offer",
             "attention",
         }
-        impact.nft_drivers |= {"day", "trust", "risk", "twap_floor", "best_offer", "best_offer_id"}
+        impact.nft_drivers |= {
+            "day",
+            "trust",
+            "risk",
+            "twap_floor",
+            "best_offer",
+            "best_offer_id",
+            "trait_offers",
+        }
         stamp = event.occurred_at.isoformat()
         # Read off the expiry heap: a scan of every listing per event grew with the collection.
         expiring = book.listing_index.expiring(stamp)
@@ -276,7 +284,7 @@ def _analyze_one(event: Event, book: CollectionBook, drift: _Drift) -> Impact:
         impact.add("price_estimate", {tid} if tid else set())
         impact.collection_factors.add("best_offer")
         if tid is None:
-            impact.nft_drivers |= {"best_offer", "best_offer_id"}
+            impact.nft_drivers |= {"best_offer", "best_offer_id", "trait_offers"}
         impact.escalate("low", "an offer may move the best offer and price estimates")
     if kind == EventType.SOCIAL_SIGNAL:
         impact.collection_factors.add("attention")

@@ -64,6 +64,7 @@ _COLLECTION_RULES: dict[str, tuple[str | None, str | None]] = {
     "rarity_entropy": ("rel", "entropy_rel"),
     "best_offer": ("rel", "floor_rel"),
     "best_offer_id": (None, None),
+    "trait_offers": (None, None),
     "attention": ("rel", "attention_rel"),
     "day": (None, None),
 }
@@ -73,6 +74,7 @@ REBUILD_WEIGHT = 2
 _HIDDEN_METRICS = frozenset(
     {
         "best_offer_id",
+        "trait_offers",
         "day",
         "anomaly_z",
         "trust_factors",
@@ -749,8 +751,12 @@ def _prep_bid(book: BookFold, event: Event, rates: RateLookup) -> tuple[str, dic
     data = event.data
     expires = data.get("expires_at")
     bidder = str(data["bidder"])
-    offer = {
-        "price": str(book.to_quote(event, data["price"], rates)),
+    # An offer for several items (a collection offer of quantity n) offers its price / n for each.
+    quantity = int(data.get("quantity", 1))
+    if quantity < 1:
+        raise ValueError("an offer's quantity must be at least 1")
+    offer: dict[str, Any] = {
+        "price": str(book.to_quote(event, data["price"], rates) / quantity),
         "currency": book.currency,
         "offered": data["price"],
         "bidder": bidder,
@@ -758,7 +764,16 @@ def _prep_bid(book: BookFold, event: Event, rates: RateLookup) -> tuple[str, dic
         "expires_at": None if expires is None else utc_iso(expires),
         "key": [*event.order_key, f"{event.source}:{event.id}"],
     }
-    return bidder, offer
+    if quantity != 1:
+        offer["quantity"] = quantity
+    slot = bidder
+    trait = data.get("trait")
+    if trait is not None and event.token_id is None:
+        # A trait offer: for the tokens with that trait only; a bidder may have one per trait.
+        kind, value = str(trait["type"]), str(trait["value"])
+        offer["trait"] = {"type": kind, "value": value}
+        slot = f"{bidder}|{kind}={value}"
+    return slot, offer
 
 
 def _bid(book: BookFold, event: Event, prepared: tuple[str, dict[str, Any]]) -> None:

@@ -3,6 +3,7 @@ findings, sums) and the indexes derived from them, with the figures read straigh
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any, Self
 
 from nftpulse.domain import price as price_engine
 from nftpulse.domain.events import Event
-from nftpulse.domain.rarity import RarityIndex
+from nftpulse.domain.rarity import RarityIndex, canonical_traits
 from nftpulse.domain.rarity_publisher import RarityPublisher
 from nftpulse.domain.significance import Epsilons
 from nftpulse.domain.stats import (
@@ -43,7 +44,7 @@ TWAP_WINDOW_US = DAY_US
 """The time-weighted floor averages the floor over the last 24 hours of the book's clock."""
 
 #: Collection figures that every NFT view is derived from: a significant move re-derives all NFTs.
-NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day", "best_offer", "best_offer_id")
+NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day", "best_offer", "best_offer_id", "trait_offers")
 
 
 class UnpricedEventError(ValueError):
@@ -407,19 +408,41 @@ class BookState:
         return found
 
     def best_collection_offer(self) -> dict[str, Any] | None:
-        """The highest standing collection offer (in the quote currency), or None."""
-        return self._best_of(self.collection_offers)
+        """The highest standing collection offer (in the quote currency, per item), or None. Trait
+        offers are not collection offers: they buy only tokens with their trait."""
+        return self._best_of({k: o for k, o in self.collection_offers.items() if "trait" not in o})
+
+    def trait_offers_digest(self) -> str | None:
+        """Which trait offers stand (a digest of their keys), or None: when it moves, the best offer of
+        the tokens with those traits may have."""
+        keys = sorted(
+            "/".join(map(str, o["key"]))
+            for o in self.collection_offers.values()
+            if "trait" in o and self.live_offer(o) is not None
+        )
+        return hashlib.blake2b("\n".join(keys).encode(), digest_size=8).hexdigest() if keys else None
 
     def best_offer(self, token_id: str) -> dict[str, Any] | None:
-        """The highest standing offer that would buy this token: its own offers and collection offers
-        (``scope`` says which), or None."""
+        """The highest standing offer that would buy this token: its own offers, collection offers and
+        the trait offers its traits meet (``scope``: ``token``, ``collection`` or ``trait``), or None."""
         token = self.tokens.get(token_id)
         own = None if token is None else self._best_of(token.offers)
         coll = self.best_collection_offer()
-        pick = [(o, scope) for o, scope in ((own, "token"), (coll, "collection")) if o is not None]
+        trait = None
+        if token is not None and any("trait" in o for o in self.collection_offers.values()):
+            traits = canonical_traits(token.traits)
+            trait = self._best_of(
+                {
+                    k: o
+                    for k, o in self.collection_offers.items()
+                    if "trait" in o and traits.get(o["trait"]["type"]) == o["trait"]["value"]
+                }
+            )
+        candidates = ((own, "token", 2), (trait, "trait", 1), (coll, "collection", 0))
+        pick = [(o, scope, rank) for o, scope, rank in candidates if o is not None]
         if not pick:
             return None
-        offer, scope = max(pick, key=lambda p: (Decimal(p[0]["price"]), p[1] == "token"))
+        offer, scope, _ = max(pick, key=lambda p: (Decimal(p[0]["price"]), p[2]))
         return {k: v for k, v in offer.items() if k != "key"} | {"scope": scope}
 
     def findings_for(self, token_id: str) -> list[Finding]:

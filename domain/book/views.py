@@ -148,6 +148,7 @@ class BookViews(BookState):
             "best_offer": None if best_offer is None else best_offer["price"],
             # Which offer that is (a view shows its bidder and expiry): hidden, but a driver.
             "best_offer_id": None if best_offer is None else "/".join(map(str, best_offer["key"])),
+            "trait_offers": self.trait_offers_digest(),
             "attention": attention_engine.attention(self.signals, now),
             "day": None if now is None else now // DAY_US,
         }

@@ -127,7 +127,10 @@ def event_specs(draw: Any) -> dict[str, Any]:
         if draw(st.booleans()):
             data["expires_at"] = (T0 + timedelta(hours=draw(st.integers(1, 400)))).isoformat()
         if draw(st.integers(0, 2)) == 0:
-            token = None  # a collection offer
+            token = None  # a collection offer, or an offer for the tokens with a trait, of 1 to 3 items
+            if draw(st.booleans()):
+                data["trait"] = {"type": "bg", "value": draw(st.sampled_from(["red", "blue"]))}
+            data["quantity"] = draw(st.integers(1, 3))
     if draw(st.integers(0, 9)) == 0:
         data["verified_creator"] = draw(st.booleans())
     return {"kind": kind, "token": token, "data": data, "chain_ordered": draw(st.integers(0, 5)) > 0}

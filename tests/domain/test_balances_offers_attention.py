@@ -191,3 +191,22 @@ def test_erc1155_moves_are_history_saved_in_segments() -> None:
     assert core["tokens"]["7"].get("multi") is True and "moves" not in core["tokens"]["7"]
     again = CollectionBook.from_parts(core, [base, appended])
     assert again.nft_view("7") == book.nft_view("7") and again.nft_view("8") == book.nft_view("8")
+
+
+def test_trait_offers_buy_only_tokens_with_the_trait_and_offers_of_several_items_price_each() -> None:
+    book = fold(
+        [
+            ev(1, "mint", "1", {"to": A, "traits": {"bg": "red"}}),
+            ev(2, "mint", "2", {"to": A, "traits": {"bg": "blue"}}),
+            bid(3, None, B, "3", quantity=3),
+            bid(4, None, C, "2", trait={"type": "bg", "value": "red"}),
+        ]
+    )
+    coll = book.collection_view()["best_offer"]
+    assert (coll["price"], coll["quantity"], coll["bidder"]) == ("1", 3, B)
+    red, blue = book.nft_view("1")["best_offer"], book.nft_view("2")["best_offer"]
+    assert (red["scope"], red["price"], red["trait"]) == ("trait", "2", {"type": "bg", "value": "red"})
+    assert (blue["scope"], blue["price"]) == ("collection", "1")
+    # The red token turns blue: the trait offer no longer buys it.
+    book.apply(ev(5, "metadata_update", "1", {"traits": {"bg": "blue"}}), rates)
+    assert book.nft_view("1")["best_offer"]["scope"] == "collection"

@@ -27,6 +27,9 @@ if [[ ! -x "$bin" ]]; then
   exec 9>"$dir/.install.lock"
   flock 9
   if [[ ! -x "$bin" ]]; then
+    # A package.json of its own: without one npm walks up to the repository's node_modules/ (anvil and
+    # solc, scripts/install-npm-deps.sh), writes a package.json there and prunes what it did not list.
+    [[ -f "$dir/package.json" ]] || echo '{"private": true}' >"$dir/package.json"
     (cd "$dir" && npm install --no-audit --no-fund --loglevel=error @stoplight/prism-cli >&2)
   fi
   flock -u 9

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         description="workflows that batch routine events; collections are spread over them by hash. Fewer "
         "make larger batches (less work per event), more let more workers apply batches at once",
     )
+    shards_per_worker: int = Field(
+        default=2,
+        ge=0,
+        description="shard workflows the dispatcher runs per worker process polling the shards' queue, "
+        "beyond `PULSE_SHARDS` (a power of two, up to 64 virtual shards); 0: `PULSE_SHARDS` only",
+    )
     partition_batch_max: int = Field(default=1000, description="events one recalculation activity applies")
     worker_workflow_slots: int = Field(
         default=10, description="workflow tasks one worker runs at once (a partition's batch is one task)"

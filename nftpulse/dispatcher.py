@@ -52,6 +52,7 @@ from nftpulse.workflows.pipeline import (
     ShardWorkflow,
     Wake,
     event_search_attributes,
+    shard_count,
     shard_of,
     shard_workflow_id,
 )
@@ -115,6 +116,11 @@ class Dispatcher:
         self._handoff = asyncio.Semaphore(8)
         self._thresholds = Thresholds(settings.significant_priority, settings.large_move)
         self.dispatched = 0
+        #: Shard workflows routine events are spread over (``workflows.pipeline.shard_count``): at least
+        #: ``PULSE_SHARDS``, two per worker process polling the shards' queue, so that adding workers
+        #: adds batches that run at once. Changing it is safe for events already dispatched (see
+        #: ``shard_of``).
+        self.shards = settings.shards
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("dispatcher.started", extra={"task_queue": self._settings.task_queue})
@@ -181,7 +187,7 @@ class Dispatcher:
                 routed.own.append((row, cls, str(row.data.get("severity") or cls)))
                 routed.marks.append(DispatchMark(seq, Route.OWN, wf_id, row.priority, cls))
             else:
-                shard = shard_of(row.partition, self._settings.shards)
+                shard = shard_of(row.partition, self.shards)
                 wf_id = shard_workflow_id(self._settings.workflow_id_prefix, shard)
                 routed.shards.setdefault(shard, set()).add(row.partition)
                 if row.traceparent:
@@ -308,6 +314,16 @@ class Dispatcher:
                     log.warning("dispatcher.describe_task_queue_failed", exc_info=True)
                     continue
                 TASK_QUEUE_BACKLOG.labels(queue, kind).set(described.task_queue_status.backlog_count_hint)
+                if queue == settings.task_queue and kind == "workflow":
+                    self.scale_to({poller.identity for poller in described.pollers})
+
+    def scale_to(self, workers: set[str]) -> None:
+        """Spread routine events over as many shard workflows as the worker processes polling (by their
+        identities, ``pid@host``) can run at once."""
+        shards = shard_count(self._settings.shards, len(workers), self._settings.shards_per_worker)
+        if shards != self.shards:
+            log.info("dispatcher.shards", extra={"shards": shards, "workers": len(workers)})
+            self.shards = shards
 
     async def sweep(self) -> None:
         """Hand off again what was dispatched long ago and is still unfinished (lost signal or start), and
@@ -322,7 +338,7 @@ class Dispatcher:
         log.info("dispatcher.sweep", extra={"partitions": len(stale.partitions), "events": len(stale.own)})
         shards: dict[int, list[str]] = {}
         for partition in stale.partitions:
-            shards.setdefault(shard_of(partition, self._settings.shards), []).append(partition)
+            shards.setdefault(shard_of(partition, self.shards), []).append(partition)
         await asyncio.gather(
             *[self._wake(shard, partitions) for shard, partitions in shards.items()],
             *[self._start_event(row, row.priority_class, "unknown") for row in stale.own],

@@ -2,7 +2,9 @@
 significant event.
 
 Routine events are conflated per collection (a *partition*: ``collection:<chain>:<contract>``, or
-``rates:<chain>``) and partitions are spread over a fixed number of *shards* (``PULSE_SHARDS``). The
+``rates:<chain>``). A partition hashes to one of ``VIRTUAL_SHARDS`` slots once and for all, and the slots
+are spread over the shard workflows the dispatcher runs: at least ``PULSE_SHARDS``, and more as more
+workers poll (``nftpulse.dispatcher``), so the shard count never caps the workers. The
 dispatcher sends a shard at most one ``wake`` signal per wake interval, naming its partitions with new
 events, and the shard workflow drains them in batches of local activities (the batch's pending events →
 recalculation with invalidation → detection), each batch spanning many collections in one transaction.
@@ -56,13 +58,18 @@ REPROCESS_FAILED = "reprocess-failed"
 #: Patch id: a shard drains its oldest dirty partitions first (see ``workflows.draining``); histories
 #: from before took the alphabetically first.
 FAIR_DRAINING = "fair-draining"
-#: A shard's workflow task stays open while its batches run as local activities, and the SDK renews it
-#: at 80 % of this timeout. It is also how long a worker killed mid-batch holds its shard before another
-#: worker may take the task over, so it is sized to the work: a batch (``PULSE_PARTITION_BATCH_MAX``
-#: events) takes well under a second, and a renewal every 8 s leaves a busy worker's event loop,
-#: waiting on the interpreter lock, seconds of slack. (At 60 s, a kill mid-batch stalled a shard a
-#: minute.)
-SHARD_TASK_TIMEOUT = timedelta(seconds=10)
+#: A shard's workflow task stays open while its batches run as local activities, and the SDK core (not
+#: Python code, so not the interpreter lock) renews it at 80 % of this timeout. It is also how long a
+#: worker killed mid-batch holds its shard before another worker may take the task over, so it is sized
+#: to the work: a batch (``PULSE_PARTITION_BATCH_MAX`` events) takes well under a second, and what must
+#: fit in one task besides, a replay of the run's history on a worker that lost it from its cache,
+#: takes about one on a busy worker. (At 60 s, a kill mid-batch stalled a shard a minute; at 10 s,
+#: 9.8-10.5 s in tests/test_crash.py.)
+SHARD_TASK_TIMEOUT = timedelta(seconds=5)
+#: Partitions hash to this many slots, whatever the number of shard workflows: a shard workflow serves
+#: the slots congruent to its number modulo the shard count, a power of two up to this (with 4 shards,
+#: the spread is the same as the hash modulo 4 was).
+VIRTUAL_SHARDS = 64
 
 
 @dataclass
@@ -108,10 +115,26 @@ def shard_workflow_id(prefix: str, shard: int) -> str:
     return f"{prefix}shard/{shard}"
 
 
-def shard_of(partition: str, shards: int) -> int:
-    """A stable spread of partitions over shards (``hash()`` differs between processes)."""
+def slot_of(partition: str) -> int:
+    """A partition's virtual shard: stable across processes (``hash()`` is not) and shard counts."""
     digest = hashlib.blake2b(partition.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
+    return int.from_bytes(digest, "big") % VIRTUAL_SHARDS
+
+
+def shard_of(partition: str, shards: int) -> int:
+    """The shard workflow that serves a partition while ``shards`` of them run. When the count changes,
+    a partition's events already dispatched are drained by the shard they were sent to and its new events
+    by the new one: both apply whatever is pending in the partition, under its lock, each event once."""
+    return slot_of(partition) % shards
+
+
+def shard_count(minimum: int, workers: int, per_worker: int = 2) -> int:
+    """Shard workflows to run: ``minimum`` (``PULSE_SHARDS``), or ``per_worker`` for each worker process
+    polling, as a power of two up to ``VIRTUAL_SHARDS``, whichever is more."""
+    wanted = workers * per_worker
+    if wanted <= minimum:
+        return minimum
+    return max(minimum, min(VIRTUAL_SHARDS, 1 << (wanted - 1).bit_length()))
 
 
 def event_search_attributes(

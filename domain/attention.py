@@ -7,12 +7,13 @@ its ``data.weight`` (1 unless the producer weights it) and ``clock`` the book's 
 ``occurred_at``, never the wall clock). A signal counts once (by ``source:id``) and halves every
 :data:`HALF_LIFE_US`: a burst of mentions reads as a jump that fades over days. Signals older than
 :data:`HORIZON_HALF_LIVES` half-lives add less than 1e-12 of their weight and are left out, so what a book
-keeps stays bounded and the figure does not depend on when they were dropped. Summed in ``uid`` order so
-that a book folded in any order reads exactly the same float.
+keeps stays bounded and the figure does not depend on when they were dropped. Summed with ``math.fsum``
+(correctly rounded whatever the order), so that a book folded in any order reads exactly the same float.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 HALF_LIFE_US = 24 * 3600 * 1_000_000
@@ -24,11 +25,11 @@ def attention(signals: Mapping[str, tuple[int, float]], clock_us: int | None) ->
     if clock_us is None or not signals:
         return 0.0
     horizon = clock_us - HORIZON_HALF_LIVES * HALF_LIFE_US
-    total = 0.0
-    for uid in sorted(signals):
-        at, weight = signals[uid]
-        if at >= horizon:
-            total += weight * 0.5 ** (max(0, clock_us - at) / HALF_LIFE_US)
+    total = math.fsum(
+        weight * 0.5 ** (max(0, clock_us - at) / HALF_LIFE_US)
+        for at, weight in signals.values()
+        if at >= horizon
+    )
     return round(total, 6)
 
 

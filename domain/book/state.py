@@ -226,6 +226,8 @@ class _Derived:
     state_version: int = 0
     #: Per NFT, the driven figures (trust, risk level, price estimate) its written view shows, when known.
     nft_shown: dict[str, tuple[float, str, Any, Any]] = field(default_factory=dict)
+    #: ``(state_version, best collection offer, standing trait offers)``: every NFT view reads them.
+    offers: tuple[int, dict[str, Any] | None, dict[str, dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -407,19 +409,28 @@ class BookState:
                 best, found = rank, offer
         return found
 
+    def _collection_offers(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+        # Once per state of the book: a driver move reads every token's best offer.
+        version = self._d.state_version
+        if self._d.offers is None or self._d.offers[0] != version:
+            plain = {k: o for k, o in self.collection_offers.items() if "trait" not in o}
+            traits = {
+                k: o
+                for k, o in self.collection_offers.items()
+                if "trait" in o and self.live_offer(o) is not None
+            }
+            self._d.offers = (version, self._best_of(plain), traits)
+        return self._d.offers[1], self._d.offers[2]
+
     def best_collection_offer(self) -> dict[str, Any] | None:
         """The highest standing collection offer (in the quote currency, per item), or None. Trait
         offers are not collection offers: they buy only tokens with their trait."""
-        return self._best_of({k: o for k, o in self.collection_offers.items() if "trait" not in o})
+        return self._collection_offers()[0]
 
     def trait_offers_digest(self) -> str | None:
         """Which trait offers stand (a digest of their keys), or None: when it moves, the best offer of
         the tokens with those traits may have."""
-        keys = sorted(
-            "/".join(map(str, o["key"]))
-            for o in self.collection_offers.values()
-            if "trait" in o and self.live_offer(o) is not None
-        )
+        keys = sorted("/".join(map(str, o["key"])) for o in self._collection_offers()[1].values())
         return hashlib.blake2b("\n".join(keys).encode(), digest_size=8).hexdigest() if keys else None
 
     def best_offer(self, token_id: str) -> dict[str, Any] | None:
@@ -427,16 +438,12 @@ class BookState:
         the trait offers its traits meet (``scope``: ``token``, ``collection`` or ``trait``), or None."""
         token = self.tokens.get(token_id)
         own = None if token is None else self._best_of(token.offers)
-        coll = self.best_collection_offer()
+        coll, standing = self._collection_offers()
         trait = None
-        if token is not None and any("trait" in o for o in self.collection_offers.values()):
+        if token is not None and standing:
             traits = canonical_traits(token.traits)
             trait = self._best_of(
-                {
-                    k: o
-                    for k, o in self.collection_offers.items()
-                    if "trait" in o and traits.get(o["trait"]["type"]) == o["trait"]["value"]
-                }
+                {k: o for k, o in standing.items() if traits.get(o["trait"]["type"]) == o["trait"]["value"]}
             )
         candidates = ((own, "token", 2), (trait, "trait", 1), (coll, "collection", 0))
         pick = [(o, scope, rank) for o, scope, rank in candidates if o is not None]

@@ -393,7 +393,7 @@ class BookFold(BookViews):
         token = self.tokens.get(event.token_id) if event.token_id is not None else None
         was_live = token is not None and token.live
         was_traits = token.traits if token is not None else None
-        held = set() if token is None else set(token.holders())
+        held = [] if token is None else token.holders()
         handler = _HANDLERS.get(event.type)
         if handler is not None:
             handler(self, event, prepared)
@@ -403,11 +403,16 @@ class BookFold(BookViews):
                 _move_units(self, token, event)
             # Who holds the token is a function of its facts (owner, or ERC-1155 balances): the holder
             # counts follow the difference, whatever moved it.
-            now_held = set(token.holders())
-            for wallet in held - now_held:
-                self._count_holder(wallet, -1, token.token_id)
-            for wallet in now_held - held:
-                self._count_holder(wallet, +1, token.token_id)
+            now_held = token.holders()
+            if now_held != held:
+                # Lists of one (an owner) compare cheaper than sets; an ERC-1155 id's holders are many.
+                was, now = (set(held), set(now_held)) if token.multi else (held, now_held)
+                for wallet in held:
+                    if wallet not in now:
+                        self._count_holder(wallet, -1, token.token_id)
+                for wallet in now_held:
+                    if wallet not in was:
+                        self._count_holder(wallet, +1, token.token_id)
         if self._bulk:
             return 0
         moved_live = 0

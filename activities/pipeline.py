@@ -454,7 +454,7 @@ class PipelineActivities:
                 applied += outcome.applied
                 poison += outcome.poison
             books.save_books(session, saved)
-            clocks.set_due(session, [(w.key, w.book.next_moment(), w.book.clock_us) for w in saved])
+            clocks.set_due(session, [(w.key, w.book) for w in saved])
             views_at = utcnow()
             # The cache's floors rise before the commit: a reader that loads an old row until then cannot
             # cache it afterwards, so once the events below read processed, every read shows their effect.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, delete, func
 from sqlmodel import Session, col, select
 
+from nftpulse.domain.book import CollectionBook
 from nftpulse.domain.events import Event, EventType, utcnow
 from nftpulse.store import events
 from nftpulse.store.db import Database
@@ -39,15 +40,18 @@ def from_us(moment: int) -> datetime:
     return _EPOCH + timedelta(microseconds=moment)
 
 
-def set_due(session: Session, dues: Sequence[tuple[str, int | None, int | None]]) -> None:
-    """Record ``(partition, next moment, book clock)`` (microseconds) for books a batch just saved, in its
-    transaction; collections that are not live are left out."""
+def set_due(session: Session, saved: Sequence[tuple[str, CollectionBook]]) -> None:
+    """Record the next moment of each live book a batch just saved, in its transaction (the others are
+    left out, and their next moment is not even computed)."""
     live_from = (utcnow() - LIVE_WITHIN - _EPOCH) // timedelta(microseconds=1)
-    rows = [
-        {"partition": partition, "due_at": from_us(due)}
-        for partition, due, clock in dues
-        if due is not None and clock is not None and clock >= live_from
-    ]
+    rows = []
+    for partition, book in saved:
+        clock = book.clock_us
+        if clock is None or clock < live_from:
+            continue
+        due = book.next_moment()
+        if due is not None:
+            rows.append({"partition": partition, "due_at": from_us(due)})
     if not rows:
         return
     stmt = upsert_insert(session)(table_of(CollectionClock))

@@ -93,7 +93,10 @@ def test_next_moment_follows_the_twap_window_then_the_day() -> None:
     assert book.twap_floor() != twap_before
     # Once the last step left the window, only the next day remains.
     late = _event("t3", "clock", datetime.fromtimestamp((at + DAY_US + 1) / 1e6, UTC))
-    book.apply_batch([late], _no_rates)
+    trust_before = book.collection_view()["trust"]
+    change, _ = book.apply_batch([late], _no_rates)
+    # A day passed: the age factor moved (and so the trust it is part of), with no trade at all.
+    assert book.collection_view()["trust"] != trust_before and change.collection
     clock = book.clock_us
     assert clock is not None
     assert book.next_moment() == (clock // DAY_US + 1) * DAY_US

@@ -358,6 +358,10 @@ class Dispatcher:
             )
         except WorkflowAlreadyStartedError:
             return
+        except RPCError:
+            # The clock is retried at the next sweep; the events' hand-off must not wait for it.
+            log.warning("dispatcher.clock_start_failed", exc_info=True)
+            return
         TEMPORAL_ACTIONS.labels("workflow_start").inc()
 
 

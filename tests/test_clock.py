@@ -68,9 +68,11 @@ async def _until(check: Any, limit_s: float = 60.0) -> Any:
         await asyncio.sleep(0.1)
 
 
-async def test_a_listing_expires_on_a_quiet_collection(skipping: WorkflowEnvironment, tmp_path: Path) -> None:
+async def test_a_listing_expires_on_a_quiet_collection(
+    skipping: WorkflowEnvironment, database_url: str
+) -> None:
     env = skipping
-    async with run_pulse(f"sqlite:///{tmp_path / 'pulse.db'}", env.client) as p:
+    async with run_pulse(database_url, env.client) as p:
         alice = {"Authorization": f"Bearer {keys.create(p.db, 'alice', ['user:alice'])}"}
         read = p.keys.auth("read")
         profile = {"locale": "en", "timezone": "UTC", "preferences": {"default": ["in_app"]}}

@@ -267,13 +267,25 @@ class ListingCancelledData(_Data):
     _seller = field_validator("seller")(lambda cls, v: _wallet(v))
 
 
+class TraitCriteria(BaseModel):
+    """The trait a trait offer asks for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(min_length=1, max_length=200)
+    value: str = Field(max_length=MAX_STRING_CHARS)
+
+
 class BidData(_Data):
-    """An offer on a token (``token_id`` set) or on any token of the collection (a collection offer).
-    A bidder's newer offer replaces its older one; an amount of 0 withdraws it."""
+    """An offer on a token (``token_id`` set), on any token of the collection (a collection offer) or on
+    the tokens with a trait (``trait``). A bidder's newer offer replaces its older one; an amount of 0
+    withdraws it. ``price`` is for ``quantity`` items (default 1)."""
 
     bidder: str
     price: Price
     expires_at: BoundedTime | None = None
+    quantity: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    trait: TraitCriteria | None = None
 
     _bidder = field_validator("bidder")(lambda cls, v: _wallet(v))
 

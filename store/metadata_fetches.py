@@ -14,7 +14,7 @@ from sqlmodel import col
 from nftpulse.domain.events import collection_key
 from nftpulse.store.db import Database
 from nftpulse.store.models import EntityView, MetadataFetch
-from nftpulse.store.sql import upsert_insert
+from nftpulse.store.sql import insert_many, table_of
 
 PENDING, FAILED = "pending", "failed"
 
@@ -59,10 +59,14 @@ def enqueue(db: Database, requests: Sequence[FetchRequest], now: datetime) -> No
         for r in requests
     ]
     with db.write() as session:
-        # One statement executed for many rows: its text does not depend on how many there are, so it is
-        # compiled once (a VALUES list per batch cost more than the follower's own append).
-        stmt = upsert_insert(session)(MetadataFetch).on_conflict_do_nothing(index_elements=_CAUSE)
-        session.execute(stmt, rows)
+        # One statement for the whole range (on Postgres one JSON parameter, as the event log's append):
+        # an executemany cost 45 µs a row, as much as appending the events themselves.
+        insert_many(
+            session,
+            table_of(MetadataFetch),
+            rows,
+            lambda stmt: stmt.on_conflict_do_nothing(index_elements=_CAUSE),
+        )
 
 
 def due(db: Database, now: datetime, limit: int, busy: Iterable[int] = ()) -> list[DueFetch]:

@@ -173,6 +173,9 @@ def running_pulse(temporal_env: object, tmp_path_factory: pytest.TempPathFactory
     env = {
         "PULSE_BACKLOG_SHED_THRESHOLD": "150",
         "PULSE_ALLOW_PRIVATE_WEBHOOKS": "true",
+        # The poison sale (a currency no rate will ever price) fails at once instead of waiting for one,
+        # so that the failure panels have data.
+        "PULSE_WAIT_MAX_SECONDS": "0",
         "PULSE_REDIS_URL": "redis://127.0.0.1:6379/0",
         "PULSE_CACHE_PREFIX": f"pulse-ops-{workdir.name}:",
     }

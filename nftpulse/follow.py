@@ -22,12 +22,11 @@ from nftpulse.adapters.chain import ChainMoved, ChainRange, ChainReader, Rpc, Rp
 from nftpulse.adapters.logs import DecodeError, LogDecoder
 from nftpulse.core.settings import Settings
 from nftpulse.domain.book.retract import retraction_of
-from nftpulse.domain.classify import ClassifyContext, Thresholds, classify
 from nftpulse.domain.events import Event
+from nftpulse.ingest import Ingestor
 from nftpulse.store import chain as checkpoints
 from nftpulse.store import events, retractions
 from nftpulse.store.db import Database
-from nftpulse.store.entities import FloorCache
 
 log = logging.getLogger("pulse.follow")
 
@@ -69,8 +68,7 @@ class Follower:
         self.reader = reader
         self.chain = reader.decoder.chain
         self.batch_blocks = batch_blocks
-        self.thresholds = Thresholds(settings.significant_priority, settings.large_move)
-        self.floors = FloorCache(db)
+        self.ingestor = Ingestor(settings, db)
         self.report = FollowReport()
 
     @classmethod
@@ -84,17 +82,6 @@ class Follower:
     async def aclose(self) -> None:
         await self.reader.rpc.aclose()
 
-    def _append(self, batch: list[Event]) -> tuple[int, int]:
-        if not batch:
-            return 0, 0
-        if self.floors.stale():
-            self.floors.refresh()
-        floor, limits = self.floors.get, self.thresholds
-        verdicts = [classify(e, ClassifyContext(limits, floor=floor(e.collection_key))) for e in batch]
-        outcomes = events.append(self.db, batch, [(v.priority, v.priority_class) for v in verdicts])
-        duplicates = sum(o.duplicate for o in outcomes)
-        return len(outcomes) - duplicates, duplicates
-
     async def _read(self, first: int, last: int) -> ChainRange:
         for attempt in range(5):
             try:
@@ -106,7 +93,7 @@ class Follower:
 
     async def _store(self, chunk: ChainRange) -> ChainRange:
         batch = await asyncio.to_thread(self._renamed, chunk)
-        accepted, duplicates = await asyncio.to_thread(self._append, batch)
+        accepted, duplicates = await asyncio.to_thread(self.ingestor.append, batch)
         if self.settings.metadata_fetch:
             # Enqueued before the checkpoint moves: a crash re-reads the range and asks again (once).
             max_range = self.settings.metadata_fetch_max_range
@@ -220,7 +207,7 @@ class Follower:
             )
             for row in orphaned
         ]
-        accepted, _ = await asyncio.to_thread(self._append, undo)
+        accepted, _ = await asyncio.to_thread(self.ingestor.append, undo)
         await asyncio.to_thread(retractions.forget_headers_after, self.db, self.chain, ancestor)
         self.report.retracted += accepted
         log.warning(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.core import Locale, UnknownLocaleError
@@ -37,19 +37,6 @@ from nftpulse.templates.gsm import SmsSegments, segment, to_gsm_friendly
 
 SOURCES = Path(__file__).parent / "sources"
 
-KINDS = (
-    "trust_change",
-    "price_movement",
-    "risk_change",
-    "fraud_finding",
-    "market_update",
-    "wallet_activity",
-    "correction",
-)
-CHANNELS = ("in_app", "email_html", "email_text", "sms", "push", "webhook")
-LOCALES = ("en", "de")
-DEFAULT_LOCALE = "en"
-
 TemplateKind = Literal[
     "trust_change",
     "price_movement",
@@ -60,6 +47,10 @@ TemplateKind = Literal[
     "correction",
 ]
 TemplateChannel = Literal["in_app", "email_html", "email_text", "sms", "push", "webhook"]
+KINDS: tuple[TemplateKind, ...] = get_args(TemplateKind)
+CHANNELS: tuple[TemplateChannel, ...] = get_args(TemplateChannel)
+LOCALES = ("en", "de")
+DEFAULT_LOCALE = "en"
 
 _LAYOUT_FILE = {
     "in_app": "layouts/in_app.json.j2",

@@ -8,11 +8,19 @@ gets 403. Bad input is answered 422 naming each field (``api/errors.py``).
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, time
 from typing import Annotated
 
 from fastapi import HTTPException, Path
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 from nftpulse.api.errors import InvalidInput
 from nftpulse.domain.events import INT64_MAX
@@ -27,6 +35,29 @@ IsoTime = Annotated[
     datetime,
     PlainSerializer(lambda v: v.isoformat(), return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+def _wall_clock(v: time) -> time:
+    if v.tzinfo is not None:
+        raise ValueError("a time of day in the user's time zone: without an offset")
+    return v
+
+
+#: A time of day in the user's time zone (``08:00`` or ``08:00:00``), answered as ``08:00:00``. Not JSON
+#: Schema's ``format: time``, which is RFC 3339's and demands an offset that a wall-clock time in a named
+#: zone does not have.
+LocalTime = Annotated[
+    time,
+    AfterValidator(_wall_clock),
+    PlainSerializer(lambda v: v.isoformat(), return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$",
+            "examples": ["08:00"],
+        }
+    ),
 ]
 
 

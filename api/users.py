@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from nftpulse.api.common import IsoTime, Strict, UserId, authorize
+from nftpulse.api.common import IsoTime, LocalTime, Strict, UserId, authorize
 from nftpulse.api.deps import PrincipalDep, Services, ServicesDep
 from nftpulse.api.errors import InvalidInput
 from nftpulse.core.delivery import (
@@ -42,15 +42,15 @@ _MIN_DELAY_S, _MAX_DELAY_S, _MAX_REPEATS = 30, 7 * 86400, 10
 class QuietHoursIn(Strict):
     """Daily quiet window in the user's time zone; may wrap midnight."""
 
-    start: time
-    end: time
+    start: LocalTime
+    end: LocalTime
 
 
 class DigestIn(Strict):
     """When the digest goes out, in the user's time zone."""
 
     frequency: Literal["hourly", "daily", "weekly"] = "daily"
-    at: time = time(8, 0)
+    at: LocalTime = time(8, 0)
     weekday: int | None = Field(default=None, ge=0, le=6)
     flush_magnitude: float = Field(default=5.0, gt=0)
 
@@ -154,13 +154,13 @@ class UserIn(Strict):
 
 
 class QuietHoursOut(BaseModel):
-    start: time
-    end: time
+    start: LocalTime
+    end: LocalTime
 
 
 class DigestOut(BaseModel):
     frequency: Literal["hourly", "daily", "weekly"]
-    at: time
+    at: LocalTime
     weekday: int | None = None
     flush_magnitude: float
 

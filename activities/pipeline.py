@@ -135,7 +135,7 @@ class BookCache:
     #: How long analysis waits for a book a recalculation holds before it loads a copy of its own.
     READ_WAIT_S = 5.0
 
-    def __init__(self, max_books: int = 256) -> None:
+    def __init__(self, max_books: int = 4096) -> None:
         self._books: OrderedDict[str, tuple[int, CollectionBook]] = OrderedDict()
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
@@ -260,11 +260,16 @@ class ParsedEvents:
 
 class PipelineActivities:
     def __init__(
-        self, db: Database, cache: EntityCache, workflow_id_prefix: str = "", wait_max_s: float = 0.0
+        self,
+        db: Database,
+        cache: EntityCache,
+        workflow_id_prefix: str = "",
+        wait_max_s: float = 0.0,
+        book_cache: int = 4096,
     ) -> None:
         #: How long an event lacking what it needs (``UnpricedEventError``) waits before it fails.
         self._wait_max_s = wait_max_s
-        self._books = BookCache()
+        self._books = BookCache(book_cache)
         self._parsed = ParsedEvents()
         self._db = db
         self._cache = cache
@@ -411,6 +416,7 @@ class PipelineActivities:
             started = time.perf_counter()
             groups = _by_partition(rows)
             versions = books.book_versions(session, list(groups))
+            ever_retracted = retractions.partitions_with_retractions(session, list(groups))
             # Rates first: an event of this batch that needs one of them is valued by it, not parked.
             for partition, group in sorted(groups.items(), key=lambda item: not item[0].startswith("rates:")):
                 kind, chain, contract = split_partition(partition)
@@ -420,15 +426,17 @@ class PipelineActivities:
                     continue
                 version = versions.get(partition, 0)
                 try:
-                    outcome = self._apply(session, partition, chain, contract, version, group)
+                    outcome = self._apply(session, partition, chain, contract, version, group, ever_retracted)
+                    # NFT rows hold each token's own part; the collection's row the factors every NFT
+                    # view derives from when read (``domain.book.derive``).
                     views = [
-                        ViewWrite(outcome.book.nft_key(tid), "nft", partition, outcome.book.nft_view(tid))
+                        ViewWrite(outcome.book.nft_key(tid), "nft", partition, outcome.book.nft_part(tid))
                         for tid in sorted(outcome.change.nfts)
                         if tid in outcome.book.tokens
                     ]
                     if outcome.change.collection or not outcome.book.tokens:
                         views.append(
-                            ViewWrite(partition, "collection", partition, outcome.book.collection_view())
+                            ViewWrite(partition, "collection", partition, outcome.book.collection_row())
                         )
                 except STORE_ERRORS:
                     raise
@@ -550,6 +558,7 @@ class PipelineActivities:
         contract: str,
         version: int,
         rows: list[EventRecord],
+        ever_retracted: set[str],
     ) -> _Applied:
         rates = RateBook(session)
         parsed, poison = self._parsed.parse(rows, consume=True)
@@ -573,7 +582,7 @@ class PipelineActivities:
             change.nfts |= set(book.tokens)
         ordered = sorted(parsed, key=lambda pair: _order(pair[1]))
         row_of = {id(event): row for row, event in ordered}
-        step = self._retractions(session, partition, ordered)
+        step = self._retractions(session, partition, ordered, ever_retracted)
         if step.refold:
             # A retraction met an event whose effect is stored: the book is derived again from the log
             # without it (exact), and what that moved is reported as any change is.
@@ -599,14 +608,23 @@ class PipelineActivities:
         return _Applied(book, change, applied, poison, alerts)
 
     def _retractions(
-        self, session: Session, partition: str, pairs: list[tuple[EventRecord, Event]]
+        self,
+        session: Session,
+        partition: str,
+        pairs: list[tuple[EventRecord, Event]],
+        ever_retracted: set[str],
     ) -> RetractionPlan:
         """How the batch meets retractions (``domain.book.retract``); records the batch's retractions and
-        marks what they take back. Without a retraction in sight this is one indexed read."""
+        marks what they take back. ``ever_retracted``: the batch's partitions a retraction has named an
+        event of; for the others (nearly all) nothing is read."""
         batch = [event for _, event in pairs]
         named = [(t, row.seq or 0) for row, e in pairs if (t := retraction_target(e)) is not None]
         refs = {(e.source, e.id) for e in batch if e.type is not EventType.RETRACTION}
-        retracted = retractions.retracted_among(session, partition, refs | {t for t, _ in named})
+        retracted = (
+            retractions.retracted_among(session, partition, refs | {t for t, _ in named})
+            if partition in ever_retracted or named
+            else set()
+        )
         applied = retractions.applied_among(session, partition, {t for t, _ in named}) if named else set()
         step = plan_batch(batch, retracted, applied)
         now = utcnow()

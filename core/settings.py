@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         "significant events quicker and the shards' steps slower: they share one interpreter lock",
     )
     worker_activity_slots: int = Field(default=16, description="regular activities one worker runs at once")
+    worker_book_cache: int = Field(
+        default=4096,
+        ge=1,
+        description="collection books a worker keeps in memory between batches; a book not kept is read "
+        "and parsed from the database for its next batch, so this should cover the collections active "
+        "within a few minutes",
+    )
     gc_thresholds: tuple[int, int, int] = Field(
         default=(50_000, 50, 100),
         description="thresholds of Python's cycle collector (gc.set_threshold) in every Pulse process; "

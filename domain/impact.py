@@ -20,10 +20,10 @@ Edges (read from the collection book, which keeps them current):
 * a fraud finding moves trust and risk of the collection and of the tokens it names or whose owners
   it names.
 
-Collection figures every NFT view derives from (floor, TWAP, trust, risk, the clock's day) are listed
-in ``nft_drivers``: when ``apply`` finds one moved past its epsilon it judges every NFT again
-(``Change.all_nfts``) and rewrites those whose own figures moved past theirs; so ``Change.nfts`` is
-always within ``Impact.nfts`` or, with drivers, the collection's tokens.
+Collection figures every NFT view derives from (floor, TWAP, trust, risk, offers, the clock's day) are
+listed in ``nft_drivers``: when ``apply`` finds one moved past its epsilon it says so
+(``Change.all_nfts``), and every NFT's view follows when read (``domain.book.derive``) without a row
+rewritten; so ``Change.nfts`` is always within ``Impact.nfts`` or, with drivers, the collection's tokens.
 """
 
 from __future__ import annotations

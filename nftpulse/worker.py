@@ -114,7 +114,9 @@ def build_worker(
     client: Client, settings: Settings, db: Database, cache: EntityCache
 ) -> tuple[Workers, ChannelRegistry]:
     """The workers, and the channel registry whose connections the caller closes after shutdown."""
-    pipeline = PipelineActivities(db, cache, settings.workflow_id_prefix, settings.wait_max_seconds)
+    pipeline = PipelineActivities(
+        db, cache, settings.workflow_id_prefix, settings.wait_max_seconds, settings.worker_book_cache
+    )
     registry = build_registry(channels_config(settings), inbox_writer=DbInboxWriter(db))
     base_url = settings.public_base_url or "http://127.0.0.1:8000"
     # With the client, detection starts each notification's workflow (or hands it to a digest) itself.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, delete, tuple_, update
 from sqlmodel import Session, col, select
@@ -17,13 +17,14 @@ from nftpulse.domain.rules import idempotency_key
 from nftpulse.store.db import Database
 from nftpulse.store.models import ChainBlock, EventRecord, EventRetraction, EventStatus
 from nftpulse.store.notify import Delivery, Notification
-from nftpulse.store.sql import insert_many, table_of
+from nftpulse.store.sql import insert_many, one_of, table_of
 
 EventRef = tuple[str, str]
+_T = TypeVar("_T")
 _CHUNK = 300
 
 
-def _chunks(refs: Sequence[EventRef]) -> Iterable[Sequence[EventRef]]:
+def _chunks(refs: Sequence[_T]) -> Iterable[Sequence[_T]]:
     for start in range(0, len(refs), _CHUNK):
         yield refs[start : start + _CHUNK]
 
@@ -32,17 +33,26 @@ def _named(source: Any, external_id: Any, refs: Sequence[EventRef]) -> ColumnEle
     return tuple_(source, external_id).in_(list(refs))
 
 
+def partitions_with_retractions(session: Session, partitions: Sequence[str]) -> set[str]:
+    """Those of ``partitions`` a retraction has named any event of: most collections never see one, so a
+    batch asks once for all its partitions and looks up events by id only in these."""
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(partitions))):
+        found |= set(
+            session.exec(
+                select(col(EventRetraction.partition))
+                .where(one_of(session, col(EventRetraction.partition), chunk))
+                .distinct()
+            )
+        )
+    return found
+
+
 def retracted_among(session: Session, partition: str, refs: Iterable[EventRef]) -> set[EventRef]:
     """Those of ``refs`` a retraction of ``partition`` has named (before now)."""
     wanted = sorted(set(refs))
     found: set[EventRef] = set()
-    # Most collections never see a retraction: one point read spares their batches the lookup by id.
-    if (
-        not wanted
-        or not session.exec(
-            select(col(EventRetraction.source)).where(col(EventRetraction.partition) == partition).limit(1)
-        ).first()
-    ):
+    if not wanted:
         return found
     for chunk in _chunks(wanted):
         rows = session.exec(

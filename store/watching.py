@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Text, cast, delete, func, select, update
 from sqlmodel import Session, col
 
+from nftpulse.domain.book import derive
 from nftpulse.store.models import EntityView, Rate
 from nftpulse.store.notify import (
     NotifyUser,
@@ -237,9 +238,14 @@ def _view_text(*path: str) -> Any:
     return view[path if len(path) > 1 else path[0]].as_string()
 
 
+def _view_json(name: str) -> Any:
+    return table_of(EntityView).c.view[name]
+
+
 def entity_facts(session: Session, keys: Iterable[str]) -> dict[str, EntityFacts]:
     """Owner and value fields of the given NFT and collection read models: one query on the primary key,
-    reading only those JSON fields (a batch may change thousands of NFTs)."""
+    reading only those JSON fields (a batch may change thousands of NFTs), and one more for the factors of
+    the collections whose NFTs' price estimates are derived from them (``domain.book.derive``)."""
     wanted = sorted(set(keys))
     if not wanted:
         return {}
@@ -255,10 +261,17 @@ def entity_facts(session: Session, keys: Iterable[str]) -> dict[str, EntityFacts
         _view_text("floor"),
         _view_text("currency"),
         _view_text("creator"),
+        _view_json("traits"),
+        _view_json(derive.INPUTS),
     ).where(one_of(session, col(EntityView.key), wanted))
-    out: dict[str, EntityFacts] = {}
     rows: list[Any] = list(session.execute(stmt).all())
-    for key, kind, coll, owner, estimate, est_ccy, sale, sale_ccy, floor, ccy, creator in rows:
+    parts = {row[0]: {"traits": row[11], derive.INPUTS: row[12]} for row in rows if row[12] is not None}
+    factors = _factors(session, {row[2] for row in rows if row[0] in parts})
+    out: dict[str, EntityFacts] = {}
+    for key, kind, coll, owner, estimate, est_ccy, sale, sale_ccy, floor, ccy, creator, _, _ in rows:
+        if key in parts and coll in factors:
+            derived = derive.price_estimate(parts[key], factors[coll])
+            estimate, est_ccy = derived["value"], derived["currency"]
         out[key] = EntityFacts(
             key=key,
             kind=kind,
@@ -271,6 +284,18 @@ def entity_facts(session: Session, keys: Iterable[str]) -> dict[str, EntityFacts
             creator=creator.lower() if creator else None,
         )
     return out
+
+
+def _factors(session: Session, collection_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The factors NFT views of these collections derive from, by collection key."""
+    wanted = sorted(set(collection_keys))
+    if not wanted:
+        return {}
+    stmt = select(col(EntityView.key), _view_json(derive.FACTORS)).where(
+        one_of(session, col(EntityView.key), wanted)
+    )
+    rows: list[Any] = list(session.execute(stmt).all())
+    return {key: value for key, value in rows if value is not None}
 
 
 def portfolio_wallets(session: Session, user_ids: Iterable[str]) -> dict[str, set[str]]:

@@ -18,8 +18,10 @@ from temporalio.worker import Replayer
 from nftpulse.api import events as events_api
 from nftpulse.core.settings import Settings
 from nftpulse.dispatcher import Dispatcher
+from nftpulse.domain.book import CollectionBook
 from nftpulse.store import events as event_store
 from nftpulse.store.cache import MemoryCache
+from nftpulse.store.entities import RateBook, view_versions
 from nftpulse.store.events import ReplayFilter
 from nftpulse.store.models import EventRecord, Route
 from nftpulse.verify import verify
@@ -405,3 +407,57 @@ async def test_histories_from_before_the_invalidation_fold_still_replay(kind: st
     assert "invalidate_cache" in steps
     result = await Replayer(workflows=WORKFLOWS).replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, repr(result.replay_failure)
+
+
+async def test_a_collection_wide_finding_rewrites_no_nft_row(pulse: RunningPulse) -> None:
+    """A critical finding about a whole collection moves every NFT's risk and trust, and no NFT row is
+    written for it: each read derives them from the token's stored part and the collection's factors, and
+    equals the view a recompute of the log gives."""
+    tokens = [str(i) for i in range(1, 41)]
+    batch = [
+        ev(
+            f"m{t}",
+            "mint",
+            {"from": ZERO, "to": ALICE if int(t) % 2 else BOB, "traits": {"n": t}},
+            t,
+            block=1,
+            log=int(t),
+        )
+        for t in tokens
+    ]
+    batch += [ev("l1", "listing", {"seller": ALICE, "price": eth("2")}, "1", block=2)]
+    batch += [ev("s2", "sale", {"from": BOB, "to": CAROL, "price": eth("1.5")}, "2", block=3)]
+    await pulse.post(batch)
+    assert set((await pulse.wait_final([("test", e["id"]) for e in batch])).values()) == {"processed"}
+    keys = [f"nft:ethereum:{CONTRACT}:{t}" for t in tokens]
+    with pulse.db.read() as session:
+        before = view_versions(session, keys)
+        coll_before = view_versions(session, [f"collection:ethereum:{CONTRACT}"])
+    read = pulse.keys.auth("read")
+    first = (await pulse.http.get(f"/v1/nfts/ethereum/{CONTRACT}/3", headers=read)).json()
+    assert first["risk"]["level"] == "low" and "inputs" not in first
+
+    finding = ev(
+        "f1", "fraud_finding", {"finding_id": "F1", "kind": "rug_pull", "severity": "critical"}, None, block=4
+    )
+    await pulse.post([finding])
+    assert (await pulse.wait_final([("test", "f1")])) == {("test", "f1"): "processed"}
+    with pulse.db.read() as session:
+        assert view_versions(session, keys) == before
+        assert view_versions(session, [f"collection:ethereum:{CONTRACT}"]) != coll_before
+        history = [
+            event_store.to_event(r)
+            for r in event_store.processed_events_of(session, f"collection:ethereum:{CONTRACT}")
+        ]
+        fresh = CollectionBook.recompute("ethereum", CONTRACT, history, RateBook(session))
+    for token in tokens:
+        nft = (await pulse.http.get(f"/v1/nfts/ethereum/{CONTRACT}/{token}", headers=read)).json()
+        assert nft["risk"]["level"] == "critical", nft
+        assert nft["trust"]["score"] < first["trust"]["score"]
+        served = {k: v for k, v in nft.items() if k not in ("version", "collection_version", "updated_at")}
+        assert served == fresh.nft_view(token), token
+        assert nft["version"] == before[f"nft:ethereum:{CONTRACT}:{token}"]
+    coll = (await pulse.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=read)).json()
+    assert coll["risk"]["level"] == "critical" and "nft_factors" not in coll
+    assert nft["collection_version"] == coll["version"]
+    assert verify(pulse.db).ok

@@ -30,9 +30,10 @@ Cost per event: folding an event touches its token, the sales of its buyer and s
 time (wash rules) and the neighbours of its listing-history entry (floor intervals); nothing scales
 with the length of the history. Per batch: rarity brought up to date once (a plan per changed token, or
 one rebuild of the index when that is cheaper, as in a mint-out), the collection headline, the floor
-series from the earliest change (the listings live then plus what came after), each touched token's
-headline before and after and, when a collection figure every NFT view derives from moved, each
-token's driven figures (trust, risk level, price estimate) against what its view shows.
+series from the earliest change (the listings live then plus what came after), and each touched token's
+headline before and after. Nothing per batch scales with the collection's size: an NFT's trust, risk,
+price estimate and best offer are derived when read from its stored part and the collection's factors
+(``derive``), so a collection-wide move rewrites one row, not one per token.
 """
 
 from nftpulse.domain.book.collection import CollectionBook

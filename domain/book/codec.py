@@ -15,6 +15,9 @@ from nftpulse.domain.significance import Epsilons
 from nftpulse.domain.stats import ListingEntry
 from nftpulse.domain.trust import Finding, SaleRecord
 
+#: See ``core_dict``'s ``nft_rows``.
+NFT_ROWS = "parts"
+
 
 class BookCodec(BookFold):
     """A book to and from JSON-ready dicts."""
@@ -117,6 +120,9 @@ class BookCodec(BookFold):
             "daily_volume": {str(day): str(v) for day, v in self.daily_volume.items()},
             "published": self.published,
             "rarity_published": {tid: [s, r] for tid, (s, r) in self._d.publisher.published.items()},
+            # The form of this book's stored NFT rows (``domain.book.derive``): a book saved without it
+            # has whole views stored, which its next batch replaces with parts.
+            "nft_rows": NFT_ROWS,
         }
 
     def _sale_rows(self, token_id: str, sales: list[SaleRecord]) -> list[list[Any]]:
@@ -172,6 +178,7 @@ class BookCodec(BookFold):
         book.clock = raw.get("clock")
         book.first_seen = raw.get("first_seen")
         book.holder_counts = dict(raw.get("holder_counts", {}))
+        book._d.whole_rows = raw.get("nft_rows") != NFT_ROWS
         moves = raw.get("moves", {})
         for tid, t in raw.get("tokens", {}).items():
             book.tokens[tid] = Token(

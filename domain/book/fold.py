@@ -191,12 +191,22 @@ class BookFold(BookViews):
                 drivers |= metric in NFT_DRIVERS
                 if metric not in _HIDDEN_METRICS:
                     change.note(self.key, metric, shown, value)
-        driven: set[str] = set()
         if drivers:
+            # Every NFT view derives its driven figures (trust, risk, price estimate, best offer) from the
+            # collection's factors when it is read, so none is rewritten for this; what each last reported
+            # is no longer what it shows.
             change.all_nfts = True
-            driven = self._driven_nfts()
-            change.nfts |= driven
+            self._d.nft_shown.clear()
+        factors = self.nft_factors()
+        if factors != self._d.factors_written:
+            # The collection's row carries the factors: rewritten whenever they change at all, so a read
+            # derives each NFT's figures exactly as the book holds them.
+            change.collection = True
+            self._d.factors_written = factors
         change.nfts |= {tid for tid in lapsing - own if tid in self.tokens}
+        if self._d.whole_rows:
+            change.nfts |= set(self.tokens)
+            self._d.whole_rows = False
 
         rarity = self._d.rarity
         # The smallest rank epsilon of any size the batch passed through: the drift bound stays an upper
@@ -242,57 +252,23 @@ class BookFold(BookViews):
                     change.note(entity, metric, old, new)
             if dirty:
                 change.nfts.add(token_id)
-        # Every view written now shows the current figures: recorded for the batch's own tokens (few),
-        # forgotten for those written for another reason (rarity), so that the next driver move rewrites
-        # them rather than judge them against figures their views no longer show.
+        # The figures reported for the batch's own tokens: later small moves add up against them.
         shown = self._d.nft_shown
-        for token_id in change.nfts - driven:
-            if token_id in own and token_id in self.tokens:
+        for token_id in own:
+            if token_id in self.tokens:
                 shown[token_id] = self._driven_headline(token_id)
-            else:
-                shown.pop(token_id, None)
         return change, failed
 
-    def _driven_headline(self, token_id: str) -> tuple[float, str, Any, Any]:
-        """The figures of an NFT's view that collection figures drive: trust, risk level, price estimate,
-        and, when those epsilons are zero (every move propagated), the whole of those parts of the view."""
+    def _driven_headline(self, token_id: str) -> tuple[float, str, Any]:
+        """The figures of an NFT's view that collection figures drive: trust, risk level, price estimate."""
         _, coll_trust, coll_risk = self._collection_parts()
         token_wash = self.token_wash_share(token_id)
-        estimate = self._price_estimate(token_id)
-        eps = self.epsilons
-        if eps.trust_abs <= 0 or eps.price_rel <= 0:
-            view = self.nft_view(token_id)
-            return (view["trust"]["score"], view["risk"]["level"], estimate["value"], view)
         findings = self._findings_of(token_id)
         return (
             round(trust_engine.nft_trust(coll_trust, token_wash, findings).score, 2),
             risk_engine.nft_risk_level(collection=coll_risk, findings=findings, token_wash_share=token_wash),
-            estimate["value"],
-            None,
+            self._price_estimate(token_id)["value"],
         )
-
-    def _driven_nfts(self) -> set[str]:
-        """A collection figure every NFT view derives from moved past its epsilon: the NFTs whose trust,
-        risk level or price estimate moved past theirs since their view was written, and those whose
-        written values are not known (a book loaded from the store). The others keep their views: like
-        every read model they lag by less than the epsilons, and a 10,000-token collection is not
-        rewritten on every floor move or fraud finding."""
-        eps = self.epsilons
-        shown = self._d.nft_shown
-        out: set[str] = set()
-        for token_id in self.tokens:
-            now = self._driven_headline(token_id)
-            was = shown.get(token_id)
-            if (
-                was is None
-                or moved(was[0], now[0], abs_=eps.trust_abs)
-                or was[1] != now[1]
-                or moved(was[2], now[2], rel=eps.price_rel)
-                or was[3] != now[3]
-            ):
-                shown[token_id] = now
-                out.add(token_id)
-        return out
 
     def _own_tokens(self, event: Event) -> set[str]:
         """Tokens whose own inputs an event may change (the token, holdings of wallets a finding names)."""

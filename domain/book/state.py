@@ -43,7 +43,8 @@ _SAME_AS = {"WETH": "ETH", "MATIC": "POL", "WMATIC": "POL", "WPOL": "POL", "WBNB
 TWAP_WINDOW_US = DAY_US
 """The time-weighted floor averages the floor over the last 24 hours of the book's clock."""
 
-#: Collection figures that every NFT view is derived from: a significant move re-derives all NFTs.
+#: Collection figures that every NFT view is derived from (``domain.book.derive``): a move past an epsilon
+#: sets ``Change.all_nfts``.
 NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day", "best_offer", "best_offer_id", "trait_offers")
 
 
@@ -96,9 +97,9 @@ class Change:
     collection: bool = False
     #: ``(entity_key, metric) -> (before, after)``; before is the value ahead of the first event.
     metrics: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
-    #: A collection figure every NFT view derives from moved: every token was judged, and ``nfts`` holds
-    #: those whose trust, risk level or price estimate moved past their epsilons since their view was
-    #: written (or whose written figures are not known).
+    #: A collection figure every NFT view derives from moved past its epsilon: every NFT's trust, risk,
+    #: price estimate or best offer may have moved. No NFT row is rewritten for it (each is derived from
+    #: the collection's factors when read, see ``domain.book.derive``); detection may judge them all.
     all_nfts: bool = False
 
     def merge(self, other: Change) -> None:
@@ -224,8 +225,16 @@ class _Derived:
     headline: tuple[int, dict[str, Any], TrustResult, dict[str, Any]] | None = None
     #: Bumped on every fold and rebuild: the key of the collection-level caches.
     state_version: int = 0
-    #: Per NFT, the driven figures (trust, risk level, price estimate) its written view shows, when known.
-    nft_shown: dict[str, tuple[float, str, Any, Any]] = field(default_factory=dict)
+    #: Per NFT, its driven figures (trust, risk level, price estimate) when its own events last reported
+    #: them: small moves batch after batch add up against these until one passes its epsilon.
+    nft_shown: dict[str, tuple[float, str, Any]] = field(default_factory=dict)
+    #: ``(state_version, the factors NFT views derive from)`` (``BookViews.nft_factors``).
+    factors: tuple[int, dict[str, Any]] | None = None
+    #: The factors as the collection's stored row last received them (None: not known, e.g. after a load).
+    factors_written: dict[str, Any] | None = None
+    #: The book's stored NFT rows are whole views (a book saved before NFT views were derived): the next
+    #: batch rewrites every one as a part.
+    whole_rows: bool = False
     #: ``(state_version, best collection offer, standing trait offers)``: every NFT view reads them.
     offers: tuple[int, dict[str, Any] | None, dict[str, dict[str, Any]]] | None = None
 
@@ -520,7 +529,7 @@ class BookState:
 
     def _rebuild(self) -> None:
         """Derive every index from the facts (the from-scratch twin of the incremental updates)."""
-        d = _Derived(publisher=self._d.publisher)
+        d = _Derived(publisher=self._d.publisher, whole_rows=self._d.whole_rows)
         d.rarity = RarityIndex.build({tid: t.traits for tid, t in self.tokens.items() if t.live})
         for tid, token in self.tokens.items():
             for holder in token.holders():

@@ -13,6 +13,7 @@ from nftpulse.domain import market as market_engine
 from nftpulse.domain import price as price_engine
 from nftpulse.domain import risk as risk_engine
 from nftpulse.domain import trust as trust_engine
+from nftpulse.domain.book import derive
 from nftpulse.domain.book.state import TWAP_WINDOW_US, BookState, Token, _sale_order
 from nftpulse.domain.stats import DAY_US, OPEN, FloorSeries, gini, to_us, top_share
 from nftpulse.domain.trust import SaleRecord, TrustResult
@@ -166,6 +167,7 @@ class BookViews(BookState):
         findings = self._findings_of(token_id)
         token_wash = self.token_wash_share(token_id)
         owner = t.single_owner
+        clean = self._last_clean_sale(token_id)
         return {
             "owner": owner,
             "trust": round(trust_engine.nft_trust(coll_trust, token_wash, findings).score, 2),
@@ -174,6 +176,8 @@ class BookViews(BookState):
             ),
             "price_estimate": self._price_estimate(token_id)["value"],
             "rarity_rank": self._d.rarity.rank(token_id),
+            # What the token's stored part holds but its rarity (which the publisher's epsilons govern):
+            # when any of it moves, the part is rewritten.
             "_core": (
                 owner,
                 t.gone,
@@ -181,7 +185,10 @@ class BookViews(BookState):
                 t.last_sale,
                 self._active_listing(t),
                 self.balances_view(t) if t.multi else None,
-                self.best_offer(token_id),
+                self._best_of(t.offers),
+                token_wash,
+                sorted((f.finding_id, f.kind, f.severity) for f in findings if f.open),
+                None if clean is None else clean.uid,
             ),
         }
 
@@ -195,15 +202,22 @@ class BookViews(BookState):
         return {"score": round(score, 6), "rank": self._d.rarity.rank(token_id)}
 
     def nft_view(self, token_id: str) -> dict[str, Any]:
-        """The API's read model of one NFT."""
+        """The API's read model of one NFT: :func:`derive.nft_view` of its part and the collection's factors,
+        as a read of the stored rows derives it."""
+        return derive.nft_view(self.nft_part(token_id), self.nft_factors())
+
+    def nft_part(self, token_id: str) -> dict[str, Any]:
+        """What an NFT's stored row holds: the fields that are the token's own and the inputs its trust,
+        risk and price estimate are derived from together with :meth:`nft_factors`."""
         t = self.tokens[token_id]
-        _, coll_trust, coll_risk = self._collection_parts()
-        findings = self.findings_for(token_id)
-        token_wash = self.token_wash_share(token_id)
-        trust = trust_engine.nft_trust(coll_trust, token_wash, findings)
-        rarity = self.rarity_view(token_id)
-        estimate = self._price_estimate(token_id)
-        view: dict[str, Any] = {
+        # Only open findings count: closed ones are left out of the row.
+        findings = sorted(
+            ([f.finding_id, f.kind, f.severity] for f in self._findings_of(token_id) if f.open),
+            key=lambda f: f[0],
+        )
+        clean = self._last_clean_sale(token_id)
+        own = self._best_of(t.offers)
+        part: dict[str, Any] = {
             "chain": self.chain,
             "contract": self.contract,
             "token_id": token_id,
@@ -212,18 +226,41 @@ class BookViews(BookState):
             "traits": t.traits,
             "last_sale": t.last_sale,
             "active_listing": self._active_listing(t),
-            "best_offer": self.best_offer(token_id),
-            "rarity": rarity,
-            "trust": trust.view(),
-            "price_estimate": estimate,
-            "risk": risk_engine.nft_risk(
-                collection=coll_risk, findings=findings, token_wash_share=token_wash
-            ),
+            "rarity": self.rarity_view(token_id),
+            derive.INPUTS: {
+                "wash_share": self.token_wash_share(token_id),
+                "findings": findings,
+                "rarity_score": self._d.rarity.score(token_id),
+                "clean_sale": None if clean is None else [str(clean.price), clean.at_us // DAY_US],
+                "own_offer": own,
+            },
         }
         if t.multi:
             # An ERC-1155 token has no single owner: who holds how many units instead.
-            view["balances"] = self.balances_view(t)
-        return view
+            part["balances"] = self.balances_view(t)
+        return part
+
+    def nft_factors(self) -> dict[str, Any]:
+        """The collection figures every NFT view derives from (stored in the collection's row)."""
+        version = self._d.state_version
+        if self._d.factors is not None and self._d.factors[0] == version:
+            return self._d.factors[1]
+        _, trust, risk = self._collection_parts()
+        floor, twap, now = self.floor, self.twap_floor(), self.clock_us
+        collection_offer, standing = self._collection_offers()
+        factors = {
+            "trust": trust.score,
+            "risk": risk["level"],
+            "floor": None if floor is None else str(floor),
+            "twap_floor": None if twap is None else str(twap),
+            "day": None if now is None else now // DAY_US,
+            "currency": self.currency,
+            "price_params": derive.price_params_json(self.price_params),
+            "collection_offer": collection_offer,
+            "trait_offers": sorted(standing.items()),
+        }
+        self._d.factors = (version, factors)
+        return factors
 
     #: How many of an ERC-1155 token's holders its view lists.
     TOP_HOLDERS = 10
@@ -279,6 +316,10 @@ class BookViews(BookState):
                 break
         self._d.last_clean[token_id] = (key, found)
         return found
+
+    def collection_row(self) -> dict[str, Any]:
+        """What the collection's stored row holds: its view and the factors its NFTs' views derive from."""
+        return {**self.collection_view(), derive.FACTORS: self.nft_factors()}
 
     def collection_view(self) -> dict[str, Any]:
         """The API's read model of the collection."""

@@ -20,7 +20,7 @@ from nftpulse.domain.events import Event
 from nftpulse.domain.stats import OPEN, FloorSeries, ListingIndex
 from nftpulse.domain.trust import SaleRecord, WashIndex, wash_flags
 from tests.domain.eventgen import CHAIN, CONTRACT, assert_close, rates, streams
-from tests.domain.test_properties import SETTINGS, ZERO, arrival, views
+from tests.domain.test_properties import SETTINGS, ZERO, arrival, assert_reads_exact, rows, views, write
 
 
 def _batches(events: list[Event], rnd: random.Random) -> list[list[Event]]:
@@ -118,15 +118,18 @@ def test_with_zero_epsilons_a_batch_reports_every_view_change(
 ) -> None:
     _, shuffled = arrival(events, rnd)
     book = CollectionBook.empty(CHAIN, CONTRACT, ZERO)
+    stored: dict[str, Any] = {}
     for batch in _batches(shuffled, rnd):
-        before = views(book)
+        before = rows(book)
         change, _ = book.apply_batch(batch, rates)
-        after = views(book)
+        after = rows(book)
         if before["collection"] != after["collection"]:
             assert change.collection
-        for tid, view in after.items():
-            if tid != "collection" and before.get(tid) != view:
+        for tid, row in after.items():
+            if tid != "collection" and before.get(tid) != row:
                 assert tid in change.nfts, tid
+        write(stored, book, change)
+        assert_reads_exact(stored, book)
 
 
 def test_errors_are_the_permanent_kinds() -> None:

@@ -209,6 +209,10 @@ def _analyze_one(event: Event, book: CollectionBook, drift: _Drift) -> Impact:
             impact.add("active_listing", expiring)
             impact.collection_factors |= {"floor", "listed_count"}
             impact.nft_drivers |= {"floor", "twap_floor"}
+        # Tokens whose own offer lapses: their best offer and estimate move (off the offer expiry heap).
+        lapsing = book.lapsing_offers(stamp)
+        if lapsing:
+            impact.add("best_offer", lapsing)
     if book.first_seen is None or event.occurred_at.isoformat() < book.first_seen:
         # An earlier first sighting makes the collection older: the age factor of trust moves.
         impact.collection_factors |= {"trust", "risk"}

@@ -178,6 +178,72 @@ class ListingIndex:
         return token_id in self.entries
 
 
+ExpiryKey = tuple[int, str, str]
+"""What an expiring fact belongs to, e.g. an offer's ``(scope, token_id, slot)``: comparable, so heap items
+of equal expiry still order."""
+
+
+@dataclass
+class ExpiryIndex:
+    """When each of a set of standing facts (offers) lapses, by key, with a heap by expiry: the next expiry
+    after the clock and what a clock would lapse cost what the answer costs, not the number of entries.
+
+    Lazy like :class:`ListingIndex`: a replaced or withdrawn entry's heap item is passed over and dropped
+    once it reaches the top, and what the clock has passed is dropped as it is met (the clock never goes
+    back; a book whose clock did would be rebuilt). When stale items outnumber the entries the heap is
+    rebuilt, so a bidder re-bidding all day does not grow it without bound."""
+
+    entries: dict[ExpiryKey, str] = field(default_factory=dict)
+    _heap: list[tuple[str, ExpiryKey]] = field(default_factory=list)
+
+    def put(self, key: ExpiryKey, expires: str | None) -> None:
+        """Make ``key``'s standing fact lapse at ``expires`` (None: it stands for good, or not at all)."""
+        if expires is None:
+            self.entries.pop(key, None)
+        elif self.entries.get(key) != expires:
+            self.entries[key] = expires
+            heapq.heappush(self._heap, (expires, key))
+        if len(self._heap) > 2 * len(self.entries) + 64:
+            self._heap = [(at, k) for k, at in self.entries.items()]
+            heapq.heapify(self._heap)
+
+    def _settle(self, clock: str | None) -> None:
+        """Pop the top items that are stale or that ``clock`` has reached (forgetting those entries)."""
+        heap = self._heap
+        while heap:
+            expires, key = heap[0]
+            current = self.entries.get(key)
+            if current == expires and (clock is None or expires > clock):
+                return
+            heapq.heappop(heap)
+            if current == expires:
+                del self.entries[key]
+
+    def next_after(self, clock: str | None) -> str | None:
+        """The earliest expiry after ``clock`` of a standing entry, or None."""
+        self._settle(clock)
+        return self._heap[0][0] if self._heap else None
+
+    def lapsing(self, clock: str | None, until: str) -> set[ExpiryKey]:
+        """The entries standing at ``clock`` that a clock of ``until`` lapses. Walks only the part of the
+        heap at or below ``until`` (a heap's subtree never holds a smaller key than its root)."""
+        self._settle(clock)
+        out: set[ExpiryKey] = set()
+        heap, stack = self._heap, [0] if self._heap else []
+        while stack:
+            at = stack.pop()
+            expires, key = heap[at]
+            if expires > until:
+                continue
+            if self.entries.get(key) == expires:
+                out.add(key)
+            stack.extend(child for child in (2 * at + 1, 2 * at + 2) if child < len(heap))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 # -- time-weighted floor -------------------------------------------------------------------------------
 
 ListingEntry = tuple[tuple[int, int, str], str, str | None, str | None]

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(_test_server() is None, reason="temporal-test-se
 CONTRACT = "0x" + "5e" * 20
 COLLECTION = f"collection:ethereum:{CONTRACT}"
 ALICE_WALLET = "0x" + "a1" * 20
+BOB_WALLET = "0x" + "b2" * 20
 
 
 @pytest_asyncio.fixture
@@ -131,5 +132,76 @@ async def test_a_listing_expires_on_a_quiet_collection(
         items = await _until(notified)
         assert items[0]["kind"] == "price_movement"
         assert items[0]["evidence"]["before"] == "1" and items[0]["evidence"]["after"] == "2"
+        report = await asyncio.to_thread(verify, p.db)
+        assert report.ok, report.differences[:5]
+
+
+async def test_a_collection_offer_expires_on_a_quiet_collection(
+    skipping: WorkflowEnvironment, database_url: str
+) -> None:
+    env = skipping
+    async with run_pulse(database_url, env.client) as p:
+        read = p.keys.auth("read")
+        now = await env.get_current_time()
+        expires = now + timedelta(minutes=30)
+        offer = {"amount": "0.7", "currency": "ETH"}
+        batch = [
+            _ev("m1", "mint", now, "1", {"from": "0x" + "0" * 40, "to": ALICE_WALLET}),
+            _ev(
+                "l1",
+                "listing",
+                now,
+                "1",
+                {"seller": ALICE_WALLET, "price": {"amount": "1", "currency": "ETH"}},
+            ),
+            # A collection offer (no token), standing for half an hour.
+            {
+                **_ev(
+                    "b1",
+                    "bid",
+                    now,
+                    "1",
+                    {"bidder": BOB_WALLET, "price": offer, "expires_at": expires.isoformat()},
+                ),
+                "token_id": None,
+            },
+            # And a higher offer on the token itself, lapsing at the same instant: the token's view shows
+            # it, so the clock event rewrites that view though it names no token.
+            _ev(
+                "b2",
+                "bid",
+                now,
+                "1",
+                {
+                    "bidder": BOB_WALLET,
+                    "price": {"amount": "0.8", "currency": "ETH"},
+                    "expires_at": expires.isoformat(),
+                },
+            ),
+        ]
+        assert (await p.post(batch)).status_code == 202
+        final = await p.wait_final([("clocktest", e["id"]) for e in batch])
+        assert set(final.values()) == {"processed"}
+
+        async def collection() -> dict[str, Any]:
+            resp = await p.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=read)
+            assert resp.status_code == 200, resp.text
+            return resp.json()  # type: ignore[no-any-return]
+
+        assert (await collection())["best_offer"]["price"] == "0.7"
+        nft = (await p.http.get(f"/v1/nfts/ethereum/{CONTRACT}/1", headers=read)).json()
+        assert nft["best_offer"]["price"] == "0.8" and nft["best_offer"]["scope"] == "token"
+
+        # Half an hour passes with no event at all; the listing stands, only the offers lapse.
+        await env.sleep(timedelta(minutes=31))
+
+        async def offer_gone() -> bool:
+            return (await collection())["best_offer"] is None
+
+        await _until(offer_gone)
+        tick = event_store.get(p.db, clocks.CLOCK_SOURCE, f"{COLLECTION}@{expires.isoformat()}")
+        assert tick is not None and tick.type == "clock" and tick.status == "processed"
+        nft = (await p.http.get(f"/v1/nfts/ethereum/{CONTRACT}/1", headers=read)).json()
+        assert nft["best_offer"] is None and nft["active_listing"] is not None
         report = await asyncio.to_thread(verify, p.db)
         assert report.ok, report.differences[:5]

@@ -1,11 +1,12 @@
 """Pulse's clock: time moves for collections that have no events.
 
-Listings expire, the time-weighted floor's window slides and the days (the age factor, a last sale's
-decay) go by whether or not events arrive. Each applied batch records its collections' next such moment
-(``store.clocks``); this one long-lived workflow sleeps on a durable timer until the earliest, then
-appends a clock event for every collection due (``TICK_CLOCKS``). The event goes the way of any other:
-dispatched to its collection's shard, applied (the floor moves past the lapsed listing), changes detected
-and notified, and replayed by a recompute, so ``pulse verify`` holds at every instant.
+Listings and offers expire, the time-weighted floor's window slides, attention decays and the days (the
+age factor, a last sale's decay) go by whether or not events arrive. Each applied batch records its
+collections' next such moment (``store.clocks``); this one long-lived workflow sleeps on a durable timer
+until the earliest, then appends a clock event for every collection due (``TICK_CLOCKS``). The event goes
+the way of any other: dispatched to its collection's shard, applied (the floor moves past the lapsed
+listing, the best offer past the lapsed offer), changes detected and notified, and replayed by a
+recompute, so ``pulse verify`` holds at every instant.
 
 A moment recorded after the timer was set (a new listing expiring sooner) is found at the next look,
 at most ``LOOK_EVERY`` later.

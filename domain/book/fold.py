@@ -133,13 +133,13 @@ class BookFold(BookViews):
         owns = [self._own_tokens(event) for event in events]
         candidates = set().union(*owns)
         before = {tid: self._nft_headline(tid) for tid in candidates if tid in self.tokens}
-        # Listings the batch's clock will pass (a clock event's whole point): their tokens' views show
-        # the listing, so they are rewritten although no event names them.
+        # Listings and tokens' own offers the batch's clock will pass (a clock event's whole point): their
+        # tokens' views show them, so they are rewritten although no event names them.
         latest = max((event.occurred_at.isoformat() for event in events), default=None)
         lapsing = (
-            self._d.listings.expiring(latest)
+            self.lapsing_by(latest)
             if latest is not None and (self.clock is None or latest > self.clock)
-            else set()
+            else {}
         )
         # Rarity is brought up to date once, after the batch: the tokens whose liveness or traits an
         # event changed, in order, and the live-token counts the batch passed through (rank epsilons).
@@ -203,7 +203,9 @@ class BookFold(BookViews):
             # derives each NFT's figures exactly as the book holds them.
             change.collection = True
             self._d.factors_written = factors
-        change.nfts |= {tid for tid in lapsing - own if tid in self.tokens}
+        # Only what the clock the batch reached lapsed: a failed event's later time moved nothing.
+        reached = self.clock or ""
+        change.nfts |= {t for t, at in lapsing.items() if at <= reached and t not in own and t in self.tokens}
         if self._d.whole_rows:
             change.nfts |= set(self.tokens)
             self._d.whole_rows = False
@@ -765,6 +767,8 @@ def _bid(book: BookFold, event: Event, prepared: tuple[str, dict[str, Any]]) -> 
     # Last writer wins per bidder, by chain position then event uid: a bidder has one standing offer.
     if current is None or tuple(offer["key"]) > tuple(current["key"]):
         offers[bidder] = offer
+        if not book._bulk:
+            book._index_offer(event.token_id, bidder, offer)
 
 
 def _prep_signal(book: BookFold, event: Event, rates: RateLookup) -> tuple[str, int, float]:

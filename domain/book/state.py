@@ -18,6 +18,8 @@ from nftpulse.domain.significance import Epsilons
 from nftpulse.domain.stats import (
     DAY_US,
     OPEN,
+    ExpiryIndex,
+    ExpiryKey,
     FloorSeries,
     ListingEntry,
     ListingIndex,
@@ -199,6 +201,9 @@ class _Derived:
     rarity: RarityIndex = field(default_factory=RarityIndex)
     publisher: RarityPublisher = field(default_factory=RarityPublisher)
     listings: ListingIndex = field(default_factory=ListingIndex)
+    #: When each standing offer with an expiry lapses (see :meth:`BookState._index_offer`): the next
+    #: moment a best offer moves with no event, without reading every token's offers.
+    offer_expiries: ExpiryIndex = field(default_factory=ExpiryIndex)
     holdings: dict[str, set[str]] = field(default_factory=dict)
     hold_hist: dict[int, int] = field(default_factory=dict)
     wash: WashIndex = field(default_factory=WashIndex)
@@ -461,6 +466,39 @@ class BookState:
         offer, scope, _ = max(pick, key=lambda p: (Decimal(p[0]["price"]), p[2]))
         return {k: v for k, v in offer.items() if k != "key"} | {"scope": scope}
 
+    def _index_offer(self, token_id: str | None, slot: str, offer: dict[str, Any]) -> None:
+        """Keep the offer expiry index in step with the offer now in a slot of a token (None: of the
+        collection, trait offers included): indexed while it can stand and has an expiry."""
+        expires = offer.get("expires_at")
+        key: ExpiryKey = (0, "", slot) if token_id is None else (1, token_id, slot)
+        standing = expires is not None and Decimal(offer["price"]) > 0
+        self._d.offer_expiries.put(key, expires if standing else None)
+
+    def lapsing_offers(self, until: str) -> dict[str, str]:
+        """Tokens whose own offer (not a collection or trait offer) stands now and lapses by a clock of
+        ``until``, with the earliest such expiry."""
+        index = self._d.offer_expiries
+        out: dict[str, str] = {}
+        for key in index.lapsing(self.clock, until):
+            scope, token_id, _ = key
+            if scope == 1:
+                out[token_id] = min(out.get(token_id, index.entries[key]), index.entries[key])
+        return out
+
+    def lapsing_by(self, until: str) -> dict[str, str]:
+        """Tokens whose active listing or own offer stands now and lapses by a clock of ``until``, with the
+        earliest such expiry: their views show it, so a clock passing it rewrites them."""
+        out = self.lapsing_offers(until)
+        listings = self._d.listings
+        for token_id in listings.expiring(until):
+            expires = listings.entries[token_id][1] or until
+            out[token_id] = min(out.get(token_id, expires), expires)
+        return out
+
+    def next_offer_expiry(self) -> str | None:
+        """The earliest expiry after the clock of a standing offer (token, collection or trait)."""
+        return self._d.offer_expiries.next_after(self.clock)
+
     def findings_for(self, token_id: str) -> list[Finding]:
         """Findings about the token itself or its current owner."""
         token = self.tokens.get(token_id)
@@ -545,4 +583,8 @@ class BookState:
             self._index_finding(finding, +1)
         for token in self.tokens.values():
             self._sync_listing(token)
+            for bidder, offer in token.offers.items():
+                self._index_offer(token.token_id, bidder, offer)
+        for slot, offer in self.collection_offers.items():
+            self._index_offer(None, slot, offer)
         self._d.listings.expire(self.clock)

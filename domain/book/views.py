@@ -38,8 +38,10 @@ class BookViews(BookState):
 
     def next_moment(self) -> int | None:
         """The next instant after the book's clock (microseconds) at which a figure moves with time alone:
-        the earliest expiry of an active listing (the floor), the time-weighted floor's window while it
-        still holds an earlier step (hourly, and the instant the last step leaves it), and the next UTC
+        the earliest expiry of an active listing (the floor) and of a standing offer (token, collection
+        or trait: the best offers and the price estimates raised to them), the time-weighted floor's
+        window while it still holds an earlier step (hourly, and the instant the last step leaves it),
+        the instant the attention has decayed by its epsilon from its published value, and the next UTC
         day (the age factor, the last sale's decay, the daily series). None: the book has no clock yet.
 
         A clock event at that instant (``EventType.CLOCK``) makes the figures move through the normal
@@ -48,9 +50,17 @@ class BookViews(BookState):
         if now is None:
             return None
         moments = [(now // DAY_US + 1) * DAY_US]
-        expiry = self._d.listings.next_expiry()
-        if expiry is not None:
-            moments.append(to_us(expiry))
+        for expiry in (self._d.listings.next_expiry(), self.next_offer_expiry()):
+            if expiry is not None:
+                moments.append(to_us(expiry))
+        fall = attention_engine.next_fall(
+            attention_engine.attention(self.signals, now),
+            self.published.get("attention"),
+            self.epsilons.attention_rel,
+            now,
+        )
+        if fall is not None:
+            moments.append(fall)
         times = self._series().times
         last = bisect_right(times, now) - 1
         if last >= 0 and times[last] + TWAP_WINDOW_US > now:

@@ -144,8 +144,15 @@ class BookCache:
         self._max = max_books
 
     def take(self, key: str, version: int | None) -> CollectionBook | None:
-        """The book to change (None: load it), held until :meth:`put` or :meth:`release`."""
+        """The book to change (None: load it), held until :meth:`put` or :meth:`release`.
+
+        Called under the partition's lock, so another recalculation still holding the book has committed
+        and is about to put it back: waited for, rather than loading the book again (a significant event's
+        workflow and a shard's batch meeting on a big collection took seconds to reload it)."""
+        deadline = time.monotonic() + self.READ_WAIT_S
         with self._lock:
+            while key in self._held and (remaining := deadline - time.monotonic()) > 0:
+                self._returned.wait(remaining)
             item = self._books.pop(key, None)
             self._held.add(key)
         return item[1] if item is not None and item[0] == version else None

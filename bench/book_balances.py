@@ -93,7 +93,7 @@ def measure(events: list[Event], repeat: int) -> dict[str, Any]:
         "apply_batch_events_per_s": round(len(events) / min(incremental)),
         "recompute_events_per_s": round(len(events) / min(whole)),
         "holders": book.holders,
-        "core_bytes": len(orjson.dumps(book.core_dict())),
+        "core_bytes": len(orjson.dumps(book.core_dict(tokens=False))),
         "history_bytes": len(orjson.dumps(book.history_dict())),
     }
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Column,
     Index,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -114,6 +115,10 @@ class RuleStateRecord(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=_tz())
 
 
+#: A correction (``store.retractions``) detection has not handed to delivery or the inbox yet.
+_PENDING_CORRECTION = text("kind = 'correction' AND workflow_id IS NULL AND inbox_at IS NULL")
+
+
 class Notification(SQLModel, table=True):
     """One notification: an inbox row, whatever channels also carry it. Unique on its idempotency key."""
 
@@ -122,6 +127,14 @@ class Notification(SQLModel, table=True):
         UniqueConstraint("idempotency_key", name="uq_notifications_idempotency_key"),
         Index("ix_notifications_user_seq", "user_id", "id"),
         Index("ix_notifications_user_unread", "user_id", "read_at", "id"),
+        # Detection looks for corrections not handed on yet after every batch: an index of just those
+        # (none, nearly always) instead of a scan of every notification.
+        Index(
+            "ix_notifications_pending_corrections",
+            "id",
+            postgresql_where=_PENDING_CORRECTION,
+            sqlite_where=_PENDING_CORRECTION,
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))

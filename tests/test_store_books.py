@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from nftpulse.domain.book import CollectionBook
 from nftpulse.domain.events import Event
 from nftpulse.store import books
+from nftpulse.synth import Stream
 from tests.domain.eventgen import CHAIN, CONTRACT, assert_close, rates, streams
 from tests.domain.test_batch import _batches, _state
 from tests.domain.test_properties import SETTINGS, arrival, views
@@ -33,7 +34,7 @@ class _Storage:
             self.segments = []
         if entries is not None:
             self.segments.append(orjson.loads(orjson.dumps(entries)))
-        self.core = orjson.loads(orjson.dumps(book.core_dict()))
+        self.core = orjson.loads(orjson.dumps(book.core_dict(tokens=False)))
         books.history_saved(book)
 
     def load(self) -> CollectionBook:
@@ -76,3 +77,37 @@ def test_recomputed_and_whole_saved_books_rewrite_their_history(events: list[Eve
     assert len(storage.segments) == 1 and "sales" not in storage.core
     assert _state(storage.load()) == _state(reference)
     assert books.history_to_save(legacy) == (None, False)
+
+
+def test_a_save_stores_only_the_tokens_a_batch_changed() -> None:
+    """A big collection's tokens are megabytes: a save after a batch stores the states of the tokens its
+    events changed, not all of them, and a load puts the latest state of each together."""
+    stream = Stream(sizes=[2000], seed=5)
+    mints = [Event.model_validate(e) for e in stream.mints()]
+    book = CollectionBook.empty(CHAIN, mints[0].contract)
+    storage = _Storage()
+    for at in range(0, len(mints), 500):
+        book.apply_batch(mints[at : at + 500], rates)
+        storage.save(book)
+    assert "tokens" not in storage.core
+    assert [len(s["tokens"]) for s in storage.segments] == [500, 500, 500, 500]
+    for _ in range(3):
+        batch = [Event.model_validate(e) for e in stream.take(40)]
+        book.apply_batch(batch, rates)
+        storage.save(book)
+        named = {e.token_id for e in batch if e.token_id is not None}
+        assert set(storage.segments[-1]["tokens"]) <= named
+    assert _state(storage.load()) == _state(book)
+
+
+def test_a_core_saved_with_its_tokens_has_them_rewritten_at_the_next_save() -> None:
+    """As books were stored before their tokens were saved by what changed: the tokens in the core, none
+    in the segments."""
+    events = [Event.model_validate(e) for e in Stream(sizes=[50], seed=2).mints()]
+    book = CollectionBook.recompute(CHAIN, events[0].contract, events, rates)
+    core = orjson.loads(orjson.dumps(book.core_dict()))
+    assert "tokens" in core
+    loaded = books.from_stored(core, [orjson.loads(orjson.dumps(book.history_dict() | {"tokens": {}}))])
+    assert _state(loaded) == _state(book)
+    entries, rewrite = books.history_to_save(loaded)
+    assert rewrite and entries is not None and set(entries["tokens"]) == set(book.tokens)

@@ -4,7 +4,7 @@ how the parts are stored is the store's business (``store.books``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, Self
 
@@ -19,6 +19,24 @@ from nftpulse.domain.trust import Finding, SaleRecord
 NFT_ROWS = "parts"
 
 
+def _token_dict(t: Token) -> dict[str, Any]:
+    return {
+        "owner": t.owner,
+        "owner_key": t.owner_key,
+        "minted": t.minted,
+        "burned": t.burned,
+        "traits": t.traits,
+        "traits_key": t.traits_key,
+        "last_sale": t.last_sale,
+        "last_sale_key": t.last_sale_key,
+        "listing": t.listing,
+        "listing_key": t.listing_key,
+        # Only where there are any: most tokens of most collections have neither.
+        **({"multi": True} if t.multi else {}),
+        **({"offers": t.offers} if t.offers else {}),
+    }
+
+
 class BookCodec(BookFold):
     """A book to and from JSON-ready dicts."""
 
@@ -26,16 +44,24 @@ class BookCodec(BookFold):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable facts plus what was last propagated (derived indexes are rebuilt on load)."""
-        return {**self.core_dict(), **self._history_dict(self.sales, self.listing_history)}
+        return {**self.core_dict(tokens=False), **self.history_dict()}
 
     def history_dict(self) -> dict[str, Any]:
-        """The whole history (sales and listing entries) in JSON form: :meth:`to_dict` minus
-        :meth:`core_dict`."""
-        return self._history_dict(self.sales, self.listing_history)
+        """The whole history (sales, listing entries, ERC-1155 moves) and every token's state in JSON form:
+        :meth:`to_dict` minus :meth:`core_dict` without its tokens. What grows with the collection, kept
+        apart so a store can save it by what changed (:meth:`appended_history_dict`)."""
+        return {**self._history_dict(self.sales, self.listing_history), "tokens": self.tokens_dict()}
+
+    def tokens_dict(self, token_ids: Iterable[str] | None = None) -> dict[str, Any]:
+        """These tokens' states in JSON form (None: every token's)."""
+        tokens = self.tokens
+        ids = tokens if token_ids is None else token_ids
+        return {tid: _token_dict(tokens[tid]) for tid in ids if tid in tokens}
 
     def appended_history_dict(self) -> dict[str, Any] | None:
-        """The entries appended since the last :meth:`mark_history`, in :meth:`history_dict`'s form
-        (None: none), so that a store can keep them apart from the history it already has."""
+        """The entries appended since the last :meth:`mark_history` and the states of the tokens changed
+        since, in :meth:`history_dict`'s form (None: none), so that a store can keep them apart from what
+        it already has: a later segment's token state replaces an earlier one's."""
         appended = self._appended
         if not appended:
             return None
@@ -52,6 +78,7 @@ class BookCodec(BookFold):
             "sales": {tid: [sale.to_list() for sale in rows] for tid, rows in sales.items()},
             "listing_history": listings,
             "moves": moves,
+            "tokens": self.tokens_dict(sorted(appended.tokens)),
         }
 
     def _history_dict(
@@ -69,9 +96,10 @@ class BookCodec(BookFold):
             },
         }
 
-    def core_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the history (sales and listing entries)."""
-        return {
+    def core_dict(self, tokens: bool = True) -> dict[str, Any]:
+        """:meth:`to_dict` without the history (sales and listing entries); without the tokens' states
+        too unless ``tokens``: a 10,000-token collection's are megabytes, saved by what changed."""
+        core: dict[str, Any] = {
             "chain": self.chain,
             "contract": self.contract,
             "volume": str(self.volume),
@@ -79,24 +107,6 @@ class BookCodec(BookFold):
             "clock": self.clock,
             "first_seen": self.first_seen,
             "holder_counts": self.holder_counts,
-            "tokens": {
-                tid: {
-                    "owner": t.owner,
-                    "owner_key": t.owner_key,
-                    "minted": t.minted,
-                    "burned": t.burned,
-                    "traits": t.traits,
-                    "traits_key": t.traits_key,
-                    "last_sale": t.last_sale,
-                    "last_sale_key": t.last_sale_key,
-                    "listing": t.listing,
-                    "listing_key": t.listing_key,
-                    # Only where there are any: most tokens of most collections have neither.
-                    **({"multi": True} if t.multi else {}),
-                    **({"offers": t.offers} if t.offers else {}),
-                }
-                for tid, t in self.tokens.items()
-            },
             "collection_offers": self.collection_offers,
             "signals": {uid: [at, w] for uid, (at, w) in self.signals.items()},
             "findings": {
@@ -124,6 +134,9 @@ class BookCodec(BookFold):
             # has whole views stored, which its next batch replaces with parts.
             "nft_rows": NFT_ROWS,
         }
+        if tokens:
+            core["tokens"] = self.tokens_dict()
+        return core
 
     def _sale_rows(self, token_id: str, sales: list[SaleRecord]) -> list[list[Any]]:
         """A copy of the token's sales in JSON form: the rows are kept as sales arrive, because
@@ -146,6 +159,8 @@ class BookCodec(BookFold):
         sales: dict[str, list[Any]] = {}
         listings: dict[str, list[Any]] = {}
         moves: dict[str, list[Any]] = {}
+        # A core saved with its tokens' states (before they were saved by what changed) starts them.
+        tokens: dict[str, Any] = dict(core.get("tokens", {}))
         for part in history:
             for tid, rows in part["sales"].items():
                 sales.setdefault(tid, []).extend(rows)
@@ -153,7 +168,9 @@ class BookCodec(BookFold):
                 listings.setdefault(tid, []).extend(entries)
             for tid, rows in part.get("moves", {}).items():
                 moves.setdefault(tid, []).extend(rows)
-        whole = {**core, "sales": sales, "listing_history": listings, "moves": moves}
+            # A later save's state of a token replaces an earlier one's.
+            tokens.update(part.get("tokens", {}))
+        whole = {**core, "sales": sales, "listing_history": listings, "moves": moves, "tokens": tokens}
         return cls.from_dict(whole, epsilons, price_params)
 
     @classmethod

@@ -377,6 +377,8 @@ class BookFold(BookViews):
             handler(self, event, prepared)
         token = self.tokens.get(event.token_id) if event.token_id is not None else None
         if token is not None:
+            # Only the event's own token changes state in a fold: what a save stores of the tokens.
+            self._appended.tokens.add(token.token_id)
             if event.type in _MOVES and _multi(event):
                 _move_units(self, token, event)
             # Who holds the token is a function of its facts (owner, or ERC-1155 balances): the holder

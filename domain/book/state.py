@@ -247,16 +247,18 @@ class _Derived:
 @dataclass
 class AppendedHistory:
     """The history entries (sales, listing entries) a book appended since it was last marked
-    (:meth:`BookState.mark_history`): the history only grows, so these and the marked history make the
-    whole of it."""
+    (:meth:`BookState.mark_history`), and the tokens whose state an event changed since: the history only
+    grows, so these and the marked history make the whole of it, and these tokens' states replace the
+    marked ones."""
 
     sales: list[SaleRecord] = field(default_factory=list)
     listings: list[tuple[str, ListingEntry]] = field(default_factory=list)
     #: ERC-1155 moves: ``(token_id, move key, [from, to, quantity])``.
     moves: list[tuple[str, str, list[Any]]] = field(default_factory=list)
+    tokens: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.sales or self.listings or self.moves)
+        return bool(self.sales or self.listings or self.moves or self.tokens)
 
 
 @dataclass

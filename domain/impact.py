@@ -35,6 +35,7 @@ from typing import Any
 
 from nftpulse.domain.book import NFT_DRIVERS, CollectionBook, Token
 from nftpulse.domain.book.fold import _move_key, _multi, _party
+from nftpulse.domain.book.state import stamp
 from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType, creator_key, wallet_key
 
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -131,7 +132,7 @@ def _after(token: Token | None, event: Event) -> tuple[bool, dict[str, Any] | No
     traits = None if token is None else token.traits
     owner_key = None if token is None else token.owner_key
     traits_key = None if token is None else token.traits_key
-    key = event.order_key
+    key = stamp(event)
     newer_owner = owner_key is None or key > owner_key
     newer_traits = traits_key is None or key > traits_key
     kind, data = event.type, event.data

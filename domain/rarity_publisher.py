@@ -156,7 +156,10 @@ class RarityPublisher:
                 dr = rank - shown[1]
                 if dr < 0:
                     dr = -dr
-                if ds >= score_eps or dr >= rank_eps:
+                # A move at all (a zero epsilon publishes any move, never a standstill: examined or not,
+                # an unmoved token is not reported, so a rebuild examining every token publishes what
+                # plans examining the touched ones do).
+                if (ds >= score_eps and ds > 0) or dr >= rank_eps:
                     published[tid] = out_now = (score, rank)
                     out[tid] = (shown, out_now)
                 else:

@@ -8,8 +8,13 @@ form), and ``collection`` (:class:`CollectionBook`, all of them together). How a
 Every rule is order-independent so that applying events incrementally, in whatever order they arrive,
 gives the same views as a full recompute over the events sorted in chain order:
 
-* last-writer-wins by the event's chain position (``order_key``) for owner, traits, listing, last sale,
-  fraud findings (per ``finding_id``) and creator verification;
+* last-writer-wins by the event's chain position (``order_key``), ties at one position broken by the
+  event's ``source:id`` (``state.Stamp``), for owner, traits, listing, last sale, fraud findings (per
+  ``finding_id``) and creator verification; a token's listing slot ranks its writes as its listing
+  history does (``state.listing_rank``): an ownership change or a cancellation ends only the listings
+  strictly before its position;
+* prices in the quote currency in one written form (``state.canonical_amount``: ``1``, never ``1.0000``),
+  so equal prices are equal strings however a view was reached;
 * commutative facts: volume and sales count (sums), the set of sales (keyed by ``source:id``), each
   token's listing history (a set of dated listing/end entries), daily volumes;
 * the book's clock is the latest ``occurred_at`` it has seen (never the wall clock); the first seen is

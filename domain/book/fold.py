@@ -16,12 +16,15 @@ from nftpulse.domain.book.state import (
     NFT_DRIVERS,
     Change,
     InconsistentEventError,
-    OrderKey,
     RateLookup,
+    Stamp,
     Token,
     _entry_sort_key,
     _newer,
     _sale_order,
+    canonical_amount,
+    listing_rank,
+    stamp,
 )
 from nftpulse.domain.book.views import BookViews
 from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType
@@ -460,16 +463,17 @@ class BookFold(BookViews):
         self._d.dirty_since = min(self._d.dirty_since, first_difference(gone, came))
         self._d.history_version += 1
 
-    def _set_owner(self, token: Token, owner: str | None, key: OrderKey) -> None:
+    def _set_owner(self, token: Token, owner: str | None, key: Stamp) -> None:
         # Every ownership change ends a listing in the history, whether or not it wins the LWW race.
-        self._history(token.token_id, (key, "end", None, None))
+        self._history(token.token_id, (key[:3], "end", None, None))
         if not _newer(key, token.owner_key):
             return
         token.owner_key = key
         token.owner = None if owner in (None, ZERO_ADDRESS) else owner
         token.burned = token.owner is None
-        # An ownership change ends any listing the previous owner had made before it.
-        if token.listing is not None and token.listing_key is not None and key > token.listing_key:
+        # An ownership change ends any listing the previous owner had made before it: strictly before, by
+        # chain position, as in the history (a listing at its very position stands, in any arrival order).
+        if token.listing is not None and token.listing_key is not None and key[:3] > token.listing_key[:3]:
             token.listing = None
             token.listing_key = key
 
@@ -568,9 +572,10 @@ def _mint(book: BookFold, event: Event, prepared: tuple[Any, dict[str, Any] | No
     to, traits = prepared
     token = book._token(event.token_id or "")
     token.minted = True
-    book._set_owner(token, to, event.order_key)
-    if traits is not None and _newer(event.order_key, token.traits_key):
-        token.traits, token.traits_key = traits, event.order_key
+    key = stamp(event)
+    book._set_owner(token, to, key)
+    if traits is not None and _newer(key, token.traits_key):
+        token.traits, token.traits_key = traits, key
 
 
 def _prep_transfer(book: BookFold, event: Event, rates: RateLookup) -> tuple[bool, Any]:
@@ -584,7 +589,7 @@ def _transfer(book: BookFold, event: Event, prepared: tuple[bool, Any]) -> None:
     if is_mint:
         return _mint(book, event, value)
     token = book._token(event.token_id or "")
-    book._set_owner(token, None if value == ZERO_ADDRESS else value, event.order_key)
+    book._set_owner(token, None if value == ZERO_ADDRESS else value, stamp(event))
 
 
 def _prep_none(book: BookFold, event: Event, rates: RateLookup) -> None:
@@ -593,7 +598,7 @@ def _prep_none(book: BookFold, event: Event, rates: RateLookup) -> None:
 
 def _burn(book: BookFold, event: Event, prepared: None) -> None:
     token = book._token(event.token_id or "")
-    book._set_owner(token, None, event.order_key)
+    book._set_owner(token, None, stamp(event))
 
 
 def _prep_sale(book: BookFold, event: Event, rates: RateLookup) -> tuple[SaleRecord, dict[str, Any]] | None:
@@ -647,9 +652,10 @@ def _sale(book: BookFold, event: Event, prepared: tuple[SaleRecord, dict[str, An
     if rows is not None:
         rows.insert(at, record.to_list())
     book._d.sales_version += 1
-    if _newer(event.order_key, token.last_sale_key):
-        token.last_sale, token.last_sale_key = last_sale, event.order_key
-    book._set_owner(token, record.buyer, event.order_key)
+    key = stamp(event)
+    if _newer(key, token.last_sale_key):
+        token.last_sale, token.last_sale_key = last_sale, key
+    book._set_owner(token, record.buyer, key)
     if not book._bulk:
         book._d.wash.add(record)
 
@@ -680,18 +686,29 @@ def _listing(book: BookFold, event: Event, prepared: tuple[str, dict[str, Any]])
     price, listing = prepared
     token = book._token(event.token_id or "")
     book._history(token.token_id, (event.order_key, "list", price, listing["expires_at"]))
-    if not _newer(event.order_key, token.listing_key) or not _newer(event.order_key, token.owner_key):
+    key = stamp(event)
+    if not _outranks(token, key, listing):
+        return
+    # An ownership change at a later position has ended it already (one at its own position has not).
+    if token.owner_key is not None and event.order_key < token.owner_key[:3]:
         return
     token.listing = listing
-    token.listing_key = event.order_key
+    token.listing_key = key
 
 
 def _listing_cancelled(book: BookFold, event: Event, prepared: None) -> None:
     token = book._token(event.token_id or "")
     book._history(token.token_id, (event.order_key, "end", None, None))
-    if not _newer(event.order_key, token.listing_key):
+    key = stamp(event)
+    if not _outranks(token, key, None):
         return
-    token.listing, token.listing_key = None, event.order_key
+    token.listing, token.listing_key = None, key
+
+
+def _outranks(token: Token, key: Stamp, listing: dict[str, Any] | None) -> bool:
+    """Whether a write of ``listing`` (None: its end) stamped ``key`` wins the token's listing slot."""
+    current = token.listing_key
+    return current is None or listing_rank(key, listing) > listing_rank(current, token.listing)
 
 
 def _prep_metadata_update(book: BookFold, event: Event, rates: RateLookup) -> dict[str, Any]:
@@ -700,9 +717,10 @@ def _prep_metadata_update(book: BookFold, event: Event, rates: RateLookup) -> di
 
 def _metadata_update(book: BookFold, event: Event, prepared: dict[str, Any]) -> None:
     token = book._token(event.token_id or "")
-    if not _newer(event.order_key, token.traits_key):
+    key = stamp(event)
+    if not _newer(key, token.traits_key):
         return
-    token.traits, token.traits_key = prepared, event.order_key
+    token.traits, token.traits_key = prepared, key
 
 
 def _prep_fraud_finding(book: BookFold, event: Event, rates: RateLookup) -> tuple[Finding, str]:
@@ -741,7 +759,7 @@ def _prep_bid(book: BookFold, event: Event, rates: RateLookup) -> tuple[str, dic
     if quantity < 1:
         raise ValueError("an offer's quantity must be at least 1")
     offer: dict[str, Any] = {
-        "price": str(book.to_quote(event, data["price"], rates) / quantity),
+        "price": str(canonical_amount(book.to_quote(event, data["price"], rates) / quantity)),
         "currency": book.currency,
         "offered": data["price"],
         "bidder": bidder,

@@ -30,6 +30,12 @@ from nftpulse.domain.stats import (
 from nftpulse.domain.trust import Finding, SaleRecord, TrustResult, WashIndex
 
 OrderKey = tuple[int, int, str]
+Stamp = tuple[int, int, str, str]
+"""Who wins a token's last-writer-wins race: the event's chain position (``order_key``), then its
+``source:id``, so that events at one position settle alike in any arrival order (as findings and creator
+verification do). A book saved before writes were stamped holds bare positions (:data:`OrderKey`): one loses
+a tie to a stamped write at its position."""
+TokenKey = Stamp | OrderKey
 RateLookup = Callable[[str, str, datetime], Decimal | None]
 """``(base, quote, at) -> rate``: how many ``quote`` one ``base`` was worth at ``at``, or None.
 
@@ -48,6 +54,24 @@ TWAP_WINDOW_US = DAY_US
 #: Collection figures that every NFT view is derived from (``domain.book.derive``): a move past an epsilon
 #: sets ``Change.all_nfts``.
 NFT_DRIVERS = ("floor", "twap_floor", "trust", "risk", "day", "best_offer", "best_offer_id", "trait_offers")
+
+
+def canonical_amount(value: Decimal) -> Decimal:
+    """An amount in its one written form: no exponent, no trailing fractional zeros (``2500 USDC`` at
+    ``0.0004`` is ``1``, as ``1 ETH`` is), so equal prices are equal strings in every view, however they
+    were reached (an incremental fold, a recompute, a conversion). Exact: no rounding to a context."""
+    if not value.is_finite():
+        return value
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    if not any(digits):
+        return Decimal(0)
+    if exponent > 0:
+        return Decimal((sign, (*digits, *(0,) * exponent), 0))
+    cut = 0
+    while exponent + cut < 0 and digits[len(digits) - 1 - cut] == 0:
+        cut += 1
+    return value if cut == 0 else Decimal((sign, digits[: len(digits) - cut], exponent + cut))
 
 
 class UnpricedEventError(ValueError):
@@ -130,15 +154,15 @@ class Token:
 
     token_id: str
     owner: str | None = None
-    owner_key: OrderKey | None = None
+    owner_key: TokenKey | None = None
     minted: bool = False
     burned: bool = False
     traits: dict[str, Any] = field(default_factory=dict)
-    traits_key: OrderKey | None = None
+    traits_key: TokenKey | None = None
     last_sale: dict[str, Any] | None = None
-    last_sale_key: OrderKey | None = None
+    last_sale_key: TokenKey | None = None
     listing: dict[str, Any] | None = None
-    listing_key: OrderKey | None = None
+    listing_key: TokenKey | None = None
     #: An ERC-1155 token (an event said so, or moved a quantity other than 1): its state is ``balances``.
     multi: bool = False
     #: ERC-1155 moves by move key (see ``fold._move_key``) -> ``[from, to, quantity]`` (None: the zero
@@ -181,8 +205,23 @@ def _entry_sort_key(entry: ListingEntry) -> tuple[tuple[int, int, str], str, str
     return (entry[0], entry[1], entry[2] or "", entry[3] or "")
 
 
-def _newer(candidate: OrderKey, current: OrderKey | None) -> bool:
+def _newer(candidate: TokenKey, current: TokenKey | None) -> bool:
     return current is None or candidate > current
+
+
+def stamp(event: Event) -> Stamp:
+    """The event's :data:`Stamp`."""
+    return (*event.order_key, f"{event.source}:{event.id}")
+
+
+def listing_rank(key: TokenKey, listing: dict[str, Any] | None) -> tuple[Any, ...]:
+    """How a write to a token's listing slot (a listing, or its end: a cancellation or an ownership change)
+    ranks against another, as the listing history ranks its entries (``_entry_sort_key``): by chain
+    position; at one position an end before a listing (an end ends only what came strictly before it),
+    a listing by its price and expiry; then by the writer's ``source:id``."""
+    if listing is None:
+        return (key[:3], "end", "", "", key[3:])
+    return (key[:3], "list", listing["price"], listing.get("expires_at") or "", key[3:])
 
 
 def _key(v: Any) -> OrderKey | None:
@@ -549,14 +588,15 @@ class BookState:
         if listing is None:
             self._d.listings.put(token.token_id, None, None)
         else:
-            self._d.listings.put(token.token_id, Decimal(listing["price"]), listing.get("expires_at"))
+            price = canonical_amount(Decimal(listing["price"]))
+            self._d.listings.put(token.token_id, price, listing.get("expires_at"))
 
     def to_quote(self, event: Event, price: dict[str, str], rates: RateLookup) -> Decimal:
-        """An event's price in the collection's quote currency."""
+        """An event's price in the collection's quote currency, in its :func:`canonical_amount` form."""
         amount = Decimal(price["amount"])
         currency = normalise_currency(price["currency"])
         if currency == self.currency:
-            return amount
+            return canonical_amount(amount)
         rate = rates(currency, self.currency, event.occurred_at)
         if rate is None:
             raise UnpricedEventError(
@@ -565,7 +605,7 @@ class BookState:
                 currency,
                 self.currency,
             )
-        return amount * rate
+        return canonical_amount(amount * rate)
 
     def _rebuild(self) -> None:
         """Derive every index from the facts (the from-scratch twin of the incremental updates)."""

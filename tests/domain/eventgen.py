@@ -190,3 +190,24 @@ def assert_close(a: Any, b: Any, path: str = "", rel: float = 1e-9) -> None:
             assert_close(x, y, f"{path}[{i}]", rel)
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@st.composite
+def tied_streams(draw: Any) -> list[Event]:
+    """A deduplicated stream whose events come in runs of 2 to 4 at one chain position (same block, log
+    index and time, as the entries of one ERC-1155 batch log or off-chain events of one instant)."""
+    events = dedupe(draw(streams()))
+    run = draw(st.integers(2, 4))
+    out = []
+    for i, event in enumerate(events):
+        lead = events[i - i % run]
+        if (event.block_number is None) == (lead.block_number is None):
+            event = event.model_copy(
+                update={
+                    "block_number": lead.block_number,
+                    "log_index": lead.log_index,
+                    "occurred_at": lead.occurred_at,
+                }
+            )
+        out.append(event)
+    return out

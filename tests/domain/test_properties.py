@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -20,7 +21,18 @@ from nftpulse.domain.events import Event
 from nftpulse.domain.impact import analyze
 from nftpulse.domain.rarity import TRAIT_COUNT, canonical_traits
 from nftpulse.domain.significance import Epsilons
-from tests.domain.eventgen import CHAIN, CONTRACT, TRAITS, assert_close, dedupe, rates, streams
+from tests.domain.eventgen import (
+    CHAIN,
+    CONTRACT,
+    T0,
+    TRAITS,
+    WALLETS,
+    assert_close,
+    dedupe,
+    rates,
+    streams,
+    tied_streams,
+)
 
 #: ``PULSE_EXAMPLES=2000`` for a longer hunt; the default keeps the suite well under a minute.
 SETTINGS = settings(
@@ -99,6 +111,43 @@ def test_any_arrival_order_equals_recompute(events: list[Event], rnd: random.Ran
 def test_chain_order_equals_recompute(events: list[Event], rnd: random.Random) -> None:
     unique = dedupe(events)
     assert_close(views(fold(unique)), views(CollectionBook.recompute(CHAIN, CONTRACT, unique, rates)))
+
+
+@SETTINGS
+@given(tied_streams(), st.randoms(use_true_random=False))
+def test_events_at_one_position_fold_alike_in_any_order(events: list[Event], rnd: random.Random) -> None:
+    # Last writer wins by chain position, ties by source:id: a mint and a listing, two transfers or a
+    # listing and its cancellation at one position settle the same whichever arrives first.
+    shuffled = events[:]
+    rnd.shuffle(shuffled)
+    book = CollectionBook.empty(CHAIN, CONTRACT)
+    for event in shuffled:
+        impact = analyze([event], book)
+        change = book.apply(event, rates)
+        outside = change.nfts - impact.nfts
+        assert not outside or (change.all_nfts and impact.nft_drivers), (event.type, outside)
+    assert_close(views(book), views(CollectionBook.recompute(CHAIN, CONTRACT, events, rates)))
+
+
+def test_equal_prices_are_equal_strings() -> None:
+    # 2,500 USDC at 0.0004 is 1 ETH: the floor is "1" whether the index kept the first equal price or a
+    # recompute read the last (it was "1" folded and "1.0000" recomputed).
+    def event(i: int, type_: str, data: dict[str, Any]) -> Event:
+        at = T0 + timedelta(hours=i)
+        return Event.model_validate(
+            {"id": f"e{i}", "source": "gen", "type": type_, "occurred_at": at, "chain": CHAIN,
+             "contract": CONTRACT, "token_id": "1", "block_number": 100 + i, "log_index": 0, "data": data}
+        )  # fmt: skip
+
+    events = [
+        event(0, "mint", {"to": WALLETS[0]}),
+        event(1, "listing", {"seller": WALLETS[0], "price": {"amount": "1", "currency": "ETH"}}),
+        event(2, "listing", {"seller": WALLETS[0], "price": {"amount": "2500", "currency": "USDC"}}),
+    ]
+    folded, reference = fold(events), CollectionBook.recompute(CHAIN, CONTRACT, events, rates)
+    assert folded.collection_view()["floor"] == reference.collection_view()["floor"] == "1"
+    assert folded.nft_view("1")["active_listing"]["price"] == "1"
+    assert_close(views(folded), views(reference))
 
 
 @SETTINGS

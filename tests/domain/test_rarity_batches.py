@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from nftpulse.domain.book import CollectionBook, fold
 from nftpulse.domain.events import Event
 from nftpulse.domain.rarity import RarityIndex, RarityPlan
 from nftpulse.synth import Stream
-from tests.domain.eventgen import CHAIN, CONTRACT, assert_close, rates, streams
+from tests.domain.eventgen import CHAIN, CONTRACT, T0, WALLETS, assert_close, rates, streams
 from tests.domain.test_batch import _batches
 from tests.domain.test_properties import SETTINGS, ZERO, arrival, views
 
@@ -58,6 +59,33 @@ def test_rebuild_and_plans_publish_the_same(events: list[Event], rnd: random.Ran
     assert rebuilt.rarity.p == planned.rarity.p
     assert rebuilt._d.publisher.published == planned._d.publisher.published
     assert_close(views(rebuilt), views(planned))
+
+
+def test_a_zero_epsilon_publishes_moves_only_however_rarity_is_brought_up_to_date() -> None:
+    # A swaps its only-one value for another only-one value: no product, size or entropy moves. Plans
+    # examine A alone; a rebuild examines every token, and with zero epsilons it had published B, whose
+    # score and rank stood still, as moved (0 >= 0).
+    def event(i: int, token: str, type_: str, data: dict[str, Any]) -> Event:
+        return Event.model_validate(
+            {"id": f"e{i}", "source": "gen", "type": type_, "occurred_at": T0 + timedelta(hours=i),
+             "chain": CHAIN, "contract": CONTRACT, "token_id": token, "block_number": 100 + i,
+             "log_index": 0, "data": data}
+        )  # fmt: skip
+
+    batches = [
+        [
+            event(0, "1", "mint", {"to": WALLETS[0], "traits": {"bg": "red"}}),
+            event(1, "2", "mint", {"to": WALLETS[1], "traits": {"bg": "blue"}}),
+        ],
+        [event(2, "1", "metadata_update", {"traits": {"bg": "green"}})],
+    ]
+    reports = []
+    for weight in (0.0, 1e12):
+        book = CollectionBook.empty(CHAIN, CONTRACT, ZERO)
+        with rebuild_weight(weight):
+            reports.append([book.apply_batch(batch, rates)[0] for batch in batches])
+    assert reports[0] == reports[1]
+    assert reports[0][1].nfts == {"1"}
 
 
 class Work:

@@ -9,8 +9,6 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from nftpulse.domain import attention as attention_engine
-from nftpulse.domain import risk as risk_engine
-from nftpulse.domain import trust as trust_engine
 from nftpulse.domain.book.state import (
     EVENT_ERRORS,
     NFT_DRIVERS,
@@ -257,23 +255,10 @@ class BookFold(BookViews):
                     change.note(entity, metric, old, new)
             if dirty:
                 change.nfts.add(token_id)
-        # The figures reported for the batch's own tokens: later small moves add up against them.
-        shown = self._d.nft_shown
-        for token_id in own:
-            if token_id in self.tokens:
-                shown[token_id] = self._driven_headline(token_id)
+                # What is reported of the token now: later small moves add up against it until one
+                # passes its epsilon.
+                self._d.nft_shown[token_id] = (now_h["trust"], now_h["risk"], now_h["price_estimate"])
         return change, failed
-
-    def _driven_headline(self, token_id: str) -> tuple[float, str, Any]:
-        """The figures of an NFT's view that collection figures drive: trust, risk level, price estimate."""
-        _, coll_trust, coll_risk = self._collection_parts()
-        token_wash = self.token_wash_share(token_id)
-        findings = self._findings_of(token_id)
-        return (
-            round(trust_engine.nft_trust(coll_trust, token_wash, findings).score, 2),
-            risk_engine.nft_risk_level(collection=coll_risk, findings=findings, token_wash_share=token_wash),
-            self._price_estimate(token_id)["value"],
-        )
 
     def _own_tokens(self, event: Event) -> set[str]:
         """Tokens whose own inputs an event may change (the token, holdings of wallets a finding names)."""

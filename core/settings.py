@@ -96,10 +96,12 @@ class Settings(BaseSettings):
         default=0.5, description="a shard is signalled at most this often (critical events at once)"
     )
     shards: int = Field(
-        default=4,
+        default=2,
         ge=1,
-        description="workflows that batch routine events; collections are spread over them by hash. Fewer "
-        "make larger batches (less work per event), more let more workers apply batches at once",
+        description="the fewest workflows that batch routine events; collections are spread over them by "
+        "hash. Fewer make larger batches (less work per event: one worker with 2 instead of 4 used 7 % less "
+        "CPU per event at 1,000 events/s, p95 0.86 instead of 1.29 s), more let more workers apply batches "
+        "at once (they grow with the workers polling, see `shards_per_worker`)",
     )
     shards_per_worker: int = Field(
         default=2,

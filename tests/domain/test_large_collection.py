@@ -56,7 +56,7 @@ def test_collection_wide_changes_rewrite_no_nft_rows_and_reads_stay_exact() -> N
                 read, fresh = _without_rarity(read), _without_rarity(fresh)
             assert read == fresh, tid
     # Findings are critical: the first moves every NFT's risk level, later ones trust; floors move too.
-    # Each rewrote every NFT row before views were derived when read.
+    # Stored whole, each would rewrite every NFT row.
     assert len(per_move) >= 10 and sum(per_move) < 0.05 * len(per_move) * TOKENS, per_move
     reference = CollectionBook.recompute(CHAIN, contract, [*mints, *activity], rates)
     assert_close(views(book), views(reference))

@@ -26,7 +26,7 @@ from nftpulse.domain.book.state import (
 )
 from nftpulse.domain.book.views import BookViews
 from nftpulse.domain.events import ZERO_ADDRESS, Event, EventType
-from nftpulse.domain.rarity import TRAIT_COUNT, RarityIndex, RarityPlan, canonical_traits
+from nftpulse.domain.rarity import RarityIndex, RarityPlan, Traits, canonical_traits
 from nftpulse.domain.significance import moved
 from nftpulse.domain.stats import (
     DAY_US,
@@ -311,14 +311,9 @@ class BookFold(BookViews):
         n1 = rarity.n + sum(token.live - (token.token_id in rarity.traits) for token in changed)
         attributes = max([rarity.attributes, *map(len, canonical.values())])
         rebuild_cost = max(1, n1) * (attributes + 2) * REBUILD_WEIGHT
-        counts = rarity.holders.get(TRAIT_COUNT, {})
-        # A plan moves every token of the buckets the token leaves and joins; the biggest, the trait
-        # count's, stands for those it joins (a new attribute's null bucket holds everyone).
-        joins = n1 * (max(map(len, counts.values())) / rarity.n if counts and rarity.n else 1.0)
         plan_cost = 0.0
         for token in changed:
-            leaves = sum(rarity.size(b) for b in rarity.traits.get(token.token_id, {}).items())
-            moves = leaves + joins
+            moves = _plan_moves(rarity, rarity.traits.get(token.token_id), canonical.get(token.token_id), n1)
             plan_cost += moves + (n1 if moves > 256 else 0)
             if plan_cost > rebuild_cost:
                 known = rarity.traits
@@ -490,6 +485,29 @@ class BookFold(BookViews):
 
 #: Event types that move a token between wallets (and, for ERC-1155, move units).
 _MOVES = frozenset({EventType.MINT, EventType.TRANSFER, EventType.BURN, EventType.SALE})
+
+
+def _plan_moves(rarity: RarityIndex, old: Traits | None, new: Traits | None, n1: int) -> int:
+    """How many tokens a plan moves: the members of every bucket the token leaves or joins. A value that
+    stays puts it in the same bucket, moving no one (a metadata update of one trait in a big collection
+    moves that trait's two buckets, not the trait count's, which holds nearly every token); an attribute
+    no token had yet gives every other token its null bucket."""
+    old, new = old or {}, new or {}
+    moves = 0
+    for name in old.keys() | new.keys():
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if name not in rarity.holders:
+            moves += n1
+            continue
+        moves += rarity.size((name, before)) + rarity.size((name, after))
+    if not old or not new:
+        # Entering or leaving the index: the null buckets of the attributes it lacks change too.
+        moves += sum(
+            rarity.size((name, None)) for name in rarity.holders if name not in old and name not in new
+        )
+    return moves
 
 
 def _multi(event: Event) -> bool:

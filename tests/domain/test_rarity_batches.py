@@ -174,3 +174,41 @@ def test_a_single_trait_change_is_still_planned_not_rebuilt() -> None:
         CHAIN, book.contract, [*map(Event.model_validate, raw), update], rates
     )
     assert book.rarity.p == reference.rarity.p
+
+
+def test_a_batch_of_single_trait_changes_in_a_big_collection_is_planned() -> None:
+    """Each update moves one attribute's two buckets; a value that stays (the trait count here) moves no
+    one, so the batch is planned, not rebuilt, and costs less than a rebuild would."""
+    size = 4000
+    raw = list(Stream(sizes=[size], seed=5).mints())
+    mints = [Event.model_validate(e) for e in raw]
+    book = CollectionBook.empty(CHAIN, raw[0]["contract"])
+    book.apply_batch(mints, rates)
+    background = sorted(
+        book.rarity.holders["background"], key=lambda v: len(book.rarity.holders["background"][v])
+    )
+    updates = []
+    for n, tid in enumerate(sorted(book.tokens, key=int)[:10]):
+        traits = {**book.tokens[tid].traits, "background": background[n % 2]}
+        updates.append(
+            Event.model_validate(
+                {
+                    **raw[int(tid)],
+                    "id": f"u{n}",
+                    "type": "metadata_update",
+                    "block_number": raw[-1]["block_number"] + 1 + n,
+                    "occurred_at": raw[-1]["occurred_at"],
+                    "data": {"traits": traits},
+                }
+            )
+        )
+    index = book.rarity
+    work = Work()
+    with work.counting():
+        book.apply_batch(updates, rates)
+    assert book.rarity is index  # planned in place, not rebuilt
+    rebuild_ops = size * (book.rarity.attributes + 2)
+    assert 0 < work.ops < rebuild_ops, (work.ops, rebuild_ops)
+    reference = CollectionBook.recompute(CHAIN, book.contract, [*mints, *updates], rates)
+    assert book.rarity.p == reference.rarity.p
+    assert_close(views(book), views(reference))

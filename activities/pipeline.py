@@ -149,10 +149,8 @@ class BookCache:
         Called under the partition's lock, so another recalculation still holding the book has committed
         and is about to put it back: waited for, rather than loading the book again (a significant event's
         workflow and a shard's batch meeting on a big collection took seconds to reload it)."""
-        deadline = time.monotonic() + self.READ_WAIT_S
         with self._lock:
-            while key in self._held and (remaining := deadline - time.monotonic()) > 0:
-                self._returned.wait(remaining)
+            self._wait_for(key)
             item = self._books.pop(key, None)
             self._held.add(key)
         return item[1] if item is not None and item[0] == version else None
@@ -160,12 +158,16 @@ class BookCache:
     def peek(self, key: str, version: int | None) -> CollectionBook | None:
         """A book to read: at ``version`` or newer. A book a recalculation holds is waited for: impact
         analysis is an estimate, and the newer book it puts back only makes the estimate closer."""
-        deadline = time.monotonic() + self.READ_WAIT_S
         with self._lock:
-            while key in self._held and (remaining := deadline - time.monotonic()) > 0:
-                self._returned.wait(remaining)
+            self._wait_for(key)
             item = self._books.get(key)
         return item[1] if item is not None and item[0] >= (version or 0) else None
+
+    def _wait_for(self, key: str) -> None:
+        """With the lock held: until no recalculation holds ``key``, at most :data:`READ_WAIT_S`."""
+        deadline = time.monotonic() + self.READ_WAIT_S
+        while key in self._held and (remaining := deadline - time.monotonic()) > 0:
+            self._returned.wait(remaining)
 
     def put(self, key: str, version: int, book: CollectionBook) -> None:
         """A book its recalculation saved (committed)."""

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from fractions import Fraction
 from operator import itemgetter
+from typing import Generic, TypeVar
 
 DAY_US = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,109 +95,27 @@ def holding_hist(counts: Iterable[int]) -> dict[int, int]:
 # -- floor ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ListingIndex:
-    """Active listings sorted by price, with expiry handled lazily as the clock advances."""
-
-    entries: dict[str, tuple[Decimal, str | None]] = field(default_factory=dict)
-    _sorted: list[tuple[Decimal, str]] = field(default_factory=list)
-    _expiry: list[tuple[str, str]] = field(default_factory=list)
-
-    def put(self, token_id: str, price: Decimal | None, expires: str | None) -> bool:
-        """Make ``token_id``'s active listing ``price`` (None: not listed). True if anything changed."""
-        current = self.entries.get(token_id)
-        wanted = None if price is None else (price, expires)
-        if current == wanted:
-            return False
-        if current is not None:
-            self._sorted.pop(self._position(current[0], token_id))
-            del self.entries[token_id]
-        if wanted is not None:
-            self.entries[token_id] = wanted
-            insort(self._sorted, (wanted[0], token_id))
-            if expires is not None:
-                heapq.heappush(self._expiry, (expires, token_id))
-        return True
-
-    def _position(self, price: Decimal, token_id: str) -> int:
-        return bisect_left(self._sorted, (price, token_id))
-
-    def expire(self, clock: str | None) -> set[str]:
-        """Drop listings whose expiry the clock has reached; returns the tokens that lost one."""
-        gone: set[str] = set()
-        while clock is not None and self._expiry and self._expiry[0][0] <= clock:
-            expires, token_id = heapq.heappop(self._expiry)
-            entry = self.entries.get(token_id)
-            if entry is not None and entry[1] == expires:
-                self.put(token_id, None, None)
-                gone.add(token_id)
-        return gone
-
-    def expiring(self, clock: str) -> set[str]:
-        """Tokens whose active listing a clock of ``clock`` would expire (read-only).
-
-        Walks only the part of the expiry heap at or below ``clock`` (a heap's subtree never holds a
-        smaller key than its root), so the cost follows the answer, not the number of listings.
-        """
-        out: set[str] = set()
-        heap, stack = self._expiry, [0] if self._expiry else []
-        while stack:
-            at = stack.pop()
-            expires, token_id = heap[at]
-            if expires > clock:
-                continue
-            entry = self.entries.get(token_id)
-            if entry is not None and entry[1] == expires:
-                out.add(token_id)
-            stack.extend(child for child in (2 * at + 1, 2 * at + 2) if child < len(heap))
-        return out
-
-    def next_expiry(self) -> str | None:
-        """The earliest expiry of an active listing (read-only): the next moment the floor can move with
-        no event. A best-first walk of the heap that passes over entries a later listing replaced."""
-        heap = self._expiry
-        frontier = [(heap[0], 0)] if heap else []
-        while frontier:
-            (expires, token_id), at = heapq.heappop(frontier)
-            entry = self.entries.get(token_id)
-            if entry is not None and entry[1] == expires:
-                return expires
-            for child in (2 * at + 1, 2 * at + 2):
-                if child < len(heap):
-                    heapq.heappush(frontier, (heap[child], child))
-        return None
-
-    @property
-    def floor(self) -> Decimal | None:
-        """The cheapest active listing."""
-        return self._sorted[0][0] if self._sorted else None
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __contains__(self, token_id: object) -> bool:
-        return token_id in self.entries
-
-
+K = TypeVar("K", str, tuple[int, str, str])
+"""What an expiring fact belongs to (a listing's token id, an offer's ``(scope, token_id, slot)``):
+comparable, so heap items of equal expiry still order."""
 ExpiryKey = tuple[int, str, str]
-"""What an expiring fact belongs to, e.g. an offer's ``(scope, token_id, slot)``: comparable, so heap items
-of equal expiry still order."""
 
 
 @dataclass
-class ExpiryIndex:
-    """When each of a set of standing facts (offers) lapses, by key, with a heap by expiry: the next expiry
-    after the clock and what a clock would lapse cost what the answer costs, not the number of entries.
+class ExpiryIndex(Generic[K]):
+    """When each of a set of standing facts (listings, offers) lapses, by key, with a heap by expiry: the
+    next expiry after the clock and what a clock would lapse cost what the answer costs, not the number of
+    entries.
 
-    Lazy like :class:`ListingIndex`: a replaced or withdrawn entry's heap item is passed over and dropped
-    once it reaches the top, and what the clock has passed is dropped as it is met (the clock never goes
-    back; a book whose clock did would be rebuilt). When stale items outnumber the entries the heap is
-    rebuilt, so a bidder re-bidding all day does not grow it without bound."""
+    Lazy: a replaced or withdrawn entry's heap item is passed over and dropped once it reaches the top,
+    and what the clock has passed is dropped as it is met (the clock never goes back; a book whose clock
+    did would be rebuilt). When stale items outnumber the entries the heap is rebuilt, so a bidder
+    re-bidding all day does not grow it without bound."""
 
-    entries: dict[ExpiryKey, str] = field(default_factory=dict)
-    _heap: list[tuple[str, ExpiryKey]] = field(default_factory=list)
+    entries: dict[K, str] = field(default_factory=dict)
+    _heap: list[tuple[str, K]] = field(default_factory=list)
 
-    def put(self, key: ExpiryKey, expires: str | None) -> None:
+    def put(self, key: K, expires: str | None) -> None:
         """Make ``key``'s standing fact lapse at ``expires`` (None: it stands for good, or not at all)."""
         if expires is None:
             self.entries.pop(key, None)
@@ -219,16 +138,27 @@ class ExpiryIndex:
             if current == expires:
                 del self.entries[key]
 
+    def pop_through(self, clock: str) -> set[K]:
+        """Forget the entries ``clock`` has reached (their facts lapsed); returns their keys."""
+        gone: set[K] = set()
+        heap = self._heap
+        while heap and heap[0][0] <= clock:
+            expires, key = heapq.heappop(heap)
+            if self.entries.get(key) == expires:
+                del self.entries[key]
+                gone.add(key)
+        return gone
+
     def next_after(self, clock: str | None) -> str | None:
         """The earliest expiry after ``clock`` of a standing entry, or None."""
         self._settle(clock)
         return self._heap[0][0] if self._heap else None
 
-    def lapsing(self, clock: str | None, until: str) -> set[ExpiryKey]:
+    def lapsing(self, clock: str | None, until: str) -> set[K]:
         """The entries standing at ``clock`` that a clock of ``until`` lapses. Walks only the part of the
         heap at or below ``until`` (a heap's subtree never holds a smaller key than its root)."""
         self._settle(clock)
-        out: set[ExpiryKey] = set()
+        out: set[K] = set()
         heap, stack = self._heap, [0] if self._heap else []
         while stack:
             at = stack.pop()
@@ -242,6 +172,59 @@ class ExpiryIndex:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+@dataclass
+class ListingIndex:
+    """Active listings sorted by price, with expiry handled lazily as the clock advances."""
+
+    entries: dict[str, tuple[Decimal, str | None]] = field(default_factory=dict)
+    _sorted: list[tuple[Decimal, str]] = field(default_factory=list)
+    _expiries: ExpiryIndex[str] = field(default_factory=ExpiryIndex)
+
+    def put(self, token_id: str, price: Decimal | None, expires: str | None) -> bool:
+        """Make ``token_id``'s active listing ``price`` (None: not listed). True if anything changed."""
+        current = self.entries.get(token_id)
+        wanted = None if price is None else (price, expires)
+        if current == wanted:
+            return False
+        if current is not None:
+            self._sorted.pop(self._position(current[0], token_id))
+            del self.entries[token_id]
+        if wanted is not None:
+            self.entries[token_id] = wanted
+            insort(self._sorted, (wanted[0], token_id))
+        self._expiries.put(token_id, None if wanted is None else expires)
+        return True
+
+    def _position(self, price: Decimal, token_id: str) -> int:
+        return bisect_left(self._sorted, (price, token_id))
+
+    def expire(self, clock: str | None) -> set[str]:
+        """Drop listings whose expiry the clock has reached; returns the tokens that lost one."""
+        gone = set() if clock is None else self._expiries.pop_through(clock)
+        for token_id in gone:
+            self.put(token_id, None, None)
+        return gone
+
+    def expiring(self, clock: str) -> set[str]:
+        """Tokens whose active listing a clock of ``clock`` would expire (read-only)."""
+        return self._expiries.lapsing(None, clock)
+
+    def next_expiry(self) -> str | None:
+        """The earliest expiry of an active listing: the next moment the floor can move with no event."""
+        return self._expiries.next_after(None)
+
+    @property
+    def floor(self) -> Decimal | None:
+        """The cheapest active listing."""
+        return self._sorted[0][0] if self._sorted else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, token_id: object) -> bool:
+        return token_id in self.entries
 
 
 # -- time-weighted floor -------------------------------------------------------------------------------

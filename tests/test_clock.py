@@ -20,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from nftpulse.store import clocks, keys
 from nftpulse.store import events as event_store
 from nftpulse.verify import verify
-from tests.conftest import run_pulse
+from tests.conftest import RunningPulse, run_pulse
 
 
 def _test_server() -> str | None:
@@ -57,6 +57,12 @@ def _ev(eid: str, kind: str, at: datetime, token: str, data: dict[str, Any]) -> 
         "token_id": token,
         "data": data,
     }
+
+
+async def _collection(p: RunningPulse) -> dict[str, Any]:
+    resp = await p.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=p.keys.auth("read"))
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
 
 
 async def _until(check: Any, limit_s: float = 60.0) -> Any:
@@ -105,18 +111,13 @@ async def test_a_listing_expires_on_a_quiet_collection(
         final = await p.wait_final([("clocktest", e["id"]) for e in batch])
         assert set(final.values()) == {"processed"}
 
-        async def collection() -> dict[str, Any]:
-            resp = await p.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=read)
-            assert resp.status_code == 200, resp.text
-            return resp.json()  # type: ignore[no-any-return]
-
-        assert (await collection())["floor"] == "1"
+        assert (await _collection(p))["floor"] == "1"
 
         # An hour passes with no event at all.
         await env.sleep(timedelta(hours=1, minutes=1))
 
         async def floor_moved() -> bool:
-            return (await collection())["floor"] == "2"
+            return (await _collection(p))["floor"] == "2"
 
         await _until(floor_moved)
         tick = event_store.get(p.db, clocks.CLOCK_SOURCE, f"{COLLECTION}@{expires.isoformat()}")
@@ -183,12 +184,7 @@ async def test_a_collection_offer_expires_on_a_quiet_collection(
         final = await p.wait_final([("clocktest", e["id"]) for e in batch])
         assert set(final.values()) == {"processed"}
 
-        async def collection() -> dict[str, Any]:
-            resp = await p.http.get(f"/v1/collections/ethereum/{CONTRACT}", headers=read)
-            assert resp.status_code == 200, resp.text
-            return resp.json()  # type: ignore[no-any-return]
-
-        assert (await collection())["best_offer"]["price"] == "0.7"
+        assert (await _collection(p))["best_offer"]["price"] == "0.7"
         nft = (await p.http.get(f"/v1/nfts/ethereum/{CONTRACT}/1", headers=read)).json()
         assert nft["best_offer"]["price"] == "0.8" and nft["best_offer"]["scope"] == "token"
 
@@ -196,7 +192,7 @@ async def test_a_collection_offer_expires_on_a_quiet_collection(
         await env.sleep(timedelta(minutes=31))
 
         async def offer_gone() -> bool:
-            return (await collection())["best_offer"] is None
+            return (await _collection(p))["best_offer"] is None
 
         await _until(offer_gone)
         tick = event_store.get(p.db, clocks.CLOCK_SOURCE, f"{COLLECTION}@{expires.isoformat()}")

@@ -13,6 +13,7 @@ of the stored rows is exactly the book's view as of the rows' last writes. Pure;
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -58,8 +59,9 @@ def _findings(inputs: dict[str, Any]) -> list[Finding]:
     ]
 
 
-def _best_of(offers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
-    """The highest offer; ties go to the earlier (chain order), then the bidder."""
+def best_of(offers: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The highest of ``(bidder, offer)`` pairs; ties go to the earlier (chain order), then the bidder, so
+    any fold order picks the same."""
     best: tuple[Decimal, tuple[Any, ...], str] | None = None
     found = None
     for bidder, offer in offers:
@@ -69,23 +71,34 @@ def _best_of(offers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
     return found
 
 
-def best_offer(part: dict[str, Any], factors: dict[str, Any]) -> dict[str, Any] | None:
-    """The highest standing offer that would buy the token: its own, a trait offer its traits meet, or
-    a collection offer (``scope`` says which); None when none stands."""
-    own = part[INPUTS]["own_offer"]
-    standing = factors["trait_offers"]
+def choose_offer(
+    own: dict[str, Any] | None,
+    traits: dict[str, Any] | None,
+    standing: Collection[tuple[str, dict[str, Any]]],
+    collection: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """The highest standing offer that would buy a token: its own best, the best trait offer its
+    ``traits`` meet (None: the token is unknown, no trait offer applies), or the best collection offer
+    (``scope`` says which); None when none stands."""
     trait = None
-    if standing:
-        traits = canonical_traits(part["traits"])
-        trait = _best_of(
-            [(k, o) for k, o in standing if traits.get(o["trait"]["type"]) == o["trait"]["value"]]
+    if traits is not None and standing:
+        canonical = canonical_traits(traits)
+        trait = best_of(
+            (k, o) for k, o in standing if canonical.get(o["trait"]["type"]) == o["trait"]["value"]
         )
-    candidates = [(own, "token"), (trait, "trait"), (factors["collection_offer"], "collection")]
+    candidates = [(own, "token"), (trait, "trait"), (collection, "collection")]
     pick = [(o, scope) for o, scope in candidates if o is not None]
     if not pick:
         return None
     offer, scope = max(pick, key=lambda p: (Decimal(p[0]["price"]), _SCOPE_RANK[p[1]]))
     return {k: v for k, v in offer.items() if k != "key"} | {"scope": scope}
+
+
+def best_offer(part: dict[str, Any], factors: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`choose_offer` for a stored part and its collection's factors."""
+    return choose_offer(
+        part[INPUTS]["own_offer"], part["traits"], factors["trait_offers"], factors["collection_offer"]
+    )
 
 
 def price_estimate(

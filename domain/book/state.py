@@ -11,8 +11,9 @@ from decimal import Decimal
 from typing import Any, Self
 
 from nftpulse.domain import price as price_engine
+from nftpulse.domain.book import derive
 from nftpulse.domain.events import Event
-from nftpulse.domain.rarity import RarityIndex, canonical_traits
+from nftpulse.domain.rarity import RarityIndex
 from nftpulse.domain.rarity_publisher import RarityPublisher
 from nftpulse.domain.significance import Epsilons
 from nftpulse.domain.stats import (
@@ -242,7 +243,7 @@ class _Derived:
     listings: ListingIndex = field(default_factory=ListingIndex)
     #: When each standing offer with an expiry lapses (see :meth:`BookState._index_offer`): the next
     #: moment a best offer moves with no event, without reading every token's offers.
-    offer_expiries: ExpiryIndex = field(default_factory=ExpiryIndex)
+    offer_expiries: ExpiryIndex[ExpiryKey] = field(default_factory=ExpiryIndex)
     holdings: dict[str, set[str]] = field(default_factory=dict)
     hold_hist: dict[int, int] = field(default_factory=dict)
     wash: WashIndex = field(default_factory=WashIndex)
@@ -453,16 +454,8 @@ class BookState:
         return offer
 
     def _best_of(self, offers: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        # Ties go to the earlier offer (chain order), then the bidder: the same answer in any fold order.
-        best: tuple[Decimal, Any, str] | None = None
-        found = None
-        for bidder, offer in offers.items():
-            if self.live_offer(offer) is None:
-                continue
-            rank = (-Decimal(offer["price"]), tuple(offer["key"]), bidder)
-            if best is None or rank < best:
-                best, found = rank, offer
-        return found
+        """The highest of these offers that stands at the book's clock (``derive.best_of``)."""
+        return derive.best_of((bidder, o) for bidder, o in offers.items() if self.live_offer(o) is not None)
 
     def _collection_offers(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
         # Once per state of the book: a driver move reads every token's best offer.
@@ -492,20 +485,10 @@ class BookState:
         """The highest standing offer that would buy this token: its own offers, collection offers and
         the trait offers its traits meet (``scope``: ``token``, ``collection`` or ``trait``), or None."""
         token = self.tokens.get(token_id)
-        own = None if token is None else self._best_of(token.offers)
         coll, standing = self._collection_offers()
-        trait = None
-        if token is not None and standing:
-            traits = canonical_traits(token.traits)
-            trait = self._best_of(
-                {k: o for k, o in standing.items() if traits.get(o["trait"]["type"]) == o["trait"]["value"]}
-            )
-        candidates = ((own, "token", 2), (trait, "trait", 1), (coll, "collection", 0))
-        pick = [(o, scope, rank) for o, scope, rank in candidates if o is not None]
-        if not pick:
-            return None
-        offer, scope, _ = max(pick, key=lambda p: (Decimal(p[0]["price"]), p[2]))
-        return {k: v for k, v in offer.items() if k != "key"} | {"scope": scope}
+        if token is None:
+            return derive.choose_offer(None, None, (), coll)
+        return derive.choose_offer(self._best_of(token.offers), token.traits, standing.items(), coll)
 
     def _index_offer(self, token_id: str | None, slot: str, offer: dict[str, Any]) -> None:
         """Keep the offer expiry index in step with the offer now in a slot of a token (None: of the

@@ -177,7 +177,6 @@ class BookViews(BookState):
         findings = self._findings_of(token_id)
         token_wash = self.token_wash_share(token_id)
         owner = t.single_owner
-        clean = self._last_clean_sale(token_id)
         return {
             "owner": owner,
             "trust": round(trust_engine.nft_trust(coll_trust, token_wash, findings).score, 2),
@@ -186,20 +185,9 @@ class BookViews(BookState):
             ),
             "price_estimate": self._price_estimate(token_id)["value"],
             "rarity_rank": self._d.rarity.rank(token_id),
-            # What the token's stored part holds but its rarity (which the publisher's epsilons govern):
-            # when any of it moves, the part is rewritten.
-            "_core": (
-                owner,
-                t.gone,
-                t.traits,
-                t.last_sale,
-                self._active_listing(t),
-                self.balances_view(t) if t.multi else None,
-                self._best_of(t.offers),
-                token_wash,
-                sorted((f.finding_id, f.kind, f.severity) for f in findings if f.open),
-                None if clean is None else clean.uid,
-            ),
+            # The token's stored part but its rarity (which the publisher's epsilons govern): when any of
+            # it moves, the part is rewritten.
+            "_core": self._own_part(token_id),
         }
 
     # -- read models -------------------------------------------------------------------------------
@@ -219,6 +207,13 @@ class BookViews(BookState):
     def nft_part(self, token_id: str) -> dict[str, Any]:
         """What an NFT's stored row holds: the fields that are the token's own and the inputs its trust,
         risk and price estimate are derived from together with :meth:`nft_factors`."""
+        part = self._own_part(token_id)
+        part["rarity"] = self.rarity_view(token_id)
+        part[derive.INPUTS]["rarity_score"] = self._d.rarity.score(token_id)
+        return part
+
+    def _own_part(self, token_id: str) -> dict[str, Any]:
+        """:meth:`nft_part` without the rarity fields."""
         t = self.tokens[token_id]
         # Only open findings count: closed ones are left out of the row.
         findings = sorted(
@@ -226,7 +221,6 @@ class BookViews(BookState):
             key=lambda f: f[0],
         )
         clean = self._last_clean_sale(token_id)
-        own = self._best_of(t.offers)
         part: dict[str, Any] = {
             "chain": self.chain,
             "contract": self.contract,
@@ -236,13 +230,11 @@ class BookViews(BookState):
             "traits": t.traits,
             "last_sale": t.last_sale,
             "active_listing": self._active_listing(t),
-            "rarity": self.rarity_view(token_id),
             derive.INPUTS: {
                 "wash_share": self.token_wash_share(token_id),
                 "findings": findings,
-                "rarity_score": self._d.rarity.score(token_id),
                 "clean_sale": None if clean is None else [str(clean.price), clean.at_us // DAY_US],
-                "own_offer": own,
+                "own_offer": self._best_of(t.offers),
             },
         }
         if t.multi:

@@ -430,6 +430,12 @@ def test_the_expiry_index_answers_as_a_scan_and_stays_small(ops: list[tuple[int,
         else:
             standing[key] = stamp(expiry)
         clock += step
+        if step % 3 == 0:
+            # A listing index lapses what its clock reaches: forgotten, and named unless already dropped.
+            gone = index.pop_through(stamp(clock))
+            assert gone <= {k for k, at in standing.items() if at <= stamp(clock)}
+            assert all(at > stamp(clock) for at in index.entries.values())
+            standing = {k: at for k, at in standing.items() if at > stamp(clock)}
         live = {k: at for k, at in standing.items() if at > stamp(clock)}
         assert index.next_after(stamp(clock)) == min(live.values(), default=None)
         until = stamp(clock + 50)

@@ -30,6 +30,7 @@ from nftpulse.domain.changes import MetricChange
 from nftpulse.store import changes as changelog
 from nftpulse.store import keys, schema
 from nftpulse.store.db import Database
+from tests.ports import free_port
 
 
 def _serve(database_url: str, port: int) -> None:
@@ -42,14 +43,6 @@ def _serve(database_url: str, port: int) -> None:
     db = Database(database_url)
     app = create_app(Settings(database_url=database_url), db, NoCache(), None)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _client(port: int, key: str, arrivals: dict[int, float], ready: asyncio.Event) -> None:
@@ -84,7 +77,7 @@ async def run(clients: int, changes: int, interval: float, database_url: str) ->
     db = Database(database_url)
     schema.upgrade(db)
     key = keys.create(db, "bench-feed", ["read"])
-    port = _free_port()
+    port = free_port()
     server = multiprocessing.get_context("spawn").Process(
         target=_serve, args=(database_url, port), daemon=True
     )

@@ -30,7 +30,8 @@ from nftpulse.follow import Follower
 from nftpulse.store import schema
 from nftpulse.store.db import Database
 from tests.chain.anvil import Eth, anvil, calldata, compile_contracts, missing_tools
-from tests.conftest import free_port, postgres_schema
+from tests.conftest import postgres_schema
+from tests.ports import free_port
 
 
 async def fill(

@@ -44,7 +44,8 @@ from nftpulse.store.db import Database
 from nftpulse.store.models import EventRecord
 from nftpulse.synth import Stream
 from nftpulse.temporal import DevServer
-from tests.conftest import free_port, postgres_schema
+from tests.conftest import postgres_schema
+from tests.ports import free_port
 from tests.procs import PulseProcesses
 
 BATCH = 100

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -52,12 +51,6 @@ def postgres_available() -> bool:
 _PG = postgres_available()
 if os.environ.get("CI") and not _PG and not os.environ.get("PULSE_TEST_SQLITE_ONLY"):
     raise RuntimeError(f"CI expects Postgres at {POSTGRES_URL}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import httpx
 
 from nftpulse.store import schema
 from nftpulse.store.db import Database
-from tests.conftest import free_port
+from tests.ports import free_port
 
 
 @dataclass

@@ -16,7 +16,8 @@ from nftpulse.store.db import Database
 from nftpulse.synth import Stream
 from nftpulse.temporal import DevServer
 from nftpulse.verify import verify
-from tests.conftest import RunningPulse, free_port, run_pulse
+from tests.conftest import RunningPulse, run_pulse
+from tests.ports import free_port
 from tests.procs import PulseProcesses
 
 

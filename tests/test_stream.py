@@ -22,8 +22,9 @@ from temporalio.client import Client
 
 from nftpulse.store import changes as changelog
 from nftpulse.store import keys
-from tests.conftest import RunningPulse, free_port, run_pulse
+from tests.conftest import RunningPulse, run_pulse
 from tests.ops.test_browser import CHROMIUM_ARGS, chromium_path
+from tests.ports import free_port
 
 CONTRACT = "0x" + "5a" * 20
 NFT = f"nft:ethereum:{CONTRACT}"

@@ -30,7 +30,8 @@ from nftpulse.store.db import Database
 from nftpulse.store.models import EventRecord
 from nftpulse.verify import verify
 from tests.chain.anvil import Eth, anvil, calldata, compile_contracts, missing_tools
-from tests.conftest import RunningPulse, free_port
+from tests.conftest import RunningPulse
+from tests.ports import free_port
 
 SEAPORT_16 = next(a for a, name in SEAPORT.items() if name == "seaport-1.6")
 ETH = 10**18

@@ -37,7 +37,8 @@ from nftpulse.store.db import Database
 from nftpulse.store.metadata_fetches import FetchRequest
 from nftpulse.store.models import EventRecord
 from tests.chain.anvil import Eth, anvil, calldata, compile_contracts, missing_tools
-from tests.conftest import RunningPulse, free_port, local_http_server
+from tests.conftest import RunningPulse, local_http_server
+from tests.ports import free_port
 
 if os.environ.get("CI") and missing_tools():
     raise RuntimeError(f"CI runs the chain tests: {missing_tools()}")

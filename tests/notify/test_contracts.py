@@ -19,17 +19,12 @@ from sendgrid import SendGridAPIClient
 from nftpulse.channels.base import OutboundMessage
 from nftpulse.channels.email import SendGridConfig, SendGridEmailChannel
 from nftpulse.channels.sms import TwilioConfig, TwilioSmsChannel
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISM = ROOT / "scripts" / "prism.sh"
 SID = "AC" + "a" * 32
 STARTUP_TIMEOUT_S = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -58,7 +53,7 @@ def prism(specs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     for name, spec in (("twilio", "twilio_api_v2010.json"), ("sendgrid", "tsg_mail_v3.json")):
         if not (specs_dir / spec).is_file():
             pytest.skip(f"{spec} missing from {specs_dir}")
-        port = _free_port()
+        port = free_port()
         log = logs / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(

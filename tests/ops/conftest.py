@@ -8,7 +8,6 @@ worker's Temporal SDK exporter) running against the session's Temporal dev serve
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,13 +26,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "prometheus: starts Debian's prometheus binary and queries it (needs the install script)"
     )
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (the OS picks it; a race is possible but harmless here)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _debian_tool(name: str) -> str | None:

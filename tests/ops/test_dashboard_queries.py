@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from nftpulse.dashboards import build
-from tests.ops.conftest import free_port
+from tests.ports import free_port
 
 PROM_DIR = build.GENERATED_DIR.parent / "prometheus"
 # What Grafana would put in for its built-in variables at a 1 s scrape interval.

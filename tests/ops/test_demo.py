@@ -11,7 +11,8 @@ import pytest
 
 from nftpulse.core.settings import Settings
 from nftpulse.demo import Demo, DemoConfig, DemoError, admin_key, demo_contract
-from tests.ops.conftest import REPO_ROOT, free_port
+from tests.ops.conftest import REPO_ROOT
+from tests.ports import free_port
 
 
 def test_without_an_admin_key_it_names_pulse_up(tmp_path: Path) -> None:

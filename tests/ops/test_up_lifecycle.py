@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ops.conftest import REPO_ROOT, free_port
+from tests.ops.conftest import REPO_ROOT
+from tests.ports import free_port
 
 PORTS = (
     "API",

@@ -69,8 +69,12 @@ _COLLECTION_RULES: dict[str, tuple[str | None, str | None]] = {
     "attention": ("rel", "attention_rel"),
     "day": (None, None),
 }
-#: Cost of indexing one (token, attribute) pair in a rebuild against moving one token in a plan.
-REBUILD_WEIGHT = 2
+#: Cost of indexing one (token, attribute) pair in a rebuild against moving one token in a plan, and a
+#: plan's own cost whatever it moves, in the same unit. Measured (``bench/rarity_choice.py``): a rebuild
+#: of 10,000 tokens takes about as long as 1.5 whole-token reveals planned, or 5 one-trait updates; in a
+#: collection of 10 a rebuild takes half a plan.
+REBUILD_WEIGHT = 0.75
+PLAN_OVERHEAD = 100
 
 _HIDDEN_METRICS = frozenset(
     {
@@ -314,7 +318,7 @@ class BookFold(BookViews):
         plan_cost = 0.0
         for token in changed:
             moves = _plan_moves(rarity, rarity.traits.get(token.token_id), canonical.get(token.token_id), n1)
-            plan_cost += moves + (n1 if moves > 256 else 0)
+            plan_cost += PLAN_OVERHEAD + moves + (n1 if moves > 256 else 0)
             if plan_cost > rebuild_cost:
                 known = rarity.traits
                 self._d.rarity = RarityIndex.build(

@@ -178,7 +178,8 @@ def test_a_single_trait_change_is_still_planned_not_rebuilt() -> None:
 
 def test_a_batch_of_single_trait_changes_in_a_big_collection_is_planned() -> None:
     """Each update moves one attribute's two buckets; a value that stays (the trait count here) moves no
-    one, so the batch is planned, not rebuilt, and costs less than a rebuild would."""
+    one, so a few of them are planned, not rebuilt, and cost less than a rebuild would. (Ten of them in
+    this collection take longer planned than rebuilt, measured: they are rebuilt.)"""
     size = 4000
     raw = list(Stream(sizes=[size], seed=5).mints())
     mints = [Event.model_validate(e) for e in raw]
@@ -188,7 +189,7 @@ def test_a_batch_of_single_trait_changes_in_a_big_collection_is_planned() -> Non
         book.rarity.holders["background"], key=lambda v: len(book.rarity.holders["background"][v])
     )
     updates = []
-    for n, tid in enumerate(sorted(book.tokens, key=int)[:10]):
+    for n, tid in enumerate(sorted(book.tokens, key=int)[:3]):
         traits = {**book.tokens[tid].traits, "background": background[n % 2]}
         updates.append(
             Event.model_validate(

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
@@ -443,3 +444,62 @@ def test_verify_refuses_a_database_without_the_schema(database: Database) -> Non
     schema.upgrade(database)
     report = verify(database)
     assert report.ok and report.collections == 0
+
+
+def _compression(db: Database, table: str, column: str) -> str:
+    with db.read_engine.connect() as conn:
+        return str(
+            conn.execute(
+                sa.text(
+                    "SELECT attcompression FROM pg_attribute "
+                    "WHERE attrelid = CAST(:table AS regclass) AND attname = :column"
+                ),
+                {"table": table, "column": column},
+            ).scalar()
+        )
+
+
+def test_books_are_compressed_with_lz4_on_postgres_and_read_back_whole(database: Database) -> None:
+    """Revision 0012: on Postgres the book columns compress with LZ4 (``l``; ``p`` is pglz), a large book
+    written before and after the change reads back byte for byte, and the downgrade sets pglz again. On
+    SQLite the revision changes nothing."""
+    schema.upgrade(database, "0011")
+    # A large, compressible book: what a 10,000-token collection's core looks like to the column.
+    large = (
+        b'{"rarity_published":{' + b",".join(b'"%d":[0.91%d,%d]' % (i, i, i) for i in range(20_000)) + b"}}"
+    )
+    row = {"key": "collection:ethereum:0xold", "chain": "ethereum", "contract": "0xold", "book": large}
+    insert = sa.text(
+        "INSERT INTO collection_books (key, chain, contract, version, book, updated_at) "
+        "VALUES (:key, :chain, :contract, 1, :book, CURRENT_TIMESTAMP)"
+    )
+    with database.write_engine.begin() as conn:
+        conn.execute(insert, row)
+    schema.upgrade(database)
+    with database.write_engine.begin() as conn:
+        conn.execute(insert, {**row, "key": "collection:ethereum:0xnew", "contract": "0xnew"})
+    with database.read_engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT key, book FROM collection_books")).all())
+    assert {bytes(v) for v in stored.values()} == {large} and len(stored) == 2
+    if database.is_sqlite:
+        return
+    with database.read_engine.connect() as conn:
+        offered = conn.execute(
+            sa.text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        ).scalar()
+    if not offered or "lz4" not in offered:
+        # A Postgres built without LZ4 keeps its default, which the revision leaves alone.
+        assert _compression(database, "collection_books", "book") == ""
+        return
+    assert _compression(database, "collection_books", "book") == "l"
+    assert _compression(database, "collection_book_history", "entries") == "l"
+    with database.read_engine.connect() as conn:
+        methods = conn.execute(
+            sa.text("SELECT key, pg_column_compression(book) FROM collection_books ORDER BY key")
+        ).all()
+    assert methods == [("collection:ethereum:0xnew", "lz4"), ("collection:ethereum:0xold", "pglz")]
+    with database.write_engine.begin() as conn:
+        cfg = schema.alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0011")
+    assert _compression(database, "collection_books", "book") == "p"

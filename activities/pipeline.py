@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 from nftpulse.activities.contracts.base import PermanentProcessingError
 from nftpulse.activities.contracts.pipeline import (
     ANALYZE_IMPACT,
+    COSTLY_APPLY_S,
     INVALIDATE_CACHE,
     RECALCULATE,
     TICK_CLOCKS,
@@ -413,6 +414,7 @@ class PipelineActivities:
         applied: list[EventRecord] = []
         poison: list[tuple[EventRecord, BaseException]] = []
         writes: list[ViewWrite] = []
+        costly: dict[str, float] = {}
         change = Change()
         alerts: list[MetricChange] = []
         with self._db.write() as session:
@@ -434,6 +436,7 @@ class PipelineActivities:
                     applied += group
                     continue
                 version = versions.get(partition, 0)
+                folding = time.perf_counter()
                 try:
                     outcome = self._apply(session, partition, chain, contract, version, group, ever_retracted)
                     # NFT rows hold each token's own part; the collection's row the factors every NFT
@@ -464,6 +467,9 @@ class PipelineActivities:
                     continue
                 if outcome.poison and inp.single:
                     return empty, outcome.poison[0]
+                took = time.perf_counter() - folding
+                if took >= COSTLY_APPLY_S:
+                    costly[partition] = round(took, 4)
                 saved.append(BookWrite(partition, version + 1, outcome.book))
                 writes += views
                 change.merge(outcome.change)
@@ -528,6 +534,7 @@ class PipelineActivities:
             isolated=isolated,
             views_at=views_at.isoformat() if writes else "",
             changes=len(changes) if seqs else 0,
+            costly=costly,
         ), None
 
     def _parks(self, row: EventRecord, exc: BaseException) -> bool:

@@ -12,12 +12,13 @@ from sqlalchemy import func, select
 from sqlmodel import col
 from temporalio.client import Client
 
+from nftpulse.activities.contracts.pipeline import COSTLY_APPLY_S
 from nftpulse.store.cache import MemoryCache
 from nftpulse.store.models import EventRecord
 from nftpulse.verify import verify
 from nftpulse.worker import build_worker
 from nftpulse.workflows.draining import DirtyQueue
-from nftpulse.workflows.pipeline import PARTITIONS_PER_BATCH
+from nftpulse.workflows.pipeline import PARTITIONS_PER_BATCH, REST_FACTOR
 from tests.conftest import RunningPulse, replay_under_sandbox, run_pulse
 
 BUSY = 5000
@@ -80,6 +81,70 @@ def test_a_partition_marked_again_keeps_its_place() -> None:
     assert queue.listed(fair=False) == ["a", "b", "c", "d"]
     assert queue.take(10, fair=False) == ["a", "b", "c", "d"]
     assert not queue
+
+
+def test_resting_partitions_are_passed_over_and_keep_their_place() -> None:
+    queue = DirtyQueue(["big", "a", "b"])
+    assert queue.any_but({"big"}) and not DirtyQueue(["big"]).any_but({"big"})
+    assert queue.take(2, resting={"big"}) == ["a", "b"]
+    queue.mark(["c"])
+    assert queue.listed() == ["big", "c"]
+    # Its rest over, it is the oldest again.
+    assert queue.take(1) == ["big"]
+
+
+async def test_a_costly_collection_rests_while_others_are_served(
+    database_url: str, temporal_client: Client
+) -> None:
+    """On the dev server, one shard: a 2,000-token collection's mint batch (every token with traits) is
+    costly, so the collection rests before its next batch; a small collection's event that arrives with
+    the big one's next is applied first, in a batch of its own, and everything ends processed and
+    verified. Without the rest both went into one batch."""
+    big, small = "0x" + "b" * 40, "0x" + "5" * 40
+
+    def event(tag: str, contract: str, token: int, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": tag,
+            "source": "test",
+            "type": kind,
+            "occurred_at": "2026-11-01T10:00:00Z",
+            "chain": "ethereum",
+            "contract": contract,
+            "token_id": str(token),
+            "data": data,
+        }
+
+    def traits(i: int) -> dict[str, str]:
+        return {"hat": f"h{i % 7}", "eyes": f"e{i % 11}", "fur": f"f{i % 13}"}
+
+    mint = {"from": "0x" + "0" * 40, "to": "0x" + "a" * 40}
+    async with run_pulse(database_url, temporal_client, shards=1) as pulse:
+        mints = [event(f"mint{i}", big, i, "mint", {**mint, "traits": traits(i)}) for i in range(2000)]
+        for at in range(0, len(mints), 1000):
+            resp = await pulse.post(mints[at : at + 1000])
+            assert resp.status_code == 202, resp.text
+        await _processed(pulse, len(mints), "mint")
+        second = [
+            event("reveal", big, 7, "metadata_update", {"traits": traits(8)}),
+            event("small", small, 1, "mint", {**mint, "traits": traits(1)}),
+        ]
+        resp = await pulse.post(second)
+        assert resp.status_code == 202, resp.text
+        final = await pulse.wait_final([("test", "reveal"), ("test", "small")], limit_s=60)
+        assert set(final.values()) == {"processed"}
+        with pulse.db.read() as session:
+            done = dict(
+                session.execute(
+                    select(col(EventRecord.external_id), col(EventRecord.processed_at)).where(
+                        col(EventRecord.external_id).in_(["reveal", "small", "mint0"])
+                    )
+                ).all()
+            )
+        assert done["small"] < done["reveal"], done
+        # At least the rest of a batch that took the least a costly one takes.
+        assert (done["reveal"] - done["mint0"]).total_seconds() >= COSTLY_APPLY_S * REST_FACTOR
+        assert verify(pulse.db).ok
+        assert await replay_under_sandbox(pulse.client, pulse.task_queue)
 
 
 async def test_a_real_shard_serves_the_oldest_partitions_first(
@@ -146,3 +211,18 @@ async def _dispatched(pulse: RunningPulse, count: int, tag: str) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{tag}: {done} of {count} dispatched")
+
+
+async def _processed(pulse: RunningPulse, count: int, tag: str) -> None:
+    """Until all ``count`` events tagged ``tag`` are processed."""
+    for _ in range(1200):
+        with pulse.db.read() as session:
+            done: int = session.execute(
+                select(func.count())
+                .select_from(EventRecord)
+                .where(col(EventRecord.external_id).startswith(tag), col(EventRecord.status) == "processed")
+            ).scalar_one()
+        if done == count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{tag}: {done} of {count} processed")

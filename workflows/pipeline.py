@@ -11,14 +11,17 @@ recalculation with invalidation → detection), each batch spanning many collect
 Impact analysis (which entities and factors move, how severe) runs only in a significant event's
 workflow, whose result and page show it: a shard's batch is only planned. So a thousand events
 cost a handful of Temporal actions and database round trips, and the shards bound how many batches run at
-once. Significant events (fraud findings, large moves) and poison events isolated out of a batch get a
-workflow of their own, so each has its own page and search attributes in the Web UI.
+once. A collection whose share of a batch was costly (a rarity rebuild in a 10,000-token collection)
+rests for ten times as long, at most 1.5 s, while its shard keeps up, so its events come in fewer, larger
+batches and it takes no more than about a tenth of the shard. Significant events (fraud findings, large
+moves) and poison events isolated out of a batch get a workflow of their own, so each has its own page
+and search attributes in the Web UI.
 """
 
 # No ``from __future__ import annotations``: see activities/contracts/base.py.
 import hashlib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
@@ -66,6 +69,11 @@ FAIR_DRAINING = "fair-draining"
 #: takes about one on a busy worker. (At 60 s, a kill mid-batch stalled a shard a minute; at 10 s,
 #: 9.8-10.5 s in tests/test_crash.py.)
 SHARD_TASK_TIMEOUT = timedelta(seconds=5)
+#: Patch id: a partition whose batch was costly rests before its next one (``ShardWorkflow._rest``).
+PACE_COSTLY = "pace-costly"
+#: How long a costly partition rests, in multiples of what its batch took, and at most.
+REST_FACTOR = 10
+MAX_REST = timedelta(seconds=1.5)
 #: Partitions hash to this many slots, whatever the number of shard workflows: a shard workflow serves
 #: the slots congruent to its number modulo the shard count, a power of two up to this (with 4 shards,
 #: the spread is the same as the hash modulo 4 was).
@@ -160,6 +168,8 @@ class ShardWorkflow:
         self._dirty = DirtyQueue(inp.dirty)
         self._batches = 0
         self._events = 0
+        #: Partitions resting after a costly batch, and until when (workflow time).
+        self._rest_until: dict[str, datetime] = {}
 
     @workflow.signal(name="wake")
     def wake(self, signal: Wake) -> None:
@@ -172,13 +182,13 @@ class ShardWorkflow:
     @workflow.run
     async def run(self, inp: ShardInput) -> ShardResult:
         while True:
-            try:
-                await workflow.wait_condition(lambda: bool(self._dirty), timeout=SHARD_IDLE)
-            except TimeoutError:
+            if not await self._work_waits():
                 return ShardResult(self._shard, self._batches, self._events)
-            while self._dirty:
+            while self._dirty.any_but(resting := self._resting()):
                 # Taken out before the batch: a wake during it marks its partitions dirty again.
-                take = self._dirty.take(PARTITIONS_PER_BATCH, fair=workflow.patched(FAIR_DRAINING))
+                take = self._dirty.take(
+                    PARTITIONS_PER_BATCH, fair=workflow.patched(FAIR_DRAINING), resting=resting
+                )
                 plan = await self._drain_once(take, inp.batch_limit)
                 if plan.has_more:
                     self._dirty.requeue(take)
@@ -191,6 +201,43 @@ class ShardWorkflow:
                     task_timeout=SHARD_TASK_TIMEOUT,
                 )
 
+    async def _work_waits(self) -> bool:
+        """Wait until a dirty partition may be drained; False once nothing was dirty for ``SHARD_IDLE``."""
+        while True:
+            # Until the next rest ends too: a wake for a resting partition does not make it drainable, so
+            # only the clock can.
+            now = workflow.now()
+            ends = [until for until in self._rest_until.values() if until > now]
+            try:
+                await workflow.wait_condition(
+                    lambda: self._dirty.any_but(self._resting()),
+                    timeout=min(ends) - now if ends else SHARD_IDLE,
+                )
+                return True
+            except TimeoutError:
+                if not ends:
+                    return False
+
+    def _resting(self) -> set[str]:
+        """Partitions still resting after a costly batch (see ``_rest``)."""
+        if not self._rest_until:
+            return set()
+        now = workflow.now()
+        for partition in [p for p, until in self._rest_until.items() if until <= now]:
+            del self._rest_until[partition]
+        return set(self._rest_until)
+
+    def _rest(self, costly: dict[str, float]) -> None:
+        """A partition whose batch was costly waits ``REST_FACTOR`` times as long before its next one,
+        so that no collection takes more than about a tenth of its shard's time: its events are then
+        applied in fewer, larger batches (a big collection's rarity is brought up to date once a batch
+        whatever the batch's size), and other collections are not held behind it."""
+        if not costly or not workflow.patched(PACE_COSTLY):
+            return
+        now = workflow.now()
+        for partition, seconds in costly.items():
+            self._rest_until[partition] = now + min(MAX_REST, timedelta(seconds=seconds * REST_FACTOR))
+
     async def _drain_once(self, partitions: list[str], limit: int) -> ImpactPlan:
         # Not analysed: the shard reads only which events are pending (see ``ImpactInput.analyse``).
         plan = await ANALYZE_IMPACT.run(ImpactInput(partitions, [], limit))
@@ -198,6 +245,10 @@ class ShardWorkflow:
         if plan.seqs:
             result = await RECALCULATE.run(RecalcInput(plan, workflow.info().workflow_id))
             self._events += result.applied
+            if not plan.has_more:
+                # A full batch means the shard is behind: batches are as large as they get, and a
+                # rest would only hold the collection back.
+                self._rest(result.costly)
             for poison in result.isolated:
                 await self._isolate(poison)
         if not workflow.patched(INVALIDATION_IN_RECALCULATION):

@@ -105,6 +105,11 @@ class IsolatedEvent:
     reason: str
 
 
+#: A partition whose events took this long to apply in one batch (a rarity rebuild in a 10,000-token
+#: collection takes about 30 ms, a small collection's batch about 1) is reported as costly.
+COSTLY_APPLY_S = 0.02
+
+
 @dataclass
 class RecalcResult:
     """What one batch did, kept small: it is recorded in workflow history once per batch."""
@@ -119,6 +124,9 @@ class RecalcResult:
     views_at: str = ""
     #: Metric changes saved for detection (``store.models.ChangeBatchRecord``).
     changes: int = 0
+    #: Partitions whose share of the batch took at least ``COSTLY_APPLY_S``, with the seconds it took:
+    #: a shard lets them rest in proportion before their next batch (``workflows.pipeline``).
+    costly: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -32,7 +32,7 @@ def _lz4_available(bind: sa.Connection) -> bool:
     offered = bind.execute(
         sa.text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
     ).scalar()
-    return bool(offered) and "lz4" in offered
+    return offered is not None and "lz4" in offered
 
 
 def _compress_with(method: str) -> None:

@@ -124,7 +124,7 @@ async def test_a_costly_collection_rests_while_others_are_served(
         mints = [event(f"mint{i}", big, i, "mint", {**mint, "traits": traits(i)}) for i in range(1000)]
         resp = await pulse.post(mints)
         assert resp.status_code == 202, resp.text
-        await _processed(pulse, len(mints), "mint")
+        await _reached(pulse, len(mints), "mint", "processed")
         second = [
             event("reveal", big, 7, "metadata_update", {"traits": traits(8)}),
             event("small", small, 1, "mint", {**mint, "traits": traits(1)}),
@@ -176,7 +176,7 @@ async def test_a_real_shard_serves_the_oldest_partitions_first(
         for contracts, tag in ((late, "late"), (early, "early")):
             resp = await pulse.post(mints(contracts, tag))
             assert resp.status_code == 202, resp.text
-            await _dispatched(pulse, len(contracts), tag)
+            await _reached(pulse, len(contracts), tag, "dispatched", limit_s=60)
         worker, _ = build_worker(pulse.client, pulse.settings, pulse.db, MemoryCache())
         running = asyncio.create_task(worker.run())
         try:
@@ -199,31 +199,17 @@ async def test_a_real_shard_serves_the_oldest_partitions_first(
         assert await replay_under_sandbox(pulse.client, pulse.task_queue)
 
 
-async def _dispatched(pulse: RunningPulse, count: int, tag: str) -> None:
-    """Until the dispatcher has woken the shard for all ``count`` events tagged ``tag``."""
-    for _ in range(600):
+async def _reached(pulse: RunningPulse, count: int, tag: str, status: str, limit_s: float = 120) -> None:
+    """Until all ``count`` events tagged ``tag`` have ``status`` (``dispatched``: the dispatcher has woken
+    the shard for them)."""
+    for _ in range(int(limit_s * 10)):
         with pulse.db.read() as session:
             done: int = session.execute(
                 select(func.count())
                 .select_from(EventRecord)
-                .where(col(EventRecord.external_id).startswith(tag), col(EventRecord.status) == "dispatched")
+                .where(col(EventRecord.external_id).startswith(tag), col(EventRecord.status) == status)
             ).scalar_one()
         if done == count:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{tag}: {done} of {count} dispatched")
-
-
-async def _processed(pulse: RunningPulse, count: int, tag: str) -> None:
-    """Until all ``count`` events tagged ``tag`` are processed."""
-    for _ in range(1200):
-        with pulse.db.read() as session:
-            done: int = session.execute(
-                select(func.count())
-                .select_from(EventRecord)
-                .where(col(EventRecord.external_id).startswith(tag), col(EventRecord.status) == "processed")
-            ).scalar_one()
-        if done == count:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{tag}: {done} of {count} processed")
+    raise AssertionError(f"{tag}: {done} of {count} {status}")

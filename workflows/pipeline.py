@@ -219,13 +219,12 @@ class ShardWorkflow:
                     return False
 
     def _resting(self) -> set[str]:
-        """Partitions still resting after a costly batch (see ``_rest``)."""
+        """Partitions still resting after a costly batch (see ``_rest``). Read only: it is the wait's
+        condition."""
         if not self._rest_until:
             return set()
         now = workflow.now()
-        for partition in [p for p, until in self._rest_until.items() if until <= now]:
-            del self._rest_until[partition]
-        return set(self._rest_until)
+        return {partition for partition, until in self._rest_until.items() if until > now}
 
     def _rest(self, costly: dict[str, float]) -> None:
         """A partition whose batch was costly waits ``REST_FACTOR`` times as long before its next one,
@@ -235,6 +234,7 @@ class ShardWorkflow:
         if not costly or not workflow.patched(PACE_COSTLY):
             return
         now = workflow.now()
+        self._rest_until = {p: until for p, until in self._rest_until.items() if until > now}
         for partition, seconds in costly.items():
             self._rest_until[partition] = now + min(MAX_REST, timedelta(seconds=seconds * REST_FACTOR))
 
